@@ -1,0 +1,26 @@
+//! fleetpipe's shared data model.
+//!
+//! Every stage (ingest, enrich, sink) speaks these types and nothing else of
+//! each other: a validated [`Ping`], where it came from ([`Origin`]), the
+//! records a sink writes ([`SinkRecord`]) and the acknowledgement handle
+//! ([`Ack`]) that travels with each record so a gateway learns when its data
+//! is durable without importing the sink.
+//!
+//! This crate does no I/O and imports no stage.
+
+pub mod ack;
+pub mod ping;
+pub mod proto;
+pub mod record;
+pub mod reason;
+
+pub use ack::{Ack, AckStatus, BatchAck};
+pub use ping::{AttrValue, Ping, VehicleId, VehicleIdError};
+pub use reason::RejectReason;
+pub use record::{Accepted, DeadLetter, Gateway, Origin, SinkRecord, TelemetryRecord};
+
+/// Version of the wire contract and of the output record schema.
+///
+/// Written into every output record (`schema_version`) so consumers can
+/// evolve safely.
+pub const SCHEMA_VERSION: u32 = 1;

@@ -1,0 +1,141 @@
+//! Records that flow between stages.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::ack::Ack;
+use crate::ping::{Ping, VehicleId, serialize_ts_ms};
+use crate::reason::RejectReason;
+
+/// The gateway a record entered through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gateway {
+    /// The embedded MQTT broker.
+    Mqtt,
+    /// An external MQTT broker, through fleetpipe's shared subscription.
+    MqttExternal,
+    /// `GET /v1/ws`.
+    Websocket,
+    /// `POST /v1/pings`.
+    Http,
+}
+
+impl Gateway {
+    /// The name used in metrics labels and records.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Gateway::Mqtt => "mqtt",
+            Gateway::MqttExternal => "mqtt_external",
+            Gateway::Websocket => "websocket",
+            Gateway::Http => "http",
+        }
+    }
+}
+
+/// Where and when a record was received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    /// Gateway it arrived through.
+    #[serde(rename = "source")]
+    pub gateway: Gateway,
+    /// MQTT client id, or the authenticated device of a WebSocket/HTTP request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<Arc<str>>,
+    /// Receive time on the fleetpipe host, epoch milliseconds.
+    #[serde(serialize_with = "serialize_ts_ms")]
+    pub received_at: i64,
+}
+
+/// A ping that passed validation, on its way to enrichment.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The validated ping.
+    pub ping: Ping,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Settled by the sinks.
+    pub ack: Ack,
+}
+
+/// An enriched ping, ready for the sinks.
+#[derive(Debug, Serialize)]
+pub struct TelemetryRecord {
+    /// Output schema version ([`crate::SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    /// The ping as validated.
+    #[serde(flatten)]
+    pub ping: Ping,
+    /// Where it came from.
+    #[serde(flatten)]
+    pub origin: Origin,
+    /// H3 cells of the position, one per configured resolution, as
+    /// `(resolution, cell index)` in hex.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "serialize_cells")]
+    pub h3: Vec<(u8, u64)>,
+    /// Settled by the sinks.
+    #[serde(skip)]
+    pub ack: Ack,
+}
+
+fn serialize_cells<S: serde::Serializer>(cells: &[(u8, u64)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(cells.len()))?;
+    for (res, cell) in cells {
+        map.serialize_entry(&res.to_string(), &format!("{cell:x}"))?;
+    }
+    map.end()
+}
+
+/// Input that was refused, kept with its reason so nothing is lost silently.
+#[derive(Debug, Serialize)]
+pub struct DeadLetter {
+    /// Output schema version ([`crate::SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    /// Reason code.
+    pub reason: RejectReason,
+    /// Human-readable explanation, e.g. `lat 91.5 is outside [-90, 90]`.
+    pub detail: String,
+    /// The vehicle, when known (from the topic, the credential or the payload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vehicle_id: Option<VehicleId>,
+    /// MQTT topic, when it came through MQTT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Where it came from.
+    #[serde(flatten)]
+    pub origin: Origin,
+    /// The refused bytes exactly as received (one element of a batch, or the
+    /// whole message when the message itself was refused).
+    #[serde(serialize_with = "serialize_base64")]
+    pub raw: Bytes,
+    /// Settled by the sinks.
+    #[serde(skip)]
+    pub ack: Ack,
+}
+
+fn serialize_base64<S: serde::Serializer>(raw: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    use base64::Engine as _;
+    s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
+/// Everything a sink writes.
+#[derive(Debug)]
+pub enum SinkRecord {
+    /// An accepted, enriched ping.
+    Telemetry(TelemetryRecord),
+    /// A rejected input.
+    DeadLetter(DeadLetter),
+}
+
+impl SinkRecord {
+    /// The record's acknowledgement handle.
+    pub fn into_ack(self) -> Ack {
+        match self {
+            SinkRecord::Telemetry(r) => r.ack,
+            SinkRecord::DeadLetter(r) => r.ack,
+        }
+    }
+}

@@ -152,7 +152,7 @@ pub fn decode_message(
             }
             validator
                 .validate(candidate, now_ms)
-                .map_err(|(violation, candidate)| reject(violation, &candidate, raw))
+                .map_err(|e| reject(e.0, &e.1, raw))
         })
         .collect();
     Ok(out)
@@ -439,7 +439,38 @@ fn from_proto(p: proto::Ping) -> Candidate {
     }
 }
 
-/// Encodes a candidate (or a ping, through [`Candidate`]) as a Protobuf `Ping`.
+/// Re-encodes a validated ping in `encoding`, for dead-lettering a ping that
+/// was refused after decoding (rate limit): the same data, not necessarily
+/// the same bytes.
+pub fn encode_ping(ping: &Ping, encoding: Encoding) -> Bytes {
+    match encoding {
+        // Serializing a Ping (plain data, string keys) cannot fail.
+        Encoding::Json => Bytes::from(serde_json::to_vec(ping).unwrap_or_default()),
+        Encoding::Protobuf => {
+            let candidate = Candidate {
+                vehicle_id: ping.vehicle_id.to_string(),
+                seq: ping.seq,
+                ts_ms: Some(ping.ts_ms),
+                lat: Some(ping.lat),
+                lon: Some(ping.lon),
+                alt_m: ping.alt_m,
+                speed_kmh: ping.speed_kmh,
+                heading_deg: ping.heading_deg,
+                accuracy_m: ping.accuracy_m,
+                soc_pct: ping.soc_pct,
+                battery_v: ping.battery_v,
+                charging: ping.charging,
+                odometer_km: ping.odometer_km,
+                ignition: ping.ignition,
+                dtcs: ping.dtcs.clone(),
+                attrs: ping.attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            };
+            Bytes::from(to_proto(&candidate).encode_to_vec())
+        }
+    }
+}
+
+/// Encodes a candidate as a Protobuf `Ping`.
 pub fn to_proto(c: &Candidate) -> proto::Ping {
     use proto::attr_value::Kind;
     proto::Ping {

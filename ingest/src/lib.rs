@@ -2,9 +2,21 @@
 //!
 //! - [`codec`] and [`validate`]: the pure core, bytes in, validated pings or
 //!   rejections out; no I/O.
-//! - the gateways (embedded MQTT broker, external MQTT broker, WebSocket and
-//!   HTTP) are thin async shells around it that authenticate devices, apply
-//!   rate limits and hand records to the pipeline through bounded queues.
+//! - [`gateway`]: what every gateway does with a message (decode, validate,
+//!   rate-limit, hand over with an acknowledgement handle).
+//! - [`mqtt`] (embedded rumqttd broker or external broker) and [`http`]
+//!   (WebSocket and HTTP): thin async shells around the core.
+//! - [`auth`] and [`ratelimit`]: who may publish, and how fast.
 
+pub mod auth;
 pub mod codec;
+pub mod gateway;
+pub mod http;
+pub mod mqtt;
+pub mod ratelimit;
 pub mod validate;
+
+pub use auth::{AuthConfig, Authenticator};
+pub use gateway::{IngestOutput, Ingestor};
+pub use ratelimit::{RateLimitConfig, RateLimiter};
+pub use validate::{ValidationConfig, Validator};

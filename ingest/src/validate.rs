@@ -289,9 +289,9 @@ impl Validator {
     }
 
     /// Checks `c` and turns it into a [`Ping`].
-    pub fn validate(&self, c: Candidate, now_ms: i64) -> Result<Ping, (Violation, Candidate)> {
+    pub fn validate(&self, c: Candidate, now_ms: i64) -> Result<Ping, Box<(Violation, Candidate)>> {
         if let Err(v) = self.check(&c, now_ms) {
-            return Err((v, c));
+            return Err(Box::new((v, c)));
         }
         let mut attrs = BTreeMap::new();
         for (k, v) in c.attrs.iter() {
@@ -300,7 +300,7 @@ impl Validator {
                     RejectReason::SchemaInvalid,
                     format!("attrs key {k:?} appears twice"),
                 );
-                return Err((v, c));
+                return Err(Box::new((v, c)));
             }
         }
         // `check` proved these are present and valid.
@@ -308,7 +308,7 @@ impl Validator {
             (VehicleId::parse(&c.vehicle_id), c.ts_ms, c.lat, c.lon)
         else {
             let v = Violation::new(RejectReason::SchemaInvalid, "incomplete ping");
-            return Err((v, c));
+            return Err(Box::new((v, c)));
         };
         Ok(Ping {
             vehicle_id,
@@ -423,6 +423,6 @@ mod tests {
             ..good()
         };
         let err = Validator::new(ValidationConfig::default()).validate(c, NOW).err();
-        assert_eq!(err.map(|(v, _)| v.reason), Some(RejectReason::SchemaInvalid));
+        assert_eq!(err.map(|e| e.0.reason), Some(RejectReason::SchemaInvalid));
     }
 }

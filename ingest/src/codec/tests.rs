@@ -231,7 +231,7 @@ proptest! {
 
     #[test]
     fn valid_pings_survive_json_unchanged(c in arb_ping()) {
-        let ping = validator().validate(c, NOW).map_err(|(v, _)| TestCaseError::fail(v.detail))?;
+        let ping = validator().validate(c, NOW).map_err(|e| TestCaseError::fail(e.0.detail))?;
         // The model's own serialization (RFC 3339 ts) is valid wire JSON.
         let bytes = Bytes::from(serde_json::to_vec(&ping).map_err(|e| TestCaseError::fail(e.to_string()))?);
         let out = decode_message(&bytes, Encoding::Json, VehicleScope::FirstPing, &validator(), NOW)

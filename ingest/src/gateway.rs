@@ -1,0 +1,302 @@
+//! What every gateway does with a message once it has the bytes and knows
+//! who sent them: decode and validate, rate-limit, and hand each ping or
+//! rejection to the pipeline with its acknowledgement handle.
+//!
+//! The gateways differ only in transport and in how they answer the sender;
+//! this module is the one place the rules are applied, so MQTT, WebSocket
+//! and HTTP behave the same for the same bytes.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fleetpipe_model::{
+    Accepted, Ack, BatchAck, DeadLetter, Gateway, Origin, Ping, RejectReason, SCHEMA_VERSION,
+    SinkRecord,
+};
+use tokio::sync::mpsc;
+
+use crate::codec::{self, Encoding, Rejection, VehicleScope};
+use crate::ratelimit::RateLimiter;
+use crate::validate::Validator;
+
+/// Where ingest hands its output: bounded queues owned by the pipeline.
+///
+/// When a queue is full, `send` waits, so the gateway stops reading from its
+/// socket: backpressure reaches the device instead of memory growing.
+#[derive(Debug, Clone)]
+pub struct IngestOutput {
+    /// Accepted pings, towards enrichment.
+    pub pings: mpsc::Sender<Accepted>,
+    /// Rejections, straight to the sinks' dead-letter outputs.
+    pub dead_letters: mpsc::Sender<SinkRecord>,
+}
+
+/// The pipeline stopped taking input (shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the pipeline is shutting down")]
+pub struct PipelineClosed;
+
+/// One message as a gateway received it.
+#[derive(Debug, Clone)]
+pub struct Message<'a> {
+    /// Payload bytes.
+    pub payload: Bytes,
+    /// JSON or Protobuf.
+    pub encoding: Encoding,
+    /// Whose pings it may carry.
+    pub scope: VehicleScope<'a>,
+    /// Gateway it came through.
+    pub gateway: Gateway,
+    /// MQTT client id or authenticated device.
+    pub client: Option<Arc<str>>,
+    /// MQTT topic, for dead letters.
+    pub topic: Option<&'a str>,
+}
+
+/// A refused element (or the whole message, `index = None`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedItem {
+    /// Position in the batch, `None` for the whole message.
+    pub index: Option<usize>,
+    /// Reason code.
+    pub reason: RejectReason,
+    /// Explanation.
+    pub detail: String,
+}
+
+/// What became of a message.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// Pings handed to the pipeline.
+    pub accepted: usize,
+    /// Highest `seq` among them.
+    pub highest_seq: Option<u64>,
+    /// Whether every accepted ping carried a `seq`.
+    pub all_have_seq: bool,
+    /// Refusals, in batch order.
+    pub rejected: Vec<RejectedItem>,
+}
+
+impl Outcome {
+    /// The acknowledgement value of wire contract v1: the highest accepted
+    /// `seq` when every accepted ping carries one, otherwise the count.
+    pub fn ack_value(&self) -> u64 {
+        match (self.all_have_seq, self.highest_seq) {
+            (true, Some(seq)) => seq,
+            _ => self.accepted as u64,
+        }
+    }
+}
+
+/// The shared ingest core of every gateway. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ingestor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    validator: Validator,
+    limiter: RateLimiter,
+    output: IngestOutput,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Ingestor {
+    /// A core that validates with `validator`, limits with `limiter` and
+    /// writes to `output`.
+    pub fn new(validator: Validator, limiter: RateLimiter, output: IngestOutput) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                validator,
+                limiter,
+                output,
+            }),
+        }
+    }
+
+    /// The validation rules (gateways use the payload limit).
+    pub fn validator(&self) -> &Validator {
+        &self.inner.validator
+    }
+
+    /// The rate limiter (the binary forgets idle vehicles periodically).
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.inner.limiter
+    }
+
+    /// Processes one message. Every ping and every rejection gets an [`Ack`]
+    /// from `batch` when given, so the caller learns when all are durable.
+    pub async fn ingest(
+        &self,
+        msg: Message<'_>,
+        batch: Option<&BatchAck>,
+    ) -> Result<Outcome, PipelineClosed> {
+        let received_at = now_ms();
+        let gateway = msg.gateway;
+        metrics::counter!("fleetpipe_ingest_messages_total", "gateway" => gateway.as_str())
+            .increment(1);
+        metrics::counter!("fleetpipe_ingest_bytes_total", "gateway" => gateway.as_str())
+            .increment(msg.payload.len() as u64);
+        let origin = Origin {
+            gateway,
+            client: msg.client.clone(),
+            received_at,
+        };
+        let ack = || batch.map_or(Ack::none(), BatchAck::ack);
+        let mut outcome = Outcome {
+            all_have_seq: true,
+            ..Outcome::default()
+        };
+        let decoded = codec::decode_message(
+            &msg.payload,
+            msg.encoding,
+            msg.scope,
+            &self.inner.validator,
+            received_at,
+        );
+        let items = match decoded {
+            Ok(items) => items,
+            Err(rejection) => {
+                outcome.rejected.push(RejectedItem {
+                    index: None,
+                    reason: rejection.reason,
+                    detail: rejection.detail.clone(),
+                });
+                self.send_dead_letter(rejection, &origin, msg.topic, ack()).await?;
+                outcome.all_have_seq = false;
+                return Ok(outcome);
+            }
+        };
+        for (index, item) in items.into_iter().enumerate() {
+            let item = item.and_then(|ping| self.rate_limit(ping, msg.encoding));
+            match item {
+                Ok(ping) => {
+                    outcome.accepted += 1;
+                    match ping.seq {
+                        Some(seq) => {
+                            outcome.highest_seq = Some(outcome.highest_seq.map_or(seq, |h| h.max(seq)));
+                        }
+                        None => outcome.all_have_seq = false,
+                    }
+                    let accepted = Accepted {
+                        ping,
+                        origin: origin.clone(),
+                        ack: ack(),
+                    };
+                    self.inner
+                        .output
+                        .pings
+                        .send(accepted)
+                        .await
+                        .map_err(|_| PipelineClosed)?;
+                }
+                Err(rejection) => {
+                    outcome.rejected.push(RejectedItem {
+                        index: Some(index),
+                        reason: rejection.reason,
+                        detail: rejection.detail.clone(),
+                    });
+                    self.send_dead_letter(rejection, &origin, msg.topic, ack()).await?;
+                }
+            }
+        }
+        if outcome.accepted == 0 {
+            outcome.all_have_seq = false;
+        }
+        metrics::counter!("fleetpipe_ingest_pings_total", "gateway" => gateway.as_str())
+            .increment(outcome.accepted as u64);
+        Ok(outcome)
+    }
+
+    fn rate_limit(&self, ping: Ping, encoding: Encoding) -> Result<Ping, Rejection> {
+        if self.inner.limiter.check(&ping.vehicle_id) {
+            return Ok(ping);
+        }
+        Err(Rejection {
+            reason: RejectReason::RateLimited,
+            detail: format!("vehicle {} is over its rate limit", ping.vehicle_id),
+            raw: codec::encode_ping(&ping, encoding),
+            vehicle_id: Some(ping.vehicle_id),
+        })
+    }
+
+    /// Dead-letters a refusal that happened outside [`Ingestor::ingest`]
+    /// (e.g. a publish refused by the MQTT topic check).
+    pub async fn reject(
+        &self,
+        rejection: Rejection,
+        gateway: Gateway,
+        client: Option<Arc<str>>,
+        topic: Option<&str>,
+        ack: Ack,
+    ) -> Result<(), PipelineClosed> {
+        let origin = Origin {
+            gateway,
+            client,
+            received_at: now_ms(),
+        };
+        self.send_dead_letter(rejection, &origin, topic, ack).await
+    }
+
+    async fn send_dead_letter(
+        &self,
+        rejection: Rejection,
+        origin: &Origin,
+        topic: Option<&str>,
+        ack: Ack,
+    ) -> Result<(), PipelineClosed> {
+        metrics::counter!(
+            "fleetpipe_rejected_total",
+            "reason" => rejection.reason.as_str(),
+            "gateway" => origin.gateway.as_str()
+        )
+        .increment(1);
+        tracing::debug!(
+            reason = rejection.reason.as_str(),
+            detail = %rejection.detail,
+            gateway = origin.gateway.as_str(),
+            vehicle_id = ?rejection.vehicle_id,
+            "rejected"
+        );
+        let record = DeadLetter {
+            schema_version: SCHEMA_VERSION,
+            reason: rejection.reason,
+            detail: rejection.detail,
+            vehicle_id: rejection.vehicle_id,
+            topic: topic.map(str::to_owned),
+            origin: origin.clone(),
+            raw: rejection.raw,
+            ack,
+        };
+        self.inner
+            .output
+            .dead_letters
+            .send(SinkRecord::DeadLetter(record))
+            .await
+            .map_err(|_| PipelineClosed)
+    }
+}
+
+/// Registers every `fleetpipe_rejected_total` series at zero, so dashboards
+/// and alerts see the full set from the start.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "fleetpipe_rejected_total",
+        "Pings or messages refused and dead-lettered, by reason code and gateway"
+    );
+    metrics::describe_counter!("fleetpipe_ingest_messages_total", "Messages received, by gateway");
+    metrics::describe_counter!("fleetpipe_ingest_pings_total", "Pings accepted, by gateway");
+    metrics::describe_counter!("fleetpipe_ingest_bytes_total", "Payload bytes received, by gateway");
+    for reason in RejectReason::ALL {
+        metrics::counter!("fleetpipe_rejected_total", "reason" => reason.as_str(), "gateway" => "all")
+            .absolute(0);
+    }
+}

@@ -1,0 +1,258 @@
+//! WebSocket and HTTP gateways, on one axum router.
+//!
+//! - `GET /v1/ws`: a device streams messages over a WebSocket. Text frames are
+//!   JSON, binary frames Protobuf. Every frame gets exactly one answer, once
+//!   its records are durable: `{"ack": N}` (N = highest accepted `seq` when
+//!   every accepted ping has one, else the count accepted), with a
+//!   `"rejected"` list when some pings were refused, or `{"error": {...}}`.
+//!   A bad frame never closes the connection.
+//! - `POST /v1/pings`: the same, one message per request (phones uploading
+//!   a buffered backlog, backfill).
+//!
+//! Credentials: `Authorization: Bearer <token>`, or `?token=` for browsers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use fleetpipe_model::{Ack, AckStatus, BatchAck, Gateway, RejectReason};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Authenticator, Identity};
+use crate::codec::{Encoding, Rejection, VehicleScope};
+use crate::gateway::{Ingestor, Message, Outcome};
+
+/// `ingest.http`: the HTTP listener (WebSocket, HTTP ingest, health, metrics).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the listener.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    ingestor: Ingestor,
+    auth: Arc<Authenticator>,
+    shutdown: CancellationToken,
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The ingest routes (`/v1/ws`, `/v1/pings`). WebSocket sessions close
+/// (after answering the frame in hand) when `shutdown` fires.
+pub fn routes(ingestor: Ingestor, auth: Arc<Authenticator>, shutdown: CancellationToken) -> Router {
+    Router::new()
+        .route("/v1/ws", get(ws_upgrade))
+        .route("/v1/pings", post(post_pings))
+        .with_state(HttpState {
+            ingestor,
+            auth,
+            shutdown,
+        })
+}
+
+/// An error answer of wire contract v1.
+fn error_body(code: &str, message: &str) -> Value {
+    json!({ "error": { "code": code, "message": message } })
+}
+
+fn rejected_list(outcome: &Outcome) -> Vec<Value> {
+    outcome
+        .rejected
+        .iter()
+        .filter_map(|r| {
+            r.index
+                .map(|i| json!({ "index": i, "code": r.reason.as_str(), "message": r.detail }))
+        })
+        .collect()
+}
+
+/// The answer to one message, and the HTTP status that goes with it.
+fn answer(outcome: &Outcome, status: AckStatus) -> (StatusCode, Value) {
+    if status == AckStatus::Failed {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            error_body("unavailable", "not stored durably; send again"),
+        );
+    }
+    let rejected = rejected_list(outcome);
+    if outcome.accepted == 0
+        && let Some(first) = outcome.rejected.first()
+    {
+        let mut body = error_body(first.reason.as_str(), &first.detail);
+        if !rejected.is_empty() {
+            body["rejected"] = Value::Array(rejected);
+        }
+        let code = match first.reason {
+            RejectReason::Oversize => StatusCode::PAYLOAD_TOO_LARGE,
+            RejectReason::Unauthorized => StatusCode::FORBIDDEN,
+            RejectReason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        return (code, body);
+    }
+    let mut body = json!({ "ack": outcome.ack_value() });
+    if !rejected.is_empty() {
+        body["rejected"] = Value::Array(rejected);
+    }
+    (StatusCode::OK, body)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn authenticate(
+    state: &HttpState,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    gateway: Gateway,
+) -> Result<Identity, Box<Response>> {
+    let credential = bearer(headers).or(query_token);
+    state.auth.authenticate(credential, None).map_err(|e| {
+        metrics::counter!("fleetpipe_rejected_total", "reason" => RejectReason::Unauthorized.as_str(), "gateway" => gateway.as_str())
+            .increment(1);
+        tracing::info!(gateway = gateway.as_str(), error = %e, "device refused");
+        let body = error_body(RejectReason::Unauthorized.as_str(), &e.to_string());
+        Box::new((StatusCode::UNAUTHORIZED, axum::Json(body)).into_response())
+    })
+}
+
+fn scope(identity: &Identity) -> VehicleScope<'_> {
+    match identity.vehicle() {
+        Some(v) => VehicleScope::Device(v.as_str()),
+        None => VehicleScope::FirstPing,
+    }
+}
+
+/// Ingests one message and waits until its records are settled.
+async fn ingest_and_wait(
+    state: &HttpState,
+    identity: &Identity,
+    payload: Bytes,
+    encoding: Encoding,
+    gateway: Gateway,
+) -> (StatusCode, Value) {
+    let batch = BatchAck::new();
+    let msg = Message {
+        payload,
+        encoding,
+        scope: scope(identity),
+        gateway,
+        client: identity.vehicle().map(|v| Arc::from(v.as_str())),
+        topic: None,
+    };
+    match state.ingestor.ingest(msg, Some(&batch)).await {
+        Ok(outcome) => answer(&outcome, batch.wait().await),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            error_body("unavailable", "fleetpipe is shutting down; send again later"),
+        ),
+    }
+}
+
+async fn post_pings(
+    State(state): State<HttpState>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let identity = match authenticate(&state, &headers, query.token.as_deref(), Gateway::Http) {
+        Ok(i) => i,
+        Err(response) => return *response,
+    };
+    let limit = state.ingestor.validator().config().max_payload_bytes;
+    let payload = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            // Larger than the limit (or the body broke off): refuse without
+            // reading the rest; nothing but the fact can be dead-lettered.
+            let detail = format!("request body is larger than {limit} bytes");
+            let rejection = Rejection::message(RejectReason::Oversize, detail.clone(), &Bytes::new());
+            let client = identity.vehicle().map(|v| Arc::from(v.as_str()));
+            let _ = state
+                .ingestor
+                .reject(rejection, Gateway::Http, client, None, Ack::none())
+                .await;
+            let body = error_body(RejectReason::Oversize.as_str(), &detail);
+            return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
+        }
+    };
+    let encoding = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        Some(ct) if ct.contains("protobuf") => Encoding::Protobuf,
+        _ => Encoding::Json,
+    };
+    let (status, body) = ingest_and_wait(&state, &identity, payload, encoding, Gateway::Http).await;
+    (status, axum::Json(body)).into_response()
+}
+
+async fn ws_upgrade(
+    State(state): State<HttpState>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let identity = match authenticate(&state, &headers, query.token.as_deref(), Gateway::Websocket) {
+        Ok(i) => i,
+        Err(response) => return *response,
+    };
+    // Frames up to the hard limit reach the validator, which refuses the
+    // oversize ones with an answer; only beyond it does the socket close.
+    let hard_limit = crate::mqtt::hard_packet_limit(state.ingestor.validator().config().max_payload_bytes);
+    ws.max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| ws_session(socket, state, identity))
+}
+
+async fn ws_session(mut socket: WebSocket, state: HttpState, identity: Identity) {
+    metrics::gauge!("fleetpipe_ws_sessions").increment(1.0);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = state.shutdown.cancelled() => {
+                let close = CloseFrame { code: 1001, reason: "fleetpipe is shutting down".into() };
+                let _ = socket.send(WsMessage::Close(Some(close))).await;
+                break;
+            }
+            frame = socket.recv() => frame,
+        };
+        let (payload, encoding) = match frame {
+            Some(Ok(WsMessage::Text(text))) => (Bytes::from(text), Encoding::Json),
+            Some(Ok(WsMessage::Binary(bin))) => (bin, Encoding::Protobuf),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Close(_))) | None => break,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "websocket closed by error");
+                break;
+            }
+        };
+        let (_, body) = ingest_and_wait(&state, &identity, payload, encoding, Gateway::Websocket).await;
+        if socket.send(WsMessage::Text(body.to_string().into())).await.is_err() {
+            break;
+        }
+    }
+    metrics::gauge!("fleetpipe_ws_sessions").decrement(1.0);
+}

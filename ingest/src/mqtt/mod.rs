@@ -1,0 +1,160 @@
+//! MQTT gateways: the embedded rumqttd broker (default) or a subscription to
+//! an external broker through rumqttc.
+//!
+//! Topics (wire contract v1), `{prefix}` = `ingest.mqtt.topic_prefix`:
+//! - `{prefix}/{vehicle_id}/telemetry`: JSON (one ping or a batch);
+//! - `{prefix}/{vehicle_id}/telemetry/pb`: Protobuf (`Ping` or `PingBatch`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::codec::Encoding;
+
+mod acl;
+pub mod embedded;
+pub mod external;
+
+pub use embedded::{EmbeddedBroker, EmbeddedBrokerError};
+pub use external::{ExternalConsumer, ExternalConsumerError};
+
+/// Where fleetpipe gets MQTT traffic from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttMode {
+    /// Run the rumqttd broker inside fleetpipe; vehicles connect to it.
+    #[default]
+    Embedded,
+    /// Subscribe to an existing broker (`broker_url`) with a shared subscription.
+    External,
+    /// No MQTT gateway.
+    Off,
+}
+
+/// `ingest.mqtt`: the MQTT gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `embedded`, `external` or `off`.
+    pub mode: MqttMode,
+    /// Embedded: MQTT 3.1.1 listener.
+    pub listen: SocketAddr,
+    /// Embedded: MQTT 5 listener (rumqttd serves each protocol version on its own port).
+    pub listen_v5: Option<SocketAddr>,
+    /// First topic level of every telemetry topic.
+    pub topic_prefix: String,
+    /// Embedded: most simultaneous device connections.
+    pub max_connections: usize,
+    /// Embedded: time a new connection has to send CONNECT.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Embedded: unacknowledged QoS 1 publishes per connection.
+    pub max_inflight: usize,
+    /// Embedded: size of one segment of the broker's in-memory log per
+    /// subscription. The log holds `segment_bytes * segment_count` bytes;
+    /// if fleetpipe falls further behind, rumqttd drops the oldest segment.
+    pub segment_bytes: usize,
+    /// Embedded: segments kept per subscription (see `segment_bytes`).
+    pub segment_count: usize,
+    /// External: broker address, `mqtt://host:port`.
+    pub broker_url: String,
+    /// External: client id; keep it stable per instance, it names the persistent session.
+    pub client_id: String,
+    /// External: shared subscription group; instances with the same group split the load.
+    pub share_group: String,
+    /// External: username for the broker, if it wants one.
+    pub username: Option<String>,
+    /// External: password for the broker.
+    pub password: Option<String>,
+    /// External: MQTT keep-alive interval.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// External: QoS 1 messages the broker may have in flight to fleetpipe
+    /// unacknowledged (the broker's own limit applies too; Mosquitto's
+    /// `max_inflight_messages` defaults to 20).
+    pub max_unacked: usize,
+}
+
+impl MqttConfig {
+    fn defaults() -> Self {
+        Self {
+            mode: MqttMode::Embedded,
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            listen_v5: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
+            topic_prefix: "fleet".into(),
+            max_connections: 100_000,
+            connect_timeout: Duration::from_secs(10),
+            max_inflight: 100,
+            segment_bytes: 32 * 1024 * 1024,
+            segment_count: 8,
+            broker_url: "mqtt://127.0.0.1:1883".into(),
+            client_id: "fleetpipe-1".into(),
+            share_group: "fleetpipe".into(),
+            username: None,
+            password: None,
+            keep_alive: Duration::from_secs(30),
+            max_unacked: 1024,
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self::defaults()
+    }
+}
+
+/// A telemetry topic, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelemetryTopic<'a> {
+    /// The vehicle the topic names (not yet validated).
+    pub vehicle: &'a str,
+    /// Payload encoding the topic implies.
+    pub encoding: Encoding,
+}
+
+/// Parses `{prefix}/{vehicle}/telemetry[/pb]`; `None` for any other topic.
+pub fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Option<TelemetryTopic<'a>> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
+    let (vehicle, kind) = rest.split_once('/')?;
+    let encoding = match kind {
+        "telemetry" => Encoding::Json,
+        "telemetry/pb" => Encoding::Protobuf,
+        _ => return None,
+    };
+    (!vehicle.is_empty()).then_some(TelemetryTopic { vehicle, encoding })
+}
+
+/// Subscription filters for the telemetry topics.
+pub fn telemetry_filters(prefix: &str) -> [String; 2] {
+    [format!("{prefix}/+/telemetry"), format!("{prefix}/+/telemetry/pb")]
+}
+
+/// Largest MQTT packet fleetpipe's MQTT stacks read: well above the
+/// payload limit, so an oversize payload still reaches the validator and is
+/// dead-lettered with reason `oversize` instead of just closing the connection.
+pub(crate) fn hard_packet_limit(max_payload_bytes: usize) -> usize {
+    max_payload_bytes.saturating_mul(4).max(1024 * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics() {
+        assert_eq!(
+            parse_topic("fleet", "fleet/van-1/telemetry"),
+            Some(TelemetryTopic { vehicle: "van-1", encoding: Encoding::Json })
+        );
+        assert_eq!(
+            parse_topic("fleet", "fleet/van-1/telemetry/pb"),
+            Some(TelemetryTopic { vehicle: "van-1", encoding: Encoding::Protobuf })
+        );
+        assert_eq!(parse_topic("a/b", "a/b/v/telemetry").map(|t| t.vehicle), Some("v"));
+        for bad in ["fleet/van-1/ack", "fleet//telemetry", "fleetx/v/telemetry", "other/v/telemetry", "fleet/v/telemetry/json", "fleet"] {
+            assert_eq!(parse_topic("fleet", bad), None, "{bad}");
+        }
+    }
+}

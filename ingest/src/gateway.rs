@@ -285,7 +285,8 @@ impl Ingestor {
     }
 }
 
-/// Registers every `fleetpipe_rejected_total` series at zero, so dashboards
+/// Describes the ingest metrics and registers every
+/// `fleetpipe_rejected_total` series at zero, so dashboards
 /// and alerts see the full set from the start.
 pub fn describe_metrics() {
     metrics::describe_counter!(
@@ -295,8 +296,10 @@ pub fn describe_metrics() {
     metrics::describe_counter!("fleetpipe_ingest_messages_total", "Messages received, by gateway");
     metrics::describe_counter!("fleetpipe_ingest_pings_total", "Pings accepted, by gateway");
     metrics::describe_counter!("fleetpipe_ingest_bytes_total", "Payload bytes received, by gateway");
-    for reason in RejectReason::ALL {
-        metrics::counter!("fleetpipe_rejected_total", "reason" => reason.as_str(), "gateway" => "all")
-            .absolute(0);
+    for gateway in Gateway::ALL {
+        for reason in RejectReason::ALL {
+            metrics::counter!("fleetpipe_rejected_total", "reason" => reason.as_str(), "gateway" => gateway.as_str())
+                .increment(0);
+        }
     }
 }

@@ -24,6 +24,9 @@ pub enum Gateway {
 }
 
 impl Gateway {
+    /// Every gateway (used to pre-register metrics).
+    pub const ALL: [Gateway; 4] = [Gateway::Mqtt, Gateway::MqttExternal, Gateway::Websocket, Gateway::Http];
+
     /// The name used in metrics labels and records.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -1,0 +1,27 @@
+//! fleetpipe's enrichment stage.
+//!
+//! Takes validated pings ([`fleetpipe_model::Accepted`]) from ingest, adds
+//! derived data and hands [`fleetpipe_model::SinkRecord`]s to the sinks.
+//! Today that is the H3 cell of each position at the configured resolutions;
+//! geofences and a per-vehicle state machine come later.
+//!
+//! The stage has two layers:
+//! - [`Enricher`], the pure core: no tokio, no I/O, one ping in, one record
+//!   out. Everything that decides *what* a record contains lives here.
+//! - [`EnrichService`], the thin async shell: a dispatcher that shards pings
+//!   by vehicle over worker tasks, so each vehicle's pings are processed in
+//!   order on one core while the fleet spreads over all of them.
+//!
+//! Metrics: `fleetpipe_enrich_pings_total` (counter),
+//! `fleetpipe_enrich_queue_depth{worker}` (gauge) and
+//! `fleetpipe_enrich_h3_errors_total` (counter).
+
+mod config;
+mod enricher;
+mod error;
+mod service;
+
+pub use config::EnrichConfig;
+pub use enricher::Enricher;
+pub use error::EnrichError;
+pub use service::{EnrichHandle, EnrichService};

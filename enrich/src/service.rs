@@ -1,0 +1,648 @@
+//! The async shell around [`Enricher`]: a dispatcher that shards pings by
+//! vehicle over worker tasks, each enriching its share in order.
+//!
+//! ```text
+//! input ─▶ dispatcher ─┬─▶ queue 0 ─▶ worker 0 ─┐
+//!          (route by   ├─▶ queue 1 ─▶ worker 1 ─┼─▶ output (SinkRecord)
+//!           vehicle)   └─▶ queue n ─▶ worker n ─┘
+//! ```
+//!
+//! A vehicle always lands on the same worker, so its pings are enriched and
+//! sent downstream in the order they arrived, and per-vehicle state (later:
+//! geofences, trips) can live in its worker without locks. Every queue is
+//! bounded and every send awaits, so a slow sink slows the workers, a full
+//! worker queue stops the dispatcher and a stopped dispatcher stops ingest:
+//! backpressure end to end, nothing is dropped.
+//!
+//! Shutdown is by closing: when `input` is closed and drained the dispatcher
+//! ends, dropping the queue senders; each worker drains its queue, then drops
+//! its `output` sender, so `output` closes once every ping is downstream.
+
+use fleetpipe_model::{Accepted, SinkRecord};
+use metrics::{Counter, Gauge};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::EnrichConfig;
+use crate::enricher::{Enricher, H3_ERRORS_TOTAL};
+use crate::error::EnrichError;
+
+/// Counter: pings enriched and handed downstream.
+pub(crate) const PINGS_TOTAL: &str = "fleetpipe_enrich_pings_total";
+/// Gauge, label `worker`: pings waiting in a worker's queue.
+pub(crate) const QUEUE_DEPTH: &str = "fleetpipe_enrich_queue_depth";
+
+/// Most pings taken from a channel at once. Batching amortises the channel's
+/// synchronisation and the metric updates; it adds no latency, because
+/// `recv_many` returns as soon as one ping is there.
+const BATCH: usize = 256;
+
+/// Entry point of the stage.
+#[derive(Debug)]
+pub struct EnrichService;
+
+impl EnrichService {
+    /// Starts the dispatcher and the workers on the current Tokio runtime.
+    ///
+    /// The dispatcher reads `input` and routes each ping by a stable hash of
+    /// its vehicle id to one worker; each worker enriches its pings and sends
+    /// them as [`SinkRecord::Telemetry`] into `output`, awaiting when it is
+    /// full. Install the metrics recorder before calling this: the workers
+    /// register their metric handles here.
+    ///
+    /// # Errors
+    ///
+    /// An invalid configuration, or no Tokio runtime to spawn on.
+    pub fn start(
+        config: &EnrichConfig,
+        input: mpsc::Receiver<Accepted>,
+        output: mpsc::Sender<SinkRecord>,
+    ) -> Result<EnrichHandle, EnrichError> {
+        let enricher = Enricher::new(config)?;
+        // `tokio::spawn` would panic outside a runtime; report it instead.
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| EnrichError::NoRuntime)?;
+        describe_metrics();
+
+        let count = worker_count(config.workers);
+        let mut queues = Vec::with_capacity(count);
+        let mut workers = Vec::with_capacity(count);
+        for index in 0..count {
+            let (tx, rx) = mpsc::channel(config.queue_capacity);
+            queues.push(tx);
+            let worker = Worker {
+                index,
+                enricher: enricher.clone(),
+                queue: rx,
+                output: output.clone(),
+                pings: metrics::counter!(PINGS_TOTAL),
+                depth: metrics::gauge!(QUEUE_DEPTH, "worker" => index.to_string()),
+            };
+            workers.push(runtime.spawn(worker.run()));
+        }
+        // Only the workers may keep `output` open, so it closes when the last
+        // one is done.
+        drop(output);
+        let dispatcher = runtime.spawn(dispatch(input, queues));
+        tracing::info!(workers = count, queue_capacity = config.queue_capacity, h3_resolutions = ?config.h3_resolutions, "enrichment stage started");
+        Ok(EnrichHandle {
+            dispatcher,
+            workers,
+        })
+    }
+}
+
+/// Join handle of the stage.
+///
+/// Dropping it leaves the stage running; it still ends when `input` closes.
+#[derive(Debug)]
+pub struct EnrichHandle {
+    dispatcher: JoinHandle<()>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl EnrichHandle {
+    /// Waits for the dispatcher and every worker to end, i.e. until `input`
+    /// is closed and every ping taken from it was sent downstream (or
+    /// `output` was closed under it).
+    pub async fn join(self) {
+        if let Err(err) = self.dispatcher.await {
+            tracing::error!(error = %err, "enrich dispatcher failed");
+        }
+        for (index, worker) in self.workers.into_iter().enumerate() {
+            if let Err(err) = worker.await {
+                tracing::error!(worker = index, error = %err, "enrich worker failed");
+            }
+        }
+    }
+
+    /// Number of worker tasks.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+}
+
+/// Resolves `workers = 0` to the number of CPU cores.
+fn worker_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Registers help texts, so exporters can describe the metrics.
+fn describe_metrics() {
+    metrics::describe_counter!(PINGS_TOTAL, "Pings enriched and handed to the sinks.");
+    metrics::describe_gauge!(
+        QUEUE_DEPTH,
+        "Pings waiting in an enrich worker's queue, sampled when the worker takes a batch."
+    );
+    metrics::describe_counter!(
+        H3_ERRORS_TOTAL,
+        "H3 cells left out of a record because H3 refused the position."
+    );
+}
+
+/// Routes every ping of `input` to the queue of its vehicle's worker.
+async fn dispatch(mut input: mpsc::Receiver<Accepted>, queues: Vec<mpsc::Sender<Accepted>>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while input.recv_many(&mut batch, BATCH).await > 0 {
+        for accepted in batch.drain(..) {
+            let index = route(accepted.ping.vehicle_id.as_str(), queues.len());
+            if let Err(mpsc::error::SendError(lost)) = queues[index].send(accepted).await {
+                // A worker ends early only when `output` closed (or on a bug).
+                // Stop reading rather than silently losing one shard's
+                // vehicles: dropping `input` tells ingest the stage is gone,
+                // and the pings still held here drop their acks unmarked, so
+                // their senders hear "failed" and keep their data.
+                tracing::error!(
+                    worker = index,
+                    vehicle_id = %lost.ping.vehicle_id,
+                    "enrich worker is gone; dispatcher stopping"
+                );
+                return;
+            }
+        }
+    }
+    tracing::debug!("enrich input closed and drained; dispatcher done");
+}
+
+/// Worker for a fixed `1/n` share of the vehicles.
+struct Worker {
+    index: usize,
+    enricher: Enricher,
+    queue: mpsc::Receiver<Accepted>,
+    output: mpsc::Sender<SinkRecord>,
+    pings: Counter,
+    depth: Gauge,
+}
+
+impl Worker {
+    /// Enriches and forwards pings until the queue is closed and drained, or
+    /// `output` is closed.
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(BATCH);
+        while self.queue.recv_many(&mut batch, BATCH).await > 0 {
+            // What is still waiting after taking a batch is the backlog.
+            self.depth.set(self.queue.len() as f64);
+            if !self.forward(&mut batch).await {
+                tracing::error!(worker = self.index, "enrich output closed; worker stopping");
+                break;
+            }
+        }
+        self.depth.set(0.0);
+        tracing::debug!(worker = self.index, "enrich worker done");
+    }
+
+    /// Enriches and sends one batch in order; false if `output` is closed
+    /// (the unsent pings are then dropped, failing their acks).
+    async fn forward(&self, batch: &mut Vec<Accepted>) -> bool {
+        let mut sent = 0;
+        let mut open = true;
+        for accepted in batch.drain(..) {
+            let record = self.enricher.enrich(accepted);
+            if self
+                .output
+                .send(SinkRecord::Telemetry(record))
+                .await
+                .is_err()
+            {
+                open = false;
+                break;
+            }
+            sent += 1;
+        }
+        // One atomic add per batch instead of per ping.
+        self.pings.increment(sent);
+        open
+    }
+}
+
+/// Index of the worker that owns `vehicle_id`, in `0..workers` (`workers > 0`).
+///
+/// The hash is spelled out here rather than taken from std: `DefaultHasher`'s
+/// algorithm may change between Rust releases, and routing must not move
+/// vehicles between workers (and their state) just because the toolchain did.
+fn route(vehicle_id: &str, workers: usize) -> usize {
+    (fmix64(fnv1a64(vehicle_id.as_bytes())) % workers as u64) as usize
+}
+
+/// 64-bit FNV-1a: simple and fast on short ids.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET_BASIS, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+/// MurmurHash3's 64-bit finalizer. FNV's low bits mix poorly (ids differing
+/// in their last character would cluster on a power-of-two worker count);
+/// this spreads every input bit over the whole word.
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^= k >> 33;
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::time::Duration;
+
+    use fleetpipe_model::{Ack, AckStatus, BatchAck, Gateway, Origin, Ping, VehicleId};
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use tokio::time::timeout;
+
+    use super::*;
+
+    /// Long enough for every runnable task to settle, so a send still pending
+    /// after it is blocked for real.
+    const SETTLE: Duration = Duration::from_millis(200);
+    /// Generous bound for things that must happen.
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    fn accepted(vehicle: &str, seq: u64, ack: Ack) -> Accepted {
+        let vehicle_id = VehicleId::parse(vehicle).unwrap_or_else(|e| panic!("{e}"));
+        // Spread positions a little so cells differ between pings.
+        let lat = 52.0 + (seq % 100) as f64 * 0.001;
+        let lon = 13.0 + (vehicle.len() % 10) as f64 * 0.001;
+        Accepted {
+            ping: Ping {
+                vehicle_id,
+                seq: Some(seq),
+                ts_ms: 1_795_420_800_000 + seq as i64,
+                lat,
+                lon,
+                alt_m: None,
+                speed_kmh: None,
+                heading_deg: None,
+                accuracy_m: None,
+                soc_pct: None,
+                battery_v: None,
+                charging: None,
+                odometer_km: None,
+                ignition: None,
+                dtcs: Vec::new(),
+                attrs: BTreeMap::new(),
+            },
+            origin: Origin {
+                gateway: Gateway::Http,
+                client: None,
+                received_at: 1_795_420_800_000,
+            },
+            ack,
+        }
+    }
+
+    fn config(workers: usize, queue_capacity: usize) -> EnrichConfig {
+        EnrichConfig {
+            workers,
+            queue_capacity,
+            ..EnrichConfig::default()
+        }
+    }
+
+    fn telemetry(record: SinkRecord) -> fleetpipe_model::TelemetryRecord {
+        match record {
+            SinkRecord::Telemetry(t) => t,
+            SinkRecord::DeadLetter(d) => panic!("enrich must not emit dead letters: {d:?}"),
+        }
+    }
+
+    /// Reads `output` until it closes, as `(vehicle, seq)` in arrival order.
+    async fn collect(mut output: mpsc::Receiver<SinkRecord>) -> Vec<(String, u64)> {
+        let mut seen = Vec::new();
+        while let Some(record) = output.recv().await {
+            let t = telemetry(record);
+            assert_eq!(t.h3.len(), 2, "default resolutions 7 and 9");
+            seen.push((
+                t.ping.vehicle_id.to_string(),
+                t.ping.seq.unwrap_or(u64::MAX),
+            ));
+        }
+        seen
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_ping_arrives_once_in_vehicle_order() {
+        const VEHICLES: u64 = 50;
+        const PINGS: u64 = 40;
+        let (in_tx, in_rx) = mpsc::channel(16);
+        let (out_tx, out_rx) = mpsc::channel(16);
+        // Small queues, so workers and dispatcher block and resume often.
+        let handle =
+            EnrichService::start(&config(3, 4), in_rx, out_tx).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(handle.workers(), 3);
+
+        let collector = tokio::spawn(collect(out_rx));
+        // Interleaved in a fixed pseudo-random order, so a vehicle's
+        // consecutive pings are sometimes adjacent and sometimes far apart:
+        // a stage that let them reach different workers would reorder them.
+        let mut next_seq = vec![0u64; VEHICLES as usize];
+        let mut unfinished: Vec<usize> = (0..VEHICLES as usize).collect();
+        let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+        while !unfinished.is_empty() {
+            rng = rng
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let pick = ((rng >> 33) % unfinished.len() as u64) as usize;
+            let v = unfinished[pick];
+            let sent = in_tx
+                .send(accepted(&format!("veh-{v}"), next_seq[v], Ack::none()))
+                .await;
+            assert!(sent.is_ok(), "stage closed its input early");
+            next_seq[v] += 1;
+            if next_seq[v] == PINGS {
+                unfinished.swap_remove(pick);
+            }
+        }
+        drop(in_tx);
+        assert!(timeout(DEADLINE, handle.join()).await.is_ok(), "join hung");
+        let seen = timeout(DEADLINE, collector)
+            .await
+            .unwrap_or_else(|_| panic!("output never closed"))
+            .unwrap_or_else(|e| panic!("collector: {e}"));
+
+        assert_eq!(
+            seen.len() as u64,
+            VEHICLES * PINGS,
+            "lost or duplicated pings"
+        );
+        let mut per_vehicle: HashMap<String, Vec<u64>> = HashMap::new();
+        for (vehicle, seq) in seen {
+            per_vehicle.entry(vehicle).or_default().push(seq);
+        }
+        assert_eq!(per_vehicle.len() as u64, VEHICLES);
+        let expected: Vec<u64> = (0..PINGS).collect();
+        for (vehicle, seqs) in &per_vehicle {
+            assert_eq!(seqs, &expected, "order of {vehicle}");
+        }
+    }
+
+    #[tokio::test]
+    async fn full_queues_block_input_until_output_is_drained() {
+        let (in_tx, in_rx) = mpsc::channel(1);
+        let (out_tx, out_rx) = mpsc::channel(1);
+        let handle =
+            EnrichService::start(&config(1, 1), in_rx, out_tx).unwrap_or_else(|e| panic!("{e}"));
+
+        // Nobody reads `output`: sends must stop completing.
+        let mut sent = 0;
+        let mut blocked = false;
+        for _ in 0..100 {
+            match timeout(SETTLE, in_tx.send(accepted("van-1", sent, Ack::none()))).await {
+                Ok(Ok(())) => sent += 1,
+                Ok(Err(_)) => panic!("stage closed its input"),
+                Err(_) => {
+                    blocked = true;
+                    break;
+                }
+            }
+        }
+        assert!(blocked, "input never blocked although output is full");
+        // Buffered pings: output (1) + worker sending (1) + worker queue (1)
+        // + dispatcher sending (1) + input channel (1). More means the stage
+        // buffers somewhere unbounded.
+        assert_eq!(sent, 5);
+
+        // Drain output: everything flows again, including the blocked ping
+        // (its send future was dropped, so it is sent anew with its seq).
+        let collector = tokio::spawn(collect(out_rx));
+        let total = sent + 20;
+        for seq in sent..total {
+            let res = timeout(DEADLINE, in_tx.send(accepted("van-1", seq, Ack::none()))).await;
+            assert!(
+                matches!(res, Ok(Ok(()))),
+                "send {seq} did not complete after draining"
+            );
+        }
+        drop(in_tx);
+        assert!(timeout(DEADLINE, handle.join()).await.is_ok(), "join hung");
+        let seen = timeout(DEADLINE, collector)
+            .await
+            .unwrap_or_else(|_| panic!("output never closed"))
+            .unwrap_or_else(|e| panic!("collector: {e}"));
+        let seqs: Vec<u64> = seen.into_iter().map(|(_, seq)| seq).collect();
+        assert_eq!(seqs, (0..total).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn closing_input_drains_every_queued_ping_then_closes_output() {
+        const PINGS: u64 = 100;
+        let (in_tx, in_rx) = mpsc::channel(PINGS as usize);
+        let (out_tx, mut out_rx) = mpsc::channel(PINGS as usize);
+        let handle =
+            EnrichService::start(&config(2, 8), in_rx, out_tx).unwrap_or_else(|e| panic!("{e}"));
+
+        let batch = BatchAck::new();
+        // On this single-threaded runtime nothing runs between these sends,
+        // so every ping is still queued when the input closes.
+        for seq in 0..PINGS {
+            let vehicle = format!("veh-{}", seq % 7);
+            let sent = in_tx.send(accepted(&vehicle, seq, batch.ack())).await;
+            assert!(sent.is_ok());
+        }
+        drop(in_tx);
+        assert!(timeout(DEADLINE, handle.join()).await.is_ok(), "join hung");
+
+        // join returned: everything must already be in `output`, and it must
+        // be closed, so this neither waits nor misses anything.
+        let mut received = 0;
+        loop {
+            match out_rx.try_recv() {
+                Ok(record) => {
+                    telemetry(record).ack.delivered();
+                    received += 1;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => panic!("output still open after join"),
+            }
+        }
+        assert_eq!(received, PINGS);
+        assert_eq!(batch.wait().await, AckStatus::Delivered);
+    }
+
+    #[tokio::test]
+    async fn join_waits_until_every_ping_is_downstream() {
+        const PINGS: u64 = 100;
+        let (in_tx, in_rx) = mpsc::channel(PINGS as usize);
+        // Queues hold everything, so the dispatcher finishes at once, but
+        // output holds only 10: the workers are stuck until someone reads.
+        let (out_tx, out_rx) = mpsc::channel(10);
+        let handle = EnrichService::start(&config(2, PINGS as usize), in_rx, out_tx)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for seq in 0..PINGS {
+            let sent = in_tx
+                .send(accepted(&format!("veh-{}", seq % 5), seq, Ack::none()))
+                .await;
+            assert!(sent.is_ok());
+        }
+        drop(in_tx);
+
+        let join = tokio::spawn(handle.join());
+        tokio::time::sleep(SETTLE).await;
+        assert!(
+            !join.is_finished(),
+            "join returned while pings were still queued"
+        );
+
+        let seen = timeout(DEADLINE, collect(out_rx))
+            .await
+            .unwrap_or_else(|_| panic!("output never closed"));
+        assert_eq!(seen.len() as u64, PINGS);
+        assert!(timeout(DEADLINE, join).await.is_ok(), "join hung");
+    }
+
+    #[tokio::test]
+    async fn closed_output_stops_the_stage_and_fails_acks() {
+        let (in_tx, in_rx) = mpsc::channel(1);
+        let (out_tx, out_rx) = mpsc::channel(1);
+        drop(out_rx);
+        let handle =
+            EnrichService::start(&config(1, 1), in_rx, out_tx).unwrap_or_else(|e| panic!("{e}"));
+
+        let batch = BatchAck::new();
+        let mut input_closed = false;
+        for seq in 0..10 {
+            match timeout(DEADLINE, in_tx.send(accepted("van-1", seq, batch.ack()))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    input_closed = true;
+                    break;
+                }
+                Err(_) => panic!("send hung although the stage should have stopped"),
+            }
+        }
+        assert!(input_closed, "ingest was never told the stage stopped");
+        assert!(timeout(DEADLINE, handle.join()).await.is_ok(), "join hung");
+        assert_eq!(batch.wait().await, AckStatus::Failed);
+    }
+
+    #[tokio::test]
+    async fn zero_workers_means_one_per_core() {
+        let (in_tx, in_rx) = mpsc::channel::<Accepted>(1);
+        let (out_tx, _out_rx) = mpsc::channel(1);
+        let handle =
+            EnrichService::start(&config(0, 1), in_rx, out_tx).unwrap_or_else(|e| panic!("{e}"));
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(handle.workers(), cores);
+        drop(in_tx);
+        assert!(timeout(DEADLINE, handle.join()).await.is_ok(), "join hung");
+    }
+
+    #[tokio::test]
+    async fn invalid_config_is_refused() {
+        let (_in_tx, in_rx) = mpsc::channel::<Accepted>(1);
+        let (out_tx, _out_rx) = mpsc::channel(1);
+        let res = EnrichService::start(&config(1, 0), in_rx, out_tx);
+        assert_eq!(res.err(), Some(EnrichError::ZeroQueueCapacity));
+    }
+
+    #[test]
+    fn start_outside_a_runtime_is_an_error_not_a_panic() {
+        let (_in_tx, in_rx) = mpsc::channel::<Accepted>(1);
+        let (out_tx, _out_rx) = mpsc::channel(1);
+        let res = EnrichService::start(&config(1, 1), in_rx, out_tx);
+        assert_eq!(res.err(), Some(EnrichError::NoRuntime));
+    }
+
+    #[test]
+    fn metrics_count_pings_and_label_queue_depth_per_worker() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        // A current-thread runtime runs every task on this thread, where the
+        // local recorder is installed.
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("runtime: {e}"));
+            rt.block_on(async {
+                let (in_tx, in_rx) = mpsc::channel(64);
+                let (out_tx, out_rx) = mpsc::channel(64);
+                let handle = EnrichService::start(&config(2, 8), in_rx, out_tx)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                for seq in 0..30 {
+                    let sent = in_tx
+                        .send(accepted(&format!("veh-{seq}"), seq, Ack::none()))
+                        .await;
+                    assert!(sent.is_ok());
+                }
+                drop(in_tx);
+                handle.join().await;
+                assert_eq!(collect(out_rx).await.len(), 30);
+            });
+        });
+
+        let mut pings = None;
+        let mut depth_workers = Vec::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            match key.name() {
+                PINGS_TOTAL => pings = Some(value),
+                QUEUE_DEPTH => {
+                    let labels: Vec<(String, String)> = key
+                        .labels()
+                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                        .collect();
+                    depth_workers.push(labels);
+                    // Drained at the end.
+                    assert_eq!(value, DebugValue::Gauge(0.0.into()));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(pings, Some(DebugValue::Counter(30)));
+        depth_workers.sort();
+        assert_eq!(
+            depth_workers,
+            vec![
+                vec![("worker".to_owned(), "0".to_owned())],
+                vec![("worker".to_owned(), "1".to_owned())],
+            ]
+        );
+    }
+
+    #[test]
+    fn fnv1a64_matches_reference_vectors() {
+        // From the FNV reference test suite.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn routing_is_pinned() {
+        // Computed independently (Python); a change here moves vehicles
+        // between workers.
+        assert_eq!(fmix64(fnv1a64(b"van-1")), 0xffee_6e92_42c5_200a);
+        assert_eq!(route("van-1", 3), 1);
+        assert_eq!(route("van-2", 3), 2);
+        assert_eq!(route("van-1", 8), 2);
+        assert_eq!(route("van-2", 8), 7);
+        assert_eq!(route("truck:0042", 3), 0);
+        assert_eq!(route("anything", 1), 0);
+    }
+
+    #[test]
+    fn routing_spreads_similar_ids_evenly() {
+        for workers in [2, 3, 8, 12] {
+            let mut counts = vec![0usize; workers];
+            for i in 0..6000 {
+                let index = route(&format!("veh-{i}"), workers);
+                assert!(index < workers);
+                counts[index] += 1;
+            }
+            let mean = 6000 / workers;
+            for (index, &count) in counts.iter().enumerate() {
+                assert!(
+                    count.abs_diff(mean) * 100 <= mean * 15,
+                    "worker {index} of {workers} got {count}, mean {mean}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! fleetpipe's configuration: one TOML file, every key overridable by an
+//! environment variable (`FLEETPIPE_` + the key path in upper case with `__`
+//! between levels, e.g. `FLEETPIPE_INGEST__MQTT__LISTEN=0.0.0.0:1883`).
+//!
+//! Each component owns its config struct (next to its code); this module
+//! only assembles them. Every key is documented in `config/fleetpipe.toml`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use fleetpipe_enrich::EnrichConfig;
+use fleetpipe_ingest::http::HttpConfig;
+use fleetpipe_ingest::mqtt::{MqttConfig, MqttMode};
+use fleetpipe_ingest::{AuthConfig, RateLimitConfig, ValidationConfig};
+use fleetpipe_sink::FileSinkConfig;
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Gateways and input rules.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// Enrichment stage.
+    #[serde(default)]
+    pub enrich: EnrichConfig,
+    /// Outputs.
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// Queues between the stages, shutdown.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `ingest`: gateways and input rules.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// MQTT gateway (embedded broker or external broker).
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// HTTP listener: WebSocket, HTTP ingest, health, metrics.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Device authentication.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Validation limits.
+    #[serde(default)]
+    pub limits: ValidationConfig,
+    /// Per-vehicle rate limit.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+}
+
+/// `sink`: outputs. A sink is on when its table is present.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Newline-delimited JSON files under a directory.
+    pub file: Option<FileSinkConfig>,
+}
+
+/// `pipeline`: the bounded queues between stages.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Capacity of the queue from the gateways to enrichment, in pings.
+    pub ping_queue: usize,
+    /// Capacity of the queue into the sinks, in records.
+    pub sink_queue: usize,
+    /// Longest a graceful shutdown may take before fleetpipe gives up and exits non-zero.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            ping_queue: 8192,
+            sink_queue: 8192,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `log`: logging.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive; `RUST_LOG` wins when set.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info,rumqttd=off".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file does not exist or cannot be read.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The path given.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A key is unknown, missing or of the wrong type.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads `path`, then applies `FLEETPIPE_*` environment overrides, then checks.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, Env::prefixed("FLEETPIPE_").split("__"))
+    }
+
+    fn load_with_env(path: &Path, env: Env) -> Result<Self, ConfigError> {
+        let file_error = |reason: String| ConfigError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        // Read it ourselves: figment would silently treat a missing file as empty.
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        let config: Config = Figment::new()
+            .merge(Toml::string(&text))
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Invalid(one_line(&e)))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Cross-key rules serde cannot express.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |s: &str| Err(ConfigError::Invalid(s.to_owned()));
+        if self.sink.file.is_none() {
+            return invalid("no sink is configured: add [sink.file]");
+        }
+        if self.pipeline.ping_queue == 0 || self.pipeline.sink_queue == 0 {
+            return invalid("pipeline.ping_queue and pipeline.sink_queue must be at least 1");
+        }
+        let prefix = &self.ingest.mqtt.topic_prefix;
+        if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.starts_with('/') || prefix.ends_with('/') {
+            return invalid("ingest.mqtt.topic_prefix must be non-empty, without wildcards or leading/trailing '/'");
+        }
+        if self.ingest.mqtt.mode == MqttMode::External && self.ingest.mqtt.share_group.contains(['/', '+', '#']) {
+            return invalid("ingest.mqtt.share_group must not contain '/', '+' or '#'");
+        }
+        let limits = &self.ingest.limits;
+        if limits.max_payload_bytes == 0 || limits.max_batch == 0 {
+            return invalid("ingest.limits.max_payload_bytes and ingest.limits.max_batch must be at least 1");
+        }
+        self.enrich
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// figment's error as one line that names the key, without figment's
+/// internal "default." profile prefix.
+fn one_line(e: &figment::Error) -> String {
+    let mut msg = e.to_string().replace("default.", "");
+    if let Some(first) = msg.lines().next() {
+        msg = first.to_owned();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    const MINIMAL: &str = "[sink.file]\ndir = \"data\"\n";
+
+    /// Loads `toml` as a file inside a figment Jail (isolated cwd and
+    /// environment), with `env` set, and returns the result as a string error.
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        let mut out = Err(String::new());
+        Jail::expect_with(|jail| {
+            jail.create_file("fleetpipe.toml", toml)?;
+            for (k, v) in env {
+                jail.set_env(k, v);
+            }
+            out = Config::load(Path::new("fleetpipe.toml")).map_err(|e| e.to_string());
+            Ok(())
+        });
+        out
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.ingest.mqtt.mode, MqttMode::Embedded);
+        assert_eq!(c.ingest.mqtt.listen.port(), 1883);
+        assert_eq!(c.ingest.http.listen.port(), 8080);
+        assert_eq!(c.ingest.limits.max_past, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = load(
+            &format!("{MINIMAL}[ingest.mqtt]\nlisten = \"127.0.0.1:1000\"\n"),
+            &[
+                ("FLEETPIPE_INGEST__MQTT__LISTEN", "127.0.0.1:2000"),
+                ("FLEETPIPE_INGEST__AUTH__MODE", "jwt"),
+                ("FLEETPIPE_INGEST__LIMITS__MAX_FUTURE", "1m"),
+                ("FLEETPIPE_PIPELINE__PING_QUEUE", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.ingest.mqtt.listen.port(), 2000);
+        assert_eq!(c.ingest.auth.mode, fleetpipe_ingest::auth::AuthMode::Jwt);
+        assert_eq!(c.ingest.limits.max_future, Duration::from_secs(60));
+        assert_eq!(c.pipeline.ping_queue, 7);
+    }
+
+    #[test]
+    fn errors_are_one_line_and_name_the_key() {
+        let unknown = load(&format!("{MINIMAL}[ingest.mqtt]\nlisten_port = 1\n"), &[]).unwrap_err();
+        assert!(unknown.contains("listen_port") && unknown.contains("ingest.mqtt"), "{unknown}");
+        let bad_type = load(&format!("{MINIMAL}[ingest.http]\nlisten = \"nowhere\"\n"), &[]).unwrap_err();
+        assert!(bad_type.contains("ingest.http.listen"), "{bad_type}");
+        let bad_mode = load(&format!("{MINIMAL}[ingest.auth]\nmode = \"maybe\"\n"), &[]).unwrap_err();
+        assert!(bad_mode.contains("ingest.auth.mode"), "{bad_mode}");
+        let no_sink = load("", &[]).unwrap_err();
+        assert!(no_sink.contains("no sink"), "{no_sink}");
+        for e in [unknown, bad_type, bad_mode, no_sink] {
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let e = Config::load(Path::new("/nonexistent/fleetpipe.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("config file /nonexistent/fleetpipe.toml:"), "{e}");
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c, {
+            // The shipped file documents the defaults: it must not drift from them.
+            let mut defaults = load(MINIMAL, &[]).unwrap();
+            // Only the quick-start listeners differ from the built-in defaults.
+            defaults.sink.file = c.sink.file.clone();
+            defaults.ingest.mqtt.listen = c.ingest.mqtt.listen;
+            defaults.ingest.mqtt.listen_v5 = c.ingest.mqtt.listen_v5;
+            defaults.ingest.http.listen = c.ingest.http.listen;
+            defaults
+        });
+    }
+}

@@ -1,0 +1,199 @@
+//! The pipeline: gateways → (bounded queue) → enrichment workers → (bounded
+//! queue) → sinks, with dead letters going from the gateways straight to the
+//! sinks' queue.
+//!
+//! Shutdown is one [`CancellationToken`]: the gateways stop accepting and
+//! finish what they took; dropping their queue senders lets enrichment drain
+//! and close its output, which lets the sinks drain, flush and return. Only
+//! then is the pipeline done, so nothing accepted is lost.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetpipe_enrich::EnrichService;
+use fleetpipe_ingest::http::routes as ingest_routes;
+use fleetpipe_ingest::mqtt::{EmbeddedBroker, ExternalConsumer, MqttMode};
+use fleetpipe_ingest::{Authenticator, IngestOutput, Ingestor, RateLimiter, Validator};
+use fleetpipe_model::{Accepted, SinkRecord};
+use fleetpipe_sink::FileSink;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::ops::{self, Readiness};
+
+/// How often idle vehicles are dropped from the rate limiter.
+const RATE_LIMIT_SWEEP: Duration = Duration::from_secs(60);
+
+/// The pipeline could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A component refused its configuration or could not bind.
+    #[error("{0}")]
+    Start(String),
+    /// Shutdown did not finish within `pipeline.shutdown_timeout`.
+    #[error("shutdown did not finish within {0:?}; records still queued may not be written")]
+    ShutdownTimeout(Duration),
+    /// A sink failed for good.
+    #[error("sink failed: {0}")]
+    Sink(String),
+}
+
+fn start_err(e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Start(e.to_string())
+}
+
+/// A running pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    http_addr: SocketAddr,
+    mqtt_addr: Option<SocketAddr>,
+    mqtt_v5_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    shutdown_timeout: Duration,
+    readiness: Readiness,
+    gateways: JoinSet<()>,
+    stages: JoinSet<Result<(), PipelineError>>,
+}
+
+impl Pipeline {
+    /// Starts every stage. The pipeline runs until `shutdown` is cancelled;
+    /// then [`Pipeline::wait`] drains it.
+    pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Self, PipelineError> {
+        // Stages create their metric handles at start: the recorder must exist first.
+        ops::prometheus();
+        fleetpipe_ingest::gateway::describe_metrics();
+        let auth = Arc::new(Authenticator::from_config(&config.ingest.auth).map_err(start_err)?);
+        if auth.is_anonymous() {
+            tracing::warn!("ingest.auth.mode = \"none\": any device may publish for any vehicle; use only for development");
+        }
+        // Bind the HTTP listener first: a taken port fails before anything starts.
+        let http_listener = tokio::net::TcpListener::bind(config.ingest.http.listen)
+            .await
+            .map_err(|e| PipelineError::Start(format!("ingest.http.listen = {}: cannot listen: {e}", config.ingest.http.listen)))?;
+        let http_addr = http_listener.local_addr().map_err(start_err)?;
+
+        let (ping_tx, ping_rx) = mpsc::channel::<Accepted>(config.pipeline.ping_queue);
+        let (sink_tx, sink_rx) = mpsc::channel::<SinkRecord>(config.pipeline.sink_queue);
+
+        let mut stages = JoinSet::new();
+        let file_config = config
+            .sink
+            .file
+            .clone()
+            .ok_or_else(|| PipelineError::Start("no sink is configured: add [sink.file]".into()))?;
+        let file_sink = FileSink::new(file_config).map_err(start_err)?;
+        stages.spawn(async move { file_sink.run(sink_rx).await.map_err(|e| PipelineError::Sink(e.to_string())) });
+
+        let enrich = EnrichService::start(&config.enrich, ping_rx, sink_tx.clone()).map_err(start_err)?;
+        stages.spawn(async move {
+            enrich.join().await;
+            Ok(())
+        });
+
+        let limiter = RateLimiter::new(&config.ingest.rate_limit);
+        let ingestor = Ingestor::new(
+            Validator::new(config.ingest.limits.clone()),
+            limiter.clone(),
+            IngestOutput {
+                pings: ping_tx,
+                dead_letters: sink_tx,
+            },
+        );
+
+        let mut gateways = JoinSet::new();
+        let (mut mqtt_addr, mut mqtt_v5_addr) = (None, None);
+        match config.ingest.mqtt.mode {
+            MqttMode::Embedded => {
+                let broker = EmbeddedBroker::start(&config.ingest.mqtt, Arc::clone(&auth), ingestor.clone(), shutdown.clone())
+                    .await
+                    .map_err(start_err)?;
+                mqtt_addr = Some(broker.local_addr());
+                mqtt_v5_addr = broker.local_addr_v5();
+                gateways.spawn(broker.join());
+            }
+            MqttMode::External => {
+                let consumer = ExternalConsumer::start(&config.ingest.mqtt, ingestor.clone(), shutdown.clone()).map_err(start_err)?;
+                gateways.spawn(consumer.join());
+            }
+            MqttMode::Off => {}
+        }
+
+        let readiness = Readiness::default();
+        let app = ingest_routes(ingestor, auth, shutdown.clone()).merge(ops::routes(readiness.clone()));
+        let http_shutdown = shutdown.clone();
+        gateways.spawn(async move {
+            let serve = axum::serve(http_listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP listener failed");
+            }
+        });
+        let sweep_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RATE_LIMIT_SWEEP);
+            loop {
+                tokio::select! {
+                    () = sweep_shutdown.cancelled() => break,
+                    _ = tick.tick() => limiter.forget_idle(),
+                }
+            }
+        });
+
+        readiness.set(true);
+        tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, mqtt_v5 = ?mqtt_v5_addr, "fleetpipe is running");
+        Ok(Self {
+            http_addr,
+            mqtt_addr,
+            mqtt_v5_addr,
+            shutdown,
+            shutdown_timeout: config.pipeline.shutdown_timeout,
+            readiness,
+            gateways,
+            stages,
+        })
+    }
+
+    /// Address of the HTTP listener (WebSocket, HTTP ingest, health, metrics).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Address of the embedded broker's MQTT 3.1.1 listener.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
+    }
+
+    /// Address of the embedded broker's MQTT 5 listener.
+    pub fn mqtt_v5_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_v5_addr
+    }
+
+    /// Waits for shutdown to be requested, then drains every stage.
+    pub async fn wait(mut self) -> Result<(), PipelineError> {
+        self.shutdown.cancelled().await;
+        self.readiness.set(false);
+        tracing::info!("shutting down: gateways stop accepting, queued records are drained");
+        let drain = async {
+            while self.gateways.join_next().await.is_some() {}
+            tracing::info!("gateways stopped; draining enrichment and sinks");
+            let mut result = Ok(());
+            while let Some(done) = self.stages.join_next().await {
+                match done {
+                    Ok(Err(e)) => result = Err(e),
+                    Err(e) => result = Err(PipelineError::Sink(e.to_string())),
+                    Ok(Ok(())) => {}
+                }
+            }
+            result
+        };
+        match tokio::time::timeout(self.shutdown_timeout, drain).await {
+            Ok(result) => {
+                tracing::info!("fleetpipe stopped");
+                result
+            }
+            Err(_) => Err(PipelineError::ShutdownTimeout(self.shutdown_timeout)),
+        }
+    }
+}

@@ -178,7 +178,7 @@ impl EmbeddedBroker {
         }
         tracing::info!(listen = %local_addr, listen_v5 = ?local_addr_v5, prefix = %config.topic_prefix, "embedded MQTT broker listening");
 
-        tokio::spawn(record_refusals(refused_rx, ingestor.clone()));
+        tokio::spawn(record_refusals(refused_rx, ingestor.clone(), shutdown.clone()));
         let prefix = config.topic_prefix.clone();
         let reader = tokio::spawn(async move {
             // Keep the link's sending half alive: dropping it disconnects the link.
@@ -286,9 +286,24 @@ async fn read_link(
     }
 }
 
-/// Dead-letters publishes the topic ACL refused.
-async fn record_refusals(mut refused: mpsc::Receiver<RefusedPublish>, ingestor: Ingestor) {
-    while let Some(r) = refused.recv().await {
+/// Dead-letters publishes the topic ACL refused, until shutdown. It must
+/// not wait for the channel to close: live connections hold its sender, and
+/// this task's [`Ingestor`] would keep the pipeline's queues open forever.
+async fn record_refusals(
+    mut refused: mpsc::Receiver<RefusedPublish>,
+    ingestor: Ingestor,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let r = tokio::select! {
+            r = refused.recv() => r,
+            () = shutdown.cancelled() => {
+                // What was refused before the cut-off is still recorded.
+                refused.close();
+                refused.recv().await
+            }
+        };
+        let Some(r) = r else { return };
         let rejection = Rejection {
             reason: RejectReason::Unauthorized,
             detail: r.detail,
@@ -301,6 +316,9 @@ async fn record_refusals(mut refused: mpsc::Receiver<RefusedPublish>, ingestor: 
             .await
             .is_err()
         {
+            return;
+        }
+        if shutdown.is_cancelled() && refused.is_empty() {
             return;
         }
     }

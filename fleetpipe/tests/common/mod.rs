@@ -1,0 +1,243 @@
+//! Test harness: a whole pipeline on loopback ports chosen by the OS, with a
+//! file sink in a temporary directory, and helpers to read what it wrote.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fleetpipe::{Config, Pipeline};
+use fleetpipe_sink::FileSinkConfig;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestPipeline {
+    pub pipeline: Option<Pipeline>,
+    pub shutdown: CancellationToken,
+    pub dir: tempfile::TempDir,
+    pub http: SocketAddr,
+    pub mqtt: Option<SocketAddr>,
+    pub mqtt_v5: Option<SocketAddr>,
+}
+
+/// A config with every listener on 127.0.0.1:0 and the file sink in `dir`.
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.ingest.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    config.ingest.mqtt.listen_v5 = Some("127.0.0.1:0".parse().unwrap());
+    config.ingest.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.sink.file = Some(FileSinkConfig {
+        dir: dir.to_path_buf(),
+        ..toml_file_sink()
+    });
+    config.pipeline.shutdown_timeout = Duration::from_secs(20);
+    config
+}
+
+fn toml_file_sink() -> FileSinkConfig {
+    toml::from_str("dir = \"unused\"").unwrap()
+}
+
+impl TestPipeline {
+    pub async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let shutdown = CancellationToken::new();
+        let pipeline = Pipeline::start(&config, shutdown.clone())
+            .await
+            .unwrap_or_else(|e| panic!("pipeline failed to start: {e}"));
+        Self {
+            http: pipeline.http_addr(),
+            mqtt: pipeline.mqtt_addr(),
+            mqtt_v5: pipeline.mqtt_v5_addr(),
+            pipeline: Some(pipeline),
+            shutdown,
+            dir,
+        }
+    }
+
+    /// Requests shutdown and waits until everything is drained.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(p) = self.pipeline.take() {
+            p.wait().await.unwrap_or_else(|e| panic!("shutdown failed: {e}"));
+        }
+    }
+
+    pub fn telemetry(&self) -> Vec<Value> {
+        read_stream(self.dir.path(), "telemetry")
+    }
+
+    pub fn dead_letters(&self) -> Vec<Value> {
+        read_stream(self.dir.path(), "dead_letter")
+    }
+
+    /// Polls the sink's files until `n` telemetry lines exist (or panics after `timeout`).
+    pub async fn wait_telemetry(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        wait_for(timeout, || {
+            let lines = self.telemetry();
+            (lines.len() >= n).then_some(lines)
+        })
+        .await
+        .unwrap_or_else(|| panic!("expected {n} telemetry lines, have {}", self.telemetry().len()))
+    }
+
+    pub async fn wait_dead_letters(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        wait_for(timeout, || {
+            let lines = self.dead_letters();
+            (lines.len() >= n).then_some(lines)
+        })
+        .await
+        .unwrap_or_else(|| panic!("expected {n} dead letters, have {:?}", self.dead_letters()))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+}
+
+pub async fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every JSON line of every file of a stream, files in name (= write) order.
+pub fn read_stream(dir: &Path, stream: &str) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir.join(stream)) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => return Vec::new(),
+    };
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A valid JSON ping.
+pub fn json_ping(vehicle: &str, seq: u64) -> String {
+    format!(
+        r#"{{"vehicle_id":"{vehicle}","seq":{seq},"ts":{},"lat":52.52,"lon":13.405,"speed_kmh":31.5}}"#,
+        now_ms() - 1000
+    )
+}
+
+/// A valid Protobuf ping.
+pub fn proto_ping(vehicle: &str, seq: u64) -> fleetpipe_model::proto::Ping {
+    fleetpipe_model::proto::Ping {
+        vehicle_id: vehicle.into(),
+        seq: Some(seq),
+        ts_ms: Some(now_ms() - 1000),
+        lat: Some(48.137),
+        lon: Some(11.575),
+        ignition: Some(true),
+        ..Default::default()
+    }
+}
+
+/// (vehicle_id, seq) of every line.
+pub fn keys(lines: &[Value]) -> Vec<(String, u64)> {
+    let mut k: Vec<(String, u64)> = lines
+        .iter()
+        .map(|l| (l["vehicle_id"].as_str().unwrap_or_default().to_owned(), l["seq"].as_u64().unwrap_or(u64::MAX)))
+        .collect();
+    k.sort();
+    k
+}
+
+pub fn reasons(lines: &[Value]) -> Vec<String> {
+    let mut r: Vec<String> = lines.iter().map(|l| l["reason"].as_str().unwrap_or_default().to_owned()).collect();
+    r.sort();
+    r
+}
+
+// ----------------------------------------------------------------- MQTT
+
+/// An MQTT 3.1.1 client; its event loop runs in a task that records PUBACKs
+/// and reports a closed connection.
+pub struct MqttClient {
+    pub client: rumqttc::AsyncClient,
+    pub pubacks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub closed: tokio::sync::watch::Receiver<Option<String>>,
+    pub connected: tokio::sync::watch::Receiver<bool>,
+}
+
+pub async fn mqtt_client(addr: SocketAddr, client_id: &str, login: Option<(&str, &str)>) -> MqttClient {
+    use std::sync::atomic::Ordering;
+    let mut opts = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(4 << 20, 4 << 20).set_inflight(1000);
+    if let Some((u, p)) = login {
+        opts.set_credentials(u, p);
+    }
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10_000);
+    let pubacks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (closed_tx, closed) = tokio::sync::watch::channel(None);
+    let (connected_tx, connected) = tokio::sync::watch::channel(false);
+    let counter = pubacks.clone();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let _ = connected_tx.send(true);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = closed_tx.send(Some(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    MqttClient { client, pubacks, closed, connected }
+}
+
+impl MqttClient {
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+
+    pub async fn wait_pubacks(&self, n: usize, timeout: Duration) {
+        let ok = wait_for(timeout, || (self.pubacks.load(std::sync::atomic::Ordering::SeqCst) >= n).then_some(())).await;
+        assert!(ok.is_some(), "expected {n} PUBACKs, got {}", self.pubacks.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    /// Waits until the connection is closed (by the server), returning why.
+    pub async fn wait_closed(&mut self, timeout: Duration) -> String {
+        let closed = tokio::time::timeout(timeout, self.closed.wait_for(Option::is_some)).await;
+        match closed {
+            Ok(Ok(v)) => v.clone().unwrap_or_default(),
+            _ => panic!("connection was not closed within {timeout:?}"),
+        }
+    }
+
+    pub async fn wait_connected(&mut self, timeout: Duration) {
+        let ok = tokio::time::timeout(timeout, self.connected.wait_for(|c| *c)).await;
+        assert!(matches!(ok, Ok(Ok(_))), "not connected within {timeout:?}: {:?}", *self.closed.borrow());
+    }
+}

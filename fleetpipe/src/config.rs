@@ -202,6 +202,8 @@ mod tests {
 
     const MINIMAL: &str = "[sink.file]\ndir = \"data\"\n";
 
+    // figment's Jail API fixes the closure's (large) error type.
+    #[allow(clippy::result_large_err)]
     /// Loads `toml` as a file inside a figment Jail (isolated cwd and
     /// environment), with `env` set, and returns the result as a string error.
     fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, String> {

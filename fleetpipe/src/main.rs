@@ -80,7 +80,8 @@ fn main() -> ExitCode {
             match runtime.block_on(run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %e, "fleetpipe failed");
+                    // One line, on stderr, whatever the log format: operators and
+                    // supervisors read the last line of a failed start.
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }

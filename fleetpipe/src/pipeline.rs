@@ -66,10 +66,14 @@ impl Pipeline {
         ops::prometheus();
         fleetpipe_ingest::gateway::describe_metrics();
         let auth = Arc::new(Authenticator::from_config(&config.ingest.auth).map_err(start_err)?);
-        if auth.is_anonymous() {
-            tracing::warn!("ingest.auth.mode = \"none\": any device may publish for any vehicle; use only for development");
-        }
-        // Bind the HTTP listener first: a taken port fails before anything starts.
+        // Everything that can fail on configuration or a taken port comes
+        // first, so a failed start prints one error and nothing else.
+        let file_config = config
+            .sink
+            .file
+            .clone()
+            .ok_or_else(|| PipelineError::Start("no sink is configured: add [sink.file]".into()))?;
+        let file_sink = FileSink::new(file_config).map_err(start_err)?;
         let http_listener = tokio::net::TcpListener::bind(config.ingest.http.listen)
             .await
             .map_err(|e| PipelineError::Start(format!("ingest.http.listen = {}: cannot listen: {e}", config.ingest.http.listen)))?;
@@ -78,28 +82,13 @@ impl Pipeline {
         let (ping_tx, ping_rx) = mpsc::channel::<Accepted>(config.pipeline.ping_queue);
         let (sink_tx, sink_rx) = mpsc::channel::<SinkRecord>(config.pipeline.sink_queue);
 
-        let mut stages = JoinSet::new();
-        let file_config = config
-            .sink
-            .file
-            .clone()
-            .ok_or_else(|| PipelineError::Start("no sink is configured: add [sink.file]".into()))?;
-        let file_sink = FileSink::new(file_config).map_err(start_err)?;
-        stages.spawn(async move { file_sink.run(sink_rx).await.map_err(|e| PipelineError::Sink(e.to_string())) });
-
-        let enrich = EnrichService::start(&config.enrich, ping_rx, sink_tx.clone()).map_err(start_err)?;
-        stages.spawn(async move {
-            enrich.join().await;
-            Ok(())
-        });
-
         let limiter = RateLimiter::new(&config.ingest.rate_limit);
         let ingestor = Ingestor::new(
             Validator::new(config.ingest.limits.clone()),
             limiter.clone(),
             IngestOutput {
                 pings: ping_tx,
-                dead_letters: sink_tx,
+                dead_letters: sink_tx.clone(),
             },
         );
 
@@ -121,6 +110,15 @@ impl Pipeline {
             MqttMode::Off => {}
         }
 
+        let mut stages = JoinSet::new();
+        stages.spawn(async move { file_sink.run(sink_rx).await.map_err(|e| PipelineError::Sink(e.to_string())) });
+        let enrich = EnrichService::start(&config.enrich, ping_rx, sink_tx).map_err(start_err)?;
+        stages.spawn(async move {
+            enrich.join().await;
+            Ok(())
+        });
+
+        let auth_is_anonymous = auth.is_anonymous();
         let readiness = Readiness::default();
         let app = ingest_routes(ingestor, auth, shutdown.clone()).merge(ops::routes(readiness.clone()));
         let http_shutdown = shutdown.clone();
@@ -141,6 +139,9 @@ impl Pipeline {
             }
         });
 
+        if auth_is_anonymous {
+            tracing::warn!("ingest.auth.mode = \"none\": any device may publish for any vehicle; use only for development");
+        }
         readiness.set(true);
         tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, mqtt_v5 = ?mqtt_v5_addr, "fleetpipe is running");
         Ok(Self {

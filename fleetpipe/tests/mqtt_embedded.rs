@@ -1,5 +1,8 @@
 //! The embedded broker, driven by real MQTT clients over TCP.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;

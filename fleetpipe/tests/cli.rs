@@ -1,0 +1,126 @@
+//! The `fleetpipe` binary as an operator runs it: exit codes, one-line
+//! errors, and a graceful stop on SIGTERM.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn fleetpipe() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetpipe"));
+    // The tests' own environment must not leak config overrides in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLEETPIPE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("fleetpipe.toml");
+    let data = dir.join("data");
+    std::fs::write(
+        &path,
+        format!(
+            "[ingest.mqtt]\nlisten = \"127.0.0.1:0\"\nlisten_v5 = \"127.0.0.1:0\"\n[ingest.http]\nlisten = \"127.0.0.1:0\"\n[sink.file]\ndir = {data:?}\n{extra}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn config_check_accepts_the_shipped_file() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
+    let out = fleetpipe().args(["config", "check"]).arg(&shipped).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
+}
+
+#[test]
+fn bad_configs_fail_with_one_line_naming_the_key_or_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[ingest.mqtt]\nlisten_port = 1\n", "listen_port"),
+        ("[ingest.limits]\nmax_past = \"forever\"\n", "ingest.limits.max_past"),
+        ("[enrich]\nh3_resolutions = [16]\n", "enrich.h3_resolutions"),
+    ];
+    for (body, needle) in cases {
+        // Appending a second [ingest.mqtt] table would be a TOML error; write fresh files.
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, format!("[sink.file]\ndir = \"d\"\n{body}")).unwrap();
+        let out = fleetpipe().args(["config", "check"]).arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    let out = fleetpipe().args(["run", "--config", "/no/such/file.toml"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim(), "error: config file /no/such/file.toml: No such file or directory (os error 2)");
+}
+
+#[test]
+fn a_taken_port_fails_fast_naming_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    for (var, key) in [("FLEETPIPE_INGEST__HTTP__LISTEN", "ingest.http.listen"), ("FLEETPIPE_INGEST__MQTT__LISTEN", "ingest.mqtt.listen")] {
+        let out = fleetpipe()
+            .args(["run", "--config"])
+            .arg(&config)
+            .env(var, format!("127.0.0.1:{port}"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(key) && stderr.contains(&port.to_string()), "{stderr}");
+    }
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[log]\nformat = \"json\"\n");
+    let mut child = fleetpipe()
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Learn the HTTP address from the structured start-up log.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let http = loop {
+        assert!(Instant::now() < deadline, "fleetpipe did not start");
+        let line = lines.next().unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["fields"]["message"] == "fleetpipe is running" {
+            break v["fields"]["http"].as_str().unwrap().to_owned();
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        let body = format!("[{}]", (0..50).map(|s| json_ping("van-t", s)).collect::<Vec<_>>().join(","));
+        reqwest::Client::new().post(format!("http://{http}/v1/pings")).body(body).send().await.unwrap().status()
+    });
+    assert_eq!(status, 200);
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exit = child.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(exit.success(), "exit {exit:?}; log: {rest:?}");
+    assert!(rest.iter().any(|l| l.contains("fleetpipe stopped")), "{rest:?}");
+    assert_eq!(read_stream(&dir.path().join("data"), "telemetry").len(), 50);
+}

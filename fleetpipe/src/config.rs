@@ -181,6 +181,10 @@ impl Config {
         self.enrich
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // Reads the credentials file / checks the JWT settings, so that
+        // `config check` catches what would otherwise fail at start.
+        fleetpipe_ingest::Authenticator::from_config(&self.ingest.auth)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 }

@@ -46,6 +46,21 @@ fn config_check_accepts_the_shipped_file() {
 }
 
 #[test]
+fn the_deploy_config_needs_its_jwt_secret_from_the_environment() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/fleetpipe.toml");
+    let out = fleetpipe().args(["config", "check"]).arg(&deploy).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ingest.auth.jwt_secret"));
+    let out = fleetpipe()
+        .args(["config", "check"])
+        .arg(&deploy)
+        .env("FLEETPIPE_INGEST__AUTH__JWT_SECRET", "s3cret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn bad_configs_fail_with_one_line_naming_the_key_or_path() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [

@@ -214,3 +214,42 @@ async fn graceful_shutdown_loses_nothing_that_was_acknowledged() {
     let mut late = mqtt_client(addr, "late", None).await;
     late.wait_closed(T).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ack_topic_reports_the_highest_durable_seq() {
+    let creds_dir = tempfile::tempdir().unwrap();
+    let creds = token_auth(creds_dir.path());
+    let mut p = TestPipeline::start(|c| {
+        c.ingest.auth.mode = AuthMode::Token;
+        c.ingest.auth.credentials_file = Some(creds.clone());
+    })
+    .await;
+    let mut a = mqtt_client(p.mqtt.unwrap(), "dev-a", Some(("van-a", "tok-a"))).await;
+    a.wait_connected(T).await;
+    a.client.subscribe("fleet/van-a/ack", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for s in 1..=3 {
+        a.publish("fleet/van-a/telemetry", json_ping("van-a", s)).await;
+    }
+    a.publish("fleet/van-a/telemetry", format!("[{},{}]", json_ping("van-a", 4), json_ping("van-a", 5))).await;
+    let acked = wait_for(T, || {
+        let got = a.received.lock().unwrap().clone();
+        got.iter()
+            .filter(|(t, _)| t == "fleet/van-a/ack")
+            .map(|(_, body)| serde_json::from_slice::<serde_json::Value>(body).unwrap()["ack"].as_u64().unwrap())
+            .max()
+            .filter(|&max| max == 5)
+            .map(|_| got)
+    })
+    .await
+    .expect("no ack for seq 5");
+    // Acks only ever go up, and when seq 5 is acknowledged, 1..=5 are on disk.
+    let acks: Vec<u64> = acked
+        .iter()
+        .map(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).unwrap()["ack"].as_u64().unwrap())
+        .collect();
+    assert!(acks.windows(2).all(|w| w[0] < w[1]), "{acks:?}");
+    let on_disk: Vec<u64> = keys(&p.telemetry()).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(on_disk, vec![1, 2, 3, 4, 5]);
+    p.stop().await;
+}

@@ -72,6 +72,8 @@ pub struct Outcome {
     pub accepted: usize,
     /// Highest `seq` among them.
     pub highest_seq: Option<u64>,
+    /// Lowest `seq` among them.
+    pub lowest_seq: Option<u64>,
     /// Whether every accepted ping carried a `seq`.
     pub all_have_seq: bool,
     /// Refusals, in batch order.
@@ -183,6 +185,7 @@ impl Ingestor {
                     match ping.seq {
                         Some(seq) => {
                             outcome.highest_seq = Some(outcome.highest_seq.map_or(seq, |h| h.max(seq)));
+                            outcome.lowest_seq = Some(outcome.lowest_seq.map_or(seq, |l| l.min(seq)));
                         }
                         None => outcome.all_have_seq = false,
                     }

@@ -134,11 +134,78 @@ pub enum SinkRecord {
 }
 
 impl SinkRecord {
+    /// A copy of the record for another sink. Its ack is split from this
+    /// one's, so the sender hears "delivered" only when every copy is.
+    pub fn fork(&self) -> SinkRecord {
+        match self {
+            SinkRecord::Telemetry(r) => SinkRecord::Telemetry(TelemetryRecord {
+                schema_version: r.schema_version,
+                ping: r.ping.clone(),
+                origin: r.origin.clone(),
+                h3: r.h3.clone(),
+                ack: r.ack.split(),
+            }),
+            SinkRecord::DeadLetter(r) => SinkRecord::DeadLetter(DeadLetter {
+                schema_version: r.schema_version,
+                reason: r.reason,
+                detail: r.detail.clone(),
+                vehicle_id: r.vehicle_id.clone(),
+                topic: r.topic.clone(),
+                origin: r.origin.clone(),
+                raw: r.raw.clone(),
+                ack: r.ack.split(),
+            }),
+        }
+    }
+
     /// The record's acknowledgement handle.
     pub fn into_ack(self) -> Ack {
         match self {
             SinkRecord::Telemetry(r) => r.ack,
             SinkRecord::DeadLetter(r) => r.ack,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ack::{AckStatus, BatchAck};
+
+    fn record(ack: Ack) -> SinkRecord {
+        SinkRecord::DeadLetter(DeadLetter {
+            schema_version: crate::SCHEMA_VERSION,
+            reason: RejectReason::Oversize,
+            detail: "too big".into(),
+            vehicle_id: None,
+            topic: None,
+            origin: Origin { gateway: Gateway::Http, client: None, received_at: 0 },
+            raw: Bytes::from_static(b"x"),
+            ack,
+        })
+    }
+
+    fn status(batch: BatchAck) -> AckStatus {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map(|rt| rt.block_on(batch.wait()))
+            .unwrap_or(AckStatus::Failed)
+    }
+
+    #[test]
+    fn a_fork_must_be_delivered_too() {
+        let batch = BatchAck::new();
+        let original = record(batch.ack());
+        let copy = original.fork();
+        original.into_ack().delivered();
+        copy.into_ack().failed();
+        assert_eq!(status(batch), AckStatus::Failed);
+
+        let batch = BatchAck::new();
+        let original = record(batch.ack());
+        let copy = original.fork();
+        original.into_ack().delivered();
+        copy.into_ack().delivered();
+        assert_eq!(status(batch), AckStatus::Delivered);
     }
 }

@@ -180,6 +180,8 @@ pub struct MqttClient {
     pub pubacks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub closed: tokio::sync::watch::Receiver<Option<String>>,
     pub connected: tokio::sync::watch::Receiver<bool>,
+    /// Publishes received on the client's subscriptions: (topic, payload).
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
 }
 
 pub async fn mqtt_client(addr: SocketAddr, client_id: &str, login: Option<(&str, &str)>) -> MqttClient {
@@ -194,6 +196,8 @@ pub async fn mqtt_client(addr: SocketAddr, client_id: &str, login: Option<(&str,
     let (closed_tx, closed) = tokio::sync::watch::channel(None);
     let (connected_tx, connected) = tokio::sync::watch::channel(false);
     let counter = pubacks.clone();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let inbox = received.clone();
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -203,6 +207,9 @@ pub async fn mqtt_client(addr: SocketAddr, client_id: &str, login: Option<(&str,
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
                     counter.fetch_add(1, Ordering::SeqCst);
                 }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    inbox.lock().unwrap().push((p.topic.clone(), p.payload.to_vec()));
+                }
                 Ok(_) => {}
                 Err(e) => {
                     let _ = closed_tx.send(Some(e.to_string()));
@@ -211,7 +218,7 @@ pub async fn mqtt_client(addr: SocketAddr, client_id: &str, login: Option<(&str,
             }
         }
     });
-    MqttClient { client, pubacks, closed, connected }
+    MqttClient { client, pubacks, closed, connected, received }
 }
 
 impl MqttClient {

@@ -22,7 +22,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fleetpipe_model::{Ack, Gateway, RejectReason};
-use rumqttd::local::LinkRx;
+use fleetpipe_model::{AckStatus, BatchAck};
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{v4::V4, v5::V5};
 use rumqttd::{ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings};
 use tokio::sync::mpsc;
@@ -30,7 +33,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::{AclShared, DeviceProtocol, RefusedPublish};
-use super::{MqttConfig, hard_packet_limit, parse_topic, telemetry_filters};
+use super::watermark::{MessageTicket, Watermarks};
+use super::{MqttConfig, ack_topic, hard_packet_limit, parse_topic, telemetry_filters};
 use crate::auth::Authenticator;
 use crate::codec::{Rejection, VehicleScope};
 use crate::gateway::{Ingestor, Message};
@@ -180,12 +184,16 @@ impl EmbeddedBroker {
 
         tokio::spawn(record_refusals(refused_rx, ingestor.clone(), shutdown.clone()));
         let prefix = config.topic_prefix.clone();
+        // The acker owns the link's sending half (dropping it would disconnect
+        // the link) and publishes durable watermarks when asked to.
+        let (acks_tx, acks_rx) = mpsc::channel(ACK_QUEUE);
+        tokio::spawn(publish_acks(acks_rx, link_tx, prefix.clone()));
+        let acks = config.ack_topic.then_some(acks_tx);
         let reader = tokio::spawn(async move {
-            // Keep the link's sending half alive: dropping it disconnects the link.
-            let _link_tx = link_tx;
             let mut link_rx = link_rx;
+            let reader = Reader { prefix: &prefix, ingestor: &ingestor, acks: acks.as_ref() };
             // Runs until shutdown (or until the pipeline closes).
-            let open = read_link(&mut link_rx, &prefix, &ingestor, Some(&shutdown)).await;
+            let open = reader.read(&mut link_rx, Some(&shutdown)).await;
             // From here on every connection's next packet closes it unacknowledged.
             shared.closing.store(true, Ordering::SeqCst);
             for listener in &listeners {
@@ -194,7 +202,7 @@ impl EmbeddedBroker {
             if open {
                 // Publishes rumqttd already acknowledged must not be lost: read
                 // until the link stays quiet.
-                read_link(&mut link_rx, &prefix, &ingestor, None).await;
+                reader.read(&mut link_rx, None).await;
             }
             tracing::info!("embedded MQTT broker drained");
         });
@@ -223,65 +231,125 @@ impl EmbeddedBroker {
     }
 }
 
-/// Reads the local link and ingests each telemetry publish. With `shutdown`,
-/// runs until it fires; without, until the link is idle for [`DRAIN_IDLE`].
-/// Returns `false` when the pipeline is closed (nothing more can be taken).
-async fn read_link(
-    link_rx: &mut LinkRx,
-    prefix: &str,
-    ingestor: &Ingestor,
-    shutdown: Option<&CancellationToken>,
-) -> bool {
+/// A message of a vehicle on its way to the sinks, for the acker.
+struct PendingMessage {
+    vehicle: String,
+    min_seq: u64,
+    max_seq: u64,
+    batch: BatchAck,
+}
+
+/// Reads the local link and ingests each telemetry publish.
+struct Reader<'a> {
+    prefix: &'a str,
+    ingestor: &'a Ingestor,
+    acks: Option<&'a mpsc::Sender<PendingMessage>>,
+}
+
+impl Reader<'_> {
+    /// With `shutdown`, runs until it fires; without, until the link is idle
+    /// for [`DRAIN_IDLE`]. Returns `false` when the pipeline is closed.
+    async fn read(&self, link_rx: &mut LinkRx, shutdown: Option<&CancellationToken>) -> bool {
+        loop {
+            let next = match shutdown {
+                Some(token) => tokio::select! {
+                    biased;
+                    () = token.cancelled() => return true,
+                    n = link_rx.next() => n,
+                },
+                None => match tokio::time::timeout(DRAIN_IDLE, link_rx.next()).await {
+                    Ok(n) => n,
+                    Err(_) => return true,
+                },
+            };
+            let notification = match next {
+                Ok(Some(n)) => n,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "embedded broker link closed");
+                    return false;
+                }
+            };
+            match notification {
+                Notification::Forward(forward) => {
+                    if !self.ingest(forward.publish.topic, forward.publish.payload).await {
+                        return false;
+                    }
+                }
+                Notification::Unschedule => {
+                    if let Err(e) = link_rx.wake().await {
+                        tracing::error!(error = %e, "embedded broker link cannot be woken");
+                        return false;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Ingests one publish; `false` when the pipeline is closed.
+    async fn ingest(&self, topic: bytes::Bytes, payload: bytes::Bytes) -> bool {
+        let Ok(topic) = std::str::from_utf8(&topic) else {
+            return true;
+        };
+        let Some(parsed) = parse_topic(self.prefix, topic) else {
+            return true;
+        };
+        let batch = self.acks.map(|_| BatchAck::new());
+        let msg = Message {
+            payload,
+            encoding: parsed.encoding,
+            scope: VehicleScope::Topic(parsed.vehicle),
+            gateway: Gateway::Mqtt,
+            client: None,
+            topic: Some(topic),
+        };
+        // Waits while the pipeline is full: the link stops reading, the
+        // router buffers in its log (see MqttConfig::segment_bytes).
+        let Ok(outcome) = self.ingestor.ingest(msg, batch.as_ref()).await else {
+            return false;
+        };
+        if let (Some(acks), Some(batch), Some(min_seq), Some(max_seq), true) =
+            (self.acks, batch, outcome.lowest_seq, outcome.highest_seq, outcome.all_have_seq)
+        {
+            let pending = PendingMessage { vehicle: parsed.vehicle.to_owned(), min_seq, max_seq, batch };
+            if acks.send(pending).await.is_err() {
+                tracing::warn!("acknowledgement publisher stopped");
+            }
+        }
+        true
+    }
+}
+
+/// Most messages waiting for their outcome before the reader waits too.
+const ACK_QUEUE: usize = 65_536;
+
+/// Publishes `{"ack": N}` on a vehicle's ack topic whenever its durable
+/// watermark moves. Ends when the reader is gone and every outcome is in.
+async fn publish_acks(mut pending: mpsc::Receiver<PendingMessage>, mut link_tx: LinkTx, prefix: String) {
+    let mut watermarks = Watermarks::default();
+    let mut outcomes = FuturesUnordered::new();
     loop {
-        let next = match shutdown {
-            Some(token) => tokio::select! {
-                biased;
-                () = token.cancelled() => return true,
-                n = link_rx.next() => n,
-            },
-            None => match tokio::time::timeout(DRAIN_IDLE, link_rx.next()).await {
-                Ok(n) => n,
-                Err(_) => return true,
-            },
-        };
-        let notification = match next {
-            Ok(Some(n)) => n,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "embedded broker link closed");
-                return false;
+        tokio::select! {
+            Some(m) = pending.recv() => {
+                let ticket: MessageTicket = watermarks.arrived(&m.vehicle, m.min_seq, m.max_seq);
+                let vehicle = m.vehicle;
+                let batch = m.batch;
+                outcomes.push(async move { (vehicle, ticket, batch.wait().await) });
             }
-        };
-        match notification {
-            Notification::Forward(forward) => {
-                let publish = forward.publish;
-                let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-                    continue;
-                };
-                let Some(parsed) = parse_topic(prefix, topic) else {
-                    continue;
-                };
-                let msg = Message {
-                    payload: publish.payload,
-                    encoding: parsed.encoding,
-                    scope: VehicleScope::Topic(parsed.vehicle),
-                    gateway: Gateway::Mqtt,
-                    client: None,
-                    topic: Some(topic),
-                };
-                // Waits while the pipeline is full: the link stops reading,
-                // the router buffers in its log (see MqttConfig::segment_bytes).
-                if ingestor.ingest(msg, None).await.is_err() {
-                    return false;
+            Some((vehicle, ticket, status)) = outcomes.next(), if !outcomes.is_empty() => {
+                if status == AckStatus::Failed {
+                    metrics::counter!("fleetpipe_mqtt_ack_withheld_total").increment(1);
+                }
+                if let Some(seq) = watermarks.settled(&ticket, status) {
+                    let payload = format!("{{\"ack\":{seq}}}");
+                    if let Err(e) = link_tx.try_publish(ack_topic(&prefix, &vehicle), payload) {
+                        metrics::counter!("fleetpipe_mqtt_ack_publish_errors_total").increment(1);
+                        tracing::warn!(error = %e, %vehicle, seq, "cannot publish acknowledgement");
+                    }
                 }
             }
-            Notification::Unschedule => {
-                if let Err(e) = link_rx.wake().await {
-                    tracing::error!(error = %e, "embedded broker link cannot be woken");
-                    return false;
-                }
-            }
-            _ => {}
+            else => break,
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::codec::Encoding;
 mod acl;
 pub mod embedded;
 pub mod external;
+pub mod watermark;
 
 pub use embedded::{EmbeddedBroker, EmbeddedBrokerError};
 pub use external::{ExternalConsumer, ExternalConsumerError};
@@ -44,6 +45,10 @@ pub struct MqttConfig {
     pub listen_v5: Option<SocketAddr>,
     /// First topic level of every telemetry topic.
     pub topic_prefix: String,
+    /// Embedded: publish `{"ack": N}` on `{prefix}/{vehicle_id}/ack` once every
+    /// ping of the vehicle with `seq <= N` is durable (rumqttd's own PUBACK
+    /// only means "received"). Devices subscribe to their own ack topic.
+    pub ack_topic: bool,
     /// Embedded: most simultaneous device connections.
     pub max_connections: usize,
     /// Embedded: time a new connection has to send CONNECT.
@@ -83,6 +88,7 @@ impl MqttConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             listen_v5: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
             topic_prefix: "fleet".into(),
+            ack_topic: true,
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(10),
             max_inflight: 100,
@@ -124,6 +130,11 @@ pub fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Option<TelemetryTopic<'a
         _ => return None,
     };
     (!vehicle.is_empty()).then_some(TelemetryTopic { vehicle, encoding })
+}
+
+/// The acknowledgement topic of a vehicle (embedded broker).
+pub fn ack_topic(prefix: &str, vehicle: &str) -> String {
+    format!("{prefix}/{vehicle}/ack")
 }
 
 /// Subscription filters for the telemetry topics.

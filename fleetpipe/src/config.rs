@@ -168,15 +168,25 @@ impl Config {
             return invalid("pipeline.ping_queue and pipeline.sink_queue must be at least 1");
         }
         let prefix = &self.ingest.mqtt.topic_prefix;
-        if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.starts_with('/') || prefix.ends_with('/') {
-            return invalid("ingest.mqtt.topic_prefix must be non-empty, without wildcards or leading/trailing '/'");
+        if prefix.is_empty()
+            || prefix.contains(['+', '#'])
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+        {
+            return invalid(
+                "ingest.mqtt.topic_prefix must be non-empty, without wildcards or leading/trailing '/'",
+            );
         }
-        if self.ingest.mqtt.mode == MqttMode::External && self.ingest.mqtt.share_group.contains(['/', '+', '#']) {
+        if self.ingest.mqtt.mode == MqttMode::External
+            && self.ingest.mqtt.share_group.contains(['/', '+', '#'])
+        {
             return invalid("ingest.mqtt.share_group must not contain '/', '+' or '#'");
         }
         let limits = &self.ingest.limits;
         if limits.max_payload_bytes == 0 || limits.max_batch == 0 {
-            return invalid("ingest.limits.max_payload_bytes and ingest.limits.max_batch must be at least 1");
+            return invalid(
+                "ingest.limits.max_payload_bytes and ingest.limits.max_batch must be at least 1",
+            );
         }
         self.enrich
             .validate()
@@ -253,10 +263,18 @@ mod tests {
     #[test]
     fn errors_are_one_line_and_name_the_key() {
         let unknown = load(&format!("{MINIMAL}[ingest.mqtt]\nlisten_port = 1\n"), &[]).unwrap_err();
-        assert!(unknown.contains("listen_port") && unknown.contains("ingest.mqtt"), "{unknown}");
-        let bad_type = load(&format!("{MINIMAL}[ingest.http]\nlisten = \"nowhere\"\n"), &[]).unwrap_err();
+        assert!(
+            unknown.contains("listen_port") && unknown.contains("ingest.mqtt"),
+            "{unknown}"
+        );
+        let bad_type = load(
+            &format!("{MINIMAL}[ingest.http]\nlisten = \"nowhere\"\n"),
+            &[],
+        )
+        .unwrap_err();
         assert!(bad_type.contains("ingest.http.listen"), "{bad_type}");
-        let bad_mode = load(&format!("{MINIMAL}[ingest.auth]\nmode = \"maybe\"\n"), &[]).unwrap_err();
+        let bad_mode =
+            load(&format!("{MINIMAL}[ingest.auth]\nmode = \"maybe\"\n"), &[]).unwrap_err();
         assert!(bad_mode.contains("ingest.auth.mode"), "{bad_mode}");
         let no_sink = load("", &[]).unwrap_err();
         assert!(no_sink.contains("no sink"), "{no_sink}");
@@ -267,8 +285,13 @@ mod tests {
 
     #[test]
     fn missing_file_names_the_path() {
-        let e = Config::load(Path::new("/nonexistent/fleetpipe.toml")).unwrap_err().to_string();
-        assert!(e.starts_with("config file /nonexistent/fleetpipe.toml:"), "{e}");
+        let e = Config::load(Path::new("/nonexistent/fleetpipe.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config file /nonexistent/fleetpipe.toml:"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -61,22 +61,29 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts every stage. The pipeline runs until `shutdown` is cancelled;
     /// then [`Pipeline::wait`] drains it.
-    pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Self, PipelineError> {
+    pub async fn start(
+        config: &Config,
+        shutdown: CancellationToken,
+    ) -> Result<Self, PipelineError> {
         // Stages create their metric handles at start: the recorder must exist first.
         ops::prometheus();
         fleetpipe_ingest::gateway::describe_metrics();
         let auth = Arc::new(Authenticator::from_config(&config.ingest.auth).map_err(start_err)?);
         // Everything that can fail on configuration or a taken port comes
         // first, so a failed start prints one error and nothing else.
-        let file_config = config
-            .sink
-            .file
-            .clone()
-            .ok_or_else(|| PipelineError::Start("no sink is configured: add [sink.file]".into()))?;
+        let file_config =
+            config.sink.file.clone().ok_or_else(|| {
+                PipelineError::Start("no sink is configured: add [sink.file]".into())
+            })?;
         let file_sink = FileSink::new(file_config).map_err(start_err)?;
         let http_listener = tokio::net::TcpListener::bind(config.ingest.http.listen)
             .await
-            .map_err(|e| PipelineError::Start(format!("ingest.http.listen = {}: cannot listen: {e}", config.ingest.http.listen)))?;
+            .map_err(|e| {
+                PipelineError::Start(format!(
+                    "ingest.http.listen = {}: cannot listen: {e}",
+                    config.ingest.http.listen
+                ))
+            })?;
         let http_addr = http_listener.local_addr().map_err(start_err)?;
 
         let (ping_tx, ping_rx) = mpsc::channel::<Accepted>(config.pipeline.ping_queue);
@@ -96,22 +103,39 @@ impl Pipeline {
         let (mut mqtt_addr, mut mqtt_v5_addr) = (None, None);
         match config.ingest.mqtt.mode {
             MqttMode::Embedded => {
-                let broker = EmbeddedBroker::start(&config.ingest.mqtt, Arc::clone(&auth), ingestor.clone(), shutdown.clone())
-                    .await
-                    .map_err(start_err)?;
+                let broker = EmbeddedBroker::start(
+                    &config.ingest.mqtt,
+                    Arc::clone(&auth),
+                    ingestor.clone(),
+                    shutdown.clone(),
+                )
+                .await
+                .map_err(start_err)?;
                 mqtt_addr = Some(broker.local_addr());
                 mqtt_v5_addr = broker.local_addr_v5();
                 gateways.spawn(broker.join());
             }
             MqttMode::External => {
-                let consumer = ExternalConsumer::start(&config.ingest.mqtt, ingestor.clone(), shutdown.clone()).map_err(start_err)?;
+                let consumer = ExternalConsumer::start(
+                    &config.ingest.mqtt,
+                    ingestor.clone(),
+                    shutdown.clone(),
+                )
+                .map_err(start_err)?;
                 gateways.spawn(consumer.join());
             }
             MqttMode::Off => {}
         }
 
         let mut stages = JoinSet::new();
-        stages.spawn(async move { file_sink.run(sink_rx).await.map_err(|e| PipelineError::Sink(e.to_string())) });
+        let (file_tx, file_rx) = mpsc::channel::<SinkRecord>(config.pipeline.sink_queue);
+        stages.spawn(async move {
+            file_sink
+                .run(file_rx)
+                .await
+                .map_err(|e| PipelineError::Sink(e.to_string()))
+        });
+        stages.spawn(fan_out(sink_rx, vec![file_tx]));
         let enrich = EnrichService::start(&config.enrich, ping_rx, sink_tx).map_err(start_err)?;
         stages.spawn(async move {
             enrich.join().await;
@@ -120,10 +144,12 @@ impl Pipeline {
 
         let auth_is_anonymous = auth.is_anonymous();
         let readiness = Readiness::default();
-        let app = ingest_routes(ingestor, auth, shutdown.clone()).merge(ops::routes(readiness.clone()));
+        let app =
+            ingest_routes(ingestor, auth, shutdown.clone()).merge(ops::routes(readiness.clone()));
         let http_shutdown = shutdown.clone();
         gateways.spawn(async move {
-            let serve = axum::serve(http_listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned());
+            let serve = axum::serve(http_listener, app)
+                .with_graceful_shutdown(http_shutdown.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "HTTP listener failed");
             }
@@ -140,7 +166,9 @@ impl Pipeline {
         });
 
         if auth_is_anonymous {
-            tracing::warn!("ingest.auth.mode = \"none\": any device may publish for any vehicle; use only for development");
+            tracing::warn!(
+                "ingest.auth.mode = \"none\": any device may publish for any vehicle; use only for development"
+            );
         }
         readiness.set(true);
         tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, mqtt_v5 = ?mqtt_v5_addr, "fleetpipe is running");
@@ -197,4 +225,29 @@ impl Pipeline {
             Err(_) => Err(PipelineError::ShutdownTimeout(self.shutdown_timeout)),
         }
     }
+}
+
+/// Copies every record to every sink's own bounded queue. A record's copies
+/// share its acknowledgement, so the sender hears "delivered" only when every
+/// sink holds it; a slow sink slows everything (backpressure), it never loses
+/// records. Ends when the input is closed and drained, closing the sinks'
+/// queues in turn.
+async fn fan_out(
+    mut input: mpsc::Receiver<SinkRecord>,
+    sinks: Vec<mpsc::Sender<SinkRecord>>,
+) -> Result<(), PipelineError> {
+    let Some((last, others)) = sinks.split_last() else {
+        return Ok(());
+    };
+    while let Some(record) = input.recv().await {
+        for sink in others {
+            sink.send(record.fork())
+                .await
+                .map_err(|_| PipelineError::Sink("a sink stopped taking records".into()))?;
+        }
+        last.send(record)
+            .await
+            .map_err(|_| PipelineError::Sink("a sink stopped taking records".into()))?;
+    }
+    Ok(())
 }

@@ -40,15 +40,27 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
 #[test]
 fn config_check_accepts_the_shipped_file() {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
-    let out = fleetpipe().args(["config", "check"]).arg(&shipped).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = fleetpipe()
+        .args(["config", "check"])
+        .arg(&shipped)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
 }
 
 #[test]
 fn the_deploy_config_needs_its_jwt_secret_from_the_environment() {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/fleetpipe.toml");
-    let out = fleetpipe().args(["config", "check"]).arg(&deploy).output().unwrap();
+    let out = fleetpipe()
+        .args(["config", "check"])
+        .arg(&deploy)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ingest.auth.jwt_secret"));
     let out = fleetpipe()
@@ -57,7 +69,11 @@ fn the_deploy_config_needs_its_jwt_secret_from_the_environment() {
         .env("FLEETPIPE_INGEST__AUTH__JWT_SECRET", "s3cret")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -65,23 +81,36 @@ fn bad_configs_fail_with_one_line_naming_the_key_or_path() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("[ingest.mqtt]\nlisten_port = 1\n", "listen_port"),
-        ("[ingest.limits]\nmax_past = \"forever\"\n", "ingest.limits.max_past"),
+        (
+            "[ingest.limits]\nmax_past = \"forever\"\n",
+            "ingest.limits.max_past",
+        ),
         ("[enrich]\nh3_resolutions = [16]\n", "enrich.h3_resolutions"),
     ];
     for (body, needle) in cases {
         // Appending a second [ingest.mqtt] table would be a TOML error; write fresh files.
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, format!("[sink.file]\ndir = \"d\"\n{body}")).unwrap();
-        let out = fleetpipe().args(["config", "check"]).arg(&path).output().unwrap();
+        let out = fleetpipe()
+            .args(["config", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
-    let out = fleetpipe().args(["run", "--config", "/no/such/file.toml"]).output().unwrap();
+    let out = fleetpipe()
+        .args(["run", "--config", "/no/such/file.toml"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert_eq!(stderr.trim(), "error: config file /no/such/file.toml: No such file or directory (os error 2)");
+    assert_eq!(
+        stderr.trim(),
+        "error: config file /no/such/file.toml: No such file or directory (os error 2)"
+    );
 }
 
 #[test]
@@ -90,7 +119,10 @@ fn a_taken_port_fails_fast_naming_the_key() {
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
-    for (var, key) in [("FLEETPIPE_INGEST__HTTP__LISTEN", "ingest.http.listen"), ("FLEETPIPE_INGEST__MQTT__LISTEN", "ingest.mqtt.listen")] {
+    for (var, key) in [
+        ("FLEETPIPE_INGEST__HTTP__LISTEN", "ingest.http.listen"),
+        ("FLEETPIPE_INGEST__MQTT__LISTEN", "ingest.mqtt.listen"),
+    ] {
         let out = fleetpipe()
             .args(["run", "--config"])
             .arg(&config)
@@ -100,7 +132,10 @@ fn a_taken_port_fails_fast_naming_the_key() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(key) && stderr.contains(&port.to_string()), "{stderr}");
+        assert!(
+            stderr.contains(key) && stderr.contains(&port.to_string()),
+            "{stderr}"
+        );
     }
 }
 
@@ -127,15 +162,36 @@ fn sigterm_drains_and_exits_zero() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {
-        let body = format!("[{}]", (0..50).map(|s| json_ping("van-t", s)).collect::<Vec<_>>().join(","));
-        reqwest::Client::new().post(format!("http://{http}/v1/pings")).body(body).send().await.unwrap().status()
+        let body = format!(
+            "[{}]",
+            (0..50)
+                .map(|s| json_ping("van-t", s))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        reqwest::Client::new()
+            .post(format!("http://{http}/v1/pings"))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
     });
     assert_eq!(status, 200);
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let exit = child.wait().unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(exit.success(), "exit {exit:?}; log: {rest:?}");
-    assert!(rest.iter().any(|l| l.contains("fleetpipe stopped")), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("fleetpipe stopped")),
+        "{rest:?}"
+    );
     assert_eq!(read_stream(&dir.path().join("data"), "telemetry").len(), 50);
 }

@@ -17,23 +17,42 @@ const T: Duration = Duration::from_secs(15);
 async fn json_and_protobuf_over_mqtt_311_and_5() {
     let mut p = TestPipeline::start(|_| {}).await;
     let c = mqtt_client(p.mqtt.unwrap(), "dev-1", None).await;
-    c.publish("fleet/van-1/telemetry", json_ping("van-1", 1)).await;
-    c.publish("fleet/van-1/telemetry", format!("[{},{}]", json_ping("van-1", 2), json_ping("van-1", 3))).await;
-    c.publish("fleet/van-1/telemetry/pb", proto_ping("van-1", 4).encode_to_vec()).await;
-    let batch = fleetpipe_model::proto::PingBatch { pings: vec![proto_ping("van-1", 5), proto_ping("van-1", 6)] };
-    c.publish("fleet/van-1/telemetry/pb", batch.encode_to_vec()).await;
+    c.publish("fleet/van-1/telemetry", json_ping("van-1", 1))
+        .await;
+    c.publish(
+        "fleet/van-1/telemetry",
+        format!("[{},{}]", json_ping("van-1", 2), json_ping("van-1", 3)),
+    )
+    .await;
+    c.publish(
+        "fleet/van-1/telemetry/pb",
+        proto_ping("van-1", 4).encode_to_vec(),
+    )
+    .await;
+    let batch = fleetpipe_model::proto::PingBatch {
+        pings: vec![proto_ping("van-1", 5), proto_ping("van-1", 6)],
+    };
+    c.publish("fleet/van-1/telemetry/pb", batch.encode_to_vec())
+        .await;
     c.wait_pubacks(4, T).await;
 
     // MQTT 5 on its own listener.
     let addr = p.mqtt_v5.unwrap();
     let opts = rumqttc::v5::MqttOptions::new("dev-5", addr.ip().to_string(), addr.port());
     let (c5, mut el5) = rumqttc::v5::AsyncClient::new(opts, 10);
-    c5.publish("fleet/van-5/telemetry", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, json_ping("van-5", 1))
-        .await
-        .unwrap();
+    c5.publish(
+        "fleet/van-5/telemetry",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        json_ping("van-5", 1),
+    )
+    .await
+    .unwrap();
     let acked = tokio::time::timeout(T, async {
         loop {
-            if let Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_))) = el5.poll().await {
+            if let Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_))) =
+                el5.poll().await
+            {
                 break;
             }
         }
@@ -42,7 +61,10 @@ async fn json_and_protobuf_over_mqtt_311_and_5() {
     assert!(acked.is_ok(), "no PUBACK over MQTT 5");
 
     let lines = p.wait_telemetry(7, T).await;
-    let want: Vec<(String, u64)> = (1..=6).map(|s| ("van-1".to_string(), s)).chain([("van-5".into(), 1)]).collect();
+    let want: Vec<(String, u64)> = (1..=6)
+        .map(|s| ("van-1".to_string(), s))
+        .chain([("van-5".into(), 1)])
+        .collect();
     assert_eq!(keys(&lines), want);
     let pb = lines.iter().find(|l| l["seq"] == 4).unwrap();
     assert_eq!(pb["lat"], 48.137);
@@ -61,14 +83,50 @@ async fn every_bad_input_is_dead_lettered_with_its_reason_and_the_connection_sta
     let now = now_ms();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("fleet/v1/telemetry", b"{not json".to_vec(), "decode_failed"),
-        ("fleet/v1/telemetry/pb", vec![0x0a, 0xff, 0xff], "decode_failed"),
-        ("fleet/v1/telemetry", br#"{"vehicle_id":"v1","lat":1,"lon":2}"#.to_vec(), "schema_invalid"),
-        ("fleet/v1/telemetry", format!(r#"{{"vehicle_id":"v1","ts":{now},"lat":91,"lon":2}}"#).into_bytes(), "coord_invalid"),
-        ("fleet/v1/telemetry", format!(r#"{{"vehicle_id":"v1","ts":{now},"lat":0,"lon":0}}"#).into_bytes(), "coord_invalid"),
-        ("fleet/v1/telemetry", format!(r#"{{"vehicle_id":"v1","ts":{},"lat":1,"lon":2}}"#, now + 3_600_000).into_bytes(), "ts_future"),
-        ("fleet/v1/telemetry", format!(r#"{{"vehicle_id":"v1","ts":{},"lat":1,"lon":2}}"#, now - 30 * 86_400_000).into_bytes(), "ts_past"),
+        (
+            "fleet/v1/telemetry/pb",
+            vec![0x0a, 0xff, 0xff],
+            "decode_failed",
+        ),
+        (
+            "fleet/v1/telemetry",
+            br#"{"vehicle_id":"v1","lat":1,"lon":2}"#.to_vec(),
+            "schema_invalid",
+        ),
+        (
+            "fleet/v1/telemetry",
+            format!(r#"{{"vehicle_id":"v1","ts":{now},"lat":91,"lon":2}}"#).into_bytes(),
+            "coord_invalid",
+        ),
+        (
+            "fleet/v1/telemetry",
+            format!(r#"{{"vehicle_id":"v1","ts":{now},"lat":0,"lon":0}}"#).into_bytes(),
+            "coord_invalid",
+        ),
+        (
+            "fleet/v1/telemetry",
+            format!(
+                r#"{{"vehicle_id":"v1","ts":{},"lat":1,"lon":2}}"#,
+                now + 3_600_000
+            )
+            .into_bytes(),
+            "ts_future",
+        ),
+        (
+            "fleet/v1/telemetry",
+            format!(
+                r#"{{"vehicle_id":"v1","ts":{},"lat":1,"lon":2}}"#,
+                now - 30 * 86_400_000
+            )
+            .into_bytes(),
+            "ts_past",
+        ),
         ("fleet/v1/telemetry", vec![b' '; 5000], "oversize"),
-        ("fleet/v1/telemetry", json_ping("v2", 1).into_bytes(), "vehicle_mismatch"),
+        (
+            "fleet/v1/telemetry",
+            json_ping("v2", 1).into_bytes(),
+            "vehicle_mismatch",
+        ),
     ];
     for (topic, payload, _) in &cases {
         c.publish(topic, payload.clone()).await;
@@ -82,18 +140,41 @@ async fn every_bad_input_is_dead_lettered_with_its_reason_and_the_connection_sta
     let mut expected: Vec<String> = cases.iter().map(|c| c.2.to_string()).collect();
     expected.sort();
     assert_eq!(reasons(&dead), expected);
-    let mismatch = dead.iter().find(|d| d["reason"] == "vehicle_mismatch").unwrap();
+    let mismatch = dead
+        .iter()
+        .find(|d| d["reason"] == "vehicle_mismatch")
+        .unwrap();
     assert_eq!(mismatch["topic"], "fleet/v1/telemetry");
     assert_eq!(mismatch["source"], "mqtt");
     use base64::Engine as _;
-    let raw = base64::engine::general_purpose::STANDARD.decode(mismatch["raw"].as_str().unwrap()).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(mismatch["raw"].as_str().unwrap())
+        .unwrap();
     assert_eq!(raw, json_ping_bytes_shape(&raw), "raw bytes kept");
     assert!(c.closed.borrow().is_none(), "connection still open");
 
-    let metrics = reqwest::get(p.url("/metrics")).await.unwrap().text().await.unwrap();
-    for reason in ["decode_failed", "schema_invalid", "coord_invalid", "ts_future", "ts_past", "oversize", "vehicle_mismatch"] {
+    let metrics = reqwest::get(p.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in [
+        "decode_failed",
+        "schema_invalid",
+        "coord_invalid",
+        "ts_future",
+        "ts_past",
+        "oversize",
+        "vehicle_mismatch",
+    ] {
         let line = format!("fleetpipe_rejected_total{{reason=\"{reason}\",gateway=\"mqtt\"}}");
-        assert!(metrics.lines().any(|l| l.starts_with(&line) && !l.ends_with(" 0")), "{line} missing in\n{metrics}");
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&line) && !l.ends_with(" 0")),
+            "{line} missing in\n{metrics}"
+        );
     }
     p.stop().await;
 }
@@ -127,7 +208,11 @@ async fn bad_credentials_are_refused_and_a_device_may_publish_only_for_itself() 
     let addr = p.mqtt.unwrap();
 
     // Wrong token, token of another vehicle, no credentials: refused at CONNECT.
-    for (id, login) in [("x1", Some(("van-a", "wrong"))), ("x2", Some(("van-a", "tok-b"))), ("x3", None)] {
+    for (id, login) in [
+        ("x1", Some(("van-a", "wrong"))),
+        ("x2", Some(("van-a", "tok-b"))),
+        ("x3", None),
+    ] {
         let mut c = mqtt_client(addr, id, login).await;
         let why = c.wait_closed(T).await;
         assert!(!*c.connected.borrow(), "{id} must not be connected ({why})");
@@ -136,13 +221,19 @@ async fn bad_credentials_are_refused_and_a_device_may_publish_only_for_itself() 
     // A good device publishes for itself...
     let mut a = mqtt_client(addr, "dev-a", Some(("van-a", "tok-a"))).await;
     a.wait_connected(T).await;
-    a.publish("fleet/van-a/telemetry", json_ping("van-a", 1)).await;
+    a.publish("fleet/van-a/telemetry", json_ping("van-a", 1))
+        .await;
     a.wait_pubacks(1, T).await;
     p.wait_telemetry(1, T).await;
     // ...but publishing on van-b's topic closes its connection, unacknowledged.
-    a.publish("fleet/van-b/telemetry", json_ping("van-b", 1)).await;
+    a.publish("fleet/van-b/telemetry", json_ping("van-b", 1))
+        .await;
     a.wait_closed(T).await;
-    assert_eq!(a.pubacks.load(std::sync::atomic::Ordering::SeqCst), 1, "refused publish was not acknowledged");
+    assert_eq!(
+        a.pubacks.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "refused publish was not acknowledged"
+    );
     let dead = p.wait_dead_letters(1, T).await;
     assert_eq!(dead[0]["reason"], "unauthorized");
     assert_eq!(dead[0]["topic"], "fleet/van-b/telemetry");
@@ -151,11 +242,18 @@ async fn bad_credentials_are_refused_and_a_device_may_publish_only_for_itself() 
     // Subscribing to the whole fleet is refused too.
     let mut spy = mqtt_client(addr, "spy", Some(("van-b", "tok-b"))).await;
     spy.wait_connected(T).await;
-    spy.client.subscribe("fleet/#", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    spy.client
+        .subscribe("fleet/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
     spy.wait_closed(T).await;
 
     p.stop().await;
-    assert_eq!(keys(&p.telemetry()), vec![("van-a".to_string(), 1)], "nothing of van-b's topic was accepted");
+    assert_eq!(
+        keys(&p.telemetry()),
+        vec![("van-a".to_string(), 1)],
+        "nothing of van-b's topic was accepted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,22 +265,37 @@ async fn over_the_rate_limit_pings_are_rejected_not_dropped() {
     .await;
     let c = mqtt_client(p.mqtt.unwrap(), "dev-1", None).await;
     let batch: Vec<String> = (1..=5).map(|s| json_ping("van-1", s)).collect();
-    c.publish("fleet/van-1/telemetry", format!("[{}]", batch.join(","))).await;
-    c.publish("fleet/van-2/telemetry", json_ping("van-2", 1)).await;
+    c.publish("fleet/van-1/telemetry", format!("[{}]", batch.join(",")))
+        .await;
+    c.publish("fleet/van-2/telemetry", json_ping("van-2", 1))
+        .await;
     c.wait_pubacks(2, T).await;
     let dead = p.wait_dead_letters(2, T).await;
     let lines = p.wait_telemetry(4, T).await;
     p.stop().await;
     assert_eq!(reasons(&dead), vec!["rate_limited", "rate_limited"]);
-    assert_eq!(keys(&dead), vec![("van-1".to_string(), u64::MAX), ("van-1".to_string(), u64::MAX)]);
+    assert_eq!(
+        keys(&dead),
+        vec![
+            ("van-1".to_string(), u64::MAX),
+            ("van-1".to_string(), u64::MAX)
+        ]
+    );
     // The rate-limited pings are kept, re-encoded, in the dead letter.
     use base64::Engine as _;
-    let raw = base64::engine::general_purpose::STANDARD.decode(dead[0]["raw"].as_str().unwrap()).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(dead[0]["raw"].as_str().unwrap())
+        .unwrap();
     let ping: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     assert!(ping["seq"] == 4 || ping["seq"] == 5);
     assert_eq!(
         keys(&lines),
-        vec![("van-1".into(), 1), ("van-1".into(), 2), ("van-1".into(), 3), ("van-2".into(), 1)],
+        vec![
+            ("van-1".into(), 1),
+            ("van-1".into(), 2),
+            ("van-1".into(), 3),
+            ("van-2".into(), 1)
+        ],
         "each vehicle has its own bucket"
     );
 }
@@ -196,7 +309,11 @@ async fn graceful_shutdown_loses_nothing_that_was_acknowledged() {
     for i in 0..clients {
         let c = mqtt_client(addr, &format!("dev-{i}"), None).await;
         for s in 0..per_client {
-            c.publish(&format!("fleet/veh-{i}/telemetry"), json_ping(&format!("veh-{i}"), s)).await;
+            c.publish(
+                &format!("fleet/veh-{i}/telemetry"),
+                json_ping(&format!("veh-{i}"), s),
+            )
+            .await;
         }
         conns.push(c);
     }
@@ -206,10 +323,15 @@ async fn graceful_shutdown_loses_nothing_that_was_acknowledged() {
     // Every publish is acknowledged by the broker: stop at once.
     p.stop().await;
     let lines = p.telemetry();
-    let mut want: Vec<(String, u64)> =
-        (0..clients).flat_map(|i| (0..per_client).map(move |s| (format!("veh-{i}"), s))).collect();
+    let mut want: Vec<(String, u64)> = (0..clients)
+        .flat_map(|i| (0..per_client).map(move |s| (format!("veh-{i}"), s)))
+        .collect();
     want.sort();
-    assert_eq!(keys(&lines), want, "exactly the acknowledged pings, once each");
+    assert_eq!(
+        keys(&lines),
+        want,
+        "exactly the acknowledged pings, once each"
+    );
     // New connections are refused once shut down.
     let mut late = mqtt_client(addr, "late", None).await;
     late.wait_closed(T).await;
@@ -226,17 +348,29 @@ async fn the_ack_topic_reports_the_highest_durable_seq() {
     .await;
     let mut a = mqtt_client(p.mqtt.unwrap(), "dev-a", Some(("van-a", "tok-a"))).await;
     a.wait_connected(T).await;
-    a.client.subscribe("fleet/van-a/ack", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    a.client
+        .subscribe("fleet/van-a/ack", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     for s in 1..=3 {
-        a.publish("fleet/van-a/telemetry", json_ping("van-a", s)).await;
+        a.publish("fleet/van-a/telemetry", json_ping("van-a", s))
+            .await;
     }
-    a.publish("fleet/van-a/telemetry", format!("[{},{}]", json_ping("van-a", 4), json_ping("van-a", 5))).await;
+    a.publish(
+        "fleet/van-a/telemetry",
+        format!("[{},{}]", json_ping("van-a", 4), json_ping("van-a", 5)),
+    )
+    .await;
     let acked = wait_for(T, || {
         let got = a.received.lock().unwrap().clone();
         got.iter()
             .filter(|(t, _)| t == "fleet/van-a/ack")
-            .map(|(_, body)| serde_json::from_slice::<serde_json::Value>(body).unwrap()["ack"].as_u64().unwrap())
+            .map(|(_, body)| {
+                serde_json::from_slice::<serde_json::Value>(body).unwrap()["ack"]
+                    .as_u64()
+                    .unwrap()
+            })
             .max()
             .filter(|&max| max == 5)
             .map(|_| got)
@@ -246,7 +380,11 @@ async fn the_ack_topic_reports_the_highest_durable_seq() {
     // Acks only ever go up, and when seq 5 is acknowledged, 1..=5 are on disk.
     let acks: Vec<u64> = acked
         .iter()
-        .map(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).unwrap()["ack"].as_u64().unwrap())
+        .map(|(_, b)| {
+            serde_json::from_slice::<serde_json::Value>(b).unwrap()["ack"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert!(acks.windows(2).all(|w| w[0] < w[1]), "{acks:?}");
     let on_disk: Vec<u64> = keys(&p.telemetry()).into_iter().map(|(_, s)| s).collect();

@@ -42,13 +42,27 @@ async fn mosquitto_publisher() -> MqttClient {
 async fn settle(pubr: &MqttClient, prefix: &str, pipelines: &[&TestPipeline]) {
     let total = || pipelines.iter().map(|p| p.telemetry().len()).sum::<usize>();
     for i in 0..pipelines.len() * 4 {
-        pubr.publish(&format!("{prefix}/probe/telemetry"), json_ping("probe", i as u64)).await;
+        pubr.publish(
+            &format!("{prefix}/probe/telemetry"),
+            json_ping("probe", i as u64),
+        )
+        .await;
     }
     let want = pipelines.len() * 4;
-    assert!(wait_for(T, || (total() >= want).then_some(())).await.is_some(), "probes not delivered");
+    assert!(
+        wait_for(T, || (total() >= want).then_some(()))
+            .await
+            .is_some(),
+        "probes not delivered"
+    );
     // Every member is subscribed once each has received at least one probe (round robin).
     assert!(
-        wait_for(T, || pipelines.iter().all(|p| !p.telemetry().is_empty()).then_some(())).await.is_some(),
+        wait_for(T, || pipelines
+            .iter()
+            .all(|p| !p.telemetry().is_empty())
+            .then_some(()))
+        .await
+        .is_some(),
         "a member of the group got nothing"
     );
 }
@@ -65,7 +79,11 @@ async fn shared_subscription_splits_the_load_and_delivers_each_message_once() {
     let n = 300u64;
     for s in 0..n {
         let vehicle = format!("veh-{}", s % 7);
-        pubr.publish(&format!("{prefix}/{vehicle}/telemetry"), json_ping(&vehicle, s)).await;
+        pubr.publish(
+            &format!("{prefix}/{vehicle}/telemetry"),
+            json_ping(&vehicle, s),
+        )
+        .await;
     }
     pubr.wait_pubacks(probes + n as usize, T).await;
     let all = wait_for(T, || {
@@ -78,12 +96,18 @@ async fn shared_subscription_splits_the_load_and_delivers_each_message_once() {
     a.stop().await;
     b.stop().await;
 
-    let mut got: Vec<(String, u64)> = keys(&all).into_iter().filter(|(v, _)| v != "probe").collect();
+    let mut got: Vec<(String, u64)> = keys(&all)
+        .into_iter()
+        .filter(|(v, _)| v != "probe")
+        .collect();
     got.sort();
     let mut want: Vec<(String, u64)> = (0..n).map(|s| (format!("veh-{}", s % 7), s)).collect();
     want.sort();
     assert_eq!(got, want, "each message exactly once across the group");
-    assert!(in_a > probes / 4 && in_b > probes / 4, "both members took a share: {in_a} / {in_b}");
+    assert!(
+        in_a > probes / 4 && in_b > probes / 4,
+        "both members took a share: {in_a} / {in_b}"
+    );
     assert!(all.iter().all(|l| l["source"] == "mqtt_external"));
 }
 
@@ -104,13 +128,21 @@ async fn puback_waits_for_durability_and_unstored_publishes_are_redelivered() {
     std::fs::remove_dir_all(&telemetry_dir).unwrap();
     std::fs::write(&telemetry_dir, b"").unwrap();
     for s in 0..5 {
-        pubr.publish(&format!("{prefix}/van-9/telemetry"), json_ping("van-9", s)).await;
+        pubr.publish(&format!("{prefix}/van-9/telemetry"), json_ping("van-9", s))
+            .await;
     }
     pubr.wait_pubacks(4 + 5, T).await; // Mosquitto has them...
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let failures = reqwest::get(first.url("/metrics")).await.unwrap().text().await.unwrap();
+    let failures = reqwest::get(first.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        failures.lines().any(|l| l.starts_with("fleetpipe_mqtt_unacked_total") && !l.ends_with(" 0")),
+        failures
+            .lines()
+            .any(|l| l.starts_with("fleetpipe_mqtt_unacked_total") && !l.ends_with(" 0")),
         "...but fleetpipe did not acknowledge them:\n{failures}"
     );
     first.stop().await;

@@ -16,20 +16,35 @@ use tokio_tungstenite::tungstenite::{self, Message as Ws, client::IntoClientRequ
 
 const T: Duration = Duration::from_secs(15);
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn ws_connect(p: &TestPipeline, bearer: Option<&str>, query: &str) -> Result<WsStream, tungstenite::Error> {
-    let mut req = format!("ws://{}/v1/ws{query}", p.http).into_client_request().unwrap();
+async fn ws_connect(
+    p: &TestPipeline,
+    bearer: Option<&str>,
+    query: &str,
+) -> Result<WsStream, tungstenite::Error> {
+    let mut req = format!("ws://{}/v1/ws{query}", p.http)
+        .into_client_request()
+        .unwrap();
     if let Some(token) = bearer {
-        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
-    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
 }
 
 async fn send_and_answer(ws: &mut WsStream, msg: Ws) -> Value {
     ws.send(msg).await.unwrap();
     loop {
-        match tokio::time::timeout(T, ws.next()).await.expect("no answer").expect("closed").unwrap() {
+        match tokio::time::timeout(T, ws.next())
+            .await
+            .expect("no answer")
+            .expect("closed")
+            .unwrap()
+        {
             Ws::Text(t) => return serde_json::from_str(&t).unwrap(),
             Ws::Ping(_) | Ws::Pong(_) => continue,
             other => panic!("unexpected frame {other:?}"),
@@ -39,7 +54,11 @@ async fn send_and_answer(ws: &mut WsStream, msg: Ws) -> Value {
 
 fn token_config(c: &mut fleetpipe::Config, dir: &std::path::Path) {
     let path = dir.join("credentials.toml");
-    std::fs::write(&path, "[[device]]\nvehicle_id = \"ph-1\"\ntoken = \"tok-1\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[[device]]\nvehicle_id = \"ph-1\"\ntoken = \"tok-1\"\n",
+    )
+    .unwrap();
     c.ingest.auth.mode = AuthMode::Token;
     c.ingest.auth.credentials_file = Some(path);
 }
@@ -53,18 +72,36 @@ async fn websocket_acks_every_frame_and_survives_bad_ones() {
     let a = send_and_answer(&mut ws, Ws::text(json_ping("ph-1", 7))).await;
     assert_eq!(a, json!({ "ack": 7 }));
     let batch = format!("[{},{}]", json_ping("ph-1", 8), json_ping("ph-1", 9));
-    assert_eq!(send_and_answer(&mut ws, Ws::text(batch)).await, json!({ "ack": 9 }));
-    let pb = fleetpipe_model::proto::PingBatch { pings: vec![proto_ping("ph-1", 10), proto_ping("ph-1", 11)] };
-    assert_eq!(send_and_answer(&mut ws, Ws::binary(pb.encode_to_vec())).await, json!({ "ack": 11 }));
+    assert_eq!(
+        send_and_answer(&mut ws, Ws::text(batch)).await,
+        json!({ "ack": 9 })
+    );
+    let pb = fleetpipe_model::proto::PingBatch {
+        pings: vec![proto_ping("ph-1", 10), proto_ping("ph-1", 11)],
+    };
+    assert_eq!(
+        send_and_answer(&mut ws, Ws::binary(pb.encode_to_vec())).await,
+        json!({ "ack": 11 })
+    );
     // Without seq, the ack counts the pings.
-    let no_seq = format!(r#"{{"vehicle_id":"ph-1","ts":{},"lat":1.5,"lon":2.5}}"#, now_ms());
-    assert_eq!(send_and_answer(&mut ws, Ws::text(no_seq)).await, json!({ "ack": 1 }));
+    let no_seq = format!(
+        r#"{{"vehicle_id":"ph-1","ts":{},"lat":1.5,"lon":2.5}}"#,
+        now_ms()
+    );
+    assert_eq!(
+        send_and_answer(&mut ws, Ws::text(no_seq)).await,
+        json!({ "ack": 1 })
+    );
 
     // A bad frame gets an error answer and the connection stays open.
     let bad = send_and_answer(&mut ws, Ws::text("{oops")).await;
     assert_eq!(bad["error"]["code"], "decode_failed");
     // A partly bad batch: the good ping is acked, the bad one listed.
-    let mixed = format!(r#"[{},{{"vehicle_id":"ph-1","seq":13,"ts":{},"lat":100,"lon":2}}]"#, json_ping("ph-1", 12), now_ms());
+    let mixed = format!(
+        r#"[{},{{"vehicle_id":"ph-1","seq":13,"ts":{},"lat":100,"lon":2}}]"#,
+        json_ping("ph-1", 12),
+        now_ms()
+    );
     let a = send_and_answer(&mut ws, Ws::text(mixed)).await;
     assert_eq!(a["ack"], 12);
     assert_eq!(a["rejected"][0]["index"], 1);
@@ -72,13 +109,23 @@ async fn websocket_acks_every_frame_and_survives_bad_ones() {
     // Another vehicle's ping from this device is refused as unauthorized.
     let other = send_and_answer(&mut ws, Ws::text(json_ping("ph-2", 1))).await;
     assert_eq!(other["error"]["code"], "unauthorized");
-    assert_eq!(send_and_answer(&mut ws, Ws::text(json_ping("ph-1", 14))).await, json!({ "ack": 14 }));
+    assert_eq!(
+        send_and_answer(&mut ws, Ws::text(json_ping("ph-1", 14))).await,
+        json!({ "ack": 14 })
+    );
 
     // The acks above were sent only once the data was durable: it is on disk now.
     let lines = p.telemetry();
     assert_eq!(lines.len(), 8, "{lines:?}");
-    assert!(lines.iter().all(|l| l["source"] == "websocket" && l["client"] == "ph-1"));
-    assert_eq!(reasons(&p.dead_letters()), vec!["coord_invalid", "decode_failed", "unauthorized"]);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["source"] == "websocket" && l["client"] == "ph-1")
+    );
+    assert_eq!(
+        reasons(&p.dead_letters()),
+        vec!["coord_invalid", "decode_failed", "unauthorized"]
+    );
 
     // Shutdown closes the session with "going away".
     p.shutdown.cancel();
@@ -101,10 +148,20 @@ async fn websocket_refuses_bad_credentials_and_accepts_a_query_token() {
         }
     }
     let mut ws = ws_connect(&p, None, "?token=tok-1").await.unwrap();
-    assert_eq!(send_and_answer(&mut ws, Ws::text(json_ping("ph-1", 1))).await, json!({ "ack": 1 }));
-    let metrics = reqwest::get(p.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert_eq!(
+        send_and_answer(&mut ws, Ws::text(json_ping("ph-1", 1))).await,
+        json!({ "ack": 1 })
+    );
+    let metrics = reqwest::get(p.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("fleetpipe_rejected_total{reason=\"unauthorized\",gateway=\"websocket\"}") && !l.ends_with(" 0")),
+        metrics.lines().any(|l| l.starts_with(
+            "fleetpipe_rejected_total{reason=\"unauthorized\",gateway=\"websocket\"}"
+        ) && !l.ends_with(" 0")),
         "{metrics}"
     );
     p.stop().await;
@@ -124,18 +181,43 @@ async fn jwt_devices_over_http() {
     }
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &Claims { sub: "truck-9", exp: now_ms() / 1000 + 600 },
+        &Claims {
+            sub: "truck-9",
+            exp: now_ms() / 1000 + 600,
+        },
         &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
     )
     .unwrap();
     let http = reqwest::Client::new();
-    let r = http.post(p.url("/v1/pings")).bearer_auth(&token).body(json_ping("truck-9", 3)).send().await.unwrap();
+    let r = http
+        .post(p.url("/v1/pings"))
+        .bearer_auth(&token)
+        .body(json_ping("truck-9", 3))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({ "ack": 3 }));
-    let r = http.post(p.url("/v1/pings")).bearer_auth("not-a-jwt").body(json_ping("truck-9", 4)).send().await.unwrap();
+    let r = http
+        .post(p.url("/v1/pings"))
+        .bearer_auth("not-a-jwt")
+        .body(json_ping("truck-9", 4))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = http.post(p.url("/v1/pings")).bearer_auth(&token).body(json_ping("truck-1", 1)).send().await.unwrap();
-    assert_eq!(r.status(), 403, "a device may publish only for its own vehicle");
+    let r = http
+        .post(p.url("/v1/pings"))
+        .bearer_auth(&token)
+        .body(json_ping("truck-1", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "a device may publish only for its own vehicle"
+    );
     p.stop().await;
     assert_eq!(keys(&p.telemetry()), vec![("truck-9".to_string(), 3)]);
 }
@@ -144,12 +226,23 @@ async fn jwt_devices_over_http() {
 async fn http_batches_status_codes_and_ops_endpoints() {
     let mut p = TestPipeline::start(|c| c.ingest.limits.max_payload_bytes = 2048).await;
     let http = reqwest::Client::new();
-    assert_eq!(http.get(p.url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(http.get(p.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(p.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        http.get(p.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
 
     // A phone's offline backlog, one request.
     let backlog: Vec<String> = (1..=10).map(|s| json_ping("ph-7", s)).collect();
-    let r = http.post(p.url("/v1/pings")).body(format!("[{}]", backlog.join(","))).send().await.unwrap();
+    let r = http
+        .post(p.url("/v1/pings"))
+        .body(format!("[{}]", backlog.join(",")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({ "ack": 10 }));
     // Protobuf by content type.
@@ -162,21 +255,55 @@ async fn http_batches_status_codes_and_ops_endpoints() {
         .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap(), json!({ "ack": 11 }));
     // Whole-message refusals map to status codes.
-    let r = http.post(p.url("/v1/pings")).body("[]").send().await.unwrap();
+    let r = http
+        .post(p.url("/v1/pings"))
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "schema_invalid");
-    let r = http.post(p.url("/v1/pings")).body(vec![b' '; 4096]).send().await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "schema_invalid"
+    );
+    let r = http
+        .post(p.url("/v1/pings"))
+        .body(vec![b' '; 4096])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "oversize");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "oversize"
+    );
     // Anonymous batches must be of one vehicle.
-    let r = http.post(p.url("/v1/pings")).body(format!("[{},{}]", json_ping("a", 1), json_ping("b", 1))).send().await.unwrap();
+    let r = http
+        .post(p.url("/v1/pings"))
+        .body(format!("[{},{}]", json_ping("a", 1), json_ping("b", 1)))
+        .send()
+        .await
+        .unwrap();
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["ack"], 1);
     assert_eq!(body["rejected"][0]["code"], "vehicle_mismatch");
 
-    let metrics = http.get(p.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("fleetpipe_ingest_pings_total{gateway=\"http\"}"), "{metrics}");
-    assert!(metrics.contains("fleetpipe_sink_records_total"), "{metrics}");
+    let metrics = http
+        .get(p.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("fleetpipe_ingest_pings_total{gateway=\"http\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fleetpipe_sink_records_total"),
+        "{metrics}"
+    );
 
     p.shutdown.cancel();
     // Not ready any more while draining; the listener closes after.
@@ -184,5 +311,8 @@ async fn http_batches_status_codes_and_ops_endpoints() {
     assert!(ready.map(|r| r.status() != 200).unwrap_or(true));
     p.stop().await;
     assert_eq!(p.telemetry().len(), 12);
-    assert_eq!(reasons(&p.dead_letters()), vec!["oversize", "schema_invalid", "vehicle_mismatch"]);
+    assert_eq!(
+        reasons(&p.dead_letters()),
+        vec!["oversize", "schema_invalid", "vehicle_mismatch"]
+    );
 }

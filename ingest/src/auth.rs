@@ -255,14 +255,18 @@ impl Authenticator {
         let vehicle = match &self.backend {
             Backend::Anonymous => return Ok(Identity::Anonymous),
             Backend::Tokens(tokens) => {
-                let token = credential.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+                let token = credential
+                    .filter(|t| !t.is_empty())
+                    .ok_or(AuthError::Missing)?;
                 tokens
                     .get(&sha256(token))
                     .cloned()
                     .ok_or(AuthError::UnknownToken)?
             }
             Backend::Jwt { key, validation } => {
-                let token = credential.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+                let token = credential
+                    .filter(|t| !t.is_empty())
+                    .ok_or(AuthError::Missing)?;
                 let data = jsonwebtoken::decode::<Claims>(token, key, validation)
                     .map_err(|e| AuthError::InvalidJwt(e.to_string()))?;
                 VehicleId::parse(&data.claims.sub)
@@ -288,7 +292,8 @@ fn load_tokens(path: &Path) -> Result<HashMap<[u8; 32], VehicleId>, AuthSetupErr
         path: path.to_owned(),
         message,
     };
-    let file: CredentialsFile = toml::from_str(&text).map_err(|e| invalid(e.message().to_owned()))?;
+    let file: CredentialsFile =
+        toml::from_str(&text).map_err(|e| invalid(e.message().to_owned()))?;
     let mut tokens = HashMap::with_capacity(file.device.len());
     for (i, entry) in file.device.into_iter().enumerate() {
         let vehicle = VehicleId::parse(&entry.vehicle_id)
@@ -305,7 +310,9 @@ fn load_tokens(path: &Path) -> Result<HashMap<[u8; 32], VehicleId>, AuthSetupErr
             }
         };
         if tokens.insert(hash, vehicle.clone()).is_some() {
-            return Err(invalid(format!("device[{i}] ({vehicle}): token used twice")));
+            return Err(invalid(format!(
+                "device[{i}] ({vehicle}): token used twice"
+            )));
         }
     }
     Ok(tokens)
@@ -335,16 +342,28 @@ mod tests {
 
     #[test]
     fn tokens_plain_and_hashed() {
-        let hashed: String = sha256("s3cret-2").iter().map(|b| format!("{b:02x}")).collect();
+        let hashed: String = sha256("s3cret-2")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let auth = token_auth(&format!(
             "[[device]]\nvehicle_id = \"van-1\"\ntoken = \"s3cret-1\"\n\n[[device]]\nvehicle_id = \"van-2\"\ntoken_sha256 = \"{hashed}\"\n"
         ))
         .unwrap();
         let v = |s: &str| Identity::Vehicle(VehicleId::parse(s).unwrap());
         assert_eq!(auth.authenticate(Some("s3cret-1"), None), Ok(v("van-1")));
-        assert_eq!(auth.authenticate(Some("s3cret-2"), Some("van-2")), Ok(v("van-2")));
-        assert_eq!(auth.authenticate(Some("nope"), None), Err(AuthError::UnknownToken));
-        assert_eq!(auth.authenticate(None, Some("van-1")), Err(AuthError::Missing));
+        assert_eq!(
+            auth.authenticate(Some("s3cret-2"), Some("van-2")),
+            Ok(v("van-2"))
+        );
+        assert_eq!(
+            auth.authenticate(Some("nope"), None),
+            Err(AuthError::UnknownToken)
+        );
+        assert_eq!(
+            auth.authenticate(None, Some("van-1")),
+            Err(AuthError::Missing)
+        );
         assert!(matches!(
             auth.authenticate(Some("s3cret-1"), Some("van-2")),
             Err(AuthError::WrongVehicle { .. })
@@ -353,7 +372,12 @@ mod tests {
 
     #[test]
     fn bad_credentials_files_name_the_problem() {
-        let err = |body: &str| token_auth(body).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = |body: &str| {
+            token_auth(body)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
         assert!(err("[[device]]\nvehicle_id = \"a b\"\ntoken = \"t\"\n").contains("device[0]"));
         assert!(err("[[device]]\nvehicle_id = \"a\"\n").contains("exactly one of token"));
         assert!(err("[[device]]\nvehicle_id = \"a\"\ntoken = \"t\"\n[[device]]\nvehicle_id = \"b\"\ntoken = \"t\"\n").contains("token used twice"));
@@ -372,7 +396,10 @@ mod tests {
             .unwrap_or_default();
         encode(
             &Header::new(Algorithm::HS256),
-            &C { sub, exp: now + exp_offset },
+            &C {
+                sub,
+                exp: now + exp_offset,
+            },
             &EncodingKey::from_secret(secret.as_bytes()),
         )
         .unwrap_or_default()
@@ -385,12 +412,26 @@ mod tests {
             jwt_secret: Some("k".into()),
             ..AuthConfig::default()
         });
-        let Ok(auth) = auth else { panic!("setup failed") };
+        let Ok(auth) = auth else {
+            panic!("setup failed")
+        };
         let ok = auth.authenticate(Some(&jwt("k", "truck-7", 600)), None);
-        assert_eq!(ok.ok().and_then(|i| i.vehicle().map(|v| v.to_string())), Some("truck-7".into()));
-        assert!(matches!(auth.authenticate(Some(&jwt("other", "truck-7", 600)), None), Err(AuthError::InvalidJwt(_))));
-        assert!(matches!(auth.authenticate(Some(&jwt("k", "truck-7", -3600)), None), Err(AuthError::InvalidJwt(_))));
-        assert!(matches!(auth.authenticate(Some(&jwt("k", "bad id", 600)), None), Err(AuthError::InvalidJwt(_))));
+        assert_eq!(
+            ok.ok().and_then(|i| i.vehicle().map(|v| v.to_string())),
+            Some("truck-7".into())
+        );
+        assert!(matches!(
+            auth.authenticate(Some(&jwt("other", "truck-7", 600)), None),
+            Err(AuthError::InvalidJwt(_))
+        ));
+        assert!(matches!(
+            auth.authenticate(Some(&jwt("k", "truck-7", -3600)), None),
+            Err(AuthError::InvalidJwt(_))
+        ));
+        assert!(matches!(
+            auth.authenticate(Some(&jwt("k", "bad id", 600)), None),
+            Err(AuthError::InvalidJwt(_))
+        ));
         assert!(matches!(
             auth.authenticate(Some(&jwt("k", "truck-7", 600)), Some("truck-8")),
             Err(AuthError::WrongVehicle { .. })
@@ -399,9 +440,15 @@ mod tests {
 
     #[test]
     fn missing_settings_are_reported() {
-        let e = Authenticator::from_config(&AuthConfig { mode: AuthMode::Jwt, ..AuthConfig::default() });
+        let e = Authenticator::from_config(&AuthConfig {
+            mode: AuthMode::Jwt,
+            ..AuthConfig::default()
+        });
         assert!(matches!(e, Err(AuthSetupError::MissingJwtSecret)));
-        let e = Authenticator::from_config(&AuthConfig { mode: AuthMode::Token, ..AuthConfig::default() });
+        let e = Authenticator::from_config(&AuthConfig {
+            mode: AuthMode::Token,
+            ..AuthConfig::default()
+        });
         assert!(matches!(e, Err(AuthSetupError::MissingCredentialsFile)));
     }
 }

@@ -102,7 +102,11 @@ pub fn decode_message(
         Encoding::Protobuf => proto_elements(payload)?,
     };
     if elements.is_empty() {
-        return Err(Rejection::message(RejectReason::SchemaInvalid, "empty batch", payload));
+        return Err(Rejection::message(
+            RejectReason::SchemaInvalid,
+            "empty batch",
+            payload,
+        ));
     }
     if elements.len() > limits.max_batch {
         return Err(Rejection::message(
@@ -219,7 +223,11 @@ fn json_elements(payload: &Bytes) -> Result<Vec<Element>, Rejection> {
                 payload,
             ))
         }
-        None => Err(Rejection::message(RejectReason::DecodeFailed, "empty message", payload)),
+        None => Err(Rejection::message(
+            RejectReason::DecodeFailed,
+            "empty message",
+            payload,
+        )),
     }
 }
 
@@ -390,12 +398,22 @@ impl<'de> Deserialize<'de> for JsonAttrValue {
 
 fn proto_elements(payload: &Bytes) -> Result<Vec<Element>, Rejection> {
     let decode_err = |e: prost::DecodeError| {
-        Rejection::message(RejectReason::DecodeFailed, format!("invalid Protobuf: {e}"), payload)
+        Rejection::message(
+            RejectReason::DecodeFailed,
+            format!("invalid Protobuf: {e}"),
+            payload,
+        )
     };
     let pings = if payload.starts_with(&proto::PING_BATCH_PREFIX) {
-        proto::PingBatch::decode(payload.clone()).map_err(decode_err)?.pings
+        proto::PingBatch::decode(payload.clone())
+            .map_err(decode_err)?
+            .pings
     } else if payload.is_empty() {
-        return Err(Rejection::message(RejectReason::DecodeFailed, "empty message", payload));
+        return Err(Rejection::message(
+            RejectReason::DecodeFailed,
+            "empty message",
+            payload,
+        ));
     } else {
         vec![proto::Ping::decode(payload.clone()).map_err(decode_err)?]
     };
@@ -463,7 +481,11 @@ pub fn encode_ping(ping: &Ping, encoding: Encoding) -> Bytes {
                 odometer_km: ping.odometer_km,
                 ignition: ping.ignition,
                 dtcs: ping.dtcs.clone(),
-                attrs: ping.attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                attrs: ping
+                    .attrs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             };
             Bytes::from(to_proto(&candidate).encode_to_vec())
         }

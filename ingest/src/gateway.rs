@@ -172,7 +172,8 @@ impl Ingestor {
                     reason: rejection.reason,
                     detail: rejection.detail.clone(),
                 });
-                self.send_dead_letter(rejection, &origin, msg.topic, ack()).await?;
+                self.send_dead_letter(rejection, &origin, msg.topic, ack())
+                    .await?;
                 outcome.all_have_seq = false;
                 return Ok(outcome);
             }
@@ -184,8 +185,10 @@ impl Ingestor {
                     outcome.accepted += 1;
                     match ping.seq {
                         Some(seq) => {
-                            outcome.highest_seq = Some(outcome.highest_seq.map_or(seq, |h| h.max(seq)));
-                            outcome.lowest_seq = Some(outcome.lowest_seq.map_or(seq, |l| l.min(seq)));
+                            outcome.highest_seq =
+                                Some(outcome.highest_seq.map_or(seq, |h| h.max(seq)));
+                            outcome.lowest_seq =
+                                Some(outcome.lowest_seq.map_or(seq, |l| l.min(seq)));
                         }
                         None => outcome.all_have_seq = false,
                     }
@@ -207,7 +210,8 @@ impl Ingestor {
                         reason: rejection.reason,
                         detail: rejection.detail.clone(),
                     });
-                    self.send_dead_letter(rejection, &origin, msg.topic, ack()).await?;
+                    self.send_dead_letter(rejection, &origin, msg.topic, ack())
+                        .await?;
                 }
             }
         }
@@ -296,9 +300,15 @@ pub fn describe_metrics() {
         "fleetpipe_rejected_total",
         "Pings or messages refused and dead-lettered, by reason code and gateway"
     );
-    metrics::describe_counter!("fleetpipe_ingest_messages_total", "Messages received, by gateway");
+    metrics::describe_counter!(
+        "fleetpipe_ingest_messages_total",
+        "Messages received, by gateway"
+    );
     metrics::describe_counter!("fleetpipe_ingest_pings_total", "Pings accepted, by gateway");
-    metrics::describe_counter!("fleetpipe_ingest_bytes_total", "Payload bytes received, by gateway");
+    metrics::describe_counter!(
+        "fleetpipe_ingest_bytes_total",
+        "Payload bytes received, by gateway"
+    );
     for gateway in Gateway::ALL {
         for reason in RejectReason::ALL {
             metrics::counter!("fleetpipe_rejected_total", "reason" => reason.as_str(), "gateway" => gateway.as_str())

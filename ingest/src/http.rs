@@ -169,7 +169,10 @@ async fn ingest_and_wait(
         Ok(outcome) => answer(&outcome, batch.wait().await),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            error_body("unavailable", "fleetpipe is shutting down; send again later"),
+            error_body(
+                "unavailable",
+                "fleetpipe is shutting down; send again later",
+            ),
         ),
     }
 }
@@ -191,7 +194,8 @@ async fn post_pings(
             // Larger than the limit (or the body broke off): refuse without
             // reading the rest; nothing but the fact can be dead-lettered.
             let detail = format!("request body is larger than {limit} bytes");
-            let rejection = Rejection::message(RejectReason::Oversize, detail.clone(), &Bytes::new());
+            let rejection =
+                Rejection::message(RejectReason::Oversize, detail.clone(), &Bytes::new());
             let client = identity.vehicle().map(|v| Arc::from(v.as_str()));
             let _ = state
                 .ingestor
@@ -201,7 +205,10 @@ async fn post_pings(
             return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
         }
     };
-    let encoding = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+    let encoding = match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(ct) if ct.contains("protobuf") => Encoding::Protobuf,
         _ => Encoding::Json,
     };
@@ -215,13 +222,15 @@ async fn ws_upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let identity = match authenticate(&state, &headers, query.token.as_deref(), Gateway::Websocket) {
+    let identity = match authenticate(&state, &headers, query.token.as_deref(), Gateway::Websocket)
+    {
         Ok(i) => i,
         Err(response) => return *response,
     };
     // Frames up to the hard limit reach the validator, which refuses the
     // oversize ones with an answer; only beyond it does the socket close.
-    let hard_limit = crate::mqtt::hard_packet_limit(state.ingestor.validator().config().max_payload_bytes);
+    let hard_limit =
+        crate::mqtt::hard_packet_limit(state.ingestor.validator().config().max_payload_bytes);
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| ws_session(socket, state, identity))
@@ -249,8 +258,13 @@ async fn ws_session(mut socket: WebSocket, state: HttpState, identity: Identity)
                 break;
             }
         };
-        let (_, body) = ingest_and_wait(&state, &identity, payload, encoding, Gateway::Websocket).await;
-        if socket.send(WsMessage::Text(body.to_string().into())).await.is_err() {
+        let (_, body) =
+            ingest_and_wait(&state, &identity, payload, encoding, Gateway::Websocket).await;
+        if socket
+            .send(WsMessage::Text(body.to_string().into()))
+            .await
+            .is_err()
+        {
             break;
         }
     }

@@ -50,9 +50,9 @@ impl RateLimiter {
             NonZeroU32::new(config.pings_per_second),
             NonZeroU32::new(config.burst),
         ) {
-            (true, Some(rate), Some(burst)) => Some(Arc::new(
-                governor::RateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst)),
-            )),
+            (true, Some(rate), Some(burst)) => Some(Arc::new(governor::RateLimiter::dashmap(
+                Quota::per_second(rate).allow_burst(burst),
+            ))),
             _ => None,
         };
         Self { inner }

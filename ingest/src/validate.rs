@@ -118,12 +118,7 @@ pub struct Validator {
 }
 
 /// Inclusive range check for an optional measurement.
-fn check_range(
-    name: &str,
-    value: Option<f64>,
-    min: f64,
-    max: f64,
-) -> Result<(), Violation> {
+fn check_range(name: &str, value: Option<f64>, min: f64, max: f64) -> Result<(), Violation> {
     match value {
         Some(v) if !(v.is_finite() && v >= min && v <= max) => Err(Violation::new(
             RejectReason::SchemaInvalid,
@@ -139,7 +134,9 @@ fn is_obd2_code(code: &str) -> bool {
     b.len() == 5
         && matches!(b[0], b'P' | b'C' | b'B' | b'U')
         && matches!(b[1], b'0'..=b'3')
-        && b[2..].iter().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
+        && b[2..]
+            .iter()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
 }
 
 impl Validator {
@@ -245,13 +242,21 @@ impl Validator {
         if c.dtcs.len() > cfg.max_dtcs {
             return Err(Violation::new(
                 RejectReason::Oversize,
-                format!("{} dtcs, at most {} are allowed", c.dtcs.len(), cfg.max_dtcs),
+                format!(
+                    "{} dtcs, at most {} are allowed",
+                    c.dtcs.len(),
+                    cfg.max_dtcs
+                ),
             ));
         }
         if c.attrs.len() > cfg.max_attrs {
             return Err(Violation::new(
                 RejectReason::Oversize,
-                format!("{} attrs, at most {} are allowed", c.attrs.len(), cfg.max_attrs),
+                format!(
+                    "{} attrs, at most {} are allowed",
+                    c.attrs.len(),
+                    cfg.max_attrs
+                ),
             ));
         }
         for (key, value) in &c.attrs {
@@ -358,41 +363,152 @@ mod tests {
     #[test]
     fn accepts_a_good_ping() {
         let ping = Validator::new(ValidationConfig::default()).validate(good(), NOW);
-        assert_eq!(ping.map(|p| p.vehicle_id.to_string()).ok(), Some("van-1".into()));
+        assert_eq!(
+            ping.map(|p| p.vehicle_id.to_string()).ok(),
+            Some("van-1".into())
+        );
     }
 
     #[test]
     fn each_rule_gives_its_reason() {
         use RejectReason::*;
         let cases: Vec<(Candidate, RejectReason)> = vec![
-            (Candidate { vehicle_id: "".into(), ..good() }, SchemaInvalid),
-            (Candidate { vehicle_id: "a b".into(), ..good() }, SchemaInvalid),
-            (Candidate { lat: None, ..good() }, SchemaInvalid),
-            (Candidate { ts_ms: None, ..good() }, SchemaInvalid),
-            (Candidate { lat: Some(90.0001), ..good() }, CoordInvalid),
-            (Candidate { lon: Some(-180.5), ..good() }, CoordInvalid),
-            (Candidate { lat: Some(f64::NAN), ..good() }, CoordInvalid),
-            (Candidate { lon: Some(f64::INFINITY), ..good() }, CoordInvalid),
-            (Candidate { lat: Some(0.0), lon: Some(0.0), ..good() }, CoordInvalid),
-            (Candidate { ts_ms: Some(NOW + 5 * 60_000 + 1), ..good() }, TsFuture),
-            (Candidate { ts_ms: Some(NOW - 7 * 86_400_000 - 1), ..good() }, TsPast),
-            (Candidate { dtcs: vec!["P0301".into(); 33], ..good() }, Oversize),
-            (Candidate { dtcs: vec!["X0301".into()], ..good() }, SchemaInvalid),
-            (Candidate { dtcs: vec!["p0301".into()], ..good() }, SchemaInvalid),
             (
-                Candidate { attrs: vec![("k".into(), AttrValue::Str("v".repeat(257)))], ..good() },
-                Oversize,
+                Candidate {
+                    vehicle_id: "".into(),
+                    ..good()
+                },
+                SchemaInvalid,
             ),
             (
                 Candidate {
-                    attrs: (0..33).map(|i| (format!("k{i}"), AttrValue::Bool(true))).collect(),
+                    vehicle_id: "a b".into(),
+                    ..good()
+                },
+                SchemaInvalid,
+            ),
+            (
+                Candidate {
+                    lat: None,
+                    ..good()
+                },
+                SchemaInvalid,
+            ),
+            (
+                Candidate {
+                    ts_ms: None,
+                    ..good()
+                },
+                SchemaInvalid,
+            ),
+            (
+                Candidate {
+                    lat: Some(90.0001),
+                    ..good()
+                },
+                CoordInvalid,
+            ),
+            (
+                Candidate {
+                    lon: Some(-180.5),
+                    ..good()
+                },
+                CoordInvalid,
+            ),
+            (
+                Candidate {
+                    lat: Some(f64::NAN),
+                    ..good()
+                },
+                CoordInvalid,
+            ),
+            (
+                Candidate {
+                    lon: Some(f64::INFINITY),
+                    ..good()
+                },
+                CoordInvalid,
+            ),
+            (
+                Candidate {
+                    lat: Some(0.0),
+                    lon: Some(0.0),
+                    ..good()
+                },
+                CoordInvalid,
+            ),
+            (
+                Candidate {
+                    ts_ms: Some(NOW + 5 * 60_000 + 1),
+                    ..good()
+                },
+                TsFuture,
+            ),
+            (
+                Candidate {
+                    ts_ms: Some(NOW - 7 * 86_400_000 - 1),
+                    ..good()
+                },
+                TsPast,
+            ),
+            (
+                Candidate {
+                    dtcs: vec!["P0301".into(); 33],
                     ..good()
                 },
                 Oversize,
             ),
-            (Candidate { soc_pct: Some(100.5), ..good() }, SchemaInvalid),
-            (Candidate { speed_kmh: Some(-1.0), ..good() }, SchemaInvalid),
-            (Candidate { heading_deg: Some(360.0), ..good() }, SchemaInvalid),
+            (
+                Candidate {
+                    dtcs: vec!["X0301".into()],
+                    ..good()
+                },
+                SchemaInvalid,
+            ),
+            (
+                Candidate {
+                    dtcs: vec!["p0301".into()],
+                    ..good()
+                },
+                SchemaInvalid,
+            ),
+            (
+                Candidate {
+                    attrs: vec![("k".into(), AttrValue::Str("v".repeat(257)))],
+                    ..good()
+                },
+                Oversize,
+            ),
+            (
+                Candidate {
+                    attrs: (0..33)
+                        .map(|i| (format!("k{i}"), AttrValue::Bool(true)))
+                        .collect(),
+                    ..good()
+                },
+                Oversize,
+            ),
+            (
+                Candidate {
+                    soc_pct: Some(100.5),
+                    ..good()
+                },
+                SchemaInvalid,
+            ),
+            (
+                Candidate {
+                    speed_kmh: Some(-1.0),
+                    ..good()
+                },
+                SchemaInvalid,
+            ),
+            (
+                Candidate {
+                    heading_deg: Some(360.0),
+                    ..good()
+                },
+                SchemaInvalid,
+            ),
         ];
         for (c, expected) in cases {
             assert_eq!(reason(c.clone()), Some(expected), "{c:?}");
@@ -401,10 +517,35 @@ mod tests {
 
     #[test]
     fn boundaries_are_inclusive() {
-        assert_eq!(reason(Candidate { lat: Some(-90.0), lon: Some(180.0), ..good() }), None);
-        assert_eq!(reason(Candidate { ts_ms: Some(NOW + 5 * 60_000), ..good() }), None);
-        assert_eq!(reason(Candidate { ts_ms: Some(NOW - 7 * 86_400_000), ..good() }), None);
-        assert_eq!(reason(Candidate { dtcs: vec!["U0100".into(), "P0A0F".into()], ..good() }), None);
+        assert_eq!(
+            reason(Candidate {
+                lat: Some(-90.0),
+                lon: Some(180.0),
+                ..good()
+            }),
+            None
+        );
+        assert_eq!(
+            reason(Candidate {
+                ts_ms: Some(NOW + 5 * 60_000),
+                ..good()
+            }),
+            None
+        );
+        assert_eq!(
+            reason(Candidate {
+                ts_ms: Some(NOW - 7 * 86_400_000),
+                ..good()
+            }),
+            None
+        );
+        assert_eq!(
+            reason(Candidate {
+                dtcs: vec!["U0100".into(), "P0A0F".into()],
+                ..good()
+            }),
+            None
+        );
     }
 
     #[test]
@@ -413,16 +554,31 @@ mod tests {
             allow_null_island: true,
             ..ValidationConfig::default()
         });
-        assert!(v.check(&Candidate { lat: Some(0.0), lon: Some(0.0), ..good() }, NOW).is_ok());
+        assert!(
+            v.check(
+                &Candidate {
+                    lat: Some(0.0),
+                    lon: Some(0.0),
+                    ..good()
+                },
+                NOW
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn duplicate_attr_keys_are_refused() {
         let c = Candidate {
-            attrs: vec![("k".into(), AttrValue::Int(1)), ("k".into(), AttrValue::Int(2))],
+            attrs: vec![
+                ("k".into(), AttrValue::Int(1)),
+                ("k".into(), AttrValue::Int(2)),
+            ],
             ..good()
         };
-        let err = Validator::new(ValidationConfig::default()).validate(c, NOW).err();
+        let err = Validator::new(ValidationConfig::default())
+            .validate(c, NOW)
+            .err();
         assert_eq!(err.map(|e| e.0.reason), Some(RejectReason::SchemaInvalid));
     }
 }

@@ -28,7 +28,11 @@ pub enum AckStatus {
 
 impl AckStatus {
     const fn from_u8(v: u8) -> Self {
-        if v == 0 { AckStatus::Delivered } else { AckStatus::Failed }
+        if v == 0 {
+            AckStatus::Delivered
+        } else {
+            AckStatus::Failed
+        }
     }
 }
 

@@ -11,8 +11,8 @@
 pub mod ack;
 pub mod ping;
 pub mod proto;
-pub mod record;
 pub mod reason;
+pub mod record;
 
 pub use ack::{Ack, AckStatus, BatchAck};
 pub use ping::{AttrValue, Ping, VehicleId, VehicleIdError};

@@ -216,7 +216,10 @@ mod tests {
             Rfc3339Millis(1_795_420_800_123).to_string(),
             "2026-11-23T08:00:00.123Z"
         );
-        assert_eq!(Rfc3339Millis(951_782_400_000).to_string(), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            Rfc3339Millis(951_782_400_000).to_string(),
+            "2000-02-29T00:00:00.000Z"
+        );
         assert_eq!(Rfc3339Millis(-1).to_string(), "1969-12-31T23:59:59.999Z");
     }
 }

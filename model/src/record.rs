@@ -25,7 +25,12 @@ pub enum Gateway {
 
 impl Gateway {
     /// Every gateway (used to pre-register metrics).
-    pub const ALL: [Gateway; 4] = [Gateway::Mqtt, Gateway::MqttExternal, Gateway::Websocket, Gateway::Http];
+    pub const ALL: [Gateway; 4] = [
+        Gateway::Mqtt,
+        Gateway::MqttExternal,
+        Gateway::Websocket,
+        Gateway::Http,
+    ];
 
     /// The name used in metrics labels and records.
     pub const fn as_str(self) -> &'static str {
@@ -76,7 +81,10 @@ pub struct TelemetryRecord {
     pub origin: Origin,
     /// H3 cells of the position, one per configured resolution, as
     /// `(resolution, cell index)` in hex.
-    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "serialize_cells")]
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "serialize_cells"
+    )]
     pub h3: Vec<(u8, u64)>,
     /// Settled by the sinks.
     #[serde(skip)]
@@ -179,7 +187,11 @@ mod tests {
             detail: "too big".into(),
             vehicle_id: None,
             topic: None,
-            origin: Origin { gateway: Gateway::Http, client: None, received_at: 0 },
+            origin: Origin {
+                gateway: Gateway::Http,
+                client: None,
+                received_at: 0,
+            },
             raw: Bytes::from_static(b"x"),
             ack,
         })

@@ -61,7 +61,9 @@ impl TestPipeline {
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(p) = self.pipeline.take() {
-            p.wait().await.unwrap_or_else(|e| panic!("shutdown failed: {e}"));
+            p.wait()
+                .await
+                .unwrap_or_else(|e| panic!("shutdown failed: {e}"));
         }
     }
 
@@ -80,7 +82,12 @@ impl TestPipeline {
             (lines.len() >= n).then_some(lines)
         })
         .await
-        .unwrap_or_else(|| panic!("expected {n} telemetry lines, have {}", self.telemetry().len()))
+        .unwrap_or_else(|| {
+            panic!(
+                "expected {n} telemetry lines, have {}",
+                self.telemetry().len()
+            )
+        })
     }
 
     pub async fn wait_dead_letters(&self, n: usize, timeout: Duration) -> Vec<Value> {
@@ -124,14 +131,20 @@ pub fn read_stream(dir: &Path, stream: &str) -> Vec<Value> {
                 .unwrap_or_default()
                 .lines()
                 .filter(|l| !l.is_empty())
-                .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+                .map(|l| {
+                    serde_json::from_str::<Value>(l)
+                        .unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))
+                })
                 .collect::<Vec<_>>()
         })
         .collect()
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// A valid JSON ping.
@@ -159,14 +172,22 @@ pub fn proto_ping(vehicle: &str, seq: u64) -> fleetpipe_model::proto::Ping {
 pub fn keys(lines: &[Value]) -> Vec<(String, u64)> {
     let mut k: Vec<(String, u64)> = lines
         .iter()
-        .map(|l| (l["vehicle_id"].as_str().unwrap_or_default().to_owned(), l["seq"].as_u64().unwrap_or(u64::MAX)))
+        .map(|l| {
+            (
+                l["vehicle_id"].as_str().unwrap_or_default().to_owned(),
+                l["seq"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
         .collect();
     k.sort();
     k
 }
 
 pub fn reasons(lines: &[Value]) -> Vec<String> {
-    let mut r: Vec<String> = lines.iter().map(|l| l["reason"].as_str().unwrap_or_default().to_owned()).collect();
+    let mut r: Vec<String> = lines
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
     r.sort();
     r
 }
@@ -184,10 +205,16 @@ pub struct MqttClient {
     pub received: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
 }
 
-pub async fn mqtt_client(addr: SocketAddr, client_id: &str, login: Option<(&str, &str)>) -> MqttClient {
+pub async fn mqtt_client(
+    addr: SocketAddr,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+) -> MqttClient {
     use std::sync::atomic::Ordering;
     let mut opts = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
-    opts.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(4 << 20, 4 << 20).set_inflight(1000);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(4 << 20, 4 << 20)
+        .set_inflight(1000);
     if let Some((u, p)) = login {
         opts.set_credentials(u, p);
     }
@@ -208,7 +235,10 @@ pub async fn mqtt_client(addr: SocketAddr, client_id: &str, login: Option<(&str,
                     counter.fetch_add(1, Ordering::SeqCst);
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    inbox.lock().unwrap().push((p.topic.clone(), p.payload.to_vec()));
+                    inbox
+                        .lock()
+                        .unwrap()
+                        .push((p.topic.clone(), p.payload.to_vec()));
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -218,7 +248,13 @@ pub async fn mqtt_client(addr: SocketAddr, client_id: &str, login: Option<(&str,
             }
         }
     });
-    MqttClient { client, pubacks, closed, connected, received }
+    MqttClient {
+        client,
+        pubacks,
+        closed,
+        connected,
+        received,
+    }
 }
 
 impl MqttClient {
@@ -230,8 +266,15 @@ impl MqttClient {
     }
 
     pub async fn wait_pubacks(&self, n: usize, timeout: Duration) {
-        let ok = wait_for(timeout, || (self.pubacks.load(std::sync::atomic::Ordering::SeqCst) >= n).then_some(())).await;
-        assert!(ok.is_some(), "expected {n} PUBACKs, got {}", self.pubacks.load(std::sync::atomic::Ordering::SeqCst));
+        let ok = wait_for(timeout, || {
+            (self.pubacks.load(std::sync::atomic::Ordering::SeqCst) >= n).then_some(())
+        })
+        .await;
+        assert!(
+            ok.is_some(),
+            "expected {n} PUBACKs, got {}",
+            self.pubacks.load(std::sync::atomic::Ordering::SeqCst)
+        );
     }
 
     /// Waits until the connection is closed (by the server), returning why.
@@ -245,6 +288,10 @@ impl MqttClient {
 
     pub async fn wait_connected(&mut self, timeout: Duration) {
         let ok = tokio::time::timeout(timeout, self.connected.wait_for(|c| *c)).await;
-        assert!(matches!(ok, Ok(Ok(_))), "not connected within {timeout:?}: {:?}", *self.closed.borrow());
+        assert!(
+            matches!(ok, Ok(Ok(_))),
+            "not connected within {timeout:?}: {:?}",
+            *self.closed.borrow()
+        );
     }
 }

@@ -11,12 +11,24 @@ fn validator() -> Validator {
     Validator::new(ValidationConfig::default())
 }
 
-fn decode(payload: &[u8], encoding: Encoding, scope: VehicleScope<'_>) -> Result<DecodedMessage, Rejection> {
-    decode_message(&Bytes::copy_from_slice(payload), encoding, scope, &validator(), NOW)
+fn decode(
+    payload: &[u8],
+    encoding: Encoding,
+    scope: VehicleScope<'_>,
+) -> Result<DecodedMessage, Rejection> {
+    decode_message(
+        &Bytes::copy_from_slice(payload),
+        encoding,
+        scope,
+        &validator(),
+        NOW,
+    )
 }
 
 fn reasons(out: &DecodedMessage) -> Vec<Option<RejectReason>> {
-    out.iter().map(|r| r.as_ref().err().map(|e| e.reason)).collect()
+    out.iter()
+        .map(|r| r.as_ref().err().map(|e| e.reason))
+        .collect()
 }
 
 #[test]
@@ -27,7 +39,11 @@ fn json_single_ping_with_every_field() {
         "future_field":{"ignored":true}}"#;
     let out = decode(payload, Encoding::Json, VehicleScope::Topic("van-1")).unwrap_or_default();
     assert_eq!(out.len(), 1);
-    let ping = out[0].as_ref().ok().cloned().unwrap_or_else(|| panic!("{:?}", out[0]));
+    let ping = out[0]
+        .as_ref()
+        .ok()
+        .cloned()
+        .unwrap_or_else(|| panic!("{:?}", out[0]));
     assert_eq!(ping.vehicle_id.as_str(), "van-1");
     assert_eq!(ping.seq, Some(7));
     assert_eq!(ping.ts_ms, NOW - 750);
@@ -61,14 +77,31 @@ fn json_batch_keeps_good_pings_and_dead_letters_bad_ones_with_their_bytes() {
     use RejectReason::*;
     assert_eq!(
         reasons(&out),
-        vec![None, Some(CoordInvalid), Some(SchemaInvalid), Some(VehicleMismatch), None]
+        vec![
+            None,
+            Some(CoordInvalid),
+            Some(SchemaInvalid),
+            Some(VehicleMismatch),
+            None
+        ]
     );
-    let rejected = out[1].as_ref().err().map(|r| r.raw.clone()).unwrap_or_default();
+    let rejected = out[1]
+        .as_ref()
+        .err()
+        .map(|r| r.raw.clone())
+        .unwrap_or_default();
     assert_eq!(
         &rejected[..],
         br#"{"vehicle_id":"van-1","seq":2,"ts":1795420799000,"lat":95.0,"lon":13.4}"#
     );
-    assert_eq!(out[1].as_ref().err().and_then(|r| r.vehicle_id.clone()).map(|v| v.to_string()), Some("van-1".into()));
+    assert_eq!(
+        out[1]
+            .as_ref()
+            .err()
+            .and_then(|r| r.vehicle_id.clone())
+            .map(|v| v.to_string()),
+        Some("van-1".into())
+    );
 }
 
 #[test]
@@ -99,15 +132,29 @@ fn each_message_level_reason() {
 
 #[test]
 fn json_element_errors_are_per_element() {
-    let out = decode(br#"[{"vehicle_id":"v","ts":1795420799000,"lat":"north","lon":2}, 7]"#, Encoding::Json, VehicleScope::FirstPing)
-        .unwrap_or_default();
-    assert_eq!(reasons(&out), vec![Some(RejectReason::SchemaInvalid), Some(RejectReason::SchemaInvalid)]);
+    let out = decode(
+        br#"[{"vehicle_id":"v","ts":1795420799000,"lat":"north","lon":2}, 7]"#,
+        Encoding::Json,
+        VehicleScope::FirstPing,
+    )
+    .unwrap_or_default();
+    assert_eq!(
+        reasons(&out),
+        vec![
+            Some(RejectReason::SchemaInvalid),
+            Some(RejectReason::SchemaInvalid)
+        ]
+    );
     assert_eq!(out[1].as_ref().err().map(|r| &r.raw[..]), Some(&b"7"[..]));
 }
 
 #[test]
 fn oversize_message_and_batch() {
-    let v = Validator::new(ValidationConfig { max_payload_bytes: 64, max_batch: 2, ..ValidationConfig::default() });
+    let v = Validator::new(ValidationConfig {
+        max_payload_bytes: 64,
+        max_batch: 2,
+        ..ValidationConfig::default()
+    });
     let big = Bytes::from(vec![b' '; 65]);
     let r = decode_message(&big, Encoding::Json, VehicleScope::FirstPing, &v, NOW).err();
     assert_eq!(r.map(|r| r.reason), Some(RejectReason::Oversize));
@@ -118,8 +165,12 @@ fn oversize_message_and_batch() {
 
 #[test]
 fn device_scope_refuses_other_vehicles_as_unauthorized() {
-    let out = decode(br#"{"vehicle_id":"van-2","ts":1795420799000,"lat":1,"lon":2}"#, Encoding::Json, VehicleScope::Device("van-1"))
-        .unwrap_or_default();
+    let out = decode(
+        br#"{"vehicle_id":"van-2","ts":1795420799000,"lat":1,"lon":2}"#,
+        Encoding::Json,
+        VehicleScope::Device("van-1"),
+    )
+    .unwrap_or_default();
     assert_eq!(reasons(&out), vec![Some(RejectReason::Unauthorized)]);
 }
 
@@ -131,7 +182,10 @@ fn anonymous_batch_must_be_one_vehicle() {
         VehicleScope::FirstPing,
     )
     .unwrap_or_default();
-    assert_eq!(reasons(&out), vec![None, Some(RejectReason::VehicleMismatch)]);
+    assert_eq!(
+        reasons(&out),
+        vec![None, Some(RejectReason::VehicleMismatch)]
+    );
 }
 
 fn proto_ping(vehicle: &str, seq: u64, lat: f64) -> proto::Ping {
@@ -152,19 +206,38 @@ fn protobuf_single_and_batch() {
     assert_eq!(reasons(&out), vec![None]);
 
     let bad = proto_ping("van-1", 2, -91.0);
-    let batch = proto::PingBatch { pings: vec![proto_ping("van-1", 1, 52.5), bad.clone()] }.encode_to_vec();
+    let batch = proto::PingBatch {
+        pings: vec![proto_ping("van-1", 1, 52.5), bad.clone()],
+    }
+    .encode_to_vec();
     assert_eq!(&batch[..2], &proto::PING_BATCH_PREFIX);
     let out = decode(&batch, Encoding::Protobuf, VehicleScope::Topic("van-1")).unwrap_or_default();
     assert_eq!(reasons(&out), vec![None, Some(RejectReason::CoordInvalid)]);
     // The dead-lettered element is the element, re-encoded byte for byte.
-    assert_eq!(out[1].as_ref().err().map(|r| r.raw.to_vec()), Some(bad.encode_to_vec()));
+    assert_eq!(
+        out[1].as_ref().err().map(|r| r.raw.to_vec()),
+        Some(bad.encode_to_vec())
+    );
 }
 
 #[test]
 fn protobuf_missing_required_fields() {
-    let p = proto::Ping { vehicle_id: "v".into(), ts_ms: Some(NOW), lat: Some(1.0), ..Default::default() };
-    let out = decode(&p.encode_to_vec(), Encoding::Protobuf, VehicleScope::FirstPing).unwrap_or_default();
-    assert_eq!(out[0].as_ref().err().map(|r| r.detail.as_str()), Some("missing required field lon"));
+    let p = proto::Ping {
+        vehicle_id: "v".into(),
+        ts_ms: Some(NOW),
+        lat: Some(1.0),
+        ..Default::default()
+    };
+    let out = decode(
+        &p.encode_to_vec(),
+        Encoding::Protobuf,
+        VehicleScope::FirstPing,
+    )
+    .unwrap_or_default();
+    assert_eq!(
+        out[0].as_ref().err().map(|r| r.detail.as_str()),
+        Some("missing required field lon")
+    );
 }
 
 // ------------------------------------------------------------ properties
@@ -190,18 +263,20 @@ fn arb_ping() -> impl Strategy<Value = Candidate> {
         ),
     )
         .prop_filter("not null island", |t| !(t.3 == 0.0 && t.4 == 0.0))
-        .prop_map(|(vehicle_id, seq, ts_ms, lat, lon, speed, soc, dtcs, attrs)| Candidate {
-            vehicle_id,
-            seq,
-            ts_ms: Some(ts_ms),
-            lat: Some(lat),
-            lon: Some(lon),
-            speed_kmh: speed,
-            soc_pct: soc,
-            dtcs,
-            attrs: attrs.into_iter().collect(),
-            ..Candidate::default()
-        })
+        .prop_map(
+            |(vehicle_id, seq, ts_ms, lat, lon, speed, soc, dtcs, attrs)| Candidate {
+                vehicle_id,
+                seq,
+                ts_ms: Some(ts_ms),
+                lat: Some(lat),
+                lon: Some(lon),
+                speed_kmh: speed,
+                soc_pct: soc,
+                dtcs,
+                attrs: attrs.into_iter().collect(),
+                ..Candidate::default()
+            },
+        )
 }
 
 proptest! {

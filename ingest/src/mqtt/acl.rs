@@ -91,9 +91,9 @@ impl<P> DeviceProtocol<P> {
         match packet {
             Packet::Connect(connect, _, _, _, login) => {
                 self.client_id = connect.client_id.clone();
-                let (user, pass) = login
-                    .as_ref()
-                    .map_or((None, None), |l| (Some(l.username.as_str()), Some(l.password.as_str())));
+                let (user, pass) = login.as_ref().map_or((None, None), |l| {
+                    (Some(l.username.as_str()), Some(l.password.as_str()))
+                });
                 self.identity = self.shared.auth.authenticate(pass, user).ok();
             }
             Packet::Publish(publish, _) => {
@@ -114,9 +114,14 @@ impl<P> DeviceProtocol<P> {
                     return Ok(());
                 };
                 let allowed = format!("{}/{own}/", self.shared.prefix);
-                if let Some(f) = subscribe.filters.iter().find(|f| !f.path.starts_with(&allowed)) {
+                if let Some(f) = subscribe
+                    .filters
+                    .iter()
+                    .find(|f| !f.path.starts_with(&allowed))
+                {
                     tracing::warn!(client_id = %self.client_id, filter = %f.path, "MQTT subscribe refused, closing connection");
-                    metrics::counter!("fleetpipe_mqtt_refused_total", "kind" => "subscribe").increment(1);
+                    metrics::counter!("fleetpipe_mqtt_refused_total", "kind" => "subscribe")
+                        .increment(1);
                     return Err(Error::InvalidProtocol);
                 }
             }

@@ -27,7 +27,9 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{v4::V4, v5::V5};
-use rumqttd::{ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::{
+    ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -108,10 +110,11 @@ impl EmbeddedBroker {
         let link_router_tx = router_tx.clone();
         let filters = telemetry_filters(&config.topic_prefix);
         let (link_tx, link_rx) = tokio::task::spawn_blocking(move || {
-            let (mut tx, rx, _) = rumqttd::local::LinkBuilder::new("fleetpipe-ingest", link_router_tx)
-                .dynamic_filters(true)
-                .build()
-                .map_err(|e| EmbeddedBrokerError::Link(e.to_string()))?;
+            let (mut tx, rx, _) =
+                rumqttd::local::LinkBuilder::new("fleetpipe-ingest", link_router_tx)
+                    .dynamic_filters(true)
+                    .build()
+                    .map_err(|e| EmbeddedBrokerError::Link(e.to_string()))?;
             for filter in filters {
                 tx.subscribe(filter)
                     .map_err(|e| EmbeddedBrokerError::Link(e.to_string()))?;
@@ -130,7 +133,8 @@ impl EmbeddedBroker {
         });
 
         let mut connections = ConnectionSettings {
-            connection_timeout_ms: u16::try_from(config.connect_timeout.as_millis()).unwrap_or(u16::MAX),
+            connection_timeout_ms: u16::try_from(config.connect_timeout.as_millis())
+                .unwrap_or(u16::MAX),
             max_payload_size: hard_packet_limit(ingestor.validator().config().max_payload_bytes),
             max_inflight_count: config.max_inflight,
             auth: None,
@@ -182,7 +186,11 @@ impl EmbeddedBroker {
         }
         tracing::info!(listen = %local_addr, listen_v5 = ?local_addr_v5, prefix = %config.topic_prefix, "embedded MQTT broker listening");
 
-        tokio::spawn(record_refusals(refused_rx, ingestor.clone(), shutdown.clone()));
+        tokio::spawn(record_refusals(
+            refused_rx,
+            ingestor.clone(),
+            shutdown.clone(),
+        ));
         let prefix = config.topic_prefix.clone();
         // The acker owns the link's sending half (dropping it would disconnect
         // the link) and publishes durable watermarks when asked to.
@@ -191,7 +199,11 @@ impl EmbeddedBroker {
         let acks = config.ack_topic.then_some(acks_tx);
         let reader = tokio::spawn(async move {
             let mut link_rx = link_rx;
-            let reader = Reader { prefix: &prefix, ingestor: &ingestor, acks: acks.as_ref() };
+            let reader = Reader {
+                prefix: &prefix,
+                ingestor: &ingestor,
+                acks: acks.as_ref(),
+            };
             // Runs until shutdown (or until the pipeline closes).
             let open = reader.read(&mut link_rx, Some(&shutdown)).await;
             // From here on every connection's next packet closes it unacknowledged.
@@ -272,7 +284,10 @@ impl Reader<'_> {
             };
             match notification {
                 Notification::Forward(forward) => {
-                    if !self.ingest(forward.publish.topic, forward.publish.payload).await {
+                    if !self
+                        .ingest(forward.publish.topic, forward.publish.payload)
+                        .await
+                    {
                         return false;
                     }
                 }
@@ -309,10 +324,19 @@ impl Reader<'_> {
         let Ok(outcome) = self.ingestor.ingest(msg, batch.as_ref()).await else {
             return false;
         };
-        if let (Some(acks), Some(batch), Some(min_seq), Some(max_seq), true) =
-            (self.acks, batch, outcome.lowest_seq, outcome.highest_seq, outcome.all_have_seq)
-        {
-            let pending = PendingMessage { vehicle: parsed.vehicle.to_owned(), min_seq, max_seq, batch };
+        if let (Some(acks), Some(batch), Some(min_seq), Some(max_seq), true) = (
+            self.acks,
+            batch,
+            outcome.lowest_seq,
+            outcome.highest_seq,
+            outcome.all_have_seq,
+        ) {
+            let pending = PendingMessage {
+                vehicle: parsed.vehicle.to_owned(),
+                min_seq,
+                max_seq,
+                batch,
+            };
             if acks.send(pending).await.is_err() {
                 tracing::warn!("acknowledgement publisher stopped");
             }
@@ -326,7 +350,11 @@ const ACK_QUEUE: usize = 65_536;
 
 /// Publishes `{"ack": N}` on a vehicle's ack topic whenever its durable
 /// watermark moves. Ends when the reader is gone and every outcome is in.
-async fn publish_acks(mut pending: mpsc::Receiver<PendingMessage>, mut link_tx: LinkTx, prefix: String) {
+async fn publish_acks(
+    mut pending: mpsc::Receiver<PendingMessage>,
+    mut link_tx: LinkTx,
+    prefix: String,
+) {
     let mut watermarks = Watermarks::default();
     let mut outcomes = FuturesUnordered::new();
     loop {
@@ -380,7 +408,13 @@ async fn record_refusals(
         };
         let client = Some(Arc::from(r.client_id.as_str()));
         if ingestor
-            .reject(rejection, Gateway::Mqtt, client, Some(&r.topic), Ack::none())
+            .reject(
+                rejection,
+                Gateway::Mqtt,
+                client,
+                Some(&r.topic),
+                Ack::none(),
+            )
             .await
             .is_err()
         {

@@ -14,9 +14,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use fleetpipe_model::{AckStatus, BatchAck, Gateway};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use fleetpipe_model::{AckStatus, BatchAck, Gateway};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,9 @@ pub struct ExternalConsumer {
 type PendingAck = Pin<Box<dyn Future<Output = (Publish, AckStatus)> + Send>>;
 
 fn parse_broker_url(url: &str) -> Option<(String, u16)> {
-    let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://"))?;
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))?;
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().ok()?),
@@ -204,8 +206,14 @@ mod tests {
 
     #[test]
     fn broker_urls() {
-        assert_eq!(parse_broker_url("mqtt://127.0.0.1:1883"), Some(("127.0.0.1".into(), 1883)));
-        assert_eq!(parse_broker_url("tcp://broker"), Some(("broker".into(), 1883)));
+        assert_eq!(
+            parse_broker_url("mqtt://127.0.0.1:1883"),
+            Some(("127.0.0.1".into(), 1883))
+        );
+        assert_eq!(
+            parse_broker_url("tcp://broker"),
+            Some(("broker".into(), 1883))
+        );
         assert_eq!(parse_broker_url("mqtt://broker:x"), None);
         assert_eq!(parse_broker_url("http://broker:1883"), None);
         assert_eq!(parse_broker_url("mqtt://:1883"), None);

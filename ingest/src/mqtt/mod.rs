@@ -139,7 +139,10 @@ pub fn ack_topic(prefix: &str, vehicle: &str) -> String {
 
 /// Subscription filters for the telemetry topics.
 pub fn telemetry_filters(prefix: &str) -> [String; 2] {
-    [format!("{prefix}/+/telemetry"), format!("{prefix}/+/telemetry/pb")]
+    [
+        format!("{prefix}/+/telemetry"),
+        format!("{prefix}/+/telemetry/pb"),
+    ]
 }
 
 /// Largest MQTT packet fleetpipe's MQTT stacks read: well above the
@@ -157,14 +160,30 @@ mod tests {
     fn topics() {
         assert_eq!(
             parse_topic("fleet", "fleet/van-1/telemetry"),
-            Some(TelemetryTopic { vehicle: "van-1", encoding: Encoding::Json })
+            Some(TelemetryTopic {
+                vehicle: "van-1",
+                encoding: Encoding::Json
+            })
         );
         assert_eq!(
             parse_topic("fleet", "fleet/van-1/telemetry/pb"),
-            Some(TelemetryTopic { vehicle: "van-1", encoding: Encoding::Protobuf })
+            Some(TelemetryTopic {
+                vehicle: "van-1",
+                encoding: Encoding::Protobuf
+            })
         );
-        assert_eq!(parse_topic("a/b", "a/b/v/telemetry").map(|t| t.vehicle), Some("v"));
-        for bad in ["fleet/van-1/ack", "fleet//telemetry", "fleetx/v/telemetry", "other/v/telemetry", "fleet/v/telemetry/json", "fleet"] {
+        assert_eq!(
+            parse_topic("a/b", "a/b/v/telemetry").map(|t| t.vehicle),
+            Some("v")
+        );
+        for bad in [
+            "fleet/van-1/ack",
+            "fleet//telemetry",
+            "fleetx/v/telemetry",
+            "other/v/telemetry",
+            "fleet/v/telemetry/json",
+            "fleet",
+        ] {
             assert_eq!(parse_topic("fleet", bad), None, "{bad}");
         }
     }

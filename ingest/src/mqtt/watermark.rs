@@ -57,8 +57,18 @@ impl Watermarks {
         let state = self.vehicles.entry(vehicle.to_owned()).or_default();
         let id = state.next_id;
         state.next_id += 1;
-        state.inflight.insert(id, Slot { min_seq, max_seq, status: None });
-        MessageTicket { vehicle: vehicle.to_owned(), id }
+        state.inflight.insert(
+            id,
+            Slot {
+                min_seq,
+                max_seq,
+                status: None,
+            },
+        );
+        MessageTicket {
+            vehicle: vehicle.to_owned(),
+            id,
+        }
     }
 
     /// Records a message's outcome; returns the vehicle's new watermark if it moved.
@@ -69,24 +79,40 @@ impl Watermarks {
         }
         let before = state.watermark;
         while let Some(entry) = state.inflight.first_entry() {
-            let Some(status) = entry.get().status else { break };
+            let Some(status) = entry.get().status else {
+                break;
+            };
             let slot = entry.remove();
             match status {
                 AckStatus::Delivered => {
-                    if state.failed_floor.is_some_and(|floor| slot.min_seq <= floor) {
+                    if state
+                        .failed_floor
+                        .is_some_and(|floor| slot.min_seq <= floor)
+                    {
                         state.failed_floor = None;
                     }
                     if state.failed_floor.is_none() {
-                        state.watermark = Some(state.watermark.map_or(slot.max_seq, |w| w.max(slot.max_seq)));
+                        state.watermark = Some(
+                            state
+                                .watermark
+                                .map_or(slot.max_seq, |w| w.max(slot.max_seq)),
+                        );
                     }
                 }
                 AckStatus::Failed => {
-                    state.failed_floor =
-                        Some(state.failed_floor.map_or(slot.min_seq, |f| f.min(slot.min_seq)));
+                    state.failed_floor = Some(
+                        state
+                            .failed_floor
+                            .map_or(slot.min_seq, |f| f.min(slot.min_seq)),
+                    );
                 }
             }
         }
-        let moved = if state.watermark != before { state.watermark } else { None };
+        let moved = if state.watermark != before {
+            state.watermark
+        } else {
+            None
+        };
         if state.inflight.is_empty() && state.failed_floor.is_none() {
             // Nothing pending: forget the vehicle, so memory follows the
             // vehicles in flight, not the fleet. Its next durable message
@@ -126,7 +152,11 @@ mod tests {
         let mut w = Watermarks::default();
         let a = w.arrived("v", 1, 1);
         let b = w.arrived("v", 2, 2);
-        assert_eq!(w.settled(&b, Delivered), None, "message 1 is not durable yet");
+        assert_eq!(
+            w.settled(&b, Delivered),
+            None,
+            "message 1 is not durable yet"
+        );
         assert_eq!(w.settled(&a, Delivered), Some(2));
     }
 
@@ -138,7 +168,11 @@ mod tests {
         let c = w.arrived("v", 5, 6);
         assert_eq!(w.settled(&a, Delivered), Some(2));
         assert_eq!(w.settled(&b, Failed), None);
-        assert_eq!(w.settled(&c, Delivered), None, "5..6 durable, but 3..4 is not");
+        assert_eq!(
+            w.settled(&c, Delivered),
+            None,
+            "5..6 durable, but 3..4 is not"
+        );
         // The device resends from its last ack (2) + 1.
         let resend = w.arrived("v", 3, 6);
         assert_eq!(w.settled(&resend, Delivered), Some(6));

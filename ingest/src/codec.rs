@@ -97,6 +97,8 @@ pub fn decode_message(
             payload,
         ));
     }
+    // Split first (cheap: no element is decoded), so an oversize batch is
+    // refused before any work is spent on its elements.
     let elements = match encoding {
         Encoding::Json => json_elements(payload)?,
         Encoding::Protobuf => proto_elements(payload)?,
@@ -122,8 +124,11 @@ pub fn decode_message(
     let mut batch_vehicle: Option<String> = None;
     let out = elements
         .into_iter()
-        .map(|element| {
-            let (candidate, raw) = element?;
+        .map(|raw| {
+            let candidate = match encoding {
+                Encoding::Json => json_candidate(&raw)?,
+                Encoding::Protobuf => proto_candidate(&raw)?,
+            };
             let expected = match scope {
                 VehicleScope::Topic(id) | VehicleScope::Device(id) => Some(id),
                 VehicleScope::FirstPing => batch_vehicle.as_deref(),
@@ -151,7 +156,8 @@ pub fn decode_message(
                 };
                 return Err(reject(Violation::new(reason, detail), &candidate, raw));
             }
-            if batch_vehicle.is_none() {
+            // Only a valid id can define the batch's vehicle.
+            if batch_vehicle.is_none() && VehicleId::check(&candidate.vehicle_id).is_ok() {
                 batch_vehicle = Some(candidate.vehicle_id.clone());
             }
             validator
@@ -162,20 +168,8 @@ pub fn decode_message(
     Ok(out)
 }
 
-/// The raw bytes of one element, or how to re-create them (Protobuf elements
-/// are re-encoded only when refused, so the happy path copies nothing).
-enum RawElement {
-    Slice(Bytes),
-    ReencodeProto,
-}
-
-type Element = Result<(Candidate, RawElement), Rejection>;
-
-fn reject(violation: Violation, candidate: &Candidate, raw: RawElement) -> Rejection {
-    let raw = match raw {
-        RawElement::Slice(b) => b,
-        RawElement::ReencodeProto => Bytes::from(to_proto(candidate).encode_to_vec()),
-    };
+/// A refusal of one element, keeping the element's exact bytes.
+fn reject(violation: Violation, candidate: &Candidate, raw: Bytes) -> Rejection {
     Rejection {
         reason: violation.reason,
         detail: violation.detail,
@@ -193,7 +187,8 @@ fn json_error(e: &serde_json::Error) -> RejectReason {
     }
 }
 
-fn json_elements(payload: &Bytes) -> Result<Vec<Element>, Rejection> {
+/// The exact bytes of each ping of a JSON message.
+fn json_elements(payload: &Bytes) -> Result<Vec<Bytes>, Rejection> {
     let first = payload.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'[') => {
@@ -202,15 +197,10 @@ fn json_elements(payload: &Bytes) -> Result<Vec<Element>, Rejection> {
             })?;
             Ok(items
                 .into_iter()
-                .map(|item| {
-                    let raw = payload.slice_ref(item.get().as_bytes());
-                    json_candidate(&raw).map(|c| (c, RawElement::Slice(raw)))
-                })
+                .map(|item| payload.slice_ref(item.get().as_bytes()))
                 .collect())
         }
-        Some(b'{') => Ok(vec![
-            json_candidate(payload).map(|c| (c, RawElement::Slice(payload.clone()))),
-        ]),
+        Some(b'{') => Ok(vec![payload.clone()]),
         Some(_) => {
             // Let serde_json say what it is (a number, a string, garbage).
             let reason = match serde_json::from_slice::<serde::de::IgnoredAny>(payload) {
@@ -396,36 +386,102 @@ impl<'de> Deserialize<'de> for JsonAttrValue {
 
 // ------------------------------------------------------------ Protobuf
 
-fn proto_elements(payload: &Bytes) -> Result<Vec<Element>, Rejection> {
-    let decode_err = |e: prost::DecodeError| {
-        Rejection::message(
-            RejectReason::DecodeFailed,
-            format!("invalid Protobuf: {e}"),
-            payload,
-        )
-    };
-    let pings = if payload.starts_with(&proto::PING_BATCH_PREFIX) {
-        proto::PingBatch::decode(payload.clone())
-            .map_err(decode_err)?
-            .pings
-    } else if payload.is_empty() {
+/// The exact bytes of each ping of a Protobuf message: the whole payload for
+/// a `Ping`, each field-32 entry for a `PingBatch` (unknown fields skipped).
+fn proto_elements(payload: &Bytes) -> Result<Vec<Bytes>, Rejection> {
+    if payload.is_empty() {
         return Err(Rejection::message(
             RejectReason::DecodeFailed,
             "empty message",
             payload,
         ));
-    } else {
-        vec![proto::Ping::decode(payload.clone()).map_err(decode_err)?]
-    };
-    Ok(pings
-        .into_iter()
-        .map(|p| Ok((from_proto(p), RawElement::ReencodeProto)))
-        .collect())
+    }
+    if !payload.starts_with(&proto::PING_BATCH_PREFIX) {
+        return Ok(vec![payload.clone()]);
+    }
+    proto_batch_entries(payload).map_err(|e| {
+        Rejection::message(
+            RejectReason::DecodeFailed,
+            format!("invalid Protobuf batch: {e}"),
+            payload,
+        )
+    })
 }
 
-fn from_proto(p: proto::Ping) -> Candidate {
+/// Walks a `PingBatch` without decoding its pings.
+fn proto_batch_entries(payload: &Bytes) -> Result<Vec<Bytes>, String> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let mut buf = &payload[..];
+    let mut entries = Vec::new();
+    let advance = |buf: &mut &[u8], n: u64| -> Result<(), String> {
+        let n = usize::try_from(n).map_err(|_| "field length overflows".to_owned())?;
+        *buf = buf
+            .get(n..)
+            .ok_or("field runs past the end of the message")?;
+        Ok(())
+    };
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+        match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut buf).map_err(|e| e.to_string())?;
+            }
+            WireType::SixtyFourBit => advance(&mut buf, 8)?,
+            WireType::ThirtyTwoBit => advance(&mut buf, 4)?,
+            WireType::LengthDelimited => {
+                let len = decode_varint(&mut buf).map_err(|e| e.to_string())?;
+                let start = payload.len() - buf.len();
+                advance(&mut buf, len)?;
+                if tag == 32 {
+                    entries.push(payload.slice(start..payload.len() - buf.len()));
+                }
+            }
+            WireType::StartGroup | WireType::EndGroup => {
+                return Err("groups are not supported".into());
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// Decodes one Protobuf `Ping` element.
+fn proto_candidate(raw: &Bytes) -> Result<Candidate, Rejection> {
+    let element_err = |reason, detail: String| Rejection {
+        reason,
+        detail,
+        vehicle_id: None,
+        raw: raw.clone(),
+    };
+    let ping = proto::Ping::decode(raw.clone()).map_err(|e| {
+        element_err(
+            RejectReason::DecodeFailed,
+            format!("invalid Protobuf ping: {e}"),
+        )
+    })?;
+    from_proto(ping).map_err(|v| element_err(v.reason, v.detail))
+}
+
+/// Protobuf maps keep the last of duplicate keys (Protobuf semantics), so a
+/// duplicate key cannot be detected here as it is in JSON.
+fn from_proto(p: proto::Ping) -> Result<Candidate, Violation> {
     use proto::attr_value::Kind;
-    Candidate {
+    let mut attrs = Vec::with_capacity(p.attrs.len());
+    for (k, v) in p.attrs {
+        let value = match v.kind {
+            Some(Kind::StringValue(s)) => AttrValue::Str(s),
+            Some(Kind::DoubleValue(d)) => AttrValue::Float(d),
+            Some(Kind::IntValue(i)) => AttrValue::Int(i),
+            Some(Kind::BoolValue(b)) => AttrValue::Bool(b),
+            None => {
+                return Err(Violation::new(
+                    RejectReason::SchemaInvalid,
+                    format!("attrs[{k:?}] has no value"),
+                ));
+            }
+        };
+        attrs.push((k, value));
+    }
+    Ok(Candidate {
         vehicle_id: p.vehicle_id,
         seq: p.seq,
         ts_ms: p.ts_ms,
@@ -441,20 +497,8 @@ fn from_proto(p: proto::Ping) -> Candidate {
         odometer_km: p.odometer_km,
         ignition: p.ignition,
         dtcs: p.dtcs,
-        attrs: p
-            .attrs
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let value = match v.kind? {
-                    Kind::StringValue(s) => AttrValue::Str(s),
-                    Kind::DoubleValue(d) => AttrValue::Float(d),
-                    Kind::IntValue(i) => AttrValue::Int(i),
-                    Kind::BoolValue(b) => AttrValue::Bool(b),
-                };
-                Some((k, value))
-            })
-            .collect(),
-    }
+        attrs,
+    })
 }
 
 /// Re-encodes a validated ping in `encoding`, for dead-lettering a ping that
@@ -464,66 +508,7 @@ pub fn encode_ping(ping: &Ping, encoding: Encoding) -> Bytes {
     match encoding {
         // Serializing a Ping (plain data, string keys) cannot fail.
         Encoding::Json => Bytes::from(serde_json::to_vec(ping).unwrap_or_default()),
-        Encoding::Protobuf => {
-            let candidate = Candidate {
-                vehicle_id: ping.vehicle_id.to_string(),
-                seq: ping.seq,
-                ts_ms: Some(ping.ts_ms),
-                lat: Some(ping.lat),
-                lon: Some(ping.lon),
-                alt_m: ping.alt_m,
-                speed_kmh: ping.speed_kmh,
-                heading_deg: ping.heading_deg,
-                accuracy_m: ping.accuracy_m,
-                soc_pct: ping.soc_pct,
-                battery_v: ping.battery_v,
-                charging: ping.charging,
-                odometer_km: ping.odometer_km,
-                ignition: ping.ignition,
-                dtcs: ping.dtcs.clone(),
-                attrs: ping
-                    .attrs
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            };
-            Bytes::from(to_proto(&candidate).encode_to_vec())
-        }
-    }
-}
-
-/// Encodes a candidate as a Protobuf `Ping`.
-pub fn to_proto(c: &Candidate) -> proto::Ping {
-    use proto::attr_value::Kind;
-    proto::Ping {
-        vehicle_id: c.vehicle_id.clone(),
-        seq: c.seq,
-        ts_ms: c.ts_ms,
-        lat: c.lat,
-        lon: c.lon,
-        alt_m: c.alt_m,
-        speed_kmh: c.speed_kmh,
-        heading_deg: c.heading_deg,
-        accuracy_m: c.accuracy_m,
-        soc_pct: c.soc_pct,
-        battery_v: c.battery_v,
-        charging: c.charging,
-        odometer_km: c.odometer_km,
-        ignition: c.ignition,
-        dtcs: c.dtcs.clone(),
-        attrs: c
-            .attrs
-            .iter()
-            .map(|(k, v)| {
-                let kind = match v {
-                    AttrValue::Str(s) => Kind::StringValue(s.clone()),
-                    AttrValue::Float(d) => Kind::DoubleValue(*d),
-                    AttrValue::Int(i) => Kind::IntValue(*i),
-                    AttrValue::Bool(b) => Kind::BoolValue(*b),
-                };
-                (k.clone(), proto::AttrValue { kind: Some(kind) })
-            })
-            .collect(),
+        Encoding::Protobuf => Bytes::from(proto::Ping::from(ping).encode_to_vec()),
     }
 }
 

@@ -22,8 +22,8 @@ pub enum VehicleIdError {
     /// Empty string.
     #[error("vehicle_id is empty")]
     Empty,
-    /// More than 64 characters.
-    #[error("vehicle_id is {0} characters long, at most 64 are allowed")]
+    /// More than 64 bytes.
+    #[error("vehicle_id is {0} bytes long, at most 64 are allowed")]
     TooLong(usize),
     /// A character outside `[A-Za-z0-9_.:-]`.
     #[error("vehicle_id contains {0:?}; only [A-Za-z0-9_.:-] are allowed")]
@@ -37,7 +37,7 @@ impl VehicleId {
             return Err(VehicleIdError::Empty);
         }
         if s.len() > VEHICLE_ID_MAX_LEN {
-            return Err(VehicleIdError::TooLong(s.chars().count()));
+            return Err(VehicleIdError::TooLong(s.len()));
         }
         match s
             .chars()

@@ -221,6 +221,78 @@ fn protobuf_single_and_batch() {
 }
 
 #[test]
+fn protobuf_elements_keep_their_exact_bytes_and_unknown_fields_are_skipped() {
+    // Found by the fuzzer: a ping of only an unknown field (19, fixed32) used
+    // to be dead-lettered re-encoded, as zero bytes.
+    let out = decode(
+        &[157, 1, 10, 1, 10, 1],
+        Encoding::Protobuf,
+        VehicleScope::Topic("v"),
+    )
+    .unwrap_or_default();
+    assert_eq!(
+        out[0].as_ref().err().map(|r| r.raw.to_vec()),
+        Some(vec![157, 1, 10, 1, 10, 1])
+    );
+    // A batch with an unknown varint field before and after its pings.
+    let ping = proto_ping("v", 1, 91.0).encode_to_vec();
+    let mut batch = proto::PingBatch {
+        pings: vec![proto_ping("v", 1, 91.0)],
+    }
+    .encode_to_vec();
+    batch.extend_from_slice(&[0x08, 0x05]); // field 1, varint 5
+    let out = decode(&batch, Encoding::Protobuf, VehicleScope::Topic("v")).unwrap_or_default();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].as_ref().err().map(|r| r.raw.to_vec()), Some(ping));
+    // A truncated batch is refused whole.
+    let cut = &batch[..batch.len() - 4];
+    assert_eq!(
+        decode(cut, Encoding::Protobuf, VehicleScope::Topic("v"))
+            .err()
+            .map(|r| r.reason),
+        Some(RejectReason::DecodeFailed)
+    );
+}
+
+#[test]
+fn protobuf_attr_without_value_is_schema_invalid() {
+    let mut p = proto_ping("v", 1, 10.0);
+    p.attrs.insert("k".into(), proto::AttrValue { kind: None });
+    let out = decode(
+        &p.encode_to_vec(),
+        Encoding::Protobuf,
+        VehicleScope::Topic("v"),
+    )
+    .unwrap_or_default();
+    assert_eq!(reasons(&out), vec![Some(RejectReason::SchemaInvalid)]);
+}
+
+#[test]
+fn an_invalid_first_ping_does_not_define_the_batch_vehicle() {
+    let payload = format!(
+        r#"[{{"vehicle_id":"","ts":{NOW},"lat":1,"lon":2}},{{"vehicle_id":"ok","ts":{NOW},"lat":1,"lon":2}},{{"vehicle_id":"ok","ts":{NOW},"lat":1,"lon":2}}]"#
+    );
+    let out =
+        decode(payload.as_bytes(), Encoding::Json, VehicleScope::FirstPing).unwrap_or_default();
+    assert_eq!(
+        reasons(&out),
+        vec![Some(RejectReason::SchemaInvalid), None, None]
+    );
+}
+
+#[test]
+fn an_oversize_batch_is_refused_before_its_elements_are_decoded() {
+    let v = Validator::new(ValidationConfig {
+        max_batch: 10,
+        ..ValidationConfig::default()
+    });
+    // Eleven elements, all of them undecodable as pings: the count decides first.
+    let payload = Bytes::from(format!("[{}]", vec!["{\"lat\":\"x\"}"; 11].join(",")));
+    let r = decode_message(&payload, Encoding::Json, VehicleScope::FirstPing, &v, NOW).err();
+    assert_eq!(r.map(|r| r.reason), Some(RejectReason::Oversize));
+}
+
+#[test]
 fn protobuf_missing_required_fields() {
     let p = proto::Ping {
         vehicle_id: "v".into(),
@@ -296,12 +368,44 @@ proptest! {
 
     #[test]
     fn valid_pings_survive_protobuf_unchanged(c in arb_ping()) {
-        let bytes = Bytes::from(to_proto(&c).encode_to_vec());
+        let ping = validator().validate(c, NOW).map_err(|e| TestCaseError::fail(e.0.detail))?;
+        let bytes = Bytes::from(proto::Ping::from(&ping).encode_to_vec());
         let out = decode_message(&bytes, Encoding::Protobuf, VehicleScope::FirstPing, &validator(), NOW)
             .map_err(|r| TestCaseError::fail(r.to_string()))?;
-        let ping = out.into_iter().next().and_then(Result::ok);
-        let expected = validator().validate(c, NOW).ok();
-        prop_assert_eq!(ping, expected);
+        prop_assert_eq!(out.into_iter().next().and_then(Result::ok), Some(ping));
+    }
+
+    #[test]
+    fn every_rejected_element_keeps_exactly_its_bytes(
+        cs in proptest::collection::vec(arb_ping(), 1..5),
+        bad in proptest::collection::vec(any::<bool>(), 5),
+    ) {
+        // Break some elements (latitude out of range), then check every
+        // rejection carries exactly that element's bytes, in both encodings.
+        let mut pings = Vec::new();
+        for (i, c) in cs.into_iter().enumerate() {
+            let mut p = validator().validate(c, NOW).map_err(|e| TestCaseError::fail(e.0.detail))?;
+            p.vehicle_id = fleetpipe_model::VehicleId::parse("v").map_err(|e| TestCaseError::fail(e.to_string()))?;
+            if bad[i] { p.lat = 123.0; }
+            pings.push(p);
+        }
+        let encoded: Vec<Vec<u8>> = pings.iter().map(|p| proto::Ping::from(p).encode_to_vec()).collect();
+        let batch = Bytes::from(proto::PingBatch { pings: pings.iter().map(proto::Ping::from).collect() }.encode_to_vec());
+        let out = decode_message(&batch, Encoding::Protobuf, VehicleScope::Topic("v"), &validator(), NOW)
+            .map_err(|r| TestCaseError::fail(r.to_string()))?;
+        for (i, o) in out.iter().enumerate() {
+            match o {
+                Ok(_) => prop_assert!(!bad[i]),
+                Err(r) => { prop_assert!(bad[i]); prop_assert_eq!(&r.raw[..], &encoded[i][..]); }
+            }
+        }
+        let json: Vec<String> = pings.iter().map(|p| serde_json::to_string(p).unwrap_or_default()).collect();
+        let payload = Bytes::from(format!("[{}]", json.join(" , ")));
+        let out = decode_message(&payload, Encoding::Json, VehicleScope::Topic("v"), &validator(), NOW)
+            .map_err(|r| TestCaseError::fail(r.to_string()))?;
+        for (i, o) in out.iter().enumerate() {
+            if let Err(r) = o { prop_assert_eq!(&r.raw[..], json[i].as_bytes()); }
+        }
     }
 
     #[test]

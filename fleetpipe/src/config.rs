@@ -261,6 +261,22 @@ mod tests {
     }
 
     #[test]
+    fn mqtt5_listener_can_be_turned_off() {
+        let off = load(
+            &format!("{MINIMAL}[ingest.mqtt]\nlisten_v5 = \"off\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(off.ingest.mqtt.listen_v5, None);
+        let bad = load(
+            &format!("{MINIMAL}[ingest.mqtt]\nlisten_v5 = \"nope\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(bad.contains("ingest.mqtt.listen_v5"), "{bad}");
+    }
+
+    #[test]
     fn errors_are_one_line_and_name_the_key() {
         let unknown = load(&format!("{MINIMAL}[ingest.mqtt]\nlisten_port = 1\n"), &[]).unwrap_err();
         assert!(

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use fleetpipe_model::{
     Accepted, Ack, BatchAck, DeadLetter, Gateway, Origin, Ping, RejectReason, SCHEMA_VERSION,
-    SinkRecord,
+    SinkRecord, VehicleId,
 };
 use tokio::sync::mpsc;
 
@@ -166,7 +166,16 @@ impl Ingestor {
         );
         let items = match decoded {
             Ok(items) => items,
-            Err(rejection) => {
+            Err(mut rejection) => {
+                if rejection.vehicle_id.is_none() {
+                    // The payload did not say; the topic or the credential does.
+                    rejection.vehicle_id = match msg.scope {
+                        VehicleScope::Topic(v) | VehicleScope::Device(v) => {
+                            VehicleId::parse(v).ok()
+                        }
+                        VehicleScope::FirstPing => None,
+                    };
+                }
                 outcome.rejected.push(RejectedItem {
                     index: None,
                     reason: rejection.reason,

@@ -260,11 +260,17 @@ impl Validator {
             ));
         }
         for (key, value) in &c.attrs {
-            if key.is_empty() || key.len() > cfg.max_string_len {
+            if key.is_empty() {
+                return Err(Violation::new(
+                    RejectReason::SchemaInvalid,
+                    "attrs has an empty key",
+                ));
+            }
+            if key.len() > cfg.max_string_len {
                 return Err(Violation::new(
                     RejectReason::Oversize,
                     format!(
-                        "attrs key of {} bytes, 1 to {} are allowed",
+                        "attrs key of {} bytes, at most {} are allowed",
                         key.len(),
                         cfg.max_string_len
                     ),

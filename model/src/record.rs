@@ -49,7 +49,9 @@ pub struct Origin {
     /// Gateway it arrived through.
     #[serde(rename = "source")]
     pub gateway: Gateway,
-    /// MQTT client id, or the authenticated device of a WebSocket/HTTP request.
+    /// The authenticated device of a WebSocket/HTTP request, or the MQTT
+    /// client id of a publish refused by the topic ACL; absent otherwise
+    /// (the embedded broker's link does not say which client published).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<Arc<str>>,
     /// Receive time on the fleetpipe host, epoch milliseconds.
@@ -109,7 +111,8 @@ pub struct DeadLetter {
     pub reason: RejectReason,
     /// Human-readable explanation, e.g. `lat 91.5 is outside [-90, 90]`.
     pub detail: String,
-    /// The vehicle, when known (from the topic, the credential or the payload).
+    /// The vehicle, when known: from the payload, else from the MQTT topic or
+    /// the authenticated device.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vehicle_id: Option<VehicleId>,
     /// MQTT topic, when it came through MQTT.

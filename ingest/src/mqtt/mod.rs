@@ -41,7 +41,9 @@ pub struct MqttConfig {
     pub mode: MqttMode,
     /// Embedded: MQTT 3.1.1 listener.
     pub listen: SocketAddr,
-    /// Embedded: MQTT 5 listener (rumqttd serves each protocol version on its own port).
+    /// Embedded: MQTT 5 listener (rumqttd serves each protocol version on its
+    /// own port); `"off"` disables it.
+    #[serde(deserialize_with = "address_or_off")]
     pub listen_v5: Option<SocketAddr>,
     /// First topic level of every telemetry topic.
     pub topic_prefix: String,
@@ -109,6 +111,17 @@ impl Default for MqttConfig {
     fn default() -> Self {
         Self::defaults()
     }
+}
+
+/// An address, or `"off"`.
+fn address_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|e| {
+        serde::de::Error::custom(format!("{s:?} is neither an address nor \"off\": {e}"))
+    })
 }
 
 /// A telemetry topic, parsed.

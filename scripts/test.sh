@@ -5,7 +5,7 @@
 # (127.0.0.1:1883) when they are not running, installing them with apt-get
 # when they are missing (Debian/Ubuntu, as root), and kcat (a real Kafka
 # client used against the embedded mock cluster). Then checks formatting and
-# lints and runs `cargo test --workspace`. Tests never skip: a missing
+# lints and runs `cargo test --workspace --no-fail-fast`. Tests never skip: a missing
 # service makes them fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,4 +85,4 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "cargo test"
-cargo test --workspace
+cargo test --workspace --no-fail-fast

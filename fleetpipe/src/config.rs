@@ -14,7 +14,7 @@ use fleetpipe_enrich::EnrichConfig;
 use fleetpipe_ingest::http::HttpConfig;
 use fleetpipe_ingest::mqtt::{MqttConfig, MqttMode};
 use fleetpipe_ingest::{AuthConfig, RateLimitConfig, ValidationConfig};
-use fleetpipe_sink::FileSinkConfig;
+use fleetpipe_sink::{FileSinkConfig, KafkaConfig, TimescaleConfig};
 use serde::Deserialize;
 
 /// The whole configuration.
@@ -59,12 +59,17 @@ pub struct IngestConfig {
     pub rate_limit: RateLimitConfig,
 }
 
-/// `sink`: outputs. A sink is on when its table is present.
+/// `sink`: outputs. A sink is on when its table is present; every record
+/// goes to every sink, and is acknowledged when all of them hold it.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// Newline-delimited JSON files under a directory.
     pub file: Option<FileSinkConfig>,
+    /// Kafka topics (`brokers = "embedded"` runs librdkafka's mock cluster).
+    pub kafka: Option<KafkaConfig>,
+    /// TimescaleDB / PostgreSQL tables.
+    pub timescale: Option<TimescaleConfig>,
 }
 
 /// `pipeline`: the bounded queues between stages.
@@ -161,8 +166,10 @@ impl Config {
     /// Cross-key rules serde cannot express.
     pub fn check(&self) -> Result<(), ConfigError> {
         let invalid = |s: &str| Err(ConfigError::Invalid(s.to_owned()));
-        if self.sink.file.is_none() {
-            return invalid("no sink is configured: add [sink.file]");
+        if self.sink.file.is_none() && self.sink.kafka.is_none() && self.sink.timescale.is_none() {
+            return invalid(
+                "no sink is configured: add [sink.file], [sink.kafka] or [sink.timescale]",
+            );
         }
         if self.pipeline.ping_queue == 0 || self.pipeline.sink_queue == 0 {
             return invalid("pipeline.ping_queue and pipeline.sink_queue must be at least 1");
@@ -249,6 +256,7 @@ mod tests {
             &[
                 ("FLEETPIPE_INGEST__MQTT__LISTEN", "127.0.0.1:2000"),
                 ("FLEETPIPE_INGEST__AUTH__MODE", "jwt"),
+                ("FLEETPIPE_INGEST__AUTH__JWT_SECRET", "s3cret"),
                 ("FLEETPIPE_INGEST__LIMITS__MAX_FUTURE", "1m"),
                 ("FLEETPIPE_PIPELINE__PING_QUEUE", "7"),
             ],

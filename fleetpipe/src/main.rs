@@ -35,6 +35,22 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Database tools (the TimescaleDB/PostgreSQL sink).
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Apply the schema migrations of [sink.timescale] and exit (fleetpipe
+    /// also applies them at start).
+    Migrate {
+        /// Configuration file.
+        #[arg(long, short, default_value = "config/fleetpipe.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +77,40 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Db {
+            command: DbCommand::Migrate { config },
+        } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging(&config);
+            let Some(timescale) = config.sink.timescale else {
+                eprintln!("error: [sink.timescale] is not configured");
+                return ExitCode::FAILURE;
+            };
+            let migrated = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| {
+                    rt.block_on(fleetpipe_sink::timescale::migrate(&timescale))
+                        .map_err(|e| e.to_string())
+                });
+            match migrated {
+                Ok(mode) => {
+                    println!("migrations applied ({mode:?})");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,

@@ -16,7 +16,7 @@ use fleetpipe_ingest::http::routes as ingest_routes;
 use fleetpipe_ingest::mqtt::{EmbeddedBroker, ExternalConsumer, MqttMode};
 use fleetpipe_ingest::{Authenticator, IngestOutput, Ingestor, RateLimiter, Validator};
 use fleetpipe_model::{Accepted, SinkRecord};
-use fleetpipe_sink::FileSink;
+use fleetpipe_sink::{FileSink, KafkaSink, TimescaleSink};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,10 @@ fn start_err(e: impl std::fmt::Display) -> PipelineError {
     PipelineError::Start(e.to_string())
 }
 
+fn sink_failed(name: &str, e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Sink(format!("{name}: {e}"))
+}
+
 /// A running pipeline.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -71,11 +75,13 @@ impl Pipeline {
         let auth = Arc::new(Authenticator::from_config(&config.ingest.auth).map_err(start_err)?);
         // Everything that can fail on configuration or a taken port comes
         // first, so a failed start prints one error and nothing else.
-        let file_config =
-            config.sink.file.clone().ok_or_else(|| {
-                PipelineError::Start("no sink is configured: add [sink.file]".into())
-            })?;
-        let file_sink = FileSink::new(file_config).map_err(start_err)?;
+        let file_sink = config
+            .sink
+            .file
+            .clone()
+            .map(FileSink::new)
+            .transpose()
+            .map_err(start_err)?;
         let http_listener = tokio::net::TcpListener::bind(config.ingest.http.listen)
             .await
             .map_err(|e| {
@@ -127,15 +133,36 @@ impl Pipeline {
             MqttMode::Off => {}
         }
 
+        // Sinks that connect somewhere (and may wait for it) start after the
+        // listeners are bound, so a taken port still fails fast.
+        let kafka_sink = match &config.sink.kafka {
+            Some(c) => Some(KafkaSink::new(c.clone()).await.map_err(start_err)?),
+            None => None,
+        };
+        let timescale_sink = match &config.sink.timescale {
+            Some(c) => Some(TimescaleSink::connect(c.clone()).await.map_err(start_err)?),
+            None => None,
+        };
         let mut stages = JoinSet::new();
-        let (file_tx, file_rx) = mpsc::channel::<SinkRecord>(config.pipeline.sink_queue);
-        stages.spawn(async move {
-            file_sink
-                .run(file_rx)
-                .await
-                .map_err(|e| PipelineError::Sink(e.to_string()))
-        });
-        stages.spawn(fan_out(sink_rx, vec![file_tx]));
+        let mut sink_inputs = Vec::new();
+        let queue = config.pipeline.sink_queue;
+        if let Some(sink) = file_sink {
+            let (tx, rx) = mpsc::channel::<SinkRecord>(queue);
+            sink_inputs.push(tx);
+            stages.spawn(async move { sink.run(rx).await.map_err(|e| sink_failed("file", e)) });
+        }
+        if let Some(sink) = kafka_sink {
+            let (tx, rx) = mpsc::channel::<SinkRecord>(queue);
+            sink_inputs.push(tx);
+            stages.spawn(async move { sink.run(rx).await.map_err(|e| sink_failed("kafka", e)) });
+        }
+        if let Some(sink) = timescale_sink {
+            let (tx, rx) = mpsc::channel::<SinkRecord>(queue);
+            sink_inputs.push(tx);
+            stages
+                .spawn(async move { sink.run(rx).await.map_err(|e| sink_failed("timescale", e)) });
+        }
+        stages.spawn(fan_out(sink_rx, sink_inputs));
         let enrich = EnrichService::start(&config.enrich, ping_rx, sink_tx).map_err(start_err)?;
         stages.spawn(async move {
             enrich.join().await;

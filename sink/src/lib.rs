@@ -5,7 +5,15 @@
 //! record is durable, so gateways can tell their senders the truth.
 //!
 //! - [`file`]: the embedded default; newline-delimited JSON in rotating files.
+//! - [`kafka`]: Kafka topics through rdkafka (`brokers = "embedded"` runs
+//!   librdkafka's mock cluster inside fleetpipe).
+//! - [`timescale`]: TimescaleDB / PostgreSQL batch writer (binary COPY into a
+//!   staging table, then an idempotent insert).
 
 pub mod file;
+pub mod kafka;
+pub mod timescale;
 
 pub use file::{FileSink, FileSinkConfig, FileSinkError};
+pub use kafka::{KafkaConfig, KafkaError, KafkaFormat, KafkaSink};
+pub use timescale::{StorageMode, TimescaleConfig, TimescaleError, TimescaleSink, migrate};

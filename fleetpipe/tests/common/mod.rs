@@ -194,6 +194,9 @@ pub fn reasons(lines: &[Value]) -> Vec<String> {
 
 // ----------------------------------------------------------------- MQTT
 
+/// Publishes a client received: (topic, payload).
+pub type Inbox = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// An MQTT 3.1.1 client; its event loop runs in a task that records PUBACKs
 /// and reports a closed connection.
 pub struct MqttClient {
@@ -202,7 +205,7 @@ pub struct MqttClient {
     pub closed: tokio::sync::watch::Receiver<Option<String>>,
     pub connected: tokio::sync::watch::Receiver<bool>,
     /// Publishes received on the client's subscriptions: (topic, payload).
-    pub received: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    pub received: Inbox,
 }
 
 pub async fn mqtt_client(

@@ -287,7 +287,7 @@ fn an_oversize_batch_is_refused_before_its_elements_are_decoded() {
         ..ValidationConfig::default()
     });
     // Eleven elements, all of them undecodable as pings: the count decides first.
-    let payload = Bytes::from(format!("[{}]", vec!["{\"lat\":\"x\"}"; 11].join(",")));
+    let payload = Bytes::from(format!("[{}]", ["{\"lat\":\"x\"}"; 11].join(",")));
     let r = decode_message(&payload, Encoding::Json, VehicleScope::FirstPing, &v, NOW).err();
     assert_eq!(r.map(|r| r.reason), Some(RejectReason::Oversize));
 }

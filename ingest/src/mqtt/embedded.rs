@@ -284,10 +284,9 @@ impl Reader<'_> {
             };
             match notification {
                 Notification::Forward(forward) => {
-                    if !self
-                        .ingest(forward.publish.topic, forward.publish.payload)
-                        .await
-                    {
+                    let publish = forward.publish;
+                    let open = self.ingest(publish.topic, publish.payload).await;
+                    if !open {
                         return false;
                     }
                 }

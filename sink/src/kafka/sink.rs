@@ -1,0 +1,453 @@
+//! The Kafka sink's async loop: records from the input queue, sent in input
+//! order, each acknowledged by its own delivery report.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetpipe_model::{Ack, SinkRecord};
+use metrics::{counter, gauge, histogram};
+use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use super::encode::{self, Encoded, Stream};
+use super::service::{self, EmbeddedCluster, ErrorSignal, Producer};
+use super::{KafkaConfig, KafkaError, KafkaFormat};
+
+/// Value of the `sink` label of every metric this sink records.
+const SINK: &str = "kafka";
+
+/// Longest wait before retrying a record librdkafka refused because its
+/// local queue is full; a delivery report ends the wait sooner.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Sends every record it receives to Kafka (telemetry and dead letters to
+/// their topics, keyed by vehicle) through an idempotent producer, and
+/// acknowledges each record only once its delivery report says the cluster
+/// has it (`acks=all`).
+///
+/// Create it with [`KafkaSink::new`] (which creates the producer, and in
+/// embedded mode the cluster, so a bad configuration fails at startup) and
+/// drive it with [`KafkaSink::run`].
+pub struct KafkaSink {
+    producer: Producer,
+    errors: Arc<ErrorSignal>,
+    telemetry_topic: String,
+    dlq_topic: String,
+    format: KafkaFormat,
+    max_in_flight: usize,
+    bootstrap: String,
+    /// The mock cluster in embedded mode; it lives until the sink and every
+    /// clone of this handle are gone.
+    embedded: Option<Arc<EmbeddedCluster>>,
+}
+
+impl fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("bootstrap", &self.bootstrap)
+            .field("telemetry_topic", &self.telemetry_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("format", &self.format)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("embedded", &self.embedded.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSink {
+    /// Validates `config` and creates the producer (`enable.idempotence`,
+    /// `acks=all`, the compression, linger and batch options, then the
+    /// pass-through map, which wins).
+    ///
+    /// With `brokers = "embedded"` it first starts librdkafka's mock cluster
+    /// (3 brokers) with the three topics and logs its bootstrap address, so
+    /// any Kafka client (kcat, ...) can read what the sink writes.
+    ///
+    /// # Errors
+    ///
+    /// An invalid setting, a mock cluster that cannot start, or options
+    /// librdkafka refuses (e.g. an unknown pass-through key).
+    pub async fn new(config: KafkaConfig) -> Result<Self, KafkaError> {
+        config.validate()?;
+        let embedded = if config.is_embedded() {
+            let topics = vec![
+                config.telemetry_topic.clone(),
+                config.events_topic.clone(),
+                config.dlq_topic.clone(),
+            ];
+            let cluster = EmbeddedCluster::start(
+                service::EMBEDDED_BROKERS,
+                topics,
+                config.embedded_partitions,
+            )
+            .await?;
+            tracing::info!(
+                bootstrap = cluster.bootstrap_servers(),
+                brokers = service::EMBEDDED_BROKERS,
+                partitions = config.embedded_partitions,
+                "embedded Kafka (librdkafka mock cluster) listening"
+            );
+            Some(Arc::new(cluster))
+        } else {
+            None
+        };
+        let brokers = embedded
+            .as_ref()
+            .map_or(config.brokers.as_str(), |c| c.bootstrap_servers());
+        // The pass-through map wins, so it may name other servers.
+        let bootstrap = config
+            .librdkafka
+            .get("bootstrap.servers")
+            .map_or(brokers, String::as_str)
+            .to_owned();
+        let (producer, errors) = service::create_producer(&config, brokers)?;
+        Ok(Self {
+            producer,
+            errors,
+            telemetry_topic: config.telemetry_topic,
+            dlq_topic: config.dlq_topic,
+            format: config.format,
+            max_in_flight: config.max_in_flight,
+            bootstrap,
+            embedded,
+        })
+    }
+
+    /// The bootstrap servers actually used (the mock cluster's address in
+    /// embedded mode).
+    pub fn bootstrap_servers(&self) -> String {
+        self.bootstrap.clone()
+    }
+
+    /// The embedded mock cluster, for tests that take its brokers down or
+    /// read from it after the sink is gone.
+    #[cfg(test)]
+    pub(crate) fn embedded_cluster(&self) -> Option<Arc<EmbeddedCluster>> {
+        self.embedded.clone()
+    }
+
+    /// Runs until `input` is closed and drained (every sender dropped) and
+    /// every delivery report is in, then returns.
+    ///
+    /// Records are sent in input order, so a vehicle's records keep their
+    /// order in its partition. A record's ack is marked delivered only by its
+    /// successful delivery report; a record that fails (librdkafka retries
+    /// transient errors for up to 5 minutes first) fails only its own ack and
+    /// is logged and counted. While librdkafka's queue is full, or
+    /// `max_in_flight` reports are pending, the sink stops reading `input`,
+    /// which pushes back on the stages before it.
+    ///
+    /// # Errors
+    ///
+    /// [`KafkaError::Fatal`] when the producer hits a fatal error; it returns
+    /// at once, and every record not yet delivered, or still in `input`,
+    /// reports `Failed`.
+    pub async fn run(self, mut input: mpsc::Receiver<SinkRecord>) -> Result<(), KafkaError> {
+        let KafkaSink {
+            producer,
+            errors,
+            telemetry_topic,
+            dlq_topic,
+            format,
+            max_in_flight,
+            bootstrap: _,
+            embedded,
+        } = self;
+        let sender = Sender {
+            producer: &producer,
+            telemetry_topic: &telemetry_topic,
+            dlq_topic: &dlq_topic,
+            format,
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            report_arrived: Arc::new(Notify::new()),
+        };
+        let mut settling = JoinSet::new();
+        let fatal = tokio::select! {
+            // A fatal error first: nothing sent after it can succeed.
+            biased;
+            fatal = service::fatal_error(&producer, &errors) => Some(fatal),
+            () = sender.run(&mut input, &mut settling) => None,
+        };
+
+        let result = if let Some((code, reason)) = fatal {
+            tracing::error!(
+                code = %code,
+                reason,
+                "kafka sink: stopping; records not yet delivered report Failed"
+            );
+            count_error(ErrorKind::Fatal);
+            // Whatever librdkafka still holds will not be delivered: their
+            // acks (and those of the records still queued) fail now.
+            settling.abort_all();
+            drop(input);
+            Err(KafkaError::Fatal { code, reason })
+        } else {
+            Ok(())
+        };
+        drop(settling);
+        // Dropping the producer purges and flushes (for up to 500 ms) and
+        // joins librdkafka's threads, the cluster joins its own: keep that
+        // off the runtime's workers.
+        drop(sender);
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(producer);
+            drop(embedded);
+        })
+        .await;
+        result
+    }
+}
+
+/// The sending half of a running sink.
+struct Sender<'a> {
+    producer: &'a Producer,
+    telemetry_topic: &'a str,
+    dlq_topic: &'a str,
+    format: KafkaFormat,
+    /// One permit per record in flight (sent, report pending).
+    permits: Arc<Semaphore>,
+    /// Signalled by every delivery report: room in librdkafka's queue.
+    report_arrived: Arc<Notify>,
+}
+
+impl Sender<'_> {
+    /// Sends every record of `input` in order, each settled by a task in
+    /// `settling`, and returns once `input` is closed and every task is done.
+    async fn run(&self, input: &mut mpsc::Receiver<SinkRecord>, settling: &mut JoinSet<()>) {
+        while let Some(record) = input.recv().await {
+            // The semaphore is never closed.
+            let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
+                break;
+            };
+            let stream = Stream::of(&record);
+            let encoded = match encode::encode(&record, self.format) {
+                Ok(encoded) => encoded,
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        stream = stream.as_str(),
+                        "kafka sink: record could not be serialized; it is dropped and its ack fails"
+                    );
+                    count_error(ErrorKind::Serialize);
+                    continue;
+                }
+            };
+            let ack = record.into_ack();
+            let sent_at = Instant::now();
+            match self.send(&encoded).await {
+                Ok(delivery) => {
+                    let in_flight = InFlight::new(permit, Arc::clone(&self.report_arrived));
+                    settling.spawn(settle(
+                        delivery,
+                        ack,
+                        in_flight,
+                        stream,
+                        encoded.value.len() as u64,
+                        sent_at,
+                    ));
+                }
+                Err(e) => {
+                    let kind = ErrorKind::of(&e);
+                    tracing::error!(
+                        error = %e,
+                        kind = kind.as_str(),
+                        stream = stream.as_str(),
+                        key = encoded.key.as_ref().map(|k| k.as_str()),
+                        "kafka sink: librdkafka refused the record; its ack fails"
+                    );
+                    count_error(kind);
+                    drop(ack);
+                }
+            }
+            // Reap finished tasks so the set holds only the pending ones.
+            while settling.try_join_next().is_some() {}
+        }
+        while settling.join_next().await.is_some() {}
+    }
+
+    /// Hands `record` to librdkafka, waiting while its queue is full.
+    async fn send(&self, record: &Encoded) -> Result<DeliveryFuture, RdKafkaError> {
+        let topic = match record.stream {
+            Stream::Telemetry => self.telemetry_topic,
+            Stream::DeadLetter => self.dlq_topic,
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_str()),
+            });
+        }
+        let mut message: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+            .payload(&record.value[..])
+            .headers(headers)
+            .timestamp(record.timestamp_ms);
+        if let Some(key) = &record.key {
+            message = message.key(key.as_str());
+        }
+        loop {
+            match self.producer.send_result(message) {
+                Ok(delivery) => return Ok(delivery),
+                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // librdkafka's queue holds records until their reports
+                    // are served: wait for one (or a short while) and retry
+                    // the same record, so input order is kept.
+                    counter!("fleetpipe_sink_retries_total", "sink" => SINK).increment(1);
+                    message = back;
+                    let _ =
+                        tokio::time::timeout(QUEUE_FULL_BACKOFF, self.report_arrived.notified())
+                            .await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// One record in flight: holds its permit and counts it in the gauge until
+/// its report is in (or its task is aborted).
+struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    report_arrived: Arc<Notify>,
+}
+
+impl InFlight {
+    fn new(permit: OwnedSemaphorePermit, report_arrived: Arc<Notify>) -> Self {
+        gauge!("fleetpipe_sink_inflight", "sink" => SINK).increment(1.0);
+        Self {
+            _permit: permit,
+            report_arrived,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!("fleetpipe_sink_inflight", "sink" => SINK).decrement(1.0);
+        self.report_arrived.notify_one();
+    }
+}
+
+/// Waits for one record's delivery report and settles its ack.
+async fn settle(
+    delivery: DeliveryFuture,
+    ack: Ack,
+    in_flight: InFlight,
+    stream: Stream,
+    bytes: u64,
+    sent_at: Instant,
+) {
+    let report = delivery.await;
+    drop(in_flight);
+    histogram!("fleetpipe_sink_delivery_seconds", "sink" => SINK)
+        .record(sent_at.elapsed().as_secs_f64());
+    let name = stream.as_str();
+    match report {
+        Ok(Ok(_)) => {
+            counter!("fleetpipe_sink_records_total", "sink" => SINK, "stream" => name).increment(1);
+            counter!("fleetpipe_sink_bytes_total", "sink" => SINK, "stream" => name)
+                .increment(bytes);
+            ack.delivered();
+        }
+        Ok(Err((e, message))) => {
+            let kind = ErrorKind::of(&e);
+            let key = rdkafka::Message::key(&message).map(String::from_utf8_lossy);
+            tracing::error!(
+                error = %e,
+                kind = kind.as_str(),
+                stream = name,
+                key = key.as_deref(),
+                "kafka sink: record not delivered; its ack fails"
+            );
+            count_error(kind);
+            drop(ack);
+        }
+        Err(_canceled) => {
+            // The producer went away before reporting; the record's fate is
+            // unknown, and the sender may retry.
+            tracing::error!(
+                stream = name,
+                "kafka sink: producer closed before the delivery report; the ack fails"
+            );
+            count_error(ErrorKind::Retriable);
+            drop(ack);
+        }
+    }
+}
+
+/// The `kind` label of `fleetpipe_sink_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorKind {
+    /// Transient: the same record may well succeed later (timeouts, brokers
+    /// unreachable, leader elections). librdkafka already retried it until
+    /// `message.timeout.ms`.
+    Retriable,
+    /// Permanent: retrying the same record cannot help (too large, not
+    /// authorized, producer fenced or in a fatal state).
+    Fatal,
+    /// The record could not be encoded.
+    Serialize,
+}
+
+impl ErrorKind {
+    /// How to count a produce or delivery error.
+    pub(crate) fn of(error: &RdKafkaError) -> Self {
+        match error {
+            RdKafkaError::MessageProduction(code) if is_retriable(*code) => ErrorKind::Retriable,
+            _ => ErrorKind::Fatal,
+        }
+    }
+
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Retriable => "retriable",
+            ErrorKind::Fatal => "fatal",
+            ErrorKind::Serialize => "serialize",
+        }
+    }
+}
+
+/// Whether a record that failed with `code` might succeed if sent again.
+pub(crate) const fn is_retriable(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        // librdkafka's local conditions.
+        C::MessageTimedOut
+            | C::QueueFull
+            | C::OperationTimedOut
+            | C::TimedOutQueue
+            | C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::Resolve
+            | C::WaitCache
+            | C::Retry
+            | C::PurgeQueue
+            | C::PurgeInflight
+            | C::NodeUpdate
+            // Broker answers Kafka marks retriable.
+            | C::UnknownTopicOrPartition
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::RequestTimedOut
+            | C::BrokerNotAvailable
+            | C::ReplicaNotAvailable
+            | C::NetworkException
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::KafkaStorageError
+            | C::FencedLeaderEpoch
+            | C::UnknownLeaderEpoch
+            | C::OffsetNotAvailable
+            | C::PreferredLeaderNotAvailable
+            | C::ThrottlingQuotaExceeded
+    )
+}
+
+fn count_error(kind: ErrorKind) {
+    counter!("fleetpipe_sink_errors_total", "sink" => SINK, "kind" => kind.as_str()).increment(1);
+}

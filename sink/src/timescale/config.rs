@@ -1,0 +1,229 @@
+//! Configuration of the TimescaleDB / PostgreSQL sink (the
+//! `[sink.timescale]` section).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::TimescaleError;
+
+/// Longest identifier PostgreSQL keeps (`NAMEDATALEN - 1`); longer names are
+/// silently truncated by the server, which would make two configured schemas
+/// collide.
+const MAX_IDENTIFIER_LEN: usize = 63;
+
+/// Whether to use the TimescaleDB extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimescaleMode {
+    /// Use TimescaleDB when the extension is available in the database, plain
+    /// PostgreSQL otherwise.
+    #[default]
+    Auto,
+    /// Require TimescaleDB: startup fails when the extension is missing.
+    On,
+    /// Plain PostgreSQL, even when TimescaleDB is available.
+    Off,
+}
+
+impl TimescaleMode {
+    /// The configuration value, e.g. `auto`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TimescaleMode::Auto => "auto",
+            TimescaleMode::On => "on",
+            TimescaleMode::Off => "off",
+        }
+    }
+}
+
+/// Settings of the TimescaleDB / PostgreSQL sink.
+///
+/// Only [`TimescaleConfig::url`] is required; every other key has a default.
+/// [`TimescaleConfig::validate`] (called by [`super::migrate`] and
+/// [`super::TimescaleSink::connect`]) checks the values.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimescaleConfig {
+    /// PostgreSQL connection URL, e.g.
+    /// `postgresql://fleetpipe@db:5432/fleet?application_name=fleetpipe`.
+    /// Without an `application_name` the sink's connections are named
+    /// `fleetpipe`. Connections are made without TLS.
+    pub url: String,
+    /// Schema the tables live in; created if missing. 1-63 characters of
+    /// `[A-Za-z0-9_]`, not starting with a digit.
+    #[serde(default = "TimescaleConfig::default_schema")]
+    pub schema: String,
+    /// Connections in the pool, which is also the number of batches written
+    /// in parallel. When all are busy the sink stops reading its input, so
+    /// the queue in front of it fills and applies backpressure.
+    #[serde(default = "TimescaleConfig::default_writers")]
+    pub writers: usize,
+    /// Most rows written as one batch (one transaction). Larger batches
+    /// amortise the round trips; smaller ones acknowledge sooner.
+    #[serde(default = "TimescaleConfig::default_batch_max_rows")]
+    pub batch_max_rows: usize,
+    /// Longest a partial batch waits for more rows before it is written
+    /// (e.g. `"50ms"`).
+    #[serde(
+        default = "TimescaleConfig::default_batch_max_wait",
+        with = "humantime_serde"
+    )]
+    pub batch_max_wait: Duration,
+    /// `auto` (use TimescaleDB when the extension is available), `on`
+    /// (require it) or `off` (plain PostgreSQL).
+    #[serde(default)]
+    pub timescaledb: TimescaleMode,
+    /// How long raw telemetry is kept when TimescaleDB is active (e.g.
+    /// `"90d"`); older chunks are dropped by a retention policy. Whole
+    /// seconds; ignored in plain PostgreSQL mode.
+    #[serde(
+        default = "TimescaleConfig::default_retention",
+        with = "humantime_serde"
+    )]
+    pub retention: Duration,
+    /// Compress chunks older than this when TimescaleDB is active (e.g.
+    /// `"7d"`). Whole seconds; ignored in plain PostgreSQL mode.
+    #[serde(
+        default = "TimescaleConfig::default_compress_after",
+        with = "humantime_serde"
+    )]
+    pub compress_after: Duration,
+    /// First backoff after a retriable error (lost connection, server
+    /// shutdown, deadlock, ...). Each further attempt doubles the ceiling up
+    /// to `retry_max`; the actual wait is drawn at random below it.
+    #[serde(
+        default = "TimescaleConfig::default_retry_initial",
+        with = "humantime_serde"
+    )]
+    pub retry_initial: Duration,
+    /// Longest backoff between two attempts of a batch. A batch is retried
+    /// until it is written; only shutdown ends the attempts.
+    #[serde(
+        default = "TimescaleConfig::default_retry_max",
+        with = "humantime_serde"
+    )]
+    pub retry_max: Duration,
+}
+
+impl TimescaleConfig {
+    /// A configuration writing to `url` with every other key at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            schema: Self::default_schema(),
+            writers: Self::default_writers(),
+            batch_max_rows: Self::default_batch_max_rows(),
+            batch_max_wait: Self::default_batch_max_wait(),
+            timescaledb: TimescaleMode::default(),
+            retention: Self::default_retention(),
+            compress_after: Self::default_compress_after(),
+            retry_initial: Self::default_retry_initial(),
+            retry_max: Self::default_retry_max(),
+        }
+    }
+
+    /// Default of [`TimescaleConfig::schema`]: `public`.
+    pub fn default_schema() -> String {
+        "public".to_owned()
+    }
+
+    /// Default of [`TimescaleConfig::writers`].
+    pub const fn default_writers() -> usize {
+        4
+    }
+
+    /// Default of [`TimescaleConfig::batch_max_rows`].
+    pub const fn default_batch_max_rows() -> usize {
+        5000
+    }
+
+    /// Default of [`TimescaleConfig::batch_max_wait`]: 50 ms.
+    pub const fn default_batch_max_wait() -> Duration {
+        Duration::from_millis(50)
+    }
+
+    /// Default of [`TimescaleConfig::retention`]: 90 days.
+    pub const fn default_retention() -> Duration {
+        Duration::from_secs(90 * 24 * 60 * 60)
+    }
+
+    /// Default of [`TimescaleConfig::compress_after`]: 7 days.
+    pub const fn default_compress_after() -> Duration {
+        Duration::from_secs(7 * 24 * 60 * 60)
+    }
+
+    /// Default of [`TimescaleConfig::retry_initial`]: 100 ms.
+    pub const fn default_retry_initial() -> Duration {
+        Duration::from_millis(100)
+    }
+
+    /// Default of [`TimescaleConfig::retry_max`]: 10 s.
+    pub const fn default_retry_max() -> Duration {
+        Duration::from_secs(10)
+    }
+
+    /// Checks the settings, naming the offending key on error. The URL is
+    /// checked when it is parsed, by [`super::migrate`].
+    ///
+    /// # Errors
+    ///
+    /// [`TimescaleError::InvalidConfig`] naming the key.
+    pub fn validate(&self) -> Result<(), TimescaleError> {
+        let invalid = |key, reason: &str| {
+            Err(TimescaleError::InvalidConfig {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if let Err(reason) = check_identifier(&self.schema) {
+            return invalid("schema", &reason);
+        }
+        if self.writers == 0 {
+            return invalid("writers", "must be at least 1");
+        }
+        // A batch of at most 0 rows would make every receive return
+        // nothing, which is indistinguishable from a closed input.
+        if self.batch_max_rows == 0 {
+            return invalid("batch_max_rows", "must be at least 1");
+        }
+        if self.retry_initial.is_zero() {
+            return invalid("retry_initial", "must be longer than 0");
+        }
+        if self.retry_max < self.retry_initial {
+            return invalid("retry_max", "must not be shorter than retry_initial");
+        }
+        if self.retention.as_secs() == 0 {
+            return invalid("retention", "must be at least 1s");
+        }
+        if self.compress_after.as_secs() == 0 {
+            return invalid("compress_after", "must be at least 1s");
+        }
+        Ok(())
+    }
+}
+
+/// Checks a schema name: 1-63 characters of `[A-Za-z0-9_]`, not starting
+/// with a digit. It is always quoted in SQL; the restriction keeps it safe
+/// inside string literals too (`'schema.table'::regclass`).
+fn check_identifier(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > MAX_IDENTIFIER_LEN {
+        return Err(format!(
+            "is {} characters long, at most {MAX_IDENTIFIER_LEN} are allowed",
+            name.len()
+        ));
+    }
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err("must not start with a digit".to_owned());
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+    {
+        Some(c) => Err(format!("contains {c:?}; only [A-Za-z0-9_] are allowed")),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,42 @@
+//! The TimescaleDB / PostgreSQL sink: telemetry, latest positions and dead
+//! letters in batched, idempotent transactions.
+//!
+//! Tables (in the configured schema, created by [`migrate`]):
+//!
+//! - `telemetry`: one row per ping, deduplicated on
+//!   `(vehicle_id, ts, seq)` with `NULLS NOT DISTINCT`, so replays and
+//!   retries add nothing. A hypertable with compression, retention and the
+//!   `telemetry_1m` continuous aggregate when TimescaleDB is active; BRIN on
+//!   `ts` and btree on `(vehicle_id, ts)` otherwise.
+//! - `vehicle_latest`: the newest ping per vehicle by device time.
+//! - `dead_letters`: rejected input, and pings the database refused
+//!   (reason `db_refused`).
+//! - `vehicle_events`: derived events (filled by a later stage).
+//!
+//! Modules:
+//!
+//! - [`config`](TimescaleConfig): the `[sink.timescale]` settings.
+//! - `migrate`: versioned migrations from `sink/migrations/` and the choice
+//!   of [`StorageMode`].
+//! - `writer`: one batch in one transaction: binary COPY into a per-
+//!   connection staging table, `INSERT ... ON CONFLICT DO NOTHING`, the
+//!   `vehicle_latest` upsert, dead letters, commit.
+//! - `service`: [`TimescaleSink::run`], which cuts the input into batches,
+//!   writes them with up to `writers` tasks in parallel (backpressure when
+//!   all are busy), retries retriable errors with backoff, isolates refused
+//!   rows by splitting batches, settles the acknowledgements after commit
+//!   and records metrics.
+
+mod config;
+mod error;
+mod migrate;
+mod service;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{TimescaleConfig, TimescaleMode};
+pub use error::TimescaleError;
+pub use migrate::{StorageMode, migrate};
+pub use service::TimescaleSink;

@@ -1,0 +1,1548 @@
+//! Tests of the TimescaleDB sink against a real PostgreSQL.
+//!
+//! The server comes from `FLEETPIPE_TEST_PG_URL` (default
+//! `postgresql://postgres@127.0.0.1:5432/test`). Every test works in a
+//! schema of its own, `fp_test_<pid>_<n>`, dropped when the test ends (also
+//! when it fails), and tags its connections with an `application_name` of
+//! its own, so tests can run in parallel and kill only their own
+//! connections.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fleetpipe_model::{
+    Ack, AckStatus, AttrValue, BatchAck, DeadLetter, Gateway, Origin, Ping, RejectReason,
+    SCHEMA_VERSION, SinkRecord, TelemetryRecord, VehicleId,
+};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls};
+
+use super::migrate::{
+    Applies, LOCK_CLASS, MIGRATIONS, interval, lock_key, plan, quote_ident, render,
+};
+use super::service::{Backoff, ErrorKind, classify_sqlstate, collect};
+use super::writer::{DB_REFUSED, Row, StageRow, finest_cell};
+use super::{StorageMode, TimescaleConfig, TimescaleError, TimescaleMode, TimescaleSink, migrate};
+
+/// 2026-11-23T08:00:00.000Z.
+const T0_MS: i64 = 1_795_420_800_000;
+/// Upper bound for anything a test awaits, so a bug hangs no test run.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// H3 cells of every ping, deliberately not sorted by resolution; the
+/// finest (resolution 9) is the one stored.
+const CELLS: [(u8, u64); 3] = [
+    (7, 0x0871_f1d4_89ff_ffff),
+    (9, 0x0891_f1d4_8987_ffff),
+    (8, 0x0881_f1d4_89bf_ffff),
+];
+const FINEST_CELL: i64 = 0x0891_f1d4_8987_ffff;
+
+// ---- database fixtures -----------------------------------------------------
+
+fn base_url() -> String {
+    std::env::var("FLEETPIPE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// `base_url()` with `application_name` set.
+fn url_named(app: &str) -> String {
+    let base = base_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}application_name={app}")
+}
+
+/// A schema (and application name) of this test's own; the schema is
+/// dropped when this is dropped.
+struct TestDb {
+    schema: String,
+    app: String,
+}
+
+impl TestDb {
+    fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "fp_test_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Self {
+            schema: name.clone(),
+            app: name,
+        }
+    }
+
+    /// The sink's configuration for this test: small, fast settings.
+    fn config(&self) -> TimescaleConfig {
+        TimescaleConfig {
+            schema: self.schema.clone(),
+            writers: 2,
+            batch_max_rows: 256,
+            batch_max_wait: Duration::from_millis(5),
+            retry_initial: Duration::from_millis(5),
+            retry_max: Duration::from_millis(100),
+            ..TimescaleConfig::new(url_named(&self.app))
+        }
+    }
+
+    /// `table` qualified with this test's schema.
+    fn table(&self, table: &str) -> String {
+        format!("{}.{table}", quote_ident(&self.schema))
+    }
+
+    async fn count(&self, db: &Client, table: &str) -> i64 {
+        db.query_one(&format!("SELECT count(*) FROM {}", self.table(table)), &[])
+            .await
+            .expect("count")
+            .get(0)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let schema = quote_ident(&self.schema);
+        let apps = [self.app.clone(), observer_name(&self.app)];
+        // Drop cannot await; a thread with a runtime of its own can.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let db = connect_as("fp_test_cleanup").await;
+                // A failed test may leave a connection behind that holds a
+                // lock (its runtime is unwinding): end this test's sessions
+                // first.
+                let killed = db
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name IN ($1, $2) AND pid <> pg_backend_pid()",
+                        &[&apps[0], &apps[1]],
+                    )
+                    .await;
+                let sql =
+                    format!("SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {schema} CASCADE");
+                if let Err(e) = killed.and(db.batch_execute(&sql).await) {
+                    eprintln!("cleanup of {schema} failed: {e:?}");
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Application name of a test's own connections.
+fn observer_name(app: &str) -> String {
+    format!("{app}_obs")
+}
+
+impl TestDb {
+    /// A connection of the test itself, never killed by fault injection.
+    async fn observer(&self) -> Client {
+        connect_as(&observer_name(&self.app)).await
+    }
+}
+
+/// A connection named `app`.
+async fn connect_as(app: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(&url_named(app), NoTls)
+        .await
+        .expect("PostgreSQL at FLEETPIPE_TEST_PG_URL is reachable");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+// ---- record fixtures -------------------------------------------------------
+
+fn origin(received_at: i64) -> Origin {
+    Origin {
+        gateway: Gateway::Http,
+        client: Some(Arc::from("dev-7")),
+        received_at,
+    }
+}
+
+/// Ping number `i` of `vehicle`: device time with a millisecond part, and
+/// every third ping with every optional field, dtcs and attrs.
+fn ping(vehicle: &str, seq: Option<u64>, ts_ms: i64, i: u64) -> Ping {
+    let full = matches!(i % 3, 0);
+    let some = |v: f64| full.then_some(v);
+    let mut attrs = BTreeMap::new();
+    if full {
+        attrs.insert("fw".to_owned(), AttrValue::Str(format!("1.2.{i}")));
+        attrs.insert("temp_c".to_owned(), AttrValue::Float(21.5));
+        attrs.insert("doors".to_owned(), AttrValue::Int(4));
+        attrs.insert("locked".to_owned(), AttrValue::Bool(true));
+    }
+    Ping {
+        vehicle_id: VehicleId::parse(vehicle).expect("valid id"),
+        seq,
+        ts_ms,
+        lat: 52.52 + i as f64 * 1e-5,
+        lon: 13.405,
+        alt_m: some(34.5),
+        speed_kmh: Some(i as f64 / 10.0),
+        heading_deg: some(270.0),
+        accuracy_m: some(3.5),
+        soc_pct: some(81.25),
+        battery_v: some(12.6),
+        charging: full.then_some(false),
+        odometer_km: some(10_000.0 + i as f64),
+        ignition: Some(matches!(i % 2, 0)),
+        dtcs: if full {
+            vec!["P0301".to_owned(), "U0100".to_owned()]
+        } else {
+            Vec::new()
+        },
+        attrs,
+    }
+}
+
+fn record(ping: Ping, ack: Ack) -> TelemetryRecord {
+    TelemetryRecord {
+        schema_version: SCHEMA_VERSION,
+        origin: origin(ping.ts_ms + 250),
+        ping,
+        h3: CELLS.to_vec(),
+        ack,
+    }
+}
+
+fn telemetry(ping: Ping, ack: Ack) -> SinkRecord {
+    SinkRecord::Telemetry(record(ping, ack))
+}
+
+/// The `i`-th ping of the standard data set: ten vehicles, `seq = i`.
+fn nth(i: u64) -> Ping {
+    ping(
+        &format!("van-{}", i % 10),
+        Some(i),
+        T0_MS + i as i64 * 1000 + (i as i64 * 7) % 1000,
+        i,
+    )
+}
+
+// ---- sink fixtures ---------------------------------------------------------
+
+type RunHandle = JoinHandle<Result<(), TimescaleError>>;
+
+async fn connect(config: TimescaleConfig) -> TimescaleSink {
+    tokio::time::timeout(PATIENCE, TimescaleSink::connect(config))
+        .await
+        .expect("connect in time")
+        .expect("sink connects")
+}
+
+/// Connects a sink on `config` and runs it, fed by a queue of `capacity`.
+async fn start(config: TimescaleConfig, capacity: usize) -> (mpsc::Sender<SinkRecord>, RunHandle) {
+    let sink = connect(config).await;
+    let (tx, rx) = mpsc::channel(capacity);
+    (tx, tokio::spawn(sink.run(rx)))
+}
+
+async fn send(tx: &mpsc::Sender<SinkRecord>, record: SinkRecord) {
+    tx.send(record).await.expect("sink is running");
+}
+
+/// Closes the input and waits for the sink to drain and return.
+async fn finish(tx: mpsc::Sender<SinkRecord>, run: RunHandle) {
+    drop(tx);
+    let result = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("sink returns once its input is closed")
+        .expect("sink task did not panic");
+    assert!(result.is_ok(), "sink failed: {result:?}");
+}
+
+async fn wait(batch: BatchAck) -> AckStatus {
+    tokio::time::timeout(PATIENCE, batch.wait())
+        .await
+        .expect("batch settles")
+}
+
+/// Epoch milliseconds of a timestamp read back.
+fn ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).expect("in range")
+}
+
+// ---- migrations ------------------------------------------------------------
+
+async fn versions(test: &TestDb, db: &Client) -> Vec<(i32, String, OffsetDateTime)> {
+    db.query(
+        &format!(
+            "SELECT version, name, applied_at FROM {} ORDER BY version",
+            test.table("fleetpipe_migrations")
+        ),
+        &[],
+    )
+    .await
+    .expect("migrations table")
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+#[tokio::test]
+async fn migrate_creates_the_plain_layout_and_is_idempotent() {
+    let test = TestDb::new();
+    let db = test.observer().await;
+    let config = TimescaleConfig {
+        timescaledb: TimescaleMode::Auto,
+        ..test.config()
+    };
+    assert_eq!(
+        migrate(&config).await.expect("migrates"),
+        StorageMode::Plain
+    );
+
+    let first = versions(&test, &db).await;
+    let applied: Vec<(i32, &str)> = first.iter().map(|(v, n, _)| (*v, n.as_str())).collect();
+    assert_eq!(applied, [(1, "0001_core"), (2, "0002_plain_indexes")]);
+
+    let tables: BTreeSet<String> = db
+        .query(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'v', 'm')",
+            &[&test.schema],
+        )
+        .await
+        .expect("tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected: BTreeSet<String> = [
+        "dead_letters",
+        "fleetpipe_migrations",
+        "telemetry",
+        "vehicle_events",
+        "vehicle_latest",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    // No continuous aggregate or any other TimescaleDB object.
+    assert_eq!(tables, expected);
+
+    let indexes: BTreeMap<String, String> = db
+        .query(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1",
+            &[&test.schema],
+        )
+        .await
+        .expect("indexes")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        indexes["telemetry_ts_brin"].contains("USING brin (ts)"),
+        "{indexes:?}"
+    );
+    assert!(
+        indexes["telemetry_vehicle_ts"].contains("USING btree (vehicle_id, ts DESC)"),
+        "{indexes:?}"
+    );
+    assert!(
+        indexes["telemetry_dedupe"].contains("UNIQUE INDEX telemetry_dedupe ON")
+            && indexes["telemetry_dedupe"].contains("(vehicle_id, ts, seq) NULLS NOT DISTINCT"),
+        "{indexes:?}"
+    );
+    assert!(
+        indexes["vehicle_events_vehicle_time"].contains("(vehicle_id, \"time\")"),
+        "{indexes:?}"
+    );
+    assert!(indexes.contains_key("vehicle_latest_pkey"), "{indexes:?}");
+    assert!(indexes.contains_key("dead_letters_pkey"), "{indexes:?}");
+
+    // Data written in between survives a second run, which applies nothing.
+    db.batch_execute(&format!(
+        "INSERT INTO {} (received_at, reason, detail, source, raw) \
+         VALUES (now(), 'oversize', 'kept', 'http', '\\x00')",
+        test.table("dead_letters")
+    ))
+    .await
+    .expect("insert");
+    assert_eq!(
+        migrate(&config).await.expect("migrates again"),
+        StorageMode::Plain
+    );
+    assert_eq!(versions(&test, &db).await, first);
+    assert_eq!(test.count(&db, "dead_letters").await, 1);
+}
+
+#[tokio::test]
+async fn the_advisory_lock_serializes_concurrent_migrations() {
+    let test = TestDb::new();
+    let holder = test.observer().await;
+    holder
+        .execute(
+            "SELECT pg_advisory_lock($1, $2)",
+            &[&LOCK_CLASS, &lock_key(&test.schema)],
+        )
+        .await
+        .expect("lock");
+    let config = test.config();
+    let blocked = tokio::spawn(async move { migrate(&config).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!blocked.is_finished(), "migrate ran without the lock");
+    let schemas = holder
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
+            &[&test.schema],
+        )
+        .await
+        .expect("query")
+        .get::<_, i64>(0);
+    assert_eq!(schemas, 0, "migrate touched the schema without the lock");
+    holder
+        .execute(
+            "SELECT pg_advisory_unlock($1, $2)",
+            &[&LOCK_CLASS, &lock_key(&test.schema)],
+        )
+        .await
+        .expect("unlock");
+    let mode = tokio::time::timeout(PATIENCE, blocked)
+        .await
+        .expect("migrate continues once the lock is free")
+        .expect("no panic")
+        .expect("migrates");
+    assert_eq!(mode, StorageMode::Plain);
+
+    // Several instances starting together on a fresh schema: all succeed,
+    // each migration is applied once.
+    let fresh = TestDb::new();
+    let config = fresh.config();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let config = config.clone();
+            tokio::spawn(async move { migrate(&config).await })
+        })
+        .collect();
+    for run in runs {
+        let mode = tokio::time::timeout(PATIENCE, run)
+            .await
+            .expect("in time")
+            .expect("no panic")
+            .expect("concurrent migrate succeeds");
+        assert_eq!(mode, StorageMode::Plain);
+    }
+    let applied: Vec<i32> = versions(&fresh, &holder)
+        .await
+        .iter()
+        .map(|(v, _, _)| *v)
+        .collect();
+    assert_eq!(applied, [1, 2]);
+}
+
+#[tokio::test]
+async fn timescaledb_on_requires_the_extension_and_off_is_plain() {
+    let test = TestDb::new();
+    let err = migrate(&TimescaleConfig {
+        timescaledb: TimescaleMode::On,
+        ..test.config()
+    })
+    .await
+    .expect_err("no TimescaleDB on this server");
+    assert!(
+        matches!(err, TimescaleError::TimescaleUnavailable(_)),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("sink.timescale.timescaledb"),
+        "{err}"
+    );
+
+    let mode = migrate(&TimescaleConfig {
+        timescaledb: TimescaleMode::Off,
+        ..test.config()
+    })
+    .await
+    .expect("migrates");
+    assert_eq!(mode, StorageMode::Plain);
+}
+
+#[test]
+fn the_plain_path_never_includes_timescaledb_sql() {
+    let none = BTreeSet::new();
+    let names = |plan: Vec<&super::migrate::Migration>| -> Vec<&str> {
+        plan.iter().map(|m| m.name).collect()
+    };
+    assert_eq!(
+        names(plan(&none, StorageMode::Plain)),
+        ["0001_core", "0002_plain_indexes"]
+    );
+    assert_eq!(
+        names(plan(&none, StorageMode::TimescaleDb)),
+        ["0001_core", "0003_timescaledb"]
+    );
+    // A plain schema that later gains TimescaleDB gets only its migration.
+    let plain: BTreeSet<i32> = [1, 2].into();
+    assert!(plan(&plain, StorageMode::Plain).is_empty());
+    assert_eq!(
+        names(plan(&plain, StorageMode::TimescaleDb)),
+        ["0003_timescaledb"]
+    );
+
+    // Whatever was applied before, plain mode never plans TimescaleDB SQL.
+    for applied in [BTreeSet::new(), [1].into(), [1, 2].into()] {
+        for m in plan(&applied, StorageMode::Plain) {
+            assert_ne!(m.applies, Applies::TimescaleOnly, "{}", m.name);
+            let sql = m.sql.to_lowercase();
+            for word in [
+                "timescaledb",
+                "hypertable",
+                "time_bucket",
+                "_policy",
+                "last(",
+            ] {
+                let code: String = sql
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect();
+                assert!(!code.contains(word), "{} uses {word}", m.name);
+            }
+        }
+    }
+    let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(versions, [1, 2, 3], "versions must be unique and ordered");
+}
+
+#[test]
+fn migration_sql_renders_every_placeholder() {
+    let config = TimescaleConfig {
+        schema: "fleet".to_owned(),
+        ..TimescaleConfig::new("postgresql://localhost/db")
+    };
+    for m in MIGRATIONS {
+        let sql = render(m.sql, &quote_ident("fleet"), &config);
+        assert!(!sql.contains("{schema}"), "{}", m.name);
+        assert!(sql.contains("\"fleet\"."), "{}", m.name);
+    }
+    let policies = render(
+        include_str!("../../migrations/R__timescaledb_policies.sql"),
+        &quote_ident("fleet"),
+        &config,
+    );
+    assert!(
+        policies.contains("compress_after => INTERVAL '604800 seconds'"),
+        "{policies}"
+    );
+    assert!(
+        policies.contains("drop_after => INTERVAL '7776000 seconds'"),
+        "{policies}"
+    );
+    assert!(!policies.contains('{'), "{policies}");
+    assert_eq!(
+        interval(Duration::from_millis(1500)),
+        "INTERVAL '1 seconds'"
+    );
+    assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    // The lock key is a fixed function of the name (FNV-1a), so instances
+    // of different builds still exclude each other.
+    assert_eq!(
+        lock_key(""),
+        i32::from_ne_bytes(0x811c_9dc5_u32.to_ne_bytes())
+    );
+    assert_eq!(lock_key("public"), lock_key("public"));
+    assert_ne!(lock_key("public"), lock_key("fleet"));
+}
+
+// ---- writing ---------------------------------------------------------------
+
+#[tokio::test]
+async fn records_round_trip_and_are_acked_only_once_visible() {
+    const N: u64 = 2000;
+    const PER_ACK: u64 = 100;
+    let test = TestDb::new();
+    let db = Arc::new(test.observer().await);
+    let sink = connect(test.config()).await;
+    let (tx, rx) = mpsc::channel(N as usize);
+
+    // Queued before the sink runs: nobody may hear "delivered" yet.
+    let mut waiters = Vec::new();
+    for chunk in 0..N / PER_ACK {
+        let batch = BatchAck::new();
+        for i in chunk * PER_ACK..(chunk + 1) * PER_ACK {
+            send(&tx, telemetry(nth(i), batch.ack())).await;
+        }
+        let db = Arc::clone(&db);
+        let table = test.table("telemetry");
+        waiters.push(tokio::spawn(async move {
+            let status = batch.wait().await;
+            // The moment the ack resolves, another connection sees the rows.
+            let visible: i64 = db
+                .query_one(
+                    &format!("SELECT count(*) FROM {table} WHERE seq >= $1 AND seq < $2"),
+                    &[
+                        &((chunk * PER_ACK) as i64),
+                        &(((chunk + 1) * PER_ACK) as i64),
+                    ],
+                )
+                .await
+                .expect("count")
+                .get(0);
+            (status, visible)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        waiters.iter().all(|w| !w.is_finished()),
+        "acked before the sink ran"
+    );
+
+    let run = tokio::spawn(sink.run(rx));
+    for waiter in waiters {
+        let (status, visible) = tokio::time::timeout(PATIENCE, waiter)
+            .await
+            .expect("acks settle")
+            .expect("waiter ran");
+        assert_eq!(status, AckStatus::Delivered);
+        assert_eq!(
+            visible, PER_ACK as i64,
+            "acked before the rows were visible"
+        );
+    }
+    // Still running (input open): the rows are there because of the acks.
+    assert!(!run.is_finished());
+    finish(tx, run).await;
+    assert_eq!(test.count(&db, "telemetry").await, N as i64);
+
+    // Every field of every row, against what was sent.
+    let rows = db
+        .query(
+            &format!(
+                "SELECT vehicle_id, ts, seq, received_at, source, lat, lon, alt_m, speed_kmh, \
+                 heading_deg, accuracy_m, soc_pct, battery_v, charging, odometer_km, ignition, \
+                 h3_cell, dtcs, attrs, geofence_ids FROM {} ORDER BY seq",
+                test.table("telemetry")
+            ),
+            &[],
+        )
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), N as usize);
+    for (i, row) in (0..N).zip(&rows) {
+        let p = nth(i);
+        assert_eq!(row.get::<_, &str>("vehicle_id"), p.vehicle_id.as_str());
+        assert_eq!(ms(row.get("ts")), p.ts_ms, "ts of seq {i}");
+        assert_eq!(row.get::<_, Option<i64>>("seq"), Some(i as i64));
+        assert_eq!(ms(row.get("received_at")), p.ts_ms + 250);
+        assert_eq!(row.get::<_, &str>("source"), "http");
+        assert_eq!(row.get::<_, f64>("lat"), p.lat);
+        assert_eq!(row.get::<_, f64>("lon"), p.lon);
+        assert_eq!(row.get::<_, Option<f64>>("alt_m"), p.alt_m);
+        assert_eq!(row.get::<_, Option<f64>>("speed_kmh"), p.speed_kmh);
+        assert_eq!(row.get::<_, Option<f64>>("heading_deg"), p.heading_deg);
+        assert_eq!(row.get::<_, Option<f64>>("accuracy_m"), p.accuracy_m);
+        assert_eq!(row.get::<_, Option<f64>>("soc_pct"), p.soc_pct);
+        assert_eq!(row.get::<_, Option<f64>>("battery_v"), p.battery_v);
+        assert_eq!(row.get::<_, Option<bool>>("charging"), p.charging);
+        assert_eq!(row.get::<_, Option<f64>>("odometer_km"), p.odometer_km);
+        assert_eq!(row.get::<_, Option<bool>>("ignition"), p.ignition);
+        assert_eq!(row.get::<_, Option<i64>>("h3_cell"), Some(FINEST_CELL));
+        assert_eq!(row.get::<_, Vec<String>>("dtcs"), p.dtcs);
+        assert_eq!(
+            row.get::<_, Value>("attrs"),
+            serde_json::to_value(&p.attrs).expect("json")
+        );
+        assert!(row.get::<_, Vec<String>>("geofence_ids").is_empty());
+    }
+    let full = &rows[3];
+    assert_eq!(
+        full.get::<_, Value>("attrs"),
+        json!({"fw": "1.2.3", "temp_c": 21.5, "doors": 4, "locked": true})
+    );
+    assert_eq!(full.get::<_, Vec<String>>("dtcs"), ["P0301", "U0100"]);
+    assert_eq!(ms(full.get("ts")), T0_MS + 3021);
+}
+
+#[tokio::test]
+async fn replays_add_no_rows() {
+    let test = TestDb::new();
+    let db = test.observer().await;
+    let (tx, run) = start(test.config(), 64).await;
+    // 200 pings with a seq, 100 without (distinct device times).
+    let data = |i: u64| {
+        if i < 200 {
+            nth(i)
+        } else {
+            ping("van-x", None, T0_MS + i as i64, i)
+        }
+    };
+
+    let batch = BatchAck::new();
+    for i in 0..300 {
+        send(&tx, telemetry(data(i), batch.ack())).await;
+    }
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    assert_eq!(test.count(&db, "telemetry").await, 300);
+
+    // The same pings again, each twice (so also within one batch).
+    let batch = BatchAck::new();
+    for i in 0..300 {
+        send(&tx, telemetry(data(i), batch.ack())).await;
+        send(&tx, telemetry(data(i), batch.ack())).await;
+    }
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    assert_eq!(test.count(&db, "telemetry").await, 300);
+
+    // The key is (vehicle, ts, seq): another seq, or a seq where there was
+    // none, at the same device time is another ping.
+    let batch = BatchAck::new();
+    send(
+        &tx,
+        telemetry(ping("van-0", Some(9999), nth(0).ts_ms, 0), batch.ack()),
+    )
+    .await;
+    send(
+        &tx,
+        telemetry(ping("van-x", Some(1), T0_MS + 250, 0), batch.ack()),
+    )
+    .await;
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    assert_eq!(test.count(&db, "telemetry").await, 302);
+    finish(tx, run).await;
+    assert_eq!(test.count(&db, "dead_letters").await, 0);
+}
+
+#[tokio::test]
+async fn vehicle_latest_never_moves_back_in_time() {
+    let test = TestDb::new();
+    let db = test.observer().await;
+    let (tx, run) = start(test.config(), 64).await;
+    let latest = |vehicle: &'static str| {
+        let sql = format!(
+            "SELECT ts, seq, lat, speed_kmh, h3_cell FROM {} WHERE vehicle_id = $1",
+            test.table("vehicle_latest")
+        );
+        let db = &db;
+        async move {
+            let row = db.query_one(&sql, &[&vehicle]).await.expect("latest row");
+            (
+                ms(row.get(0)),
+                row.get::<_, Option<i64>>(1),
+                row.get::<_, f64>(2),
+                row.get::<_, Option<f64>>(3),
+                row.get::<_, Option<i64>>(4),
+            )
+        }
+    };
+    let at = |vehicle, seq: u64, offset_ms: i64| ping(vehicle, Some(seq), T0_MS + offset_ms, seq);
+
+    // The newer pings first, in shuffled order within the batch.
+    let batch = BatchAck::new();
+    for seq in [15, 19, 11, 17, 13] {
+        send(
+            &tx,
+            telemetry(at("van-1", seq, seq as i64 * 1000), batch.ack()),
+        )
+        .await;
+    }
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    let newest = at("van-1", 19, 19_000);
+    assert_eq!(
+        latest("van-1").await,
+        (
+            newest.ts_ms,
+            Some(19),
+            newest.lat,
+            newest.speed_kmh,
+            Some(FINEST_CELL)
+        )
+    );
+
+    // An older batch arrives later: van-1 stays, van-2 is new.
+    let batch = BatchAck::new();
+    for seq in 1..=9 {
+        send(
+            &tx,
+            telemetry(at("van-1", seq, seq as i64 * 1000), batch.ack()),
+        )
+        .await;
+        send(
+            &tx,
+            telemetry(at("van-2", seq, seq as i64 * 1000), batch.ack()),
+        )
+        .await;
+    }
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    assert_eq!(latest("van-1").await.0, newest.ts_ms);
+    assert_eq!(latest("van-1").await.1, Some(19));
+    assert_eq!(latest("van-2").await.0, T0_MS + 9000);
+
+    // A newer one moves it forward; by device time, not by seq.
+    let batch = BatchAck::new();
+    send(&tx, telemetry(at("van-1", 3, 30_000), batch.ack())).await;
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    assert_eq!(latest("van-1").await.0, T0_MS + 30_000);
+    assert_eq!(latest("van-1").await.1, Some(3));
+    assert_eq!(test.count(&db, "vehicle_latest").await, 2);
+    finish(tx, run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_lose_and_duplicate_nothing() {
+    const N: u64 = 20_000;
+    let test = TestDb::new();
+    let db = test.observer().await;
+    let config = TimescaleConfig {
+        writers: 4,
+        batch_max_rows: 500,
+        ..test.config()
+    };
+    let (tx, run) = start(config, 1000).await;
+
+    // Kill every connection of this test's sink, again and again, while it
+    // writes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicU64::new(0));
+    let killer = {
+        let (stop, killed, app) = (Arc::clone(&stop), Arc::clone(&killed), test.app.clone());
+        let killer_db = test.observer().await;
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let n: i64 = killer_db
+                    .query_one(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) \
+                         FROM pg_stat_activity WHERE datname = current_database() \
+                         AND pid <> pg_backend_pid() AND application_name = $1",
+                        &[&app],
+                    )
+                    .await
+                    .expect("terminate")
+                    .get(0);
+                killed.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let mut acks = Vec::with_capacity(N as usize);
+    for i in 0..N {
+        let batch = BatchAck::new();
+        send(&tx, telemetry(nth(i), batch.ack())).await;
+        acks.push(tokio::spawn(batch.wait()));
+        if i % 2000 == 1999 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    }
+    let mut delivered = HashSet::new();
+    for (i, ack) in acks.into_iter().enumerate() {
+        let status = tokio::time::timeout(PATIENCE, ack)
+            .await
+            .expect("every ack settles")
+            .expect("waiter ran");
+        if status == AckStatus::Delivered {
+            delivered.insert(i as i64);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    killer.await.expect("killer ran");
+    finish(tx, run).await;
+
+    assert!(
+        killed.load(Ordering::Relaxed) > 0,
+        "the fault injection never hit a connection"
+    );
+    let seqs: Vec<i64> = db
+        .query(&format!("SELECT seq FROM {}", test.table("telemetry")), &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let stored: HashSet<i64> = seqs.iter().copied().collect();
+    assert_eq!(seqs.len(), stored.len(), "a row was written twice");
+    assert!(
+        delivered.is_subset(&stored),
+        "a delivered record is missing"
+    );
+    assert_eq!(
+        delivered.len(),
+        N as usize,
+        "every record is eventually delivered"
+    );
+    assert_eq!(stored.len(), N as usize);
+    // A lost connection is never mistaken for a refused row.
+    assert_eq!(test.count(&db, "dead_letters").await, 0);
+}
+
+/// A ping whose attrs hold a NUL character, which jsonb refuses.
+fn nul_in_attrs(i: u64) -> Ping {
+    let mut p = nth(i);
+    p.attrs
+        .insert("note".to_owned(), AttrValue::Str("a\u{0}b".to_owned()));
+    p
+}
+
+#[tokio::test]
+async fn a_refused_row_is_isolated_and_dead_lettered() {
+    const BAD: u64 = 37;
+    let test = TestDb::new();
+    let db = test.observer().await;
+    let sink = connect(TimescaleConfig {
+        batch_max_rows: 100,
+        ..test.config()
+    })
+    .await;
+    let (tx, rx) = mpsc::channel(100);
+    let batch = BatchAck::new();
+    for i in 0..100 {
+        let p = if i == BAD { nul_in_attrs(i) } else { nth(i) };
+        send(&tx, telemetry(p, batch.ack())).await;
+    }
+    // Everything is queued before the sink runs: one batch of 100.
+    let run = tokio::spawn(sink.run(rx));
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    finish(tx, run).await;
+
+    assert_eq!(test.count(&db, "telemetry").await, 99);
+    let missing: i64 = db
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} WHERE seq = $1",
+                test.table("telemetry")
+            ),
+            &[&(BAD as i64)],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(missing, 0);
+    let dead = db
+        .query(
+            &format!(
+                "SELECT reason, detail, source, vehicle_id, topic, raw, received_at FROM {}",
+                test.table("dead_letters")
+            ),
+            &[],
+        )
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    let row = &dead[0];
+    assert_eq!(row.get::<_, &str>("reason"), DB_REFUSED);
+    let detail: &str = row.get("detail");
+    assert!(
+        detail.contains("22P05") && detail.contains("Unicode"),
+        "PostgreSQL's error is the detail: {detail}"
+    );
+    assert_eq!(row.get::<_, &str>("source"), "http");
+    assert_eq!(row.get::<_, Option<&str>>("vehicle_id"), Some("van-7"));
+    assert_eq!(row.get::<_, Option<&str>>("topic"), None);
+    assert_eq!(ms(row.get("received_at")), nth(BAD).ts_ms + 250);
+    let raw: Value = serde_json::from_slice(row.get("raw")).expect("raw is the record's JSON");
+    assert_eq!(raw["seq"], BAD);
+    assert_eq!(raw["vehicle_id"], "van-7");
+    assert_eq!(raw["attrs"]["note"], "a\u{0}b");
+    assert_eq!(raw["schema_version"], SCHEMA_VERSION);
+}
+
+#[tokio::test]
+async fn unstorable_pings_are_dead_lettered_too() {
+    let test = TestDb::new();
+    let db = test.observer().await;
+    let (tx, run) = start(test.config(), 16).await;
+    let batch = BatchAck::new();
+    let mut nul_text = nth(1);
+    nul_text.dtcs = vec!["P0\u{0}01".to_owned()];
+    let mut huge_seq = nth(2);
+    huge_seq.seq = Some(u64::MAX);
+    send(&tx, telemetry(nth(0), batch.ack())).await;
+    send(&tx, telemetry(nul_text, batch.ack())).await;
+    send(&tx, telemetry(huge_seq, batch.ack())).await;
+    send(&tx, telemetry(nth(3), batch.ack())).await;
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    finish(tx, run).await;
+
+    assert_eq!(test.count(&db, "telemetry").await, 2);
+    let details: Vec<String> = db
+        .query(
+            &format!(
+                "SELECT detail FROM {} WHERE reason = 'db_refused' ORDER BY detail",
+                test.table("dead_letters")
+            ),
+            &[],
+        )
+        .await
+        .expect("dead letters")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(details.len(), 2, "{details:?}");
+    assert!(
+        details.iter().any(|d| d.contains("22021")),
+        "NUL in text: {details:?}"
+    );
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains(&u64::MAX.to_string()) && d.contains("bigint")),
+        "seq beyond bigint: {details:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_locked_table_stops_acks_and_backpressures_the_input() {
+    let test = TestDb::new();
+    let db = test.observer().await;
+    let (tx, run) = start(
+        TimescaleConfig {
+            writers: 2,
+            batch_max_rows: 10,
+            ..test.config()
+        },
+        5,
+    )
+    .await;
+    // Warm up: the pool has a connection and its staging table.
+    let warm = BatchAck::new();
+    send(&tx, telemetry(nth(0), warm.ack())).await;
+    assert_eq!(wait(warm).await, AckStatus::Delivered);
+
+    let locker = test.observer().await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+            test.table("telemetry")
+        ))
+        .await
+        .expect("lock");
+
+    // Send until the queue is full: two batches stuck in writers, one
+    // waiting for a writer, five queued.
+    let pending = BatchAck::new();
+    let mut sent = 1u64;
+    let mut blocked = false;
+    while sent < 200 {
+        match tokio::time::timeout(Duration::from_millis(500), tx.reserve()).await {
+            Ok(permit) => {
+                permit
+                    .expect("sink is running")
+                    .send(telemetry(nth(sent), pending.ack()));
+                sent += 1;
+            }
+            Err(_) => {
+                blocked = true;
+                break;
+            }
+        }
+    }
+    assert!(blocked, "the input never filled up ({sent} sent)");
+    assert!(
+        sent < 60,
+        "{sent} records were taken while the table was locked"
+    );
+
+    // Nothing is acknowledged while the lock is held.
+    let waiter = tokio::spawn(pending.wait());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !waiter.is_finished(),
+        "acknowledged while the table was locked"
+    );
+    let (status, visible): (AckStatus, i64) = {
+        assert_eq!(test.count(&locker, "telemetry").await, 1);
+        locker.batch_execute("COMMIT").await.expect("unlock");
+        let status = tokio::time::timeout(PATIENCE, waiter)
+            .await
+            .expect("acks settle after the lock is released")
+            .expect("waiter ran");
+        (status, test.count(&db, "telemetry").await)
+    };
+    assert_eq!(status, AckStatus::Delivered);
+    assert_eq!(visible, sent as i64);
+
+    // And the input flows again.
+    let batch = BatchAck::new();
+    for i in sent..sent + 30 {
+        send(&tx, telemetry(nth(i), batch.ack())).await;
+    }
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    finish(tx, run).await;
+    assert_eq!(test.count(&db, "telemetry").await, sent as i64 + 30);
+}
+
+fn dead_letter(n: u64, raw: Bytes, ack: Ack) -> SinkRecord {
+    SinkRecord::DeadLetter(DeadLetter {
+        schema_version: SCHEMA_VERSION,
+        reason: RejectReason::ALL[n as usize % RejectReason::ALL.len()],
+        detail: format!("dead letter {n}: lat 91.5 is outside [-90, 90]"),
+        vehicle_id: matches!(n % 2, 0).then(|| VehicleId::parse("van-42").expect("valid id")),
+        topic: matches!(n % 2, 0).then(|| "fleet/v1/van-42/pings".to_owned()),
+        origin: Origin {
+            gateway: Gateway::Mqtt,
+            client: None,
+            received_at: T0_MS + n as i64,
+        },
+        raw,
+        ack,
+    })
+}
+
+#[tokio::test]
+async fn dead_letters_keep_their_raw_bytes() {
+    let test = TestDb::new();
+    let db = test.observer().await;
+    let (tx, run) = start(test.config(), 16).await;
+    let every_byte: Vec<u8> = (0..=255u8).rev().collect();
+    let raws = [
+        Bytes::from(every_byte),
+        Bytes::from_static(b"{\"lat\":91.5}"),
+        Bytes::from_static(b"\0\0\xff not utf-8 \xc3\x28"),
+        Bytes::new(),
+    ];
+    let batch = BatchAck::new();
+    for (n, raw) in raws.iter().enumerate() {
+        send(&tx, dead_letter(n as u64, raw.clone(), batch.ack())).await;
+    }
+    // A detail with a NUL (which text cannot hold) is kept, NUL replaced.
+    let mut odd = dead_letter(4, Bytes::from_static(b"x"), batch.ack());
+    if let SinkRecord::DeadLetter(d) = &mut odd {
+        d.detail = "bad \u{0} byte".to_owned();
+    }
+    send(&tx, odd).await;
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    finish(tx, run).await;
+
+    let rows = db
+        .query(
+            &format!(
+                "SELECT received_at, reason, detail, source, vehicle_id, topic, raw FROM {} \
+                 ORDER BY received_at",
+                test.table("dead_letters")
+            ),
+            &[],
+        )
+        .await
+        .expect("dead letters");
+    assert_eq!(rows.len(), 5);
+    for (n, row) in rows.iter().take(4).enumerate() {
+        assert_eq!(row.get::<_, &[u8]>("raw"), &raws[n][..], "raw of {n}");
+        assert_eq!(ms(row.get("received_at")), T0_MS + n as i64);
+        assert_eq!(
+            row.get::<_, &str>("reason"),
+            RejectReason::ALL[n % RejectReason::ALL.len()].as_str()
+        );
+        assert_eq!(
+            row.get::<_, &str>("detail"),
+            format!("dead letter {n}: lat 91.5 is outside [-90, 90]")
+        );
+        assert_eq!(row.get::<_, &str>("source"), "mqtt");
+        let even = n % 2 == 0;
+        assert_eq!(
+            row.get::<_, Option<&str>>("vehicle_id"),
+            even.then_some("van-42")
+        );
+        assert_eq!(
+            row.get::<_, Option<&str>>("topic"),
+            even.then_some("fleet/v1/van-42/pings")
+        );
+    }
+    assert_eq!(rows[4].get::<_, &str>("detail"), "bad \u{fffd} byte");
+    assert_eq!(test.count(&db, "telemetry").await, 0);
+}
+
+// ---- metrics ---------------------------------------------------------------
+
+#[test]
+fn metrics_follow_the_contract() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::{CompositeKey, MetricKind};
+
+    let test = TestDb::new();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    // Everything runs on this thread, where the local recorder is installed.
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let sink = connect(test.config()).await;
+            let (tx, rx) = mpsc::channel(32);
+            let batch = BatchAck::new();
+            for i in 0..10 {
+                send(&tx, telemetry(nth(i), batch.ack())).await;
+            }
+            send(&tx, telemetry(nul_in_attrs(10), batch.ack())).await;
+            send(&tx, dead_letter(0, Bytes::from_static(b"raw"), batch.ack())).await;
+            send(&tx, dead_letter(1, Bytes::from_static(b"raw"), batch.ack())).await;
+            let run = tokio::spawn(sink.run(rx));
+            assert_eq!(wait(batch).await, AckStatus::Delivered);
+            finish(tx, run).await;
+        });
+    });
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let find = |kind: MetricKind, name: &str, labels: &[(&str, &str)]| -> Option<&DebugValue> {
+        snapshot
+            .iter()
+            .find_map(|(key, _, _, value): &(CompositeKey, _, _, _)| {
+                let k = key.key();
+                let same_labels = k.labels().count() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(n, v)| k.labels().any(|l| l.key() == *n && l.value() == *v));
+                (key.kind() == kind && k.name() == name && same_labels).then_some(value)
+            })
+    };
+    let counter =
+        |name: &str, labels: &[(&str, &str)]| match find(MetricKind::Counter, name, labels) {
+            Some(DebugValue::Counter(v)) => *v,
+            other => panic!("{name} {labels:?}: {other:?}"),
+        };
+    let gauge = |name: &str| match find(MetricKind::Gauge, name, &[("sink", "timescale")]) {
+        Some(DebugValue::Gauge(v)) => v.into_inner(),
+        other => panic!("{name}: {other:?}"),
+    };
+    let histogram = |name: &str| match find(MetricKind::Histogram, name, &[("sink", "timescale")]) {
+        Some(DebugValue::Histogram(v)) => v.iter().map(|x| x.into_inner()).collect::<Vec<_>>(),
+        other => panic!("{name}: {other:?}"),
+    };
+
+    let tel = [("sink", "timescale"), ("stream", "telemetry")];
+    let dl = [("sink", "timescale"), ("stream", "dead_letter")];
+    assert_eq!(counter("fleetpipe_sink_records_total", &tel), 10);
+    // Two dead letters and the refused ping.
+    assert_eq!(counter("fleetpipe_sink_records_total", &dl), 3);
+    assert!(counter("fleetpipe_sink_bytes_total", &tel) > 10 * 100);
+    assert!(counter("fleetpipe_sink_bytes_total", &dl) > 0);
+    assert!(
+        counter(
+            "fleetpipe_sink_errors_total",
+            &[("sink", "timescale"), ("kind", "permanent")]
+        ) >= 1
+    );
+    let sizes = histogram("fleetpipe_sink_batch_records");
+    assert_eq!(sizes.iter().sum::<f64>(), 13.0, "{sizes:?}");
+    let seconds = histogram("fleetpipe_sink_batch_seconds");
+    assert_eq!(seconds.len(), sizes.len());
+    assert!(
+        seconds.iter().all(|s| *s >= 0.0 && *s < 60.0),
+        "{seconds:?}"
+    );
+    assert_eq!(gauge("fleetpipe_sink_inflight_batches"), 0.0);
+    assert_eq!(gauge("fleetpipe_sink_oldest_unacked_seconds"), 0.0);
+}
+
+// ---- configuration ---------------------------------------------------------
+
+#[test]
+fn config_defaults_match_the_documentation() {
+    let config: TimescaleConfig =
+        serde_json::from_str(r#"{"url": "postgresql://db/fleet"}"#).expect("parses");
+    assert_eq!(config, TimescaleConfig::new("postgresql://db/fleet"));
+    assert_eq!(config.schema, "public");
+    assert_eq!(config.writers, 4);
+    assert_eq!(config.batch_max_rows, 5000);
+    assert_eq!(config.batch_max_wait, Duration::from_millis(50));
+    assert_eq!(config.timescaledb, TimescaleMode::Auto);
+    assert_eq!(config.retention, Duration::from_secs(90 * 86_400));
+    assert_eq!(config.compress_after, Duration::from_secs(7 * 86_400));
+    assert_eq!(config.retry_initial, Duration::from_millis(100));
+    assert_eq!(config.retry_max, Duration::from_secs(10));
+    assert!(config.validate().is_ok());
+}
+
+#[test]
+fn config_reads_every_key() {
+    let config: TimescaleConfig = serde_json::from_str(
+        r#"{"url": "postgresql://db/fleet", "schema": "fleet", "writers": 8,
+            "batch_max_rows": 1000, "batch_max_wait": "20ms", "timescaledb": "on",
+            "retention": "30days", "compress_after": "1day", "retry_initial": "1s",
+            "retry_max": "1m"}"#,
+    )
+    .expect("parses");
+    assert_eq!(
+        config,
+        TimescaleConfig {
+            url: "postgresql://db/fleet".to_owned(),
+            schema: "fleet".to_owned(),
+            writers: 8,
+            batch_max_rows: 1000,
+            batch_max_wait: Duration::from_millis(20),
+            timescaledb: TimescaleMode::On,
+            retention: Duration::from_secs(30 * 86_400),
+            compress_after: Duration::from_secs(86_400),
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+        }
+    );
+    for (text, mode) in [
+        ("auto", TimescaleMode::Auto),
+        ("on", TimescaleMode::On),
+        ("off", TimescaleMode::Off),
+    ] {
+        let config: TimescaleConfig =
+            serde_json::from_value(json!({"url": "u", "timescaledb": text})).expect("parses");
+        assert_eq!(config.timescaledb, mode);
+        assert_eq!(mode.as_str(), text);
+    }
+}
+
+#[test]
+fn config_rejects_unknown_keys_bad_values_and_requires_url() {
+    let err = serde_json::from_str::<TimescaleConfig>(r#"{"url": "u", "batch_size": 5}"#)
+        .expect_err("unknown key");
+    assert!(
+        err.to_string().contains("unknown field `batch_size`"),
+        "{err}"
+    );
+    let err = serde_json::from_str::<TimescaleConfig>(r#"{"writers": 2}"#).expect_err("no url");
+    assert!(err.to_string().contains("missing field `url`"), "{err}");
+    let err = serde_json::from_str::<TimescaleConfig>(r#"{"url": "u", "timescaledb": "yes"}"#)
+        .expect_err("bad mode");
+    assert!(err.to_string().contains("unknown variant `yes`"), "{err}");
+
+    let base = TimescaleConfig::new("postgresql://db/fleet");
+    let cases = [
+        (
+            "writers",
+            TimescaleConfig {
+                writers: 0,
+                ..base.clone()
+            },
+        ),
+        (
+            "batch_max_rows",
+            TimescaleConfig {
+                batch_max_rows: 0,
+                ..base.clone()
+            },
+        ),
+        (
+            "schema",
+            TimescaleConfig {
+                schema: String::new(),
+                ..base.clone()
+            },
+        ),
+        (
+            "schema",
+            TimescaleConfig {
+                schema: "a-b".to_owned(),
+                ..base.clone()
+            },
+        ),
+        (
+            "schema",
+            TimescaleConfig {
+                schema: "1abc".to_owned(),
+                ..base.clone()
+            },
+        ),
+        (
+            "schema",
+            TimescaleConfig {
+                schema: "x".repeat(64),
+                ..base.clone()
+            },
+        ),
+        (
+            "retry_initial",
+            TimescaleConfig {
+                retry_initial: Duration::ZERO,
+                ..base.clone()
+            },
+        ),
+        (
+            "retry_max",
+            TimescaleConfig {
+                retry_max: Duration::from_millis(1),
+                ..base.clone()
+            },
+        ),
+        (
+            "retention",
+            TimescaleConfig {
+                retention: Duration::from_millis(10),
+                ..base.clone()
+            },
+        ),
+        (
+            "compress_after",
+            TimescaleConfig {
+                compress_after: Duration::ZERO,
+                ..base.clone()
+            },
+        ),
+    ];
+    for (key, config) in cases {
+        let err = config.validate().expect_err(key);
+        assert!(
+            matches!(&err, TimescaleError::InvalidConfig { key: k, .. } if *k == key),
+            "{key}: {err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with(&format!("sink.timescale.{key} ")),
+            "{err}"
+        );
+    }
+    assert!(
+        TimescaleConfig {
+            schema: "Fleet_2".to_owned(),
+            ..base
+        }
+        .validate()
+        .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_bad_url_or_an_unreachable_server_fails_at_startup() {
+    let err = TimescaleSink::connect(TimescaleConfig::new("postgresql://db:notaport/x"))
+        .await
+        .expect_err("bad url");
+    assert!(matches!(err, TimescaleError::Url(_)), "{err:?}");
+    assert!(err.to_string().contains("sink.timescale.url"), "{err}");
+
+    // Nothing listens on port 1.
+    let err = TimescaleSink::connect(TimescaleConfig::new(
+        "postgresql://postgres@127.0.0.1:1/test?connect_timeout=2",
+    ))
+    .await
+    .expect_err("unreachable");
+    assert!(matches!(err, TimescaleError::Connect(_)), "{err:?}");
+    assert!(err.to_string().contains("refused"), "{err}");
+}
+
+// ---- internals -------------------------------------------------------------
+
+#[test]
+fn sqlstates_are_classified() {
+    for code in [
+        "08006", "08001", "57P01", "57P02", "57014", "40001", "40P01", "53300", "55P03", "23505",
+        "42P01", "XX000",
+    ] {
+        assert_eq!(classify_sqlstate(code), ErrorKind::Retriable, "{code}");
+    }
+    for code in [
+        "22P05", "22021", "22003", "23502", "23514", "23503", "54000",
+    ] {
+        assert_eq!(classify_sqlstate(code), ErrorKind::Permanent, "{code}");
+    }
+}
+
+#[test]
+fn backoff_grows_with_jitter_between_initial_and_max() {
+    let initial = Duration::from_millis(100);
+    let max = Duration::from_secs(2);
+    for _ in 0..50 {
+        let mut backoff = Backoff::new(initial, max);
+        assert_eq!(backoff.next_delay(), initial);
+        let mut ceiling = initial;
+        for _ in 0..10 {
+            ceiling = (ceiling * 2).min(max);
+            let delay = backoff.next_delay();
+            assert!(
+                delay >= initial && delay <= ceiling,
+                "{delay:?} > {ceiling:?}"
+            );
+        }
+    }
+    // Jitter: later delays are not all equal.
+    let mut backoff = Backoff::new(initial, max);
+    let delays: BTreeSet<Duration> = (0..20).map(|_| backoff.next_delay()).collect();
+    assert!(delays.len() > 5, "{delays:?}");
+}
+
+#[test]
+fn the_finest_cell_is_stored() {
+    assert_eq!(finest_cell(&CELLS), Some(FINEST_CELL));
+    assert_eq!(finest_cell(&[]), None);
+}
+
+#[test]
+fn copy_size_matches_the_binary_encoding() {
+    use tokio_postgres::types::Type;
+    for i in [0, 1, 3] {
+        let r = record(nth(i), Ack::none());
+        let row = StageRow::new(&r).expect("storable");
+        let p = &r.ping;
+        let seq = p.seq.map(|s| s as i64);
+        let attrs = serde_json::to_value(&p.attrs).expect("json");
+        // Timestamps are 8 bytes, like a bigint.
+        let values: [(&(dyn ToSql + Sync), Type); 19] = [
+            (&p.vehicle_id.as_str(), Type::TEXT),
+            (&0i64, Type::INT8),
+            (&seq, Type::INT8),
+            (&0i64, Type::INT8),
+            (&"http", Type::TEXT),
+            (&p.lat, Type::FLOAT8),
+            (&p.lon, Type::FLOAT8),
+            (&p.alt_m, Type::FLOAT8),
+            (&p.speed_kmh, Type::FLOAT8),
+            (&p.heading_deg, Type::FLOAT8),
+            (&p.accuracy_m, Type::FLOAT8),
+            (&p.soc_pct, Type::FLOAT8),
+            (&p.battery_v, Type::FLOAT8),
+            (&p.charging, Type::BOOL),
+            (&p.odometer_km, Type::FLOAT8),
+            (&p.ignition, Type::BOOL),
+            (&Some(FINEST_CELL), Type::INT8),
+            (&p.dtcs, Type::TEXT_ARRAY),
+            (&attrs, Type::JSONB),
+        ];
+        let mut encoded = 2;
+        for (value, ty) in &values {
+            let mut buf = BytesMut::new();
+            let null = value.to_sql_checked(ty, &mut buf).expect("encodes");
+            encoded += 4 + match null {
+                tokio_postgres::types::IsNull::Yes => 0,
+                tokio_postgres::types::IsNull::No => buf.len() as u64,
+            };
+        }
+        assert_eq!(row.copy_len(), encoded, "ping {i}");
+    }
+}
+
+#[test]
+fn a_seq_beyond_bigint_is_refused_before_the_database() {
+    let mut p = nth(1);
+    p.seq = Some(i64::MAX as u64 + 1);
+    let r = SinkRecord::Telemetry(record(p, Ack::none()));
+    assert!(matches!(Row::prepare(&r), Row::Dead(_)));
+    let r = SinkRecord::Telemetry(record(nth(1), Ack::none()));
+    assert!(matches!(Row::prepare(&r), Row::Telemetry(_)));
+}
+
+#[tokio::test]
+async fn batches_are_cut_by_size_and_by_wait() {
+    let (tx, mut rx) = mpsc::channel(16);
+    for i in 0..5 {
+        send(&tx, telemetry(nth(i), Ack::none())).await;
+    }
+    let mut batch = Vec::new();
+    assert!(!collect(&mut rx, &mut batch, 3, Duration::from_secs(5)).await);
+    assert_eq!(batch.len(), 3, "cut at batch_max_rows without waiting");
+
+    batch.clear();
+    let started = tokio::time::Instant::now();
+    assert!(!collect(&mut rx, &mut batch, 3, Duration::from_millis(50)).await);
+    assert_eq!(batch.len(), 2);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(50), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    // Closed while a partial batch waits: it is returned with the news.
+    send(&tx, telemetry(nth(9), Ack::none())).await;
+    drop(tx);
+    batch.clear();
+    assert!(collect(&mut rx, &mut batch, 3, Duration::from_secs(5)).await);
+    assert_eq!(batch.len(), 1);
+    batch.clear();
+    assert!(collect(&mut rx, &mut batch, 3, Duration::from_secs(5)).await);
+    assert!(batch.is_empty());
+}

@@ -269,6 +269,27 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_timescale_table_documents_its_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        // Uncomment the [sink.timescale] block: its header and its `# key = value` lines.
+        let block: String = text
+            .lines()
+            .skip_while(|l| *l != "# [sink.timescale]")
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(block.starts_with("[sink.timescale]\nurl = "), "{block}");
+        let c = load(&block, &[]).unwrap();
+        let ts = c.sink.timescale.unwrap();
+        assert_eq!(ts, fleetpipe_sink::TimescaleConfig::new(ts.url.clone()));
+    }
+
+    #[test]
     fn mqtt5_listener_can_be_turned_off() {
         let off = load(
             &format!("{MINIMAL}[ingest.mqtt]\nlisten_v5 = \"off\"\n"),
@@ -322,11 +343,15 @@ mod tests {
     fn shipped_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        // The shipped Kafka table spells out every default.
+        let kafka = c.sink.kafka.clone().unwrap();
+        assert_eq!(kafka, fleetpipe_sink::KafkaConfig::new("embedded"));
         assert_eq!(c, {
             // The shipped file documents the defaults: it must not drift from them.
             let mut defaults = load(MINIMAL, &[]).unwrap();
             // Only the quick-start listeners differ from the built-in defaults.
             defaults.sink.file = c.sink.file.clone();
+            defaults.sink.kafka = c.sink.kafka.clone();
             defaults.ingest.mqtt.listen = c.ingest.mqtt.listen;
             defaults.ingest.mqtt.listen_v5 = c.ingest.mqtt.listen_v5;
             defaults.ingest.http.listen = c.ingest.http.listen;

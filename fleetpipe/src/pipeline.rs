@@ -55,6 +55,7 @@ pub struct Pipeline {
     http_addr: SocketAddr,
     mqtt_addr: Option<SocketAddr>,
     mqtt_v5_addr: Option<SocketAddr>,
+    kafka_bootstrap: Option<String>,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
     readiness: Readiness,
@@ -139,6 +140,7 @@ impl Pipeline {
             Some(c) => Some(KafkaSink::new(c.clone()).await.map_err(start_err)?),
             None => None,
         };
+        let kafka_bootstrap = kafka_sink.as_ref().map(KafkaSink::bootstrap_servers);
         let timescale_sink = match &config.sink.timescale {
             Some(c) => Some(TimescaleSink::connect(c.clone()).await.map_err(start_err)?),
             None => None,
@@ -203,6 +205,7 @@ impl Pipeline {
             http_addr,
             mqtt_addr,
             mqtt_v5_addr,
+            kafka_bootstrap,
             shutdown,
             shutdown_timeout: config.pipeline.shutdown_timeout,
             readiness,
@@ -224,6 +227,12 @@ impl Pipeline {
     /// Address of the embedded broker's MQTT 5 listener.
     pub fn mqtt_v5_addr(&self) -> Option<SocketAddr> {
         self.mqtt_v5_addr
+    }
+
+    /// Bootstrap servers of the Kafka sink (the mock cluster's address with
+    /// `brokers = "embedded"`).
+    pub fn kafka_bootstrap(&self) -> Option<&str> {
+        self.kafka_bootstrap.as_deref()
     }
 
     /// Waits for shutdown to be requested, then drains every stage.

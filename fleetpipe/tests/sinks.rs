@@ -1,0 +1,188 @@
+//! The whole pipeline into the Kafka sink (librdkafka's mock cluster, real
+//! Kafka protocol) and the TimescaleDB sink (the real PostgreSQL at
+//! 127.0.0.1:5432, plain mode), besides the file sink.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use futures::{SinkExt as _, StreamExt as _};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Message as _;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const T: Duration = Duration::from_secs(30);
+const PG: &str = "postgresql://postgres@127.0.0.1:5432/test";
+
+async fn pg() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Every record of `topic`, from the beginning, as (key, value).
+fn read_topic(bootstrap: &str, topic: &str, expect: usize) -> Vec<(String, serde_json::Value)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("t-{}", now_ms()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + T;
+    while out.len() < expect && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            out.push((
+                key,
+                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap(),
+            ));
+        }
+    }
+    // Nothing more than expected arrives.
+    while let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        out.push((
+            key,
+            serde_json::from_slice(m.payload().unwrap_or_default()).unwrap(),
+        ));
+    }
+    out
+}
+
+/// Sends the same N pings through MQTT, WebSocket and HTTP; returns N.
+async fn publish_all(p: &TestPipeline, pings: &[(String, u64, i64)]) -> usize {
+    let ping = |(v, s, ts): &(String, u64, i64)| {
+        format!(r#"{{"vehicle_id":"{v}","seq":{s},"ts":{ts},"lat":52.5,"lon":13.4}}"#)
+    };
+    let third = pings.len() / 3;
+    let mqtt = mqtt_client(p.mqtt.unwrap(), &format!("dev-{}", now_ms()), None).await;
+    for x in &pings[..third] {
+        mqtt.publish(&format!("fleet/{}/telemetry", x.0), ping(x))
+            .await;
+    }
+    mqtt.wait_pubacks(third, T).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", p.http))
+        .await
+        .unwrap();
+    for x in &pings[third..2 * third] {
+        ws.send(tokio_tungstenite::tungstenite::Message::text(ping(x)))
+            .await
+            .unwrap();
+        let answer = ws.next().await.unwrap().unwrap().into_text().unwrap();
+        assert_eq!(answer.as_str(), format!("{{\"ack\":{}}}", x.1));
+    }
+    let http = reqwest::Client::new();
+    for x in &pings[2 * third..] {
+        let r = http
+            .post(p.url("/v1/pings"))
+            .body(ping(x))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    pings.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ping_is_one_row_and_one_record_and_replays_add_no_rows() {
+    let schema = format!("fp_e2e_{}_{}", std::process::id(), now_ms());
+    let mut p = TestPipeline::start(|c| {
+        c.sink.kafka = Some(fleetpipe_sink::KafkaConfig::new("embedded"));
+        c.sink.timescale = Some(fleetpipe_sink::TimescaleConfig {
+            schema: schema.clone(),
+            ..fleetpipe_sink::TimescaleConfig::new(PG)
+        });
+    })
+    .await;
+    let bootstrap = p
+        .pipeline
+        .as_ref()
+        .unwrap()
+        .kafka_bootstrap()
+        .unwrap()
+        .to_owned();
+
+    let now = now_ms();
+    let pings: Vec<(String, u64, i64)> = (0..300u64)
+        .map(|i| (format!("veh-{}", i % 10), i, now - 60_000 + i as i64))
+        .collect();
+    let n = publish_all(&p, &pings).await;
+    p.wait_telemetry(n, T).await;
+
+    let db = std::sync::Arc::new(pg().await);
+    let count = |db: std::sync::Arc<tokio_postgres::Client>, schema: String| async move {
+        let row = db
+            .query_one(&format!("select count(*) from \"{schema}\".telemetry"), &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let rows = wait_for_async(T, || count(db.clone(), schema.clone()), |c| *c == n as i64).await;
+    assert_eq!(rows, n as i64, "one row per ping");
+    let records = read_topic(&bootstrap, "fleet.telemetry.v1", n);
+    assert_eq!(records.len(), n, "one Kafka record per ping");
+    let keys: BTreeSet<(String, u64)> = records
+        .iter()
+        .map(|(k, v)| (k.clone(), v["seq"].as_u64().unwrap()))
+        .collect();
+    let want: BTreeSet<(String, u64)> = pings.iter().map(|(v, s, _)| (v.clone(), *s)).collect();
+    assert_eq!(keys, want, "keyed by vehicle, every ping once");
+    assert!(records.iter().all(|(k, v)| v["vehicle_id"] == k.as_str()));
+
+    // The same pings again: Kafka is at-least-once (consumers dedupe on the
+    // deterministic key); the database holds exactly one row per ping.
+    publish_all(&p, &pings).await;
+    p.wait_telemetry(2 * n, T).await;
+    let replayed = read_topic(&bootstrap, "fleet.telemetry.v1", 2 * n);
+    assert_eq!(replayed.len(), 2 * n);
+    p.stop().await;
+    let rows = count(db.clone(), schema.clone()).await;
+    assert_eq!(rows, n as i64, "a replay adds no rows");
+    let latest = db
+        .query(
+            &format!("select vehicle_id, seq from \"{schema}\".vehicle_latest order by vehicle_id"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(latest.len(), 10);
+    let veh0: i64 = latest[0].get(1);
+    assert_eq!(veh0, 290, "vehicle_latest holds each vehicle's newest ping");
+    db.execute(&format!("drop schema \"{schema}\" cascade"), &[])
+        .await
+        .unwrap();
+}
+
+/// Polls `f` until `done` holds or `timeout` passes; returns the last value.
+async fn wait_for_async<T, F, Fut>(timeout: Duration, mut f: F, done: impl Fn(&T) -> bool) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let v = f().await;
+        if done(&v) || std::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

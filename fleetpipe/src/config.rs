@@ -80,6 +80,10 @@ pub struct PipelineConfig {
     pub ping_queue: usize,
     /// Capacity of the queue into the sinks, in records.
     pub sink_queue: usize,
+    /// Most payload bytes whose records are in the pipeline at once (queued,
+    /// being enriched or written, awaiting acknowledgement). When reached,
+    /// gateways stop reading until records settle.
+    pub max_inflight_bytes: usize,
     /// Longest a graceful shutdown may take before fleetpipe gives up and exits non-zero.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -90,6 +94,7 @@ impl Default for PipelineConfig {
         Self {
             ping_queue: 8192,
             sink_queue: 8192,
+            max_inflight_bytes: 256 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
         }
     }

@@ -104,6 +104,7 @@ impl Pipeline {
                 pings: ping_tx,
                 dead_letters: sink_tx.clone(),
             },
+            config.pipeline.max_inflight_bytes,
         );
 
         let mut gateways = JoinSet::new();
@@ -173,6 +174,7 @@ impl Pipeline {
 
         let auth_is_anonymous = auth.is_anonymous();
         let readiness = Readiness::default();
+        let inflight = ingestor.inflight_probe();
         let app =
             ingest_routes(ingestor, auth, shutdown.clone()).merge(ops::routes(readiness.clone()));
         let http_shutdown = shutdown.clone();
@@ -190,6 +192,17 @@ impl Pipeline {
                 tokio::select! {
                     () = sweep_shutdown.cancelled() => break,
                     _ = tick.tick() => limiter.forget_idle(),
+                }
+            }
+        });
+        let gauge_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let gauge = metrics::gauge!("fleetpipe_pipeline_inflight_bytes");
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = gauge_shutdown.cancelled() => break,
+                    _ = tick.tick() => gauge.set(inflight() as f64),
                 }
             }
         });

@@ -14,7 +14,7 @@ use fleetpipe_model::{
     Accepted, Ack, BatchAck, DeadLetter, Gateway, Origin, Ping, RejectReason, SCHEMA_VERSION,
     SinkRecord, VehicleId,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::codec::{self, Encoding, Rejection, VehicleScope};
 use crate::ratelimit::RateLimiter;
@@ -102,6 +102,11 @@ struct Inner {
     validator: Validator,
     limiter: RateLimiter,
     output: IngestOutput,
+    /// Payload bytes of the messages whose records are still in the
+    /// pipeline, bounded: queues are bounded in records, this bounds them in
+    /// bytes too.
+    inflight: Arc<Semaphore>,
+    inflight_max: u32,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -113,15 +118,40 @@ pub fn now_ms() -> i64 {
 
 impl Ingestor {
     /// A core that validates with `validator`, limits with `limiter` and
-    /// writes to `output`.
-    pub fn new(validator: Validator, limiter: RateLimiter, output: IngestOutput) -> Self {
+    /// writes to `output`, with at most `max_inflight_bytes` of payload in
+    /// the pipeline at once.
+    pub fn new(
+        validator: Validator,
+        limiter: RateLimiter,
+        output: IngestOutput,
+        max_inflight_bytes: usize,
+    ) -> Self {
+        let inflight_max =
+            u32::try_from(max_inflight_bytes.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
         Self {
             inner: Arc::new(Inner {
                 validator,
                 limiter,
                 output,
+                inflight: Arc::new(Semaphore::new(inflight_max as usize)),
+                inflight_max,
             }),
         }
+    }
+
+    /// Payload bytes whose records are still in the pipeline.
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight_probe()()
+    }
+
+    /// A reader of [`Ingestor::inflight_bytes`] that does not keep the
+    /// pipeline's queues open (for a metrics task).
+    pub fn inflight_probe(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let (semaphore, max) = (
+            Arc::clone(&self.inner.inflight),
+            self.inner.inflight_max as usize,
+        );
+        move || max.saturating_sub(semaphore.available_permits())
     }
 
     /// The validation rules (gateways use the payload limit).
@@ -134,12 +164,28 @@ impl Ingestor {
         &self.inner.limiter
     }
 
-    /// Processes one message. Every ping and every rejection gets an [`Ack`]
-    /// from `batch` when given, so the caller learns when all are durable.
-    pub async fn ingest(
+    /// Processes one message. Every ping and every rejection made from it
+    /// gets an [`Ack`] of the returned [`BatchAck`]: wait on it to learn when
+    /// all are durable, or drop it. Waits first while the pipeline holds
+    /// `max_inflight_bytes` of payload (backpressure).
+    pub async fn ingest(&self, msg: Message<'_>) -> Result<(Outcome, BatchAck), PipelineClosed> {
+        // A message larger than the whole budget takes all of it, not more.
+        let cost = u32::try_from(msg.payload.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.inner.inflight_max);
+        let budget = Arc::clone(&self.inner.inflight)
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| PipelineClosed)?;
+        let batch = BatchAck::holding(Some(budget));
+        let outcome = self.ingest_into(msg, &batch).await?;
+        Ok((outcome, batch))
+    }
+
+    async fn ingest_into(
         &self,
         msg: Message<'_>,
-        batch: Option<&BatchAck>,
+        batch: &BatchAck,
     ) -> Result<Outcome, PipelineClosed> {
         let received_at = now_ms();
         let gateway = msg.gateway;
@@ -152,7 +198,7 @@ impl Ingestor {
             client: msg.client.clone(),
             received_at,
         };
-        let ack = || batch.map_or(Ack::none(), BatchAck::ack);
+        let ack = || batch.ack();
         let mut outcome = Outcome {
             all_have_seq: true,
             ..Outcome::default()
@@ -323,5 +369,74 @@ pub fn describe_metrics() {
             metrics::counter!("fleetpipe_rejected_total", "reason" => reason.as_str(), "gateway" => gateway.as_str())
                 .increment(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Encoding;
+    use crate::ratelimit::RateLimitConfig;
+    use crate::validate::ValidationConfig;
+    use std::time::Duration;
+
+    fn message(seq: u64) -> Message<'static> {
+        let ping = format!(
+            r#"{{"vehicle_id":"v","seq":{seq},"ts":{},"lat":1.5,"lon":2.5}}"#,
+            now_ms()
+        );
+        Message {
+            payload: Bytes::from(format!("{ping:<200}")), // 200 bytes
+            encoding: Encoding::Json,
+            scope: VehicleScope::Topic("v"),
+            gateway: Gateway::Http,
+            client: None,
+            topic: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_byte_budget_stops_ingest_until_records_settle() {
+        // Queues with room for far more records than the byte budget allows.
+        let (pings, mut pings_rx) = mpsc::channel(1000);
+        let (dead_letters, _dl_rx) = mpsc::channel(1000);
+        let ingestor = Ingestor::new(
+            Validator::new(ValidationConfig::default()),
+            RateLimiter::new(&RateLimitConfig {
+                enabled: false,
+                ..RateLimitConfig::default()
+            }),
+            IngestOutput {
+                pings,
+                dead_letters,
+            },
+            1000,
+        );
+        for seq in 0..5 {
+            let (outcome, _batch) = ingestor.ingest(message(seq)).await.unwrap();
+            assert_eq!(outcome.accepted, 1);
+        }
+        assert_eq!(ingestor.inflight_bytes(), 1000);
+        let sixth =
+            tokio::time::timeout(Duration::from_millis(200), ingestor.ingest(message(5))).await;
+        assert!(sixth.is_err(), "the budget is spent: ingest waits");
+        // The sink makes the first record durable: its 200 bytes come back.
+        pings_rx.recv().await.unwrap().ack.delivered();
+        assert_eq!(ingestor.inflight_bytes(), 800);
+        let sixth = tokio::time::timeout(Duration::from_secs(5), ingestor.ingest(message(5))).await;
+        assert!(matches!(sixth, Ok(Ok(_))));
+        drop(sixth); // the caller's handle on the batch holds the budget too
+        while let Ok(a) = pings_rx.try_recv() {
+            a.ack.delivered();
+        }
+        assert_eq!(ingestor.inflight_bytes(), 0);
+        // A message larger than the whole budget takes all of it, not more.
+        let mut big = message(6);
+        big.payload = Bytes::from(format!("{:<5000}", String::from_utf8_lossy(&big.payload)));
+        let (outcome, batch) = ingestor.ingest(big).await.unwrap();
+        assert_eq!((outcome.accepted, ingestor.inflight_bytes()), (1, 1000));
+        drop(batch);
+        pings_rx.recv().await.unwrap().ack.delivered();
+        assert_eq!(ingestor.inflight_bytes(), 0);
     }
 }

@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use fleetpipe_model::{Ack, AckStatus, BatchAck, Gateway, RejectReason};
+use fleetpipe_model::{Ack, AckStatus, Gateway, RejectReason};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -156,7 +156,6 @@ async fn ingest_and_wait(
     encoding: Encoding,
     gateway: Gateway,
 ) -> (StatusCode, Value) {
-    let batch = BatchAck::new();
     let msg = Message {
         payload,
         encoding,
@@ -165,8 +164,8 @@ async fn ingest_and_wait(
         client: identity.vehicle().map(|v| Arc::from(v.as_str())),
         topic: None,
     };
-    match state.ingestor.ingest(msg, Some(&batch)).await {
-        Ok(outcome) => answer(&outcome, batch.wait().await),
+    match state.ingestor.ingest(msg).await {
+        Ok((outcome, batch)) => answer(&outcome, batch.wait().await),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             error_body(

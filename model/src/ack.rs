@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 /// Outcome of a batch (or of one record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -41,6 +41,9 @@ impl AckStatus {
 struct Shared {
     status: AtomicU8,
     notify: Option<oneshot::Sender<AckStatus>>,
+    /// Budget the batch holds while any of its records is in the pipeline
+    /// (bytes in flight); given back when the last record settles.
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Shared {
@@ -63,11 +66,18 @@ pub struct BatchAck {
 impl BatchAck {
     /// A new, empty batch.
     pub fn new() -> Self {
+        Self::holding(None)
+    }
+
+    /// A new batch that keeps `budget` until its last record has settled,
+    /// whether or not anyone waits for the outcome.
+    pub fn holding(budget: Option<OwnedSemaphorePermit>) -> Self {
         let (tx, rx) = oneshot::channel();
         Self {
             shared: Arc::new(Shared {
                 status: AtomicU8::new(AckStatus::Delivered as u8),
                 notify: Some(tx),
+                _budget: budget,
             }),
             rx,
         }
@@ -204,6 +214,18 @@ mod tests {
     #[test]
     fn empty_batch_is_delivered() {
         assert_eq!(run(BatchAck::new().wait()), AckStatus::Delivered);
+    }
+
+    #[test]
+    fn the_budget_is_held_until_the_last_record_settles() {
+        let budget = Arc::new(tokio::sync::Semaphore::new(10));
+        let permit = Arc::clone(&budget).try_acquire_many_owned(4).ok();
+        let batch = BatchAck::holding(permit);
+        let a = batch.ack();
+        drop(batch); // nobody waits for the outcome
+        assert_eq!(budget.available_permits(), 6, "still in the pipeline");
+        a.delivered();
+        assert_eq!(budget.available_permits(), 10, "given back when settled");
     }
 
     #[test]

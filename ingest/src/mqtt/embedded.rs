@@ -309,7 +309,6 @@ impl Reader<'_> {
         let Some(parsed) = parse_topic(self.prefix, topic) else {
             return true;
         };
-        let batch = self.acks.map(|_| BatchAck::new());
         let msg = Message {
             payload,
             encoding: parsed.encoding,
@@ -320,12 +319,13 @@ impl Reader<'_> {
         };
         // Waits while the pipeline is full: the link stops reading, the
         // router buffers in its log (see MqttConfig::segment_bytes).
-        let Ok(outcome) = self.ingestor.ingest(msg, batch.as_ref()).await else {
+        let Ok((outcome, batch)) = self.ingestor.ingest(msg).await else {
             return false;
         };
-        if let (Some(acks), Some(batch), Some(min_seq), Some(max_seq), true) = (
+        // Without the ack topic nobody waits: dropping the batch is fine, its
+        // records still hold their share of the in-flight budget.
+        if let (Some(acks), Some(min_seq), Some(max_seq), true) = (
             self.acks,
-            batch,
             outcome.lowest_seq,
             outcome.highest_seq,
             outcome.all_have_seq,

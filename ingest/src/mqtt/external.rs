@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use fleetpipe_model::{AckStatus, BatchAck, Gateway};
+use fleetpipe_model::{AckStatus, Gateway};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
@@ -155,7 +155,6 @@ async fn run(
                         let _ = client.try_ack(&publish);
                         continue;
                     };
-                    let batch = BatchAck::new();
                     let msg = Message {
                         payload: publish.payload.clone(),
                         encoding: parsed.encoding,
@@ -166,10 +165,10 @@ async fn run(
                     };
                     // Waits while the pipeline is full: the event loop is not
                     // polled, so rumqttc stops reading the socket.
-                    if ingestor.ingest(msg, Some(&batch)).await.is_err() {
+                    let Ok((_, batch)) = ingestor.ingest(msg).await else {
                         accepting = false;
                         continue;
-                    }
+                    };
                     pending.push(Box::pin(async move { (publish, batch.wait().await) }));
                 }
                 Ok(_) => {}

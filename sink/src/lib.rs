@@ -12,6 +12,9 @@
 
 pub mod file;
 pub mod kafka;
+mod stream;
+#[cfg(test)]
+mod test_metrics;
 pub mod timescale;
 
 pub use file::{FileSink, FileSinkConfig, FileSinkError};

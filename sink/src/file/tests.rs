@@ -667,8 +667,7 @@ async fn a_failed_write_fails_only_that_batch_and_the_sink_recovers() {
 
 #[test]
 fn metrics_follow_the_contract() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    use metrics_util::{CompositeKey, MetricKind};
+    use metrics_util::debugging::DebuggingRecorder;
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let recorder = DebuggingRecorder::new();
@@ -709,31 +708,9 @@ fn metrics_follow_the_contract() {
         });
     });
 
-    let snapshot = snapshotter.snapshot().into_vec();
-    let find = |kind: MetricKind, name: &str, labels: &[(&str, &str)]| -> Option<&DebugValue> {
-        snapshot
-            .iter()
-            .find_map(|(key, _, _, value): &(CompositeKey, _, _, _)| {
-                let k = key.key();
-                let same_labels = k.labels().count() == labels.len()
-                    && labels
-                        .iter()
-                        .all(|(n, v)| k.labels().any(|l| l.key() == *n && l.value() == *v));
-                (key.kind() == kind && k.name() == name && same_labels).then_some(value)
-            })
-    };
-    let counter =
-        |name: &str, labels: &[(&str, &str)]| match find(MetricKind::Counter, name, labels) {
-            Some(DebugValue::Counter(v)) => *v,
-            other => panic!("{name} {labels:?}: {other:?}"),
-        };
-    let histogram =
-        |name: &str, labels: &[(&str, &str)]| match find(MetricKind::Histogram, name, labels) {
-            Some(DebugValue::Histogram(v)) => {
-                v.iter().map(|x| x.into_inner()).collect::<Vec<f64>>()
-            }
-            other => panic!("{name} {labels:?}: {other:?}"),
-        };
+    let metrics = crate::test_metrics::Snapshot::take(&snapshotter);
+    let counter = |name: &str, labels: &[(&str, &str)]| metrics.counter(name, labels);
+    let histogram = |name: &str, labels: &[(&str, &str)]| metrics.histogram(name, labels);
 
     let tel = [("sink", "file"), ("stream", "telemetry")];
     let dl = [("sink", "file"), ("stream", "dead_letter")];

@@ -29,43 +29,7 @@ const STAMP_LEN: usize = 16;
 /// handful is plenty; the bound keeps a misbehaving neighbour from looping us.
 const MAX_NAME_ATTEMPTS: u32 = 1000;
 
-/// The two kinds of record the sink keeps apart, each in its own directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stream {
-    /// [`SinkRecord::Telemetry`].
-    Telemetry,
-    /// [`SinkRecord::DeadLetter`].
-    DeadLetter,
-}
-
-impl Stream {
-    /// Every stream, in index order.
-    pub(crate) const ALL: [Stream; 2] = [Stream::Telemetry, Stream::DeadLetter];
-
-    /// Directory name, file name prefix and metrics label.
-    pub(crate) const fn as_str(self) -> &'static str {
-        match self {
-            Stream::Telemetry => "telemetry",
-            Stream::DeadLetter => "dead_letter",
-        }
-    }
-
-    /// The stream a record belongs to.
-    pub(crate) const fn of(record: &SinkRecord) -> Self {
-        match record {
-            SinkRecord::Telemetry(_) => Stream::Telemetry,
-            SinkRecord::DeadLetter(_) => Stream::DeadLetter,
-        }
-    }
-
-    /// Position in per-stream arrays.
-    const fn index(self) -> usize {
-        match self {
-            Stream::Telemetry => 0,
-            Stream::DeadLetter => 1,
-        }
-    }
-}
+pub(crate) use crate::stream::Stream;
 
 /// What happened to one stream during one call into the writer.
 #[derive(Debug, Default)]

@@ -34,32 +34,7 @@ pub(crate) const HEADER_TOPIC: &str = "topic";
 /// Dead-letter header: the vehicle, when known.
 pub(crate) const HEADER_VEHICLE_ID: &str = "vehicle_id";
 
-/// The kinds of record the sink sends, each to its own topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stream {
-    /// [`SinkRecord::Telemetry`], to `telemetry_topic`.
-    Telemetry,
-    /// [`SinkRecord::DeadLetter`], to `dlq_topic`.
-    DeadLetter,
-}
-
-impl Stream {
-    /// The metrics label, the same as the file sink's.
-    pub(crate) const fn as_str(self) -> &'static str {
-        match self {
-            Stream::Telemetry => "telemetry",
-            Stream::DeadLetter => "dead_letter",
-        }
-    }
-
-    /// The stream a record belongs to.
-    pub(crate) const fn of(record: &SinkRecord) -> Self {
-        match record {
-            SinkRecord::Telemetry(_) => Stream::Telemetry,
-            SinkRecord::DeadLetter(_) => Stream::DeadLetter,
-        }
-    }
-}
+pub(crate) use crate::stream::Stream;
 
 /// One record as it is produced.
 #[derive(Debug, Clone, PartialEq)]

@@ -1044,8 +1044,8 @@ async fn a_fatal_producer_error_makes_run_fail_and_pending_acks_fail() {
 
 #[test]
 fn metrics_follow_the_contract() {
+    use metrics_util::MetricKind;
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    use metrics_util::{CompositeKey, MetricKind};
 
     const TELEMETRY: u64 = 60;
     const DEAD: u64 = 4;
@@ -1103,24 +1103,10 @@ fn metrics_follow_the_contract() {
         });
     });
 
-    let snapshot = snapshotter.snapshot().into_vec();
-    let find = |kind: MetricKind, name: &str, labels: &[(&str, &str)]| -> Option<&DebugValue> {
-        snapshot
-            .iter()
-            .find_map(|(key, _, _, value): &(CompositeKey, _, _, _)| {
-                let k = key.key();
-                let same_labels = k.labels().count() == labels.len()
-                    && labels
-                        .iter()
-                        .all(|(n, v)| k.labels().any(|l| l.key() == *n && l.value() == *v));
-                (key.kind() == kind && k.name() == name && same_labels).then_some(value)
-            })
-    };
-    let counter =
-        |name: &str, labels: &[(&str, &str)]| match find(MetricKind::Counter, name, labels) {
-            Some(DebugValue::Counter(v)) => *v,
-            other => panic!("{name} {labels:?}: {other:?}"),
-        };
+    let metrics = crate::test_metrics::Snapshot::take(&snapshotter);
+    let find =
+        |kind: MetricKind, name: &str, labels: &[(&str, &str)]| metrics.find(kind, name, labels);
+    let counter = |name: &str, labels: &[(&str, &str)]| metrics.counter(name, labels);
 
     let tel = [("sink", "kafka"), ("stream", "telemetry")];
     let dl = [("sink", "kafka"), ("stream", "dead_letter")];

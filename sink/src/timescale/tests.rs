@@ -1155,8 +1155,7 @@ async fn dead_letters_keep_their_raw_bytes() {
 
 #[test]
 fn metrics_follow_the_contract() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    use metrics_util::{CompositeKey, MetricKind};
+    use metrics_util::debugging::DebuggingRecorder;
 
     let test = TestDb::new();
     let recorder = DebuggingRecorder::new();
@@ -1184,32 +1183,10 @@ fn metrics_follow_the_contract() {
         });
     });
 
-    let snapshot = snapshotter.snapshot().into_vec();
-    let find = |kind: MetricKind, name: &str, labels: &[(&str, &str)]| -> Option<&DebugValue> {
-        snapshot
-            .iter()
-            .find_map(|(key, _, _, value): &(CompositeKey, _, _, _)| {
-                let k = key.key();
-                let same_labels = k.labels().count() == labels.len()
-                    && labels
-                        .iter()
-                        .all(|(n, v)| k.labels().any(|l| l.key() == *n && l.value() == *v));
-                (key.kind() == kind && k.name() == name && same_labels).then_some(value)
-            })
-    };
-    let counter =
-        |name: &str, labels: &[(&str, &str)]| match find(MetricKind::Counter, name, labels) {
-            Some(DebugValue::Counter(v)) => *v,
-            other => panic!("{name} {labels:?}: {other:?}"),
-        };
-    let gauge = |name: &str| match find(MetricKind::Gauge, name, &[("sink", "timescale")]) {
-        Some(DebugValue::Gauge(v)) => v.into_inner(),
-        other => panic!("{name}: {other:?}"),
-    };
-    let histogram = |name: &str| match find(MetricKind::Histogram, name, &[("sink", "timescale")]) {
-        Some(DebugValue::Histogram(v)) => v.iter().map(|x| x.into_inner()).collect::<Vec<_>>(),
-        other => panic!("{name}: {other:?}"),
-    };
+    let metrics = crate::test_metrics::Snapshot::take(&snapshotter);
+    let counter = |name: &str, labels: &[(&str, &str)]| metrics.counter(name, labels);
+    let gauge = |name: &str| metrics.gauge(name, &[("sink", "timescale")]);
+    let histogram = |name: &str| metrics.histogram(name, &[("sink", "timescale")]);
 
     let tel = [("sink", "timescale"), ("stream", "telemetry")];
     let dl = [("sink", "timescale"), ("stream", "dead_letter")];

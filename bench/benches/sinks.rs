@@ -181,7 +181,10 @@ impl Fleet {
             records.extend(per_vehicle.iter_mut().filter_map(Iterator::next));
         }
         assert_eq!(records.len(), ROWS);
-        assert!(records.iter().all(|r| !r.h3.is_empty()), "every ping has H3 cells");
+        assert!(
+            records.iter().all(|r| !r.h3.is_empty()),
+            "every ping has H3 cells"
+        );
         Self { records }
     }
 
@@ -244,7 +247,12 @@ async fn deliver(
         .iter()
         .filter(|s| **s != AckStatus::Delivered)
         .count();
-    assert_eq!(failed, 0, "{failed} of {} ack batches failed", statuses.len());
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} ack batches failed",
+        statuses.len()
+    );
     elapsed
 }
 
@@ -373,10 +381,12 @@ impl Drop for BenchSchema {
                 .build()
                 .expect("runtime");
             runtime.block_on(async {
-                if let Ok(db) = pg_connect(&url).await {
-                    if let Err(e) = db.batch_execute(&sql).await {
-                        eprintln!("sinks bench: could not drop the bench schema: {e}");
-                    }
+                let dropped = match pg_connect(&url).await {
+                    Ok(db) => db.batch_execute(&sql).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = dropped {
+                    eprintln!("sinks bench: could not drop the bench schema: {e}");
                 }
             });
         });
@@ -474,7 +484,11 @@ async fn copy_rows(client: &mut Client, copy: &Statement, rows: &[RawRow]) {
     let sink = txn.copy_in(copy).await.expect("start COPY");
     let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &TYPES));
     for row in rows {
-        writer.as_mut().write(&row.values()).await.expect("COPY a row");
+        writer
+            .as_mut()
+            .write(&row.values())
+            .await
+            .expect("COPY a row");
     }
     let copied = writer.finish().await.expect("finish COPY");
     assert_eq!(copied, rows.len() as u64, "rows copied");
@@ -523,10 +537,7 @@ fn timescale(c: &mut Criterion) {
                     let (records, acks) = fleet.batch();
                     total += deliver(tx, records, acks).await;
                     assert_eq!(schema.count(&db, "telemetry").await, ROWS as i64);
-                    assert_eq!(
-                        schema.count(&db, "vehicle_latest").await,
-                        VEHICLES as i64
-                    );
+                    assert_eq!(schema.count(&db, "vehicle_latest").await, VEHICLES as i64);
                 }
                 total
             })
@@ -545,7 +556,10 @@ fn timescale(c: &mut Criterion) {
         .expect("prepare COPY");
     for (name, batch_rows) in [
         ("raw_copy", ROWS),
-        ("raw_copy_batched", TimescaleConfig::default_batch_max_rows()),
+        (
+            "raw_copy_batched",
+            TimescaleConfig::default_batch_max_rows(),
+        ),
     ] {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {

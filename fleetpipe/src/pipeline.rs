@@ -16,7 +16,7 @@ use fleetpipe_ingest::http::routes as ingest_routes;
 use fleetpipe_ingest::mqtt::{EmbeddedBroker, ExternalConsumer, MqttMode};
 use fleetpipe_ingest::{Authenticator, IngestOutput, Ingestor, RateLimiter, Validator};
 use fleetpipe_model::{Accepted, SinkRecord};
-use fleetpipe_sink::{FileSink, KafkaSink, TimescaleSink};
+use fleetpipe_sink::{EmbeddedKafka, FileSink, KafkaSink, TimescaleSink};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +56,7 @@ pub struct Pipeline {
     mqtt_addr: Option<SocketAddr>,
     mqtt_v5_addr: Option<SocketAddr>,
     kafka_bootstrap: Option<String>,
+    embedded_kafka: Option<EmbeddedKafka>,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
     readiness: Readiness,
@@ -142,26 +143,27 @@ impl Pipeline {
             None => None,
         };
         let kafka_bootstrap = kafka_sink.as_ref().map(KafkaSink::bootstrap_servers);
+        let embedded_kafka = kafka_sink.as_ref().and_then(KafkaSink::embedded);
         let timescale_sink = match &config.sink.timescale {
             Some(c) => Some(TimescaleSink::connect(c.clone()).await.map_err(start_err)?),
             None => None,
         };
         let mut stages = JoinSet::new();
-        let mut sink_inputs = Vec::new();
+        let mut sink_inputs: Vec<(&'static str, mpsc::Sender<SinkRecord>)> = Vec::new();
         let queue = config.pipeline.sink_queue;
         if let Some(sink) = file_sink {
             let (tx, rx) = mpsc::channel::<SinkRecord>(queue);
-            sink_inputs.push(tx);
+            sink_inputs.push(("file", tx));
             stages.spawn(async move { sink.run(rx).await.map_err(|e| sink_failed("file", e)) });
         }
         if let Some(sink) = kafka_sink {
             let (tx, rx) = mpsc::channel::<SinkRecord>(queue);
-            sink_inputs.push(tx);
+            sink_inputs.push(("kafka", tx));
             stages.spawn(async move { sink.run(rx).await.map_err(|e| sink_failed("kafka", e)) });
         }
         if let Some(sink) = timescale_sink {
             let (tx, rx) = mpsc::channel::<SinkRecord>(queue);
-            sink_inputs.push(tx);
+            sink_inputs.push(("timescale", tx));
             stages
                 .spawn(async move { sink.run(rx).await.map_err(|e| sink_failed("timescale", e)) });
         }
@@ -219,6 +221,7 @@ impl Pipeline {
             mqtt_addr,
             mqtt_v5_addr,
             kafka_bootstrap,
+            embedded_kafka,
             shutdown,
             shutdown_timeout: config.pipeline.shutdown_timeout,
             readiness,
@@ -246,6 +249,12 @@ impl Pipeline {
     /// `brokers = "embedded"`).
     pub fn kafka_bootstrap(&self) -> Option<&str> {
         self.kafka_bootstrap.as_deref()
+    }
+
+    /// The embedded Kafka mock cluster (`sink.kafka.brokers = "embedded"`),
+    /// e.g. to rehearse a broker outage.
+    pub fn embedded_kafka(&self) -> Option<&EmbeddedKafka> {
+        self.embedded_kafka.as_ref()
     }
 
     /// Waits for shutdown to be requested, then drains every stage.
@@ -283,20 +292,28 @@ impl Pipeline {
 /// queues in turn.
 async fn fan_out(
     mut input: mpsc::Receiver<SinkRecord>,
-    sinks: Vec<mpsc::Sender<SinkRecord>>,
+    sinks: Vec<(&'static str, mpsc::Sender<SinkRecord>)>,
 ) -> Result<(), PipelineError> {
-    let Some((last, others)) = sinks.split_last() else {
+    let depth: Vec<_> = sinks
+        .iter()
+        .map(|(name, _)| metrics::gauge!("fleetpipe_sink_queue_depth", "sink" => *name))
+        .collect();
+    let Some(((_, last), others)) = sinks.split_last() else {
         return Ok(());
     };
+    let closed = || PipelineError::Sink("a sink stopped taking records".into());
+    let mut sent: u64 = 0;
     while let Some(record) = input.recv().await {
-        for sink in others {
-            sink.send(record.fork())
-                .await
-                .map_err(|_| PipelineError::Sink("a sink stopped taking records".into()))?;
+        for (_, sink) in others {
+            sink.send(record.fork()).await.map_err(|_| closed())?;
         }
-        last.send(record)
-            .await
-            .map_err(|_| PipelineError::Sink("a sink stopped taking records".into()))?;
+        last.send(record).await.map_err(|_| closed())?;
+        sent += 1;
+        if sent.is_multiple_of(256) || input.is_empty() {
+            for ((_, sink), gauge) in sinks.iter().zip(&depth) {
+                gauge.set((sink.max_capacity() - sink.capacity()) as f64);
+            }
+        }
     }
     Ok(())
 }

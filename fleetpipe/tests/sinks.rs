@@ -186,3 +186,127 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Faults on both sinks during one run: PostgreSQL connections are killed
+/// with pg_terminate_backend over and over, and every Kafka broker goes down
+/// for seconds. Afterwards every ping whose request was answered 200 is in
+/// both sinks, exactly once in the database; nothing else was answered 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_in_both_sinks_lose_nothing_that_was_acknowledged() {
+    let schema = format!("fp_fault_{}_{}", std::process::id(), now_ms());
+    let app = format!("fp_fault_{}", std::process::id());
+    let mut p = TestPipeline::start(|c| {
+        c.sink.kafka = Some(fleetpipe_sink::KafkaConfig {
+            librdkafka: [("reconnect.backoff.max.ms".to_owned(), "250".to_owned())].into(),
+            ..fleetpipe_sink::KafkaConfig::new("embedded")
+        });
+        c.sink.timescale = Some(fleetpipe_sink::TimescaleConfig {
+            schema: schema.clone(),
+            batch_max_rows: 200,
+            ..fleetpipe_sink::TimescaleConfig::new(format!("{PG}?application_name={app}"))
+        });
+    })
+    .await;
+    let pipeline = p.pipeline.as_ref().unwrap();
+    let kafka = pipeline.embedded_kafka().unwrap().clone();
+
+    // Kill this test's database connections every 100 ms while traffic flows.
+    let killing = tokio_util::sync::CancellationToken::new();
+    let killer = {
+        let (killing, app) = (killing.clone(), app.clone());
+        tokio::spawn(async move {
+            let db = pg().await;
+            let mut kills = 0u64;
+            while !killing.is_cancelled() {
+                let rows = db
+                    .query(
+                        "select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1",
+                        &[&app],
+                    )
+                    .await
+                    .unwrap();
+                kills += rows.len() as u64;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            kills
+        })
+    };
+
+    // 40 concurrent requests of 50 pings each; a request is answered only
+    // when all its pings are durable in every sink.
+    let now = now_ms();
+    let mut requests = tokio::task::JoinSet::new();
+    for r in 0..40u64 {
+        let url = p.url("/v1/pings");
+        let vehicle = format!("veh-{r}");
+        requests.spawn(async move {
+            let batch: Vec<String> = (0..50u64)
+                .map(|s| {
+                    format!(
+                        r#"{{"vehicle_id":"{vehicle}","seq":{s},"ts":{},"lat":52.5,"lon":13.4}}"#,
+                        now - 60_000 + s as i64
+                    )
+                })
+                .collect();
+            let status = reqwest::Client::new()
+                .post(url)
+                .body(format!("[{}]", batch.join(",")))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            (vehicle, status)
+        });
+        if r == 10 {
+            kafka.set_brokers_up(false).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kafka.set_brokers_up(true).await.unwrap();
+    let mut acked = BTreeSet::new();
+    while let Some(done) = requests.join_next().await {
+        let (vehicle, status) = done.unwrap();
+        if status == 200 {
+            acked.extend((0..50u64).map(|s| (vehicle.clone(), s)));
+        }
+    }
+    killing.cancel();
+    let kills = killer.await.unwrap();
+    p.stop().await;
+    assert!(kills > 0, "the database connections were never killed");
+    assert_eq!(
+        acked.len(),
+        2000,
+        "transient faults: every request is answered 200 in the end"
+    );
+
+    let db = pg().await;
+    let rows = db
+        .query(
+            &format!("select vehicle_id, seq from \"{schema}\".telemetry"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let in_db: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+        .collect();
+    let unique: BTreeSet<(String, u64)> = in_db.iter().cloned().collect();
+    assert_eq!(in_db.len(), unique.len(), "exactly once in the database");
+    assert_eq!(
+        unique, acked,
+        "every acknowledged ping is in the database, and nothing else"
+    );
+    // `kafka` keeps the mock cluster alive after the pipeline has stopped.
+    let in_kafka: BTreeSet<(String, u64)> =
+        read_topic(kafka.bootstrap_servers(), "fleet.telemetry.v1", 2000)
+            .into_iter()
+            .map(|(k, v)| (k, v["seq"].as_u64().unwrap()))
+            .collect();
+    assert_eq!(in_kafka, acked, "every acknowledged ping is in Kafka");
+    db.execute(&format!("drop schema \"{schema}\" cascade"), &[])
+        .await
+        .unwrap();
+}

@@ -18,5 +18,5 @@ mod test_metrics;
 pub mod timescale;
 
 pub use file::{FileSink, FileSinkConfig, FileSinkError};
-pub use kafka::{KafkaConfig, KafkaError, KafkaFormat, KafkaSink};
+pub use kafka::{EmbeddedKafka, KafkaConfig, KafkaError, KafkaFormat, KafkaSink};
 pub use timescale::{StorageMode, TimescaleConfig, TimescaleError, TimescaleSink, migrate};

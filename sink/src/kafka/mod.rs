@@ -34,4 +34,4 @@ mod tests;
 
 pub use config::{COMPRESSION_CODECS, EMBEDDED, KafkaConfig, KafkaFormat};
 pub use error::KafkaError;
-pub use sink::KafkaSink;
+pub use sink::{EmbeddedKafka, KafkaSink};

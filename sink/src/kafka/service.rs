@@ -144,7 +144,6 @@ pub(crate) struct EmbeddedCluster {
 #[derive(Debug)]
 enum Command {
     /// Takes every broker down (`false`) or up again (`true`).
-    #[cfg(test)]
     SetBrokersUp {
         up: bool,
         reply: oneshot::Sender<Result<(), RdKafkaError>>,
@@ -186,7 +185,6 @@ impl EmbeddedCluster {
 
     /// Takes every broker down (`up = false`: connections are closed, new
     /// ones refused) or brings them back.
-    #[cfg(test)]
     pub(crate) async fn set_brokers_up(&self, up: bool) -> Result<(), RdKafkaError> {
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -239,7 +237,6 @@ fn serve(
     #[allow(clippy::never_loop, reason = "outside tests there is no command")]
     while let Ok(command) = commands.recv() {
         match command {
-            #[cfg(test)]
             Command::SetBrokersUp { up, reply } => {
                 // -1: every broker.
                 let result = if up {

@@ -130,6 +130,12 @@ impl KafkaSink {
         self.embedded.clone()
     }
 
+    /// A handle on the embedded mock cluster (`brokers = "embedded"`), for
+    /// development and fault-injection tests; `None` with real brokers.
+    pub fn embedded(&self) -> Option<EmbeddedKafka> {
+        self.embedded.clone().map(EmbeddedKafka)
+    }
+
     /// Runs until `input` is closed and drained (every sender dropped) and
     /// every delivery report is in, then returns.
     ///
@@ -450,4 +456,26 @@ pub(crate) const fn is_retriable(code: RDKafkaErrorCode) -> bool {
 
 fn count_error(kind: ErrorKind) {
     counter!("fleetpipe_sink_errors_total", "sink" => SINK, "kind" => kind.as_str()).increment(1);
+}
+
+/// The embedded mock cluster of a [`KafkaSink`]: its address, and a switch
+/// that takes every broker down and back up (to rehearse an outage). It
+/// keeps the cluster alive for as long as it is held.
+#[derive(Debug, Clone)]
+pub struct EmbeddedKafka(Arc<EmbeddedCluster>);
+
+impl EmbeddedKafka {
+    /// The brokers' `host:port` list.
+    pub fn bootstrap_servers(&self) -> &str {
+        self.0.bootstrap_servers()
+    }
+
+    /// Takes every broker down (`up = false`: connections closed, new ones
+    /// refused) or brings them all back.
+    pub async fn set_brokers_up(&self, up: bool) -> Result<(), KafkaError> {
+        self.0
+            .set_brokers_up(up)
+            .await
+            .map_err(KafkaError::Embedded)
+    }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetpipe_enrich::EnrichService;
+use fleetpipe_ingest::gateway::InflightProbe;
 use fleetpipe_ingest::http::routes as ingest_routes;
 use fleetpipe_ingest::mqtt::{EmbeddedBroker, ExternalConsumer, MqttMode};
 use fleetpipe_ingest::{Authenticator, IngestOutput, Ingestor, RateLimiter, Validator};
@@ -57,6 +58,7 @@ pub struct Pipeline {
     mqtt_v5_addr: Option<SocketAddr>,
     kafka_bootstrap: Option<String>,
     embedded_kafka: Option<EmbeddedKafka>,
+    inflight: InflightProbe,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
     readiness: Readiness,
@@ -177,6 +179,7 @@ impl Pipeline {
         let auth_is_anonymous = auth.is_anonymous();
         let readiness = Readiness::default();
         let inflight = ingestor.inflight_probe();
+        let probe = inflight.clone();
         let app =
             ingest_routes(ingestor, auth, shutdown.clone()).merge(ops::routes(readiness.clone()));
         let http_shutdown = shutdown.clone();
@@ -204,7 +207,7 @@ impl Pipeline {
             loop {
                 tokio::select! {
                     () = gauge_shutdown.cancelled() => break,
-                    _ = tick.tick() => gauge.set(inflight() as f64),
+                    _ = tick.tick() => gauge.set(probe.bytes() as f64),
                 }
             }
         });
@@ -222,6 +225,7 @@ impl Pipeline {
             mqtt_v5_addr,
             kafka_bootstrap,
             embedded_kafka,
+            inflight,
             shutdown,
             shutdown_timeout: config.pipeline.shutdown_timeout,
             readiness,
@@ -255,6 +259,12 @@ impl Pipeline {
     /// e.g. to rehearse a broker outage.
     pub fn embedded_kafka(&self) -> Option<&EmbeddedKafka> {
         self.embedded_kafka.as_ref()
+    }
+
+    /// Payload bytes whose records are in the pipeline now (see
+    /// `pipeline.max_inflight_bytes`).
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight.bytes()
     }
 
     /// Waits for shutdown to be requested, then drains every stage.

@@ -310,3 +310,92 @@ async fn faults_in_both_sinks_lose_nothing_that_was_acknowledged() {
         .await
         .unwrap();
 }
+
+/// A table locked by another transaction stalls the database sink: the
+/// gateways stop answering (acknowledging) within the byte budget, and
+/// everything is written and answered once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_table_stops_acknowledgements_within_bounded_memory_then_resumes() {
+    let schema = format!("fp_lock_{}_{}", std::process::id(), now_ms());
+    let budget = 64 * 1024;
+    let mut p = TestPipeline::start(|c| {
+        c.pipeline.max_inflight_bytes = budget;
+        c.sink.timescale = Some(fleetpipe_sink::TimescaleConfig {
+            schema: schema.clone(),
+            ..fleetpipe_sink::TimescaleConfig::new(PG)
+        });
+    })
+    .await;
+    let mut locker = pg().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute(&format!(
+        "lock table \"{schema}\".telemetry in access exclusive mode"
+    ))
+    .await
+    .unwrap();
+
+    // 200 requests of 10 pings (~1 KiB each): far more than the budget holds.
+    let now = now_ms();
+    let mut requests = tokio::task::JoinSet::new();
+    for r in 0..200u64 {
+        let url = p.url("/v1/pings");
+        requests.spawn(async move {
+            let batch: Vec<String> = (0..10u64)
+                .map(|s| {
+                    format!(
+                        r#"{{"vehicle_id":"veh-{r}","seq":{s},"ts":{},"lat":52.5,"lon":13.4}}"#,
+                        now - 60_000 + s as i64
+                    )
+                })
+                .collect();
+            reqwest::Client::new()
+                .post(url)
+                .body(format!("[{}]", batch.join(",")))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        requests.len(),
+        200,
+        "nothing is acknowledged while the table is locked"
+    );
+    let metrics = reqwest::get(p.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let inflight: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fleetpipe_pipeline_inflight_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::MAX);
+    assert!(
+        inflight <= budget as f64,
+        "in flight: {inflight} bytes, budget {budget}"
+    );
+    assert!(inflight > 0.0);
+
+    lock.rollback().await.unwrap();
+    let mut ok = 0;
+    while let Some(status) = tokio::time::timeout(T, requests.join_next()).await.unwrap() {
+        assert_eq!(status.unwrap(), 200);
+        ok += 1;
+    }
+    assert_eq!(ok, 200);
+    p.stop().await;
+    let db = pg().await;
+    let n: i64 = db
+        .query_one(&format!("select count(*) from \"{schema}\".telemetry"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2000);
+    db.execute(&format!("drop schema \"{schema}\" cascade"), &[])
+        .await
+        .unwrap();
+}

@@ -91,6 +91,20 @@ impl Outcome {
     }
 }
 
+/// Reads how many payload bytes are in the pipeline.
+#[derive(Debug, Clone)]
+pub struct InflightProbe {
+    budget: Arc<Semaphore>,
+    max: usize,
+}
+
+impl InflightProbe {
+    /// Payload bytes whose records are still in the pipeline.
+    pub fn bytes(&self) -> usize {
+        self.max.saturating_sub(self.budget.available_permits())
+    }
+}
+
 /// The shared ingest core of every gateway. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Ingestor {
@@ -141,17 +155,16 @@ impl Ingestor {
 
     /// Payload bytes whose records are still in the pipeline.
     pub fn inflight_bytes(&self) -> usize {
-        self.inflight_probe()()
+        self.inflight_probe().bytes()
     }
 
     /// A reader of [`Ingestor::inflight_bytes`] that does not keep the
-    /// pipeline's queues open (for a metrics task).
-    pub fn inflight_probe(&self) -> impl Fn() -> usize + Send + Sync + 'static {
-        let (semaphore, max) = (
-            Arc::clone(&self.inner.inflight),
-            self.inner.inflight_max as usize,
-        );
-        move || max.saturating_sub(semaphore.available_permits())
+    /// pipeline's queues open (for metrics and the pipeline handle).
+    pub fn inflight_probe(&self) -> InflightProbe {
+        InflightProbe {
+            budget: Arc::clone(&self.inner.inflight),
+            max: self.inner.inflight_max as usize,
+        }
     }
 
     /// The validation rules (gateways use the payload limit).

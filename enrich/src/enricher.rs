@@ -5,7 +5,7 @@
 //! its own, and the per-vehicle state that comes later (geofences, trips) can
 //! live next to it without knowing about channels.
 
-use fleetpipe_model::{Accepted, SCHEMA_VERSION, TelemetryRecord};
+use fleetpipe_model::{Accepted, Enrichment, SCHEMA_VERSION, TelemetryRecord};
 use h3o::{LatLng, LatLngIndexer, Resolution};
 
 use crate::config::EnrichConfig;
@@ -54,6 +54,7 @@ impl Enricher {
             ping,
             origin,
             h3,
+            enrichment: Enrichment::default(),
             ack,
         }
     }

@@ -9,15 +9,19 @@
 //! This crate does no I/O and imports no stage.
 
 pub mod ack;
+pub mod event;
 pub mod ping;
 pub mod proto;
 pub mod reason;
 pub mod record;
 
 pub use ack::{Ack, AckStatus, BatchAck};
+pub use event::{EventType, VehicleEvent, event_id};
 pub use ping::{AttrValue, Ping, VehicleId, VehicleIdError};
 pub use reason::RejectReason;
-pub use record::{Accepted, DeadLetter, Gateway, Origin, SinkRecord, TelemetryRecord};
+pub use record::{
+    Accepted, DeadLetter, Enrichment, Gateway, Origin, PingFlags, SinkRecord, TelemetryRecord,
+};
 
 /// Version of the wire contract and of the output record schema.
 ///

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::ack::Ack;
+use crate::event::VehicleEvent;
 use crate::ping::{Ping, VehicleId, serialize_ts_ms};
 use crate::reason::RejectReason;
 
@@ -88,9 +89,70 @@ pub struct TelemetryRecord {
         serialize_with = "serialize_cells"
     )]
     pub h3: Vec<(u8, u64)>,
+    /// What enrichment derived from the vehicle's history.
+    #[serde(flatten)]
+    pub enrichment: Enrichment,
     /// Settled by the sinks.
     #[serde(skip)]
     pub ack: Ack,
+}
+
+/// Per-ping facts derived from the vehicle's state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Enrichment {
+    /// Ids of the geofences containing the position (exact test), in the
+    /// order of the fence file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fences: Vec<Arc<str>>,
+    /// Great-circle distance from the vehicle's previous ping in device time,
+    /// metres; absent for its first ping and for late pings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distance_m: Option<f64>,
+    /// Speed implied by `distance_m` over the time since the previous ping,
+    /// km/h; only when the ping carries no `speed_kmh`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub derived_speed_kmh: Option<f64>,
+    /// Quality flags.
+    #[serde(skip_serializing_if = "PingFlags::is_empty")]
+    pub flags: PingFlags,
+}
+
+/// Quality flags of a ping, serialized as a list of names
+/// (`["late", "jump"]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PingFlags {
+    /// Older (device time) than what already drove the vehicle's state: it
+    /// is stored but changes no state and emits no event.
+    pub late: bool,
+    /// Same (vehicle, ts, seq) as a ping already seen.
+    pub duplicate: bool,
+    /// Implies a speed above the plausible maximum from the previous ping: a
+    /// GPS outlier, ignored by the state machine.
+    pub jump: bool,
+}
+
+impl PingFlags {
+    /// No flag set.
+    pub const fn is_empty(&self) -> bool {
+        !(self.late || self.duplicate || self.jump)
+    }
+
+    /// Names of the set flags, in a fixed order.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.late, "late"),
+            (self.duplicate, "duplicate"),
+            (self.jump, "jump"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+    }
+}
+
+impl Serialize for PingFlags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
+    }
 }
 
 fn serialize_cells<S: serde::Serializer>(cells: &[(u8, u64)], s: S) -> Result<S::Ok, S::Error> {
@@ -142,6 +204,8 @@ pub enum SinkRecord {
     Telemetry(TelemetryRecord),
     /// A rejected input.
     DeadLetter(DeadLetter),
+    /// A state-change event derived by enrichment.
+    Event(VehicleEvent),
 }
 
 impl SinkRecord {
@@ -154,6 +218,7 @@ impl SinkRecord {
                 ping: r.ping.clone(),
                 origin: r.origin.clone(),
                 h3: r.h3.clone(),
+                enrichment: r.enrichment.clone(),
                 ack: r.ack.split(),
             }),
             SinkRecord::DeadLetter(r) => SinkRecord::DeadLetter(DeadLetter {
@@ -166,6 +231,7 @@ impl SinkRecord {
                 raw: r.raw.clone(),
                 ack: r.ack.split(),
             }),
+            SinkRecord::Event(e) => SinkRecord::Event(e.fork()),
         }
     }
 
@@ -174,6 +240,7 @@ impl SinkRecord {
         match self {
             SinkRecord::Telemetry(r) => r.ack,
             SinkRecord::DeadLetter(r) => r.ack,
+            SinkRecord::Event(e) => e.ack,
         }
     }
 }

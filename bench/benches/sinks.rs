@@ -92,10 +92,10 @@ const PATIENCE: Duration = Duration::from_secs(300);
 /// `STAGE_COLUMNS`).
 const COLUMNS: &str = "vehicle_id, ts, seq, received_at, source, lat, lon, alt_m, \
     speed_kmh, heading_deg, accuracy_m, soc_pct, battery_v, charging, odometer_km, ignition, \
-    h3_cell, dtcs, attrs";
+    h3_cell, dtcs, attrs, fences, distance_m, derived_speed_kmh, flags";
 
 /// Types of [`COLUMNS`], in the same order (the sink's `STAGE_TYPES`).
-const TYPES: [Type; 19] = [
+const TYPES: [Type; 23] = [
     Type::TEXT,
     Type::TIMESTAMPTZ,
     Type::INT8,
@@ -115,6 +115,10 @@ const TYPES: [Type; 19] = [
     Type::INT8,
     Type::TEXT_ARRAY,
     Type::JSONB,
+    Type::TEXT_ARRAY,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::TEXT_ARRAY,
 ];
 
 // ---- the fleet ---------------------------------------------------------------
@@ -201,6 +205,7 @@ impl Fleet {
                     ping: r.ping.clone(),
                     origin: r.origin.clone(),
                     h3: r.h3.clone(),
+                    enrichment: r.enrichment.clone(),
                     ack: batch.ack(),
                 })
             }));
@@ -418,6 +423,11 @@ struct RawRow {
     /// The attrs as JSON text; `Json` sends it as `jsonb` (its version
     /// byte, then the text as is), like the sink's `JsonbText`.
     attrs: Json<Box<RawValue>>,
+    /// Enrichment, as the sink writes it: empty arrays, not NULL.
+    fences: Vec<String>,
+    distance_m: Option<f64>,
+    derived_speed_kmh: Option<f64>,
+    flags: Vec<&'static str>,
 }
 
 impl RawRow {
@@ -449,11 +459,15 @@ impl RawRow {
                 .map(|(_, cell)| i64::try_from(*cell).expect("H3 index fits bigint")),
             dtcs: p.dtcs.clone(),
             attrs: Json(serde_json::value::to_raw_value(&p.attrs).expect("attrs as JSON")),
+            fences: r.enrichment.fences.iter().map(|f| f.to_string()).collect(),
+            distance_m: r.enrichment.distance_m,
+            derived_speed_kmh: r.enrichment.derived_speed_kmh,
+            flags: r.enrichment.flags.names().collect(),
         }
     }
 
     /// The values in [`COLUMNS`] order.
-    fn values(&self) -> [&(dyn ToSql + Sync); 19] {
+    fn values(&self) -> [&(dyn ToSql + Sync); 23] {
         [
             &self.vehicle_id,
             &self.ts,
@@ -474,6 +488,10 @@ impl RawRow {
             &self.h3_cell,
             &self.dtcs,
             &self.attrs,
+            &self.fences,
+            &self.distance_m,
+            &self.derived_speed_kmh,
+            &self.flags,
         ]
     }
 }

@@ -60,7 +60,7 @@ impl Enricher {
     }
 
     /// H3 cells of a position at the configured resolutions.
-    fn cells(&self, lat: f64, lon: f64) -> Vec<(u8, u64)> {
+    pub(crate) fn cells(&self, lat: f64, lon: f64) -> Vec<(u8, u64)> {
         // The only allocation per ping; `with_capacity(0)` does not allocate.
         let mut cells = Vec::with_capacity(self.resolutions.len());
         if self.resolutions.is_empty() {

@@ -15,6 +15,17 @@ pub enum EnrichError {
     /// A worker queue that can hold nothing would block the dispatcher forever.
     #[error("enrich.queue_capacity must be at least 1")]
     ZeroQueueCapacity,
+    /// A threshold out of its range.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The configuration key.
+        key: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+    /// The final state checkpoint could not be written.
+    #[error("vehicle state checkpoint: {0}")]
+    Checkpoint(String),
     /// [`crate::EnrichService::start`] was called outside a Tokio runtime.
     #[error("the enrichment stage must be started from within a Tokio runtime")]
     NoRuntime,

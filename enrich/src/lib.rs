@@ -19,9 +19,18 @@
 mod config;
 mod enricher;
 mod error;
+mod fences;
 mod service;
+mod store;
+mod tracker;
+mod vehicle;
 
-pub use config::EnrichConfig;
+pub use config::{
+    ArrivalRules, BatteryRules, ConnectivityRules, DiagnosticsRules, EnrichConfig, GeofenceRules,
+    MotionRules, OverspeedRules,
+};
 pub use enricher::Enricher;
 pub use error::EnrichError;
-pub use service::{EnrichHandle, EnrichService};
+pub use service::{EnrichHandle, EnrichService, StageSetup};
+pub use store::{STATE_FILE, StateStore, StoreError};
+pub use tracker::Tracker;

@@ -1,52 +1,84 @@
-//! The async shell around [`Enricher`]: a dispatcher that shards pings by
-//! vehicle over worker tasks, each enriching its share in order.
+//! The async shell around [`Tracker`]: a dispatcher that shards pings by
+//! vehicle over worker tasks, each owning its vehicles' state.
 //!
 //! ```text
 //! input ─▶ dispatcher ─┬─▶ queue 0 ─▶ worker 0 ─┐
-//!          (route by   ├─▶ queue 1 ─▶ worker 1 ─┼─▶ output (SinkRecord)
+//!          (route by   ├─▶ queue 1 ─▶ worker 1 ─┼─▶ output (telemetry + events)
 //!           vehicle)   └─▶ queue n ─▶ worker n ─┘
+//!                              ▲
+//!                 checkpointer ┘ (asks each worker for its changed vehicles)
 //! ```
 //!
-//! A vehicle always lands on the same worker, so its pings are enriched and
-//! sent downstream in the order they arrived, and per-vehicle state (later:
-//! geofences, trips) can live in its worker without locks. Every queue is
-//! bounded and every send awaits, so a slow sink slows the workers, a full
-//! worker queue stops the dispatcher and a stopped dispatcher stops ingest:
-//! backpressure end to end, nothing is dropped.
+//! A vehicle always lands on the same worker, so its pings are processed in
+//! the order they arrived and its state lives in one task without locks.
+//! Every queue is bounded and every send awaits, so a slow sink slows the
+//! workers, a full worker queue stops the dispatcher and a stopped dispatcher
+//! stops ingest: backpressure end to end, nothing is dropped.
+//!
+//! Each worker also ticks once a second (wall clock) to release pings held
+//! for reordering and to take silent vehicles offline.
 //!
 //! Shutdown is by closing: when `input` is closed and drained the dispatcher
-//! ends, dropping the queue senders; each worker drains its queue, then drops
-//! its `output` sender, so `output` closes once every ping is downstream.
+//! ends, dropping the queue senders; each worker drains its queue, applies
+//! every held ping, hands its state to [`EnrichHandle::join`] for the final
+//! checkpoint and drops its `output` sender, so `output` closes once every
+//! record and event is downstream.
 
-use fleetpipe_model::{Accepted, SinkRecord};
+use std::time::Duration;
+
+use fleetpipe_geofence::SharedIndex;
+use fleetpipe_model::{Accepted, SinkRecord, VehicleId};
 use metrics::{Counter, Gauge};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::EnrichConfig;
-use crate::enricher::{Enricher, H3_ERRORS_TOTAL};
+use crate::enricher::H3_ERRORS_TOTAL;
 use crate::error::EnrichError;
+use crate::store::StateStore;
+use crate::tracker::Tracker;
 
 /// Counter: pings enriched and handed downstream.
 pub(crate) const PINGS_TOTAL: &str = "fleetpipe_enrich_pings_total";
+/// Counter, label `type`: events emitted.
+pub(crate) const EVENTS_TOTAL: &str = "fleetpipe_enrich_events_total";
 /// Gauge, label `worker`: pings waiting in a worker's queue.
 pub(crate) const QUEUE_DEPTH: &str = "fleetpipe_enrich_queue_depth";
+/// Gauge: vehicles tracked.
+pub(crate) const VEHICLES: &str = "fleetpipe_enrich_vehicles";
+/// Counter: checkpoints that failed (the previous one stays).
+pub(crate) const CHECKPOINT_ERRORS_TOTAL: &str = "fleetpipe_enrich_checkpoint_errors_total";
 
 /// Most pings taken from a channel at once. Batching amortises the channel's
 /// synchronisation and the metric updates; it adds no latency, because
 /// `recv_many` returns as soon as one ping is there.
 const BATCH: usize = 256;
 
+/// How often workers advance their wall clock.
+const TICK: Duration = Duration::from_secs(1);
+
+/// What the stage starts from besides its configuration.
+#[derive(Debug, Default)]
+pub struct StageSetup {
+    /// The geofences (reloadable). Default: none.
+    pub fences: SharedIndex,
+    /// Where state is checkpointed. None: nowhere (tests, benchmarks).
+    pub store: Option<StateStore>,
+    /// State restored from the last checkpoint, `(vehicle, JSON)`.
+    pub restored: Vec<(VehicleId, String)>,
+}
+
 /// Entry point of the stage.
 #[derive(Debug)]
 pub struct EnrichService;
 
 impl EnrichService {
-    /// Starts the dispatcher and the workers on the current Tokio runtime.
+    /// Starts the dispatcher, the workers and the checkpointer on the current
+    /// Tokio runtime.
     ///
     /// The dispatcher reads `input` and routes each ping by a stable hash of
     /// its vehicle id to one worker; each worker enriches its pings and sends
-    /// them as [`SinkRecord::Telemetry`] into `output`, awaiting when it is
+    /// the telemetry records and events into `output`, awaiting when it is
     /// full. Install the metrics recorder before calling this: the workers
     /// register their metric handles here.
     ///
@@ -55,25 +87,54 @@ impl EnrichService {
     /// An invalid configuration, or no Tokio runtime to spawn on.
     pub fn start(
         config: &EnrichConfig,
+        setup: StageSetup,
         input: mpsc::Receiver<Accepted>,
         output: mpsc::Sender<SinkRecord>,
     ) -> Result<EnrichHandle, EnrichError> {
-        let enricher = Enricher::new(config)?;
+        config.validate()?;
         // `tokio::spawn` would panic outside a runtime; report it instead.
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| EnrichError::NoRuntime)?;
         describe_metrics();
 
         let count = worker_count(config.workers);
+        let mut trackers = Vec::with_capacity(count);
+        for _ in 0..count {
+            trackers.push(Tracker::new(config, setup.fences.clone())?);
+        }
+        let now = wall_ms();
+        let mut unreadable = 0usize;
+        let restored = setup.restored.len();
+        for (vehicle, json) in setup.restored {
+            let index = route(vehicle.as_str(), count);
+            if let Err(err) = trackers[index].restore(vehicle.clone(), &json, now) {
+                unreadable += 1;
+                tracing::warn!(%vehicle, error = %err, "unreadable vehicle state; the vehicle starts fresh");
+            }
+        }
+        if restored > 0 {
+            tracing::info!(
+                vehicles = restored - unreadable,
+                unreadable,
+                "vehicle state restored"
+            );
+        }
+
         let mut queues = Vec::with_capacity(count);
+        let mut controls = Vec::with_capacity(count);
         let mut workers = Vec::with_capacity(count);
-        for index in 0..count {
+        let full = setup.store.as_ref().is_some_and(StateStore::wants_full);
+        for (index, tracker) in trackers.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel(config.queue_capacity);
             queues.push(tx);
+            let (control_tx, control_rx) = mpsc::channel(1);
+            controls.push(control_tx);
             let worker = Worker {
                 index,
-                enricher: enricher.clone(),
+                tracker,
                 queue: rx,
+                control: control_rx,
                 output: output.clone(),
+                full,
                 pings: metrics::counter!(PINGS_TOTAL),
                 depth: metrics::gauge!(QUEUE_DEPTH, "worker" => index.to_string()),
             };
@@ -83,36 +144,72 @@ impl EnrichService {
         // one is done.
         drop(output);
         let dispatcher = runtime.spawn(dispatch(input, queues));
-        tracing::info!(workers = count, queue_capacity = config.queue_capacity, h3_resolutions = ?config.h3_resolutions, "enrichment stage started");
+        let checkpointer = setup
+            .store
+            .clone()
+            .map(|store| runtime.spawn(checkpoint_loop(store, controls, config.snapshot_interval)));
+        tracing::info!(
+            workers = count,
+            queue_capacity = config.queue_capacity,
+            h3_resolutions = ?config.h3_resolutions,
+            reorder_window = ?config.reorder_window,
+            "enrichment stage started"
+        );
         Ok(EnrichHandle {
             dispatcher,
             workers,
+            checkpointer,
+            store: setup.store,
         })
     }
 }
 
 /// Join handle of the stage.
 ///
-/// Dropping it leaves the stage running; it still ends when `input` closes.
+/// Dropping it leaves the stage running; it still ends when `input` closes,
+/// but then no final checkpoint is written.
 #[derive(Debug)]
 pub struct EnrichHandle {
     dispatcher: JoinHandle<()>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<Vec<(VehicleId, String)>>>,
+    checkpointer: Option<JoinHandle<()>>,
+    store: Option<StateStore>,
 }
 
 impl EnrichHandle {
     /// Waits for the dispatcher and every worker to end, i.e. until `input`
     /// is closed and every ping taken from it was sent downstream (or
-    /// `output` was closed under it).
-    pub async fn join(self) {
+    /// `output` was closed under it), then writes the final checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// The final checkpoint could not be written.
+    pub async fn join(self) -> Result<(), EnrichError> {
         if let Err(err) = self.dispatcher.await {
             tracing::error!(error = %err, "enrich dispatcher failed");
         }
+        let mut state = Vec::new();
         for (index, worker) in self.workers.into_iter().enumerate() {
-            if let Err(err) = worker.await {
-                tracing::error!(worker = index, error = %err, "enrich worker failed");
+            match worker.await {
+                Ok(mut vehicles) => state.append(&mut vehicles),
+                Err(err) => tracing::error!(worker = index, error = %err, "enrich worker failed"),
             }
         }
+        if let Some(checkpointer) = self.checkpointer {
+            // It ends once the workers are gone; a checkpoint it was writing
+            // is older than the final one below.
+            checkpointer.abort();
+            let _ = checkpointer.await;
+        }
+        if let Some(store) = &self.store {
+            let vehicles = state.len();
+            store
+                .save(state)
+                .await
+                .map_err(|e| EnrichError::Checkpoint(e.to_string()))?;
+            tracing::info!(vehicles, "final vehicle state checkpoint written");
+        }
+        Ok(())
     }
 
     /// Number of worker tasks.
@@ -129,12 +226,25 @@ fn worker_count(configured: usize) -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
+/// Wall clock, epoch milliseconds.
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Registers help texts, so exporters can describe the metrics.
 fn describe_metrics() {
     metrics::describe_counter!(PINGS_TOTAL, "Pings enriched and handed to the sinks.");
+    metrics::describe_counter!(EVENTS_TOTAL, "State-change events emitted, by type.");
     metrics::describe_gauge!(
         QUEUE_DEPTH,
         "Pings waiting in an enrich worker's queue, sampled when the worker takes a batch."
+    );
+    metrics::describe_gauge!(VEHICLES, "Vehicles whose state enrichment keeps.");
+    metrics::describe_counter!(
+        CHECKPOINT_ERRORS_TOTAL,
+        "Vehicle state checkpoints that failed; the previous checkpoint stays."
     );
     metrics::describe_counter!(
         H3_ERRORS_TOTAL,
@@ -166,54 +276,134 @@ async fn dispatch(mut input: mpsc::Receiver<Accepted>, queues: Vec<mpsc::Sender<
     tracing::debug!("enrich input closed and drained; dispatcher done");
 }
 
+/// A request to a worker for its checkpoint.
+type CheckpointRequest = oneshot::Sender<Vec<(VehicleId, String)>>;
+
+/// Every `interval`, collects each worker's checkpoint and saves it. Ends
+/// when the workers are gone.
+async fn checkpoint_loop(
+    store: StateStore,
+    workers: Vec<mpsc::Sender<CheckpointRequest>>,
+    interval: Duration,
+) {
+    let errors = metrics::counter!(CHECKPOINT_ERRORS_TOTAL);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let mut state = Vec::new();
+        for worker in &workers {
+            let (tx, rx) = oneshot::channel();
+            if worker.send(tx).await.is_err() {
+                return;
+            }
+            match rx.await {
+                Ok(mut vehicles) => state.append(&mut vehicles),
+                Err(_) => return,
+            }
+        }
+        let vehicles = state.len();
+        match store.save(state).await {
+            Ok(()) => tracing::debug!(vehicles, "vehicle state checkpoint written"),
+            Err(err) => {
+                errors.increment(1);
+                tracing::warn!(error = %err, "vehicle state checkpoint failed; will retry");
+            }
+        }
+    }
+}
+
 /// Worker for a fixed `1/n` share of the vehicles.
 struct Worker {
     index: usize,
-    enricher: Enricher,
+    tracker: Tracker,
     queue: mpsc::Receiver<Accepted>,
+    control: mpsc::Receiver<CheckpointRequest>,
     output: mpsc::Sender<SinkRecord>,
+    /// Checkpoints hold every vehicle, not only the changed ones.
+    full: bool,
     pings: Counter,
     depth: Gauge,
 }
 
 impl Worker {
     /// Enriches and forwards pings until the queue is closed and drained, or
-    /// `output` is closed.
-    async fn run(mut self) {
+    /// `output` is closed; then applies held pings and returns the state for
+    /// the final checkpoint.
+    async fn run(mut self) -> Vec<(VehicleId, String)> {
         let mut batch = Vec::with_capacity(BATCH);
-        while self.queue.recv_many(&mut batch, BATCH).await > 0 {
-            // What is still waiting after taking a batch is the backlog.
-            self.depth.set(self.queue.len() as f64);
-            if !self.forward(&mut batch).await {
-                tracing::error!(worker = self.index, "enrich output closed; worker stopping");
-                break;
+        let mut out = Vec::with_capacity(BATCH * 2);
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let vehicles = metrics::gauge!(VEHICLES, "worker" => self.index.to_string());
+        let mut open = true;
+        while open {
+            tokio::select! {
+                biased;
+                Some(request) = self.control.recv() => {
+                    let state = self.checkpoint();
+                    let _ = request.send(state);
+                }
+                n = self.queue.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    // What is still waiting after taking a batch is the backlog.
+                    self.depth.set(self.queue.len() as f64);
+                    let pings = batch.len() as u64;
+                    for accepted in batch.drain(..) {
+                        self.tracker.ingest(accepted, &mut out);
+                    }
+                    open = self.forward(&mut out).await;
+                    // One atomic add per batch instead of per ping.
+                    self.pings.increment(pings);
+                }
+                _ = ticker.tick() => {
+                    self.tracker.tick(wall_ms(), &mut out);
+                    open = self.forward(&mut out).await;
+                    vehicles.set(self.tracker.vehicles() as f64);
+                }
             }
+        }
+        if open {
+            self.tracker.flush(&mut out);
+            if !self.forward(&mut out).await {
+                tracing::error!(
+                    worker = self.index,
+                    "enrich output closed during the final flush"
+                );
+            }
+        } else {
+            tracing::error!(worker = self.index, "enrich output closed; worker stopping");
         }
         self.depth.set(0.0);
         tracing::debug!(worker = self.index, "enrich worker done");
+        self.checkpoint()
     }
 
-    /// Enriches and sends one batch in order; false if `output` is closed
-    /// (the unsent pings are then dropped, failing their acks).
-    async fn forward(&self, batch: &mut Vec<Accepted>) -> bool {
-        let mut sent = 0;
-        let mut open = true;
-        for accepted in batch.drain(..) {
-            let record = self.enricher.enrich(accepted);
-            if self
-                .output
-                .send(SinkRecord::Telemetry(record))
-                .await
-                .is_err()
-            {
-                open = false;
-                break;
-            }
-            sent += 1;
+    fn checkpoint(&mut self) -> Vec<(VehicleId, String)> {
+        if self.full {
+            self.tracker.snapshot_all()
+        } else {
+            self.tracker.take_dirty()
         }
-        // One atomic add per batch instead of per ping.
-        self.pings.increment(sent);
-        open
+    }
+
+    /// Sends `out` in order; false if `output` is closed (the unsent records
+    /// are then dropped, failing their acks).
+    async fn forward(&self, out: &mut Vec<SinkRecord>) -> bool {
+        let mut records = out.drain(..);
+        for record in records.by_ref() {
+            if let SinkRecord::Event(event) = &record {
+                metrics::counter!(EVENTS_TOTAL, "type" => event.event_type.as_str()).increment(1);
+            }
+            if self.output.send(record).await.is_err() {
+                // The rest drop with `records`, failing their acks.
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -309,6 +499,7 @@ mod tests {
         match record {
             SinkRecord::Telemetry(t) => t,
             SinkRecord::DeadLetter(d) => panic!("enrich must not emit dead letters: {d:?}"),
+            SinkRecord::Event(e) => panic!("not telemetry: {e:?}"),
         }
     }
 
@@ -316,6 +507,9 @@ mod tests {
     async fn collect(mut output: mpsc::Receiver<SinkRecord>) -> Vec<(String, u64)> {
         let mut seen = Vec::new();
         while let Some(record) = output.recv().await {
+            if matches!(record, SinkRecord::Event(_)) {
+                continue;
+            }
             let t = telemetry(record);
             assert_eq!(t.h3.len(), 2, "default resolutions 7 and 9");
             seen.push((
@@ -333,8 +527,8 @@ mod tests {
         let (in_tx, in_rx) = mpsc::channel(16);
         let (out_tx, out_rx) = mpsc::channel(16);
         // Small queues, so workers and dispatcher block and resume often.
-        let handle =
-            EnrichService::start(&config(3, 4), in_rx, out_tx).unwrap_or_else(|e| panic!("{e}"));
+        let handle = EnrichService::start(&config(3, 4), StageSetup::default(), in_rx, out_tx)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(handle.workers(), 3);
 
         let collector = tokio::spawn(collect(out_rx));
@@ -386,8 +580,8 @@ mod tests {
     async fn full_queues_block_input_until_output_is_drained() {
         let (in_tx, in_rx) = mpsc::channel(1);
         let (out_tx, out_rx) = mpsc::channel(1);
-        let handle =
-            EnrichService::start(&config(1, 1), in_rx, out_tx).unwrap_or_else(|e| panic!("{e}"));
+        let handle = EnrichService::start(&config(1, 1), StageSetup::default(), in_rx, out_tx)
+            .unwrap_or_else(|e| panic!("{e}"));
 
         // Nobody reads `output`: sends must stop completing.
         let mut sent = 0;
@@ -433,9 +627,11 @@ mod tests {
     async fn closing_input_drains_every_queued_ping_then_closes_output() {
         const PINGS: u64 = 100;
         let (in_tx, in_rx) = mpsc::channel(PINGS as usize);
-        let (out_tx, mut out_rx) = mpsc::channel(PINGS as usize);
-        let handle =
-            EnrichService::start(&config(2, 8), in_rx, out_tx).unwrap_or_else(|e| panic!("{e}"));
+        // Room for every record and the events of each vehicle's first ping
+        // (online, state changed).
+        let (out_tx, mut out_rx) = mpsc::channel(PINGS as usize * 3);
+        let handle = EnrichService::start(&config(2, 8), StageSetup::default(), in_rx, out_tx)
+            .unwrap_or_else(|e| panic!("{e}"));
 
         let batch = BatchAck::new();
         // On this single-threaded runtime nothing runs between these sends,
@@ -454,8 +650,10 @@ mod tests {
         loop {
             match out_rx.try_recv() {
                 Ok(record) => {
-                    telemetry(record).ack.delivered();
-                    received += 1;
+                    if matches!(record, SinkRecord::Telemetry(_)) {
+                        received += 1;
+                    }
+                    record.into_ack().delivered();
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => panic!("output still open after join"),
@@ -472,8 +670,13 @@ mod tests {
         // Queues hold everything, so the dispatcher finishes at once, but
         // output holds only 10: the workers are stuck until someone reads.
         let (out_tx, out_rx) = mpsc::channel(10);
-        let handle = EnrichService::start(&config(2, PINGS as usize), in_rx, out_tx)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let handle = EnrichService::start(
+            &config(2, PINGS as usize),
+            StageSetup::default(),
+            in_rx,
+            out_tx,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         for seq in 0..PINGS {
             let sent = in_tx
                 .send(accepted(&format!("veh-{}", seq % 5), seq, Ack::none()))
@@ -501,8 +704,8 @@ mod tests {
         let (in_tx, in_rx) = mpsc::channel(1);
         let (out_tx, out_rx) = mpsc::channel(1);
         drop(out_rx);
-        let handle =
-            EnrichService::start(&config(1, 1), in_rx, out_tx).unwrap_or_else(|e| panic!("{e}"));
+        let handle = EnrichService::start(&config(1, 1), StageSetup::default(), in_rx, out_tx)
+            .unwrap_or_else(|e| panic!("{e}"));
 
         let batch = BatchAck::new();
         let mut input_closed = false;
@@ -525,8 +728,8 @@ mod tests {
     async fn zero_workers_means_one_per_core() {
         let (in_tx, in_rx) = mpsc::channel::<Accepted>(1);
         let (out_tx, _out_rx) = mpsc::channel(1);
-        let handle =
-            EnrichService::start(&config(0, 1), in_rx, out_tx).unwrap_or_else(|e| panic!("{e}"));
+        let handle = EnrichService::start(&config(0, 1), StageSetup::default(), in_rx, out_tx)
+            .unwrap_or_else(|e| panic!("{e}"));
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         assert_eq!(handle.workers(), cores);
         drop(in_tx);
@@ -537,7 +740,7 @@ mod tests {
     async fn invalid_config_is_refused() {
         let (_in_tx, in_rx) = mpsc::channel::<Accepted>(1);
         let (out_tx, _out_rx) = mpsc::channel(1);
-        let res = EnrichService::start(&config(1, 0), in_rx, out_tx);
+        let res = EnrichService::start(&config(1, 0), StageSetup::default(), in_rx, out_tx);
         assert_eq!(res.err(), Some(EnrichError::ZeroQueueCapacity));
     }
 
@@ -545,7 +748,7 @@ mod tests {
     fn start_outside_a_runtime_is_an_error_not_a_panic() {
         let (_in_tx, in_rx) = mpsc::channel::<Accepted>(1);
         let (out_tx, _out_rx) = mpsc::channel(1);
-        let res = EnrichService::start(&config(1, 1), in_rx, out_tx);
+        let res = EnrichService::start(&config(1, 1), StageSetup::default(), in_rx, out_tx);
         assert_eq!(res.err(), Some(EnrichError::NoRuntime));
     }
 
@@ -562,9 +765,11 @@ mod tests {
                 .unwrap_or_else(|e| panic!("runtime: {e}"));
             rt.block_on(async {
                 let (in_tx, in_rx) = mpsc::channel(64);
-                let (out_tx, out_rx) = mpsc::channel(64);
-                let handle = EnrichService::start(&config(2, 8), in_rx, out_tx)
-                    .unwrap_or_else(|e| panic!("{e}"));
+                // 30 records and the 2 events of each vehicle's first ping.
+                let (out_tx, out_rx) = mpsc::channel(128);
+                let handle =
+                    EnrichService::start(&config(2, 8), StageSetup::default(), in_rx, out_tx)
+                        .unwrap_or_else(|e| panic!("{e}"));
                 for seq in 0..30 {
                     let sent = in_tx
                         .send(accepted(&format!("veh-{seq}"), seq, Ack::none()))
@@ -572,7 +777,7 @@ mod tests {
                     assert!(sent.is_ok());
                 }
                 drop(in_tx);
-                handle.join().await;
+                handle.join().await.unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(collect(out_rx).await.len(), 30);
             });
         });

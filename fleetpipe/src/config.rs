@@ -11,6 +11,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use fleetpipe_enrich::EnrichConfig;
+use fleetpipe_geofence::GeofenceConfig;
 use fleetpipe_ingest::http::HttpConfig;
 use fleetpipe_ingest::mqtt::{MqttConfig, MqttMode};
 use fleetpipe_ingest::{AuthConfig, RateLimitConfig, ValidationConfig};
@@ -30,6 +31,9 @@ pub struct Config {
     /// Outputs.
     #[serde(default)]
     pub sink: SinkConfig,
+    /// Geofences: the fence file and/or table, index resolution, reloads.
+    #[serde(default)]
+    pub geofence: GeofenceConfig,
     /// Queues between the stages, shutdown.
     #[serde(default)]
     pub pipeline: PipelineConfig,
@@ -206,6 +210,9 @@ impl Config {
         // Reads the credentials file / checks the JWT settings, so that
         // `config check` catches what would otherwise fail at start.
         fleetpipe_ingest::Authenticator::from_config(&self.ingest.auth)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // Parses the fence file (without indexing it) for the same reason.
+        crate::fences::check_config(&self.geofence)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }

@@ -1,14 +1,17 @@
 //! Operational endpoints on the HTTP listener: `/healthz`, `/readyz`,
-//! `/metrics` (Prometheus text format).
+//! `/metrics` (Prometheus text format), and `POST /admin/geofences/reload`.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::fences::FenceReloader;
 
 /// Whether the pipeline takes traffic: set once every stage runs, cleared
 /// when shutdown begins (so load balancers stop sending first).
@@ -62,4 +65,33 @@ pub fn routes(readiness: Readiness) -> Router {
             }),
         )
         .route("/metrics", get(move || std::future::ready(handle.render())))
+}
+
+/// `POST /admin/geofences/reload`: reloads the fences from every configured
+/// source and answers when done: 200 with `{"fences": N, "resolution": R,
+/// "took_ms": T}`, or 422 with `{"error": "..."}` (the previous fences stay
+/// in use). Reloads are serialized; the reload finishes even if the client
+/// goes away.
+pub fn geofence_routes(reloader: FenceReloader) -> Router {
+    Router::new().route(
+        "/admin/geofences/reload",
+        post(move || {
+            let reloader = reloader.clone();
+            async move {
+                let reload = tokio::spawn(async move { reloader.reload().await });
+                let error = |status: StatusCode, message: String| {
+                    (status, Json(serde_json::json!({ "error": message }))).into_response()
+                };
+                let response: Response = match reload.await {
+                    Ok(Ok(report)) => (StatusCode::OK, Json(report)).into_response(),
+                    Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+                    Err(e) => error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("geofence reload task failed: {e}"),
+                    ),
+                };
+                response
+            }
+        }),
+    )
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetpipe_enrich::EnrichService;
+use fleetpipe_enrich::{EnrichService, StageSetup, StateStore};
 use fleetpipe_ingest::gateway::InflightProbe;
 use fleetpipe_ingest::http::routes as ingest_routes;
 use fleetpipe_ingest::mqtt::{EmbeddedBroker, ExternalConsumer, MqttMode};
@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::fences::FenceService;
 use crate::ops::{self, Readiness};
 
 /// How often idle vehicles are dropped from the rate limiter.
@@ -62,6 +63,7 @@ pub struct Pipeline {
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
     readiness: Readiness,
+    fences: FenceService,
     gateways: JoinSet<()>,
     stages: JoinSet<Result<(), PipelineError>>,
 }
@@ -95,6 +97,11 @@ impl Pipeline {
                 ))
             })?;
         let http_addr = http_listener.local_addr().map_err(start_err)?;
+        // Loaded and indexed before any gateway accepts: a bad fence file is
+        // a failed start. Reloaded at run time, until `shutdown`.
+        let fences = FenceService::start(&config.geofence, shutdown.clone())
+            .await
+            .map_err(start_err)?;
 
         let (ping_tx, ping_rx) = mpsc::channel::<Accepted>(config.pipeline.ping_queue);
         let (sink_tx, sink_rx) = mpsc::channel::<SinkRecord>(config.pipeline.sink_queue);
@@ -170,10 +177,28 @@ impl Pipeline {
                 .spawn(async move { sink.run(rx).await.map_err(|e| sink_failed("timescale", e)) });
         }
         stages.spawn(fan_out(sink_rx, sink_inputs));
-        let enrich = EnrichService::start(&config.enrich, ping_rx, sink_tx).map_err(start_err)?;
+        // Vehicle state lives next to the data: in the database when there
+        // is one, else in `enrich.state_dir`.
+        let store = match &config.sink.timescale {
+            Some(c) => StateStore::Postgres {
+                url: c.url.clone(),
+                schema: c.schema.clone(),
+            },
+            None => StateStore::Dir(config.enrich.state_dir.clone()),
+        };
+        let restored = store.load().await.map_err(start_err)?;
+        let setup = StageSetup {
+            fences: fences.index(),
+            store: Some(store),
+            restored,
+        };
+        let enrich =
+            EnrichService::start(&config.enrich, setup, ping_rx, sink_tx).map_err(start_err)?;
         stages.spawn(async move {
-            enrich.join().await;
-            Ok(())
+            enrich
+                .join()
+                .await
+                .map_err(|e| PipelineError::Sink(format!("enrichment: {e}")))
         });
 
         let auth_is_anonymous = auth.is_anonymous();
@@ -182,6 +207,7 @@ impl Pipeline {
         let probe = inflight.clone();
         let app =
             ingest_routes(ingestor, auth, shutdown.clone()).merge(ops::routes(readiness.clone()));
+        let app = app.merge(ops::geofence_routes(fences.reloader()));
         let http_shutdown = shutdown.clone();
         gateways.spawn(async move {
             let serve = axum::serve(http_listener, app)
@@ -217,6 +243,7 @@ impl Pipeline {
                 "ingest.auth.mode = \"none\": any device may publish for any vehicle; use only for development"
             );
         }
+        fences.log_loaded();
         readiness.set(true);
         tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, mqtt_v5 = ?mqtt_v5_addr, "fleetpipe is running");
         Ok(Self {
@@ -229,6 +256,7 @@ impl Pipeline {
             shutdown,
             shutdown_timeout: config.pipeline.shutdown_timeout,
             readiness,
+            fences,
             gateways,
             stages,
         })
@@ -259,6 +287,16 @@ impl Pipeline {
     /// e.g. to rehearse a broker outage.
     pub fn embedded_kafka(&self) -> Option<&EmbeddedKafka> {
         self.embedded_kafka.as_ref()
+    }
+
+    /// The geofence index in use (swapped whole on every reload).
+    pub fn fences(&self) -> fleetpipe_geofence::SharedIndex {
+        self.fences.index()
+    }
+
+    /// The geofence service: reloads, reload counts.
+    pub fn fence_service(&self) -> &FenceService {
+        &self.fences
     }
 
     /// Payload bytes whose records are in the pipeline now (see

@@ -1,7 +1,9 @@
 //! Geofence index for fleetpipe.
 //!
-//! Fences are loaded from a GeoJSON `FeatureCollection` ([`FenceSet`]) and
-//! indexed with H3 cells ([`GeofenceIndex`]):
+//! Fences are loaded from a GeoJSON `FeatureCollection` ([`FenceSet`]), or
+//! from rows of a database table ([`FenceRow`], [`FenceSet::from_rows`]) read
+//! as the same features, and indexed with H3 cells ([`GeofenceIndex`]).
+//! [`GeofenceConfig`] is the `[geofence]` configuration section. The index:
 //!
 //! * every fence is covered with H3 cells at the index resolution
 //!   (`h3o` [`Tiler`] in [`ContainmentMode::Covers`]), dilated by one ring of
@@ -59,6 +61,10 @@ use h3o::geom::{ContainmentMode, TilerBuilder};
 use h3o::{CellIndex, LatLng, Resolution};
 use serde_json::{Map, Value};
 
+mod config;
+
+pub use config::{GeofenceConfig, PostgresFencesConfig};
+
 /// Maximum absolute latitude (degrees) of any fence vertex.
 pub const MAX_ABS_LAT: f64 = 85.0;
 /// Maximum circle radius in metres.
@@ -114,6 +120,20 @@ pub enum GeofenceError {
     /// More fences than an index can hold.
     #[error("too many fences: {0} (max {max})", max = i32::MAX)]
     TooManyFences(usize),
+    /// Two fence sets being merged ([`FenceSet::merge`]) share an id.
+    #[error("duplicate fence id {id:?}: defined in more than one source")]
+    DuplicateAcrossSources {
+        /// The repeated id.
+        id: String,
+    },
+    /// A configuration value is out of range.
+    #[error("{key}: {reason}")]
+    Config {
+        /// The configuration key.
+        key: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
 }
 
 fn fmt_id(id: Option<&str>) -> String {
@@ -225,7 +245,8 @@ impl Fence {
                 for polygon in &mp.0 {
                     for ring in std::iter::once(polygon.exterior()).chain(polygon.interiors()) {
                         for line in ring.lines() {
-                            let d = segment_distance_to_origin(project(line.start), project(line.end));
+                            let d =
+                                segment_distance_to_origin(project(line.start), project(line.end));
                             best = best.min(d);
                         }
                     }
@@ -303,7 +324,18 @@ impl FenceSet {
     ///
     /// [`GeofenceError`] naming the feature index / id and the problem.
     pub fn from_geojson_str(s: &str) -> Result<Self, GeofenceError> {
-        let root: Value = serde_json::from_str(s)?;
+        Self::from_geojson_slice(s.as_bytes())
+    }
+
+    /// Like [`FenceSet::from_geojson_str`], from bytes (UTF-8 JSON), e.g. a
+    /// file's content as read.
+    ///
+    /// # Errors
+    ///
+    /// As [`FenceSet::from_geojson_str`]; invalid UTF-8 is a
+    /// [`GeofenceError::Json`].
+    pub fn from_geojson_slice(bytes: &[u8]) -> Result<Self, GeofenceError> {
+        let root: Value = serde_json::from_slice(bytes)?;
         let obj = root
             .as_object()
             .ok_or_else(|| GeofenceError::NotFeatureCollection("expected a JSON object".into()))?;
@@ -326,19 +358,91 @@ impl FenceSet {
             .ok_or_else(|| {
                 GeofenceError::NotFeatureCollection("missing array member \"features\"".into())
             })?;
-        if features.len() > i32::MAX as usize {
-            return Err(GeofenceError::TooManyFences(features.len()));
+        Self::collect(
+            features.len(),
+            features
+                .iter()
+                .enumerate()
+                .map(|(index, feature)| parse_feature(index, feature)),
+        )
+    }
+
+    /// Builds a set from features given as their two members, `properties`
+    /// (an object, or `null`) and `geometry`, with the same rules and errors
+    /// as [`FenceSet::from_geojson_str`] (feature numbers are positions in
+    /// the iteration). For sources that are not GeoJSON documents, e.g.
+    /// table rows ([`FenceSet::from_rows`]).
+    ///
+    /// # Errors
+    ///
+    /// [`GeofenceError`] naming the feature index / id and the problem.
+    pub fn from_features<I>(features: I) -> Result<Self, GeofenceError>
+    where
+        I: IntoIterator<Item = (Value, Value)>,
+    {
+        let features = features.into_iter();
+        Self::collect(
+            features.size_hint().0,
+            features.enumerate().map(|(index, (properties, geometry))| {
+                parse_parts(index, Some(&properties), Some(&geometry))
+            }),
+        )
+    }
+
+    /// Builds a set from rows of a fences table (see [`FenceRow`]), in the
+    /// rows' order; each row is read as the GeoJSON feature it describes
+    /// ([`FenceRow::into_feature`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`FenceSet::from_features`]; "feature #i" is the i-th row (from 0).
+    pub fn from_rows<I>(rows: I) -> Result<Self, GeofenceError>
+    where
+        I: IntoIterator<Item = FenceRow>,
+    {
+        Self::from_features(rows.into_iter().map(FenceRow::into_feature))
+    }
+
+    /// The union of two sets: `self`'s fences, then `other`'s.
+    ///
+    /// # Errors
+    ///
+    /// [`GeofenceError::DuplicateAcrossSources`] if an id is in both;
+    /// [`GeofenceError::TooManyFences`].
+    pub fn merge(mut self, other: FenceSet) -> Result<Self, GeofenceError> {
+        let total = self.fences.len() + other.fences.len();
+        if total > i32::MAX as usize {
+            return Err(GeofenceError::TooManyFences(total));
         }
-        let mut fences = Vec::with_capacity(features.len());
-        let mut seen: HashMap<String, usize> = HashMap::with_capacity(features.len());
-        for (index, feature) in features.iter().enumerate() {
-            let fence = parse_feature(index, feature)?;
+        let ids: HashSet<&str> = self.fences.iter().map(|f| f.id.as_str()).collect();
+        if let Some(dup) = other.fences.iter().find(|f| ids.contains(f.id.as_str())) {
+            return Err(GeofenceError::DuplicateAcrossSources { id: dup.id.clone() });
+        }
+        self.fences.extend(other.fences);
+        Ok(self)
+    }
+
+    /// Parsed fences in order, checking the count and that ids are unique.
+    fn collect(
+        len: usize,
+        parsed: impl Iterator<Item = Result<Fence, GeofenceError>>,
+    ) -> Result<Self, GeofenceError> {
+        if len > i32::MAX as usize {
+            return Err(GeofenceError::TooManyFences(len));
+        }
+        let mut fences = Vec::with_capacity(len);
+        let mut seen: HashMap<String, usize> = HashMap::with_capacity(len);
+        for (index, fence) in parsed.enumerate() {
+            let fence = fence?;
             if let Some(&first) = seen.get(&fence.id) {
                 return Err(GeofenceError::DuplicateId {
                     id: fence.id,
                     first,
                     second: index,
                 });
+            }
+            if fences.len() >= i32::MAX as usize {
+                return Err(GeofenceError::TooManyFences(fences.len() + 1));
             }
             seen.insert(fence.id.clone(), index);
             fences.push(fence);
@@ -353,11 +457,11 @@ impl FenceSet {
     /// [`GeofenceError::Io`] if the file cannot be read, otherwise as
     /// [`FenceSet::from_geojson_str`].
     pub fn from_geojson_file(path: &Path) -> Result<Self, GeofenceError> {
-        let s = std::fs::read_to_string(path).map_err(|source| GeofenceError::Io {
+        let bytes = std::fs::read(path).map_err(|source| GeofenceError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_geojson_str(&s)
+        Self::from_geojson_slice(&bytes)
     }
 
     /// The fences, in input order (position = [`FenceId`]).
@@ -379,6 +483,76 @@ impl FenceSet {
     }
 }
 
+/// One row of a fences table (`geofence.postgres`; no PostGIS needed):
+///
+/// ```sql
+/// CREATE TABLE geofences (
+///     id              text PRIMARY KEY,
+///     name            text,
+///     kind            text,
+///     speed_limit_kmh double precision,
+///     dwell_s         integer,
+///     arrival         boolean NOT NULL DEFAULT false,
+///     radius_m        double precision,
+///     geometry        jsonb NOT NULL  -- a GeoJSON geometry object
+/// );
+/// ```
+///
+/// Each column means what the GeoJSON feature property of the same name
+/// means ([`FenceSet::from_geojson_str`]); `geometry` is the feature's
+/// geometry (`Polygon`, `MultiPolygon`, or `Point` with `radius_m`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FenceRow {
+    /// `id`: unique fence id.
+    pub id: String,
+    /// `name` (defaults to the id).
+    pub name: Option<String>,
+    /// `kind` (default `zone`).
+    pub kind: Option<String>,
+    /// `speed_limit_kmh`.
+    pub speed_limit_kmh: Option<f64>,
+    /// `dwell_s` (0..=4294967295).
+    pub dwell_s: Option<i64>,
+    /// `arrival`.
+    pub arrival: bool,
+    /// `radius_m`: required for a `Point` geometry.
+    pub radius_m: Option<f64>,
+    /// `geometry`: a GeoJSON geometry object.
+    pub geometry: Value,
+}
+
+impl FenceRow {
+    /// The row as the GeoJSON feature it describes: (`properties`,
+    /// `geometry`). `NULL` columns are left out; a non-finite number becomes
+    /// a string, so that the feature parser refuses it.
+    #[must_use]
+    pub fn into_feature(self) -> (Value, Value) {
+        fn number(x: f64) -> Value {
+            serde_json::Number::from_f64(x)
+                .map_or_else(|| Value::String(x.to_string()), Value::Number)
+        }
+        let mut props = Map::new();
+        props.insert("id".into(), Value::String(self.id));
+        if let Some(name) = self.name {
+            props.insert("name".into(), Value::String(name));
+        }
+        if let Some(kind) = self.kind {
+            props.insert("kind".into(), Value::String(kind));
+        }
+        if let Some(v) = self.speed_limit_kmh {
+            props.insert("speed_limit_kmh".into(), number(v));
+        }
+        if let Some(v) = self.dwell_s {
+            props.insert("dwell_s".into(), Value::from(v));
+        }
+        props.insert("arrival".into(), Value::Bool(self.arrival));
+        if let Some(v) = self.radius_m {
+            props.insert("radius_m".into(), number(v));
+        }
+        (Value::Object(props), self.geometry)
+    }
+}
+
 struct FeatureCtx<'a> {
     index: usize,
     id: Option<&'a str>,
@@ -395,7 +569,7 @@ impl FeatureCtx<'_> {
 }
 
 fn parse_feature(index: usize, feature: &Value) -> Result<Fence, GeofenceError> {
-    let mut ctx = FeatureCtx { index, id: None };
+    let ctx = FeatureCtx { index, id: None };
     let obj = feature
         .as_object()
         .ok_or_else(|| ctx.err("feature is not a JSON object"))?;
@@ -405,8 +579,18 @@ fn parse_feature(index: usize, feature: &Value) -> Result<Fence, GeofenceError> 
             return Err(ctx.err(format!("expected type \"Feature\", got {other:?}")));
         }
     }
+    parse_parts(index, obj.get("properties"), obj.get("geometry"))
+}
+
+/// A feature from its `properties` and `geometry` members.
+fn parse_parts(
+    index: usize,
+    properties: Option<&Value>,
+    geometry: Option<&Value>,
+) -> Result<Fence, GeofenceError> {
+    let mut ctx = FeatureCtx { index, id: None };
     let empty = Map::new();
-    let props = match obj.get("properties") {
+    let props = match properties {
         Some(Value::Object(m)) => m,
         None | Some(Value::Null) => &empty,
         Some(_) => return Err(ctx.err("\"properties\" is not an object")),
@@ -451,7 +635,7 @@ fn parse_feature(index: usize, feature: &Value) -> Result<Fence, GeofenceError> 
         Some(_) => return Err(ctx.err("properties.arrival must be a boolean")),
     };
 
-    let geometry = match obj.get("geometry") {
+    let geometry = match geometry {
         Some(Value::Object(g)) => g,
         None | Some(Value::Null) => return Err(ctx.err("missing geometry")),
         Some(_) => return Err(ctx.err("geometry is not an object")),
@@ -920,4 +1104,15 @@ pub type SharedIndex = std::sync::Arc<arc_swap::ArcSwap<GeofenceIndex>>;
 #[must_use]
 pub fn shared(index: GeofenceIndex) -> SharedIndex {
     std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(index))
+}
+
+impl Default for GeofenceIndex {
+    /// An index with no fences: every lookup answers "none".
+    fn default() -> Self {
+        Self {
+            fences: Vec::new(),
+            resolution: Resolution::Nine,
+            levels: Vec::new(),
+        }
+    }
 }

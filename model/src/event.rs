@@ -277,12 +277,22 @@ mod tests {
         let a = event_id(&v, EventType::GeofenceEntered, "depot-7", 1000);
         assert_eq!(a, event_id(&v, EventType::GeofenceEntered, "depot-7", 1000));
         let others = [
-            event_id(&vehicle("van-43"), EventType::GeofenceEntered, "depot-7", 1000),
+            event_id(
+                &vehicle("van-43"),
+                EventType::GeofenceEntered,
+                "depot-7",
+                1000,
+            ),
             event_id(&v, EventType::GeofenceExited, "depot-7", 1000),
             event_id(&v, EventType::GeofenceEntered, "depot-8", 1000),
             event_id(&v, EventType::GeofenceEntered, "depot-7", 1001),
             // The separator keeps "ab"+"c" apart from "a"+"bc".
-            event_id(&vehicle("van-4"), EventType::GeofenceEntered, "2depot-7", 1000),
+            event_id(
+                &vehicle("van-4"),
+                EventType::GeofenceEntered,
+                "2depot-7",
+                1000,
+            ),
         ];
         for other in others {
             assert_ne!(a, other);

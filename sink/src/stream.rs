@@ -10,17 +10,24 @@ pub(crate) enum Stream {
     Telemetry,
     /// [`SinkRecord::DeadLetter`].
     DeadLetter,
+    /// [`SinkRecord::Event`].
+    Event,
 }
 
 impl Stream {
+    /// How many streams there are: the length of per-stream arrays.
+    pub(crate) const COUNT: usize = 3;
+
     /// Every stream, in index order.
-    pub(crate) const ALL: [Stream; 2] = [Stream::Telemetry, Stream::DeadLetter];
+    pub(crate) const ALL: [Stream; Stream::COUNT] =
+        [Stream::Telemetry, Stream::DeadLetter, Stream::Event];
 
     /// Directory name, file name prefix and metrics label.
     pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Stream::Telemetry => "telemetry",
             Stream::DeadLetter => "dead_letter",
+            Stream::Event => "events",
         }
     }
 
@@ -29,6 +36,7 @@ impl Stream {
         match record {
             SinkRecord::Telemetry(_) => Stream::Telemetry,
             SinkRecord::DeadLetter(_) => Stream::DeadLetter,
+            SinkRecord::Event(_) => Stream::Event,
         }
     }
 
@@ -37,6 +45,23 @@ impl Stream {
         match self {
             Stream::Telemetry => 0,
             Stream::DeadLetter => 1,
+            Stream::Event => 2,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stream;
+
+    #[test]
+    fn indexes_follow_all_and_names_are_distinct() {
+        for (i, stream) in Stream::ALL.into_iter().enumerate() {
+            assert_eq!(stream.index(), i, "{stream:?}");
+        }
+        let names: std::collections::BTreeSet<&str> =
+            Stream::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names.len(), Stream::COUNT);
+        assert_eq!(Stream::Event.as_str(), "events");
     }
 }

@@ -30,6 +30,7 @@ pub fn test_config(dir: &Path) -> Config {
         dir: dir.to_path_buf(),
         ..toml_file_sink()
     });
+    config.enrich.state_dir = dir.join("state");
     config.pipeline.shutdown_timeout = Duration::from_secs(20);
     config
 }

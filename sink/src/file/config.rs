@@ -16,7 +16,8 @@ use super::FileSinkError;
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
     /// Directory the files are written under (created if missing). Telemetry
-    /// goes to `{dir}/telemetry/`, dead letters to `{dir}/dead_letter/`.
+    /// goes to `{dir}/telemetry/`, dead letters to `{dir}/dead_letter/`,
+    /// events to `{dir}/events/`.
     pub dir: PathBuf,
     /// Rotate a file once it holds this many bytes. Checked after each batch,
     /// so a file may exceed it by at most one batch.

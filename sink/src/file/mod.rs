@@ -1,7 +1,8 @@
 //! The file sink: every record as one line of JSON, in rotating files.
 //!
 //! Telemetry goes to `{dir}/telemetry/`, dead letters to
-//! `{dir}/dead_letter/`, each as files named after their UTC open time and a
+//! `{dir}/dead_letter/`, state-change events (CloudEvents 1.0 JSON) to
+//! `{dir}/events/`, each as files named after their UTC open time and a
 //! per-stream counter, e.g. `telemetry-20261123T080000Z-0001.ndjson`, so
 //! names are unique and sort in write order. Files are never appended to
 //! after a restart nor overwritten: a new run continues after the highest

@@ -35,8 +35,9 @@ enum Event {
 }
 
 impl FileSink {
-    /// Validates `config`, creates `{dir}/telemetry/` and `{dir}/dead_letter/`
-    /// and finds where each stream's file numbering continues.
+    /// Validates `config`, creates `{dir}/telemetry/`, `{dir}/dead_letter/`
+    /// and `{dir}/events/` and finds where each stream's file numbering
+    /// continues.
     ///
     /// # Errors
     ///
@@ -146,8 +147,8 @@ fn settle_batch(report: BatchReport) {
     settle_streams(report.streams);
 }
 
-/// [`settle_stream`] for both streams.
-fn settle_streams(reports: [StreamReport; 2]) {
+/// [`settle_stream`] for every stream.
+fn settle_streams(reports: [StreamReport; Stream::COUNT]) {
     for (stream, report) in Stream::ALL.into_iter().zip(reports) {
         settle_stream(stream, report);
     }

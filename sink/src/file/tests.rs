@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fleetpipe_model::{
-    Ack, AckStatus, BatchAck, DeadLetter, Gateway, Origin, Ping, RejectReason, SCHEMA_VERSION,
-    SinkRecord, TelemetryRecord, VehicleId,
+    Ack, AckStatus, BatchAck, DeadLetter, Enrichment, EventType, Gateway, Origin, Ping, PingFlags,
+    RejectReason, SCHEMA_VERSION, SinkRecord, TelemetryRecord, VehicleEvent, VehicleId,
 };
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -63,8 +64,24 @@ fn telemetry(seq: u64, ack: Ack) -> SinkRecord {
         ping: ping(seq),
         origin: origin(),
         h3: vec![(7, 0x871f_1d48_9fff_ffff)],
+        enrichment: Enrichment::default(),
         ack,
     })
+}
+
+/// Event number `n`: every type in turn, about vehicle `van-42`.
+fn event(n: u64, ack: Ack) -> SinkRecord {
+    let data =
+        RawValue::from_string(format!(r#"{{"n":{n},"fence_id":"depot-7"}}"#)).expect("valid JSON");
+    SinkRecord::Event(VehicleEvent::new(
+        Arc::from("fleetpipe-test"),
+        EventType::ALL[n as usize % EventType::ALL.len()],
+        VehicleId::parse("van-42").expect("valid id"),
+        &format!("key-{n}"),
+        T0_MS + n as i64,
+        data,
+        ack,
+    ))
 }
 
 fn dead_letter(n: u64, ack: Ack) -> SinkRecord {
@@ -306,6 +323,155 @@ async fn untracked_acks_are_written_too() {
     finish(tx, run).await;
     assert_eq!(all_lines(tmp.path(), "telemetry").len(), 3);
     assert_eq!(all_lines(tmp.path(), "dead_letter").len(), 3);
+}
+
+#[tokio::test]
+async fn events_go_to_their_own_stream_as_cloudevents_acked_once_on_disk() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let sink = FileSink::new(config(tmp.path())).expect("sink starts");
+    let (tx, rx) = mpsc::channel(64);
+
+    // Queued but not yet written: nobody may hear "delivered".
+    let batch = BatchAck::new();
+    for n in 0..EventType::ALL.len() as u64 {
+        send(&tx, event(n, batch.ack())).await;
+        send(&tx, telemetry(n, batch.ack())).await;
+    }
+    // Timer events carry no ack of a sender; they are written all the same.
+    send(&tx, event(100, Ack::none())).await;
+    let waiter = tokio::spawn(batch.wait());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "acknowledged before the sink ran");
+    assert!(files(tmp.path(), "events").is_empty());
+
+    let run = tokio::spawn(sink.run(rx));
+    let status = tokio::time::timeout(PATIENCE, waiter)
+        .await
+        .expect("batch settles")
+        .expect("waiter ran");
+    assert_eq!(status, AckStatus::Delivered);
+    // Still running: the lines are there because of the ack.
+    assert!(!run.is_finished());
+    let event_files = files(tmp.path(), "events");
+    assert_eq!(event_files.len(), 1, "{event_files:?}");
+    assert!(
+        file_name(&event_files[0]).starts_with("events-")
+            && file_name(&event_files[0]).ends_with("-0001.ndjson"),
+        "{event_files:?}"
+    );
+    assert_eq!(counter_of(&event_files[0], Stream::Event), 1);
+    let events = all_lines(tmp.path(), "events");
+    assert_eq!(events.len(), EventType::ALL.len() + 1);
+    for (n, (line, t)) in events.iter().zip(EventType::ALL).enumerate() {
+        let SinkRecord::Event(sent) = event(n as u64, Ack::none()) else {
+            unreachable!()
+        };
+        // Exactly the CloudEvents JSON of the model, nothing else.
+        assert_eq!(
+            *line,
+            serde_json::from_str::<Value>(&sent.to_json()).expect("JSON"),
+            "event {n}"
+        );
+        assert_eq!(line["specversion"], "1.0");
+        assert_eq!(line["type"], t.as_str());
+        assert_eq!(line["id"], sent.id.as_str());
+        assert_eq!(line["source"], "fleetpipe-test");
+        assert_eq!(line["subject"], "van-42");
+        assert_eq!(
+            line["time"],
+            format!("2026-11-23T08:00:00.{n:03}Z").as_str()
+        );
+        assert_eq!(line["datacontenttype"], "application/json");
+        assert_eq!(line["data"]["n"], n);
+        assert_eq!(line["data"]["fence_id"], "depot-7");
+        assert!(line.get("ack").is_none(), "{line}");
+    }
+    assert_eq!(events[EventType::ALL.len()]["data"]["n"], 100);
+    // Telemetry stays in its own stream, events never mix into it.
+    let telemetry = all_lines(tmp.path(), "telemetry");
+    assert_eq!(telemetry.len(), EventType::ALL.len());
+    assert!(telemetry.iter().all(|l| l.get("specversion").is_none()));
+
+    // A later batch goes into the same, still open file.
+    let batch = BatchAck::new();
+    send(&tx, event(200, batch.ack())).await;
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    assert_eq!(
+        all_lines(tmp.path(), "events").len(),
+        EventType::ALL.len() + 2
+    );
+    assert_eq!(files(tmp.path(), "events").len(), 1);
+    finish(tx, run).await;
+}
+
+#[tokio::test]
+async fn a_failed_event_write_fails_only_the_events_and_the_sink_recovers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (tx, run) = start(config(tmp.path()), 8);
+
+    // The events directory turns into a regular file.
+    let events_dir = tmp.path().join("events");
+    fs::remove_dir(&events_dir).expect("rmdir");
+    fs::write(&events_dir, "in the way").expect("block");
+
+    let lost = BatchAck::new();
+    let kept = BatchAck::new();
+    send(&tx, event(0, lost.ack())).await;
+    send(&tx, event(1, lost.ack())).await;
+    send(&tx, telemetry(0, kept.ack())).await;
+    send(&tx, dead_letter(0, kept.ack())).await;
+    assert_eq!(wait(lost).await, AckStatus::Failed);
+    assert_eq!(wait(kept).await, AckStatus::Delivered);
+    assert_eq!(all_lines(tmp.path(), "telemetry").len(), 1);
+    assert!(!run.is_finished(), "the sink must keep running");
+
+    fs::remove_file(&events_dir).expect("unblock");
+    fs::create_dir(&events_dir).expect("mkdir");
+    let batch = BatchAck::new();
+    send(&tx, event(2, batch.ack())).await;
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    let events = all_lines(tmp.path(), "events");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["n"], 2);
+    finish(tx, run).await;
+}
+
+#[tokio::test]
+async fn enriched_telemetry_carries_its_enrichment_fields() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (tx, run) = start(config(tmp.path()), 8);
+    let batch = BatchAck::new();
+    let mut enriched = telemetry(1, batch.ack());
+    if let SinkRecord::Telemetry(r) = &mut enriched {
+        r.enrichment = Enrichment {
+            fences: vec![Arc::from("depot-7"), Arc::from("city-centre")],
+            distance_m: Some(152.25),
+            derived_speed_kmh: Some(54.81),
+            flags: PingFlags {
+                late: true,
+                duplicate: false,
+                jump: true,
+            },
+        };
+    }
+    send(&tx, enriched).await;
+    send(&tx, telemetry(2, batch.ack())).await;
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    finish(tx, run).await;
+
+    let lines = all_lines(tmp.path(), "telemetry");
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        lines[0]["fences"],
+        serde_json::json!(["depot-7", "city-centre"])
+    );
+    assert_eq!(lines[0]["distance_m"], 152.25);
+    assert_eq!(lines[0]["derived_speed_kmh"], 54.81);
+    assert_eq!(lines[0]["flags"], serde_json::json!(["late", "jump"]));
+    // Nothing derived: the fields are absent, never null or empty.
+    for field in ["fences", "distance_m", "derived_speed_kmh", "flags"] {
+        assert!(lines[1].get(field).is_none(), "{field}: {}", lines[1]);
+    }
 }
 
 // ---- rotation and retention ------------------------------------------------
@@ -695,6 +861,8 @@ fn metrics_follow_the_contract() {
                 }
                 send(&tx, dead_letter(0, batch.ack())).await;
                 send(&tx, dead_letter(1, batch.ack())).await;
+                send(&tx, event(0, batch.ack())).await;
+                send(&tx, event(1, batch.ack())).await;
                 assert_eq!(wait(batch).await, AckStatus::Delivered);
                 // One failed batch.
                 fs::remove_dir_all(&telemetry_dir).expect("rmdir");
@@ -714,8 +882,16 @@ fn metrics_follow_the_contract() {
 
     let tel = [("sink", "file"), ("stream", "telemetry")];
     let dl = [("sink", "file"), ("stream", "dead_letter")];
+    let ev = [("sink", "file"), ("stream", "events")];
     assert_eq!(counter("fleetpipe_sink_records_total", &tel), 3);
     assert_eq!(counter("fleetpipe_sink_records_total", &dl), 2);
+    assert_eq!(counter("fleetpipe_sink_records_total", &ev), 2);
+    let event_bytes: u64 = files(tmp.path(), "events")
+        .iter()
+        .map(|f| fs::metadata(f).expect("metadata").len())
+        .sum();
+    assert_eq!(counter("fleetpipe_sink_bytes_total", &ev), event_bytes);
+    assert!(counter("fleetpipe_sink_rotations_total", &ev) >= 1);
     let dead_bytes: u64 = files(tmp.path(), "dead_letter")
         .iter()
         .map(|f| fs::metadata(f).expect("metadata").len())
@@ -732,7 +908,7 @@ fn metrics_follow_the_contract() {
         1
     );
     let sizes = histogram("fleetpipe_sink_batch_records", &[("sink", "file")]);
-    assert_eq!(sizes.iter().sum::<f64>(), 6.0, "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<f64>(), 8.0, "{sizes:?}");
     let seconds = histogram("fleetpipe_sink_batch_seconds", &[("sink", "file")]);
     assert_eq!(seconds.len(), sizes.len());
     assert!(

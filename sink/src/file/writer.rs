@@ -57,7 +57,7 @@ pub(crate) struct BatchReport {
     /// Records the batch held.
     pub(crate) records: usize,
     /// Per stream, indexed like [`Stream::ALL`].
-    pub(crate) streams: [StreamReport; 2],
+    pub(crate) streams: [StreamReport; Stream::COUNT],
     /// Records that could not be encoded, already dropped (their acks report
     /// a failure).
     pub(crate) serialize_errors: Vec<(Stream, serde_json::Error)>,
@@ -65,19 +65,19 @@ pub(crate) struct BatchReport {
     pub(crate) io_time: Duration,
 }
 
-/// Both streams' files and the buffers batches are encoded into.
+/// Every stream's files and the buffers batches are encoded into.
 #[derive(Debug)]
 pub(crate) struct RotatingWriter {
     /// Indexed like [`Stream::ALL`].
-    streams: [StreamWriter; 2],
+    streams: [StreamWriter; Stream::COUNT],
     /// One encode buffer per stream, kept between batches to reuse the
     /// allocation.
-    bufs: [Vec<u8>; 2],
+    bufs: [Vec<u8>; Stream::COUNT],
 }
 
 impl RotatingWriter {
-    /// Creates `config.dir` and both stream directories, and finds where each
-    /// stream's file numbering continues.
+    /// Creates `config.dir` and every stream's directory, and finds where
+    /// each stream's file numbering continues.
     pub(crate) fn open(config: &FileSinkConfig) -> Result<Self, FileSinkError> {
         fs::create_dir_all(&config.dir)
             .map_err(|e| FileSinkError::io("create directory", &config.dir, e))?;
@@ -85,8 +85,9 @@ impl RotatingWriter {
             streams: [
                 StreamWriter::open(&config.dir, Stream::Telemetry, config)?,
                 StreamWriter::open(&config.dir, Stream::DeadLetter, config)?,
+                StreamWriter::open(&config.dir, Stream::Event, config)?,
             ],
-            bufs: [Vec::new(), Vec::new()],
+            bufs: Default::default(),
         })
     }
 
@@ -94,7 +95,7 @@ impl RotatingWriter {
     /// can be, and reports which.
     ///
     /// A stream whose write or fsync fails loses only its own part of the
-    /// batch; the other stream is unaffected. A stream that failed opens a
+    /// batch; the other streams are unaffected. A stream that failed opens a
     /// fresh file on its next write.
     pub(crate) fn write_batch(&mut self, batch: &mut Vec<SinkRecord>, now: Instant) -> BatchReport {
         let mut report = BatchReport {
@@ -139,8 +140,8 @@ impl RotatingWriter {
     }
 
     /// Closes the files that reached their age limit while no records came.
-    pub(crate) fn rotate_expired(&mut self, now: Instant) -> [StreamReport; 2] {
-        let mut reports = <[StreamReport; 2]>::default();
+    pub(crate) fn rotate_expired(&mut self, now: Instant) -> [StreamReport; Stream::COUNT] {
+        let mut reports = <[StreamReport; Stream::COUNT]>::default();
         for (writer, out) in self.streams.iter_mut().zip(&mut reports) {
             writer.rotate_if_expired(now, out);
         }
@@ -152,10 +153,10 @@ impl RotatingWriter {
         self.streams.iter().filter_map(StreamWriter::deadline).min()
     }
 
-    /// Shutdown: fsyncs and closes both streams' files (even with fsync off,
+    /// Shutdown: fsyncs and closes every stream's file (even with fsync off,
     /// so a clean stop leaves everything durable) and applies retention.
-    pub(crate) fn close(&mut self) -> [StreamReport; 2] {
-        let mut reports = <[StreamReport; 2]>::default();
+    pub(crate) fn close(&mut self) -> [StreamReport; Stream::COUNT] {
+        let mut reports = <[StreamReport; Stream::COUNT]>::default();
         for (writer, out) in self.streams.iter_mut().zip(&mut reports) {
             writer.close(out);
         }
@@ -168,6 +169,8 @@ fn encode(buf: &mut Vec<u8>, record: &SinkRecord) -> Result<(), serde_json::Erro
     match record {
         SinkRecord::Telemetry(r) => encode_line(buf, r),
         SinkRecord::DeadLetter(r) => encode_line(buf, r),
+        // The CloudEvents JSON object, the same as `VehicleEvent::to_json`.
+        SinkRecord::Event(e) => encode_line(buf, e),
     }
 }
 

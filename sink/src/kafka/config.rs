@@ -37,7 +37,9 @@ pub enum KafkaFormat {
     Json,
     /// Telemetry as a Protobuf `fleetpipe.v1.Ping` (the model crate's
     /// `proto/fleetpipe/v1/telemetry.proto`); content type
-    /// `application/x-protobuf`. Dead letters keep their raw bytes either way.
+    /// `application/x-protobuf`. It carries the ping only, not the origin,
+    /// H3 cells or enrichment. Dead letters keep their raw bytes and events
+    /// are CloudEvents JSON either way.
     Protobuf,
 }
 
@@ -66,7 +68,8 @@ pub struct KafkaConfig {
     /// Topic of accepted, enriched pings.
     #[serde(default = "KafkaConfig::default_telemetry_topic")]
     pub telemetry_topic: String,
-    /// Topic of state-change events (filled by a later stage).
+    /// Topic of state-change events: CloudEvents 1.0 JSON values (structured
+    /// content mode, whatever [`KafkaConfig::format`] says), keyed by vehicle.
     #[serde(default = "KafkaConfig::default_events_topic")]
     pub events_topic: String,
     /// Topic of rejected input.
@@ -82,8 +85,9 @@ pub struct KafkaConfig {
     /// Most bytes of one batch per partition (librdkafka `batch.size`).
     #[serde(default = "KafkaConfig::default_batch_bytes")]
     pub batch_bytes: usize,
-    /// Record value format: `"json"` (default) or `"protobuf"` (telemetry
-    /// only; schema `fleetpipe.v1.Ping` from the model crate's proto).
+    /// Telemetry value format: `"json"` (default) or `"protobuf"` (schema
+    /// `fleetpipe.v1.Ping` from the model crate's proto). Dead letters keep
+    /// their raw bytes and events are CloudEvents JSON either way.
     #[serde(default)]
     pub format: KafkaFormat,
     /// Embedded mode: partitions per topic created in the mock cluster.

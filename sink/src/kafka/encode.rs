@@ -9,18 +9,29 @@
 //!   refused bytes exactly as received; headers `reason`, `detail`,
 //!   `source`, `received_at` (RFC 3339), `topic` and `vehicle_id` when
 //!   known, and `schema_version`.
+//! - Events: key = vehicle id (the CloudEvents `subject`); value = the
+//!   CloudEvents JSON object (structured content mode) whatever the
+//!   telemetry format; headers `content-type:
+//!   application/cloudevents+json`, `ce_id` and `ce_type`, so consumers can
+//!   route and deduplicate without parsing the value.
 
 use bytes::Bytes;
 use fleetpipe_model::ping::Rfc3339Millis;
-use fleetpipe_model::{DeadLetter, SinkRecord, TelemetryRecord, VehicleId, proto};
+use fleetpipe_model::{DeadLetter, SinkRecord, TelemetryRecord, VehicleEvent, VehicleId, proto};
 
 use super::KafkaFormat;
 use prost::Message as _;
 
 /// Header carrying the output schema version ([`fleetpipe_model::SCHEMA_VERSION`]).
 pub(crate) const HEADER_SCHEMA_VERSION: &str = "schema_version";
-/// Header carrying the value's media type (telemetry only).
+/// Header carrying the value's media type (telemetry and events).
 pub(crate) const HEADER_CONTENT_TYPE: &str = "content-type";
+/// Event header: the CloudEvents `id` (deterministic, for deduplication).
+pub(crate) const HEADER_CE_ID: &str = "ce_id";
+/// Event header: the CloudEvents `type`, e.g. `geofence.entered`.
+pub(crate) const HEADER_CE_TYPE: &str = "ce_type";
+/// Media type of an event value: a CloudEvent in structured content mode.
+pub(crate) const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 /// Dead-letter header: the reject reason code, e.g. `coord_invalid`.
 pub(crate) const HEADER_REASON: &str = "reason";
 /// Dead-letter header: the human-readable explanation.
@@ -48,17 +59,19 @@ pub(crate) struct Encoded {
     pub(crate) value: Bytes,
     /// Headers, in this order.
     pub(crate) headers: Vec<(&'static str, String)>,
-    /// Record timestamp: when fleetpipe received the data, epoch
-    /// milliseconds.
-    pub(crate) timestamp_ms: i64,
+    /// Record timestamp, epoch milliseconds: when fleetpipe received the
+    /// data. `None` (events, which derive from data rather than arrive):
+    /// librdkafka stamps the time the record is produced.
+    pub(crate) timestamp_ms: Option<i64>,
 }
 
 /// Encodes `record` in `format` (which applies to telemetry only).
 ///
 /// # Errors
 ///
-/// The telemetry record cannot be serialized as JSON (it always can with
-/// the model's types; the error is handled rather than assumed away).
+/// The telemetry record or event cannot be serialized as JSON (it always
+/// can with the model's types; the error is handled rather than assumed
+/// away).
 pub(crate) fn encode(
     record: &SinkRecord,
     format: KafkaFormat,
@@ -66,6 +79,7 @@ pub(crate) fn encode(
     match record {
         SinkRecord::Telemetry(r) => telemetry(r, format),
         SinkRecord::DeadLetter(r) => Ok(dead_letter(r)),
+        SinkRecord::Event(e) => event(e),
     }
 }
 
@@ -86,7 +100,7 @@ fn telemetry(record: &TelemetryRecord, format: KafkaFormat) -> Result<Encoded, s
             (HEADER_SCHEMA_VERSION, record.schema_version.to_string()),
             (HEADER_CONTENT_TYPE, format.content_type().to_owned()),
         ],
-        timestamp_ms: record.origin.received_at,
+        timestamp_ms: Some(record.origin.received_at),
     })
 }
 
@@ -115,6 +129,25 @@ fn dead_letter(record: &DeadLetter) -> Encoded {
         // until librdkafka takes its copy.
         value: record.raw.clone(),
         headers,
-        timestamp_ms: record.origin.received_at,
+        timestamp_ms: Some(record.origin.received_at),
     }
+}
+
+/// An event: the CloudEvents JSON object (the file sink's line without its
+/// newline), whatever the telemetry format.
+fn event(event: &VehicleEvent) -> Result<Encoded, serde_json::Error> {
+    Ok(Encoded {
+        stream: Stream::Event,
+        key: Some(event.subject.clone()),
+        value: Bytes::from(serde_json::to_vec(event)?),
+        headers: vec![
+            (HEADER_CONTENT_TYPE, CLOUDEVENTS_JSON.to_owned()),
+            (HEADER_CE_ID, event.id.clone()),
+            (HEADER_CE_TYPE, event.event_type.as_str().to_owned()),
+        ],
+        // The event's own `time` is device time, possibly days old (a
+        // backlog); as the record timestamp it would skew time-based
+        // retention and lookups, so the produce time is used.
+        timestamp_ms: None,
+    })
 }

@@ -1,14 +1,14 @@
-//! The Kafka sink: telemetry and dead letters as Kafka records, keyed by
-//! vehicle, acknowledged by their delivery reports.
+//! The Kafka sink: telemetry, dead letters and state-change events as Kafka
+//! records, keyed by vehicle, acknowledged by their delivery reports.
 //!
 //! Telemetry goes to `telemetry_topic` (default `fleet.telemetry.v1`), dead
-//! letters to `dlq_topic` (`fleet.dlq.v1`); `events_topic`
-//! (`fleet.events.v1`) is reserved for the state-change events of a later
-//! stage. Every record's key is its vehicle id, so a vehicle's records stay
-//! in order in one partition. The producer is idempotent with `acks=all`, so
-//! librdkafka's retries never duplicate or reorder a record, and a record's
-//! ack is marked delivered only once its delivery report says the cluster
-//! has it.
+//! letters to `dlq_topic` (`fleet.dlq.v1`), events to `events_topic`
+//! (`fleet.events.v1`) as CloudEvents 1.0 JSON in structured content mode
+//! (whatever the telemetry `format`). Every record's key is its vehicle id,
+//! so a vehicle's records stay in order in one partition. The producer is
+//! idempotent with `acks=all`, so librdkafka's retries never duplicate or
+//! reorder a record, and a record's ack is marked delivered only once its
+//! delivery report says the cluster has it.
 //!
 //! With `brokers = "embedded"` fleetpipe starts librdkafka's mock cluster (3
 //! brokers, in memory) and logs its bootstrap address: development and tests

@@ -24,10 +24,10 @@ const SINK: &str = "kafka";
 /// local queue is full; a delivery report ends the wait sooner.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Sends every record it receives to Kafka (telemetry and dead letters to
-/// their topics, keyed by vehicle) through an idempotent producer, and
-/// acknowledges each record only once its delivery report says the cluster
-/// has it (`acks=all`).
+/// Sends every record it receives to Kafka (telemetry, dead letters and
+/// events to their topics, keyed by vehicle) through an idempotent producer,
+/// and acknowledges each record only once its delivery report says the
+/// cluster has it (`acks=all`).
 ///
 /// Create it with [`KafkaSink::new`] (which creates the producer, and in
 /// embedded mode the cluster, so a bad configuration fails at startup) and
@@ -36,6 +36,7 @@ pub struct KafkaSink {
     producer: Producer,
     errors: Arc<ErrorSignal>,
     telemetry_topic: String,
+    events_topic: String,
     dlq_topic: String,
     format: KafkaFormat,
     max_in_flight: usize,
@@ -50,6 +51,7 @@ impl fmt::Debug for KafkaSink {
         f.debug_struct("KafkaSink")
             .field("bootstrap", &self.bootstrap)
             .field("telemetry_topic", &self.telemetry_topic)
+            .field("events_topic", &self.events_topic)
             .field("dlq_topic", &self.dlq_topic)
             .field("format", &self.format)
             .field("max_in_flight", &self.max_in_flight)
@@ -109,6 +111,7 @@ impl KafkaSink {
             producer,
             errors,
             telemetry_topic: config.telemetry_topic,
+            events_topic: config.events_topic,
             dlq_topic: config.dlq_topic,
             format: config.format,
             max_in_flight: config.max_in_flight,
@@ -157,6 +160,7 @@ impl KafkaSink {
             producer,
             errors,
             telemetry_topic,
+            events_topic,
             dlq_topic,
             format,
             max_in_flight,
@@ -166,6 +170,7 @@ impl KafkaSink {
         let sender = Sender {
             producer: &producer,
             telemetry_topic: &telemetry_topic,
+            events_topic: &events_topic,
             dlq_topic: &dlq_topic,
             format,
             permits: Arc::new(Semaphore::new(max_in_flight)),
@@ -212,6 +217,7 @@ impl KafkaSink {
 struct Sender<'a> {
     producer: &'a Producer,
     telemetry_topic: &'a str,
+    events_topic: &'a str,
     dlq_topic: &'a str,
     format: KafkaFormat,
     /// One permit per record in flight (sent, report pending).
@@ -280,6 +286,7 @@ impl Sender<'_> {
         let topic = match record.stream {
             Stream::Telemetry => self.telemetry_topic,
             Stream::DeadLetter => self.dlq_topic,
+            Stream::Event => self.events_topic,
         };
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (key, value) in &record.headers {
@@ -290,8 +297,10 @@ impl Sender<'_> {
         }
         let mut message: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
             .payload(&record.value[..])
-            .headers(headers)
-            .timestamp(record.timestamp_ms);
+            .headers(headers);
+        if let Some(timestamp_ms) = record.timestamp_ms {
+            message = message.timestamp(timestamp_ms);
+        }
         if let Some(key) = &record.key {
             message = message.key(key.as_str());
         }

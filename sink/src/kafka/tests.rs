@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use fleetpipe_model::proto;
 use fleetpipe_model::{
-    Ack, AckStatus, AttrValue, BatchAck, DeadLetter, Gateway, Origin, Ping, RejectReason,
-    SCHEMA_VERSION, SinkRecord, TelemetryRecord, VehicleId,
+    Ack, AckStatus, AttrValue, BatchAck, DeadLetter, Enrichment, EventType, Gateway, Origin, Ping,
+    PingFlags, RejectReason, SCHEMA_VERSION, SinkRecord, TelemetryRecord, VehicleEvent, VehicleId,
 };
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -19,6 +19,7 @@ use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, Message as _, Timestamp};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -77,8 +78,38 @@ fn telemetry_record(vehicle_id: VehicleId, seq: u64, ack: Ack) -> TelemetryRecor
         ping: ping(vehicle_id, seq),
         origin: origin(),
         h3: vec![(7, 0x871f_1d48_9fff_ffff)],
+        enrichment: Enrichment::default(),
         ack,
     }
+}
+
+/// What enrichment derived, with every field set.
+fn enrichment() -> Enrichment {
+    Enrichment {
+        fences: vec![Arc::from("depot-7"), Arc::from("city-centre")],
+        distance_m: Some(152.25),
+        derived_speed_kmh: Some(54.81),
+        flags: PingFlags {
+            late: false,
+            duplicate: true,
+            jump: true,
+        },
+    }
+}
+
+/// Event number `n` of vehicle `v`: every type in turn.
+fn event(v: usize, n: u64, ack: Ack) -> SinkRecord {
+    let data =
+        RawValue::from_string(format!(r#"{{"n":{n},"fence_id":"depot-7"}}"#)).expect("valid JSON");
+    SinkRecord::Event(VehicleEvent::new(
+        Arc::from("fleetpipe-test"),
+        EventType::ALL[n as usize % EventType::ALL.len()],
+        vehicle(v),
+        &format!("key-{n}"),
+        T0_MS + n as i64,
+        data,
+        ack,
+    ))
 }
 
 fn telemetry(v: usize, seq: u64, ack: Ack) -> SinkRecord {
@@ -328,7 +359,63 @@ fn json_value_is_the_output_schema_with_its_headers() {
             ("content-type", "application/json".to_owned()),
         ]
     );
-    assert_eq!(encoded.timestamp_ms, T0_MS + 500);
+    assert_eq!(encoded.timestamp_ms, Some(T0_MS + 500));
+    // Nothing derived: no enrichment field, never null or empty.
+    for field in ["fences", "distance_m", "derived_speed_kmh", "flags"] {
+        assert!(value.get(field).is_none(), "{field}: {value}");
+    }
+}
+
+#[test]
+fn json_telemetry_carries_the_enrichment() {
+    let mut record = telemetry_record(vehicle(42), 7, Ack::none());
+    record.enrichment = enrichment();
+    let record = SinkRecord::Telemetry(record);
+    let encoded = encode::encode(&record, KafkaFormat::Json).expect("encodes");
+    let value: Value = serde_json::from_slice(&encoded.value).expect("JSON");
+    assert_eq!(
+        value["fences"],
+        serde_json::json!(["depot-7", "city-centre"])
+    );
+    assert_eq!(value["distance_m"], 152.25);
+    assert_eq!(value["derived_speed_kmh"], 54.81);
+    assert_eq!(value["flags"], serde_json::json!(["duplicate", "jump"]));
+    assert_eq!(value["seq"], 7);
+}
+
+#[test]
+fn event_value_is_the_cloudevent_in_structured_mode_whatever_the_format() {
+    for format in [KafkaFormat::Json, KafkaFormat::Protobuf] {
+        for n in 0..EventType::ALL.len() as u64 {
+            let record = event(3, n, Ack::none());
+            let SinkRecord::Event(sent) = &record else {
+                unreachable!()
+            };
+            let encoded = encode::encode(&record, format).expect("encodes");
+            assert_eq!(encoded.stream, Stream::Event);
+            assert_eq!(encoded.key.as_ref().map(VehicleId::as_str), Some("veh-003"));
+            assert_eq!(
+                std::str::from_utf8(&encoded.value).expect("UTF-8"),
+                sent.to_json(),
+                "{format:?}"
+            );
+            let value: Value = serde_json::from_slice(&encoded.value).expect("JSON");
+            assert_eq!(value["specversion"], "1.0");
+            assert_eq!(value["type"], EventType::ALL[n as usize].as_str());
+            assert_eq!(value["subject"], "veh-003");
+            assert_eq!(value["data"]["n"], n);
+            assert_eq!(
+                encoded.headers,
+                vec![
+                    ("content-type", "application/cloudevents+json".to_owned()),
+                    ("ce_id", sent.id.clone()),
+                    ("ce_type", EventType::ALL[n as usize].as_str().to_owned()),
+                ]
+            );
+            // Produce time, not the (device) event time.
+            assert_eq!(encoded.timestamp_ms, None);
+        }
+    }
 }
 
 #[test]
@@ -422,6 +509,7 @@ fn protobuf_value_is_the_wire_contract_ping_byte_for_byte() {
         ping: full,
         origin: origin(),
         h3: Vec::new(),
+        enrichment: Enrichment::default(),
         ack: Ack::none(),
     });
     let encoded = encode::encode(&record, KafkaFormat::Protobuf).expect("encodes");
@@ -750,6 +838,7 @@ async fn protobuf_format_round_trips_through_kafka() {
             ping: full,
             origin: origin(),
             h3: Vec::new(),
+            enrichment: Enrichment::default(),
             ack: batch.ack(),
         }),
     )
@@ -763,6 +852,132 @@ async fn protobuf_format_round_trips_through_kafka() {
         records[0].header("content-type"),
         Some("application/x-protobuf")
     );
+}
+
+/// Vehicle of [`event`] number `n` in the events tests.
+fn event_vehicle(n: u64) -> usize {
+    (n % 4) as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_their_topic_as_cloudevents_and_a_replay_repeats_them() {
+    // Every type twice, over four vehicles.
+    const EVENTS: u64 = 2 * EventType::ALL.len() as u64;
+    const TIMER_EVENT: u64 = 999;
+    let mut config = embedded_config();
+    // Events are CloudEvents JSON even when telemetry is Protobuf.
+    config.format = KafkaFormat::Protobuf;
+    config.events_topic = "fp.test.events".to_owned();
+    let (tx, run, _cluster, bootstrap) = start(config, 64).await;
+    let before_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+
+    // Queued before anything is delivered: the acks wait for the reports.
+    let batch = BatchAck::new();
+    for n in 0..EVENTS {
+        send(&tx, event(event_vehicle(n), n, batch.ack())).await;
+        send(&tx, telemetry(0, n, batch.ack())).await;
+    }
+    // A timer event: no sender waits for it; it is produced all the same.
+    send(&tx, event(9, TIMER_EVENT, Ack::none())).await;
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    // A replay (a restart, a redelivery): the same events again.
+    let replay = BatchAck::new();
+    for n in 0..EVENTS {
+        send(&tx, event(event_vehicle(n), n, replay.ack())).await;
+    }
+    assert_eq!(wait(replay).await, AckStatus::Delivered);
+    finish(tx, run).await;
+    let after_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+
+    let read = read_topic(&bootstrap, "fp.test.events").await;
+    // At least once: the replay is in the topic again, with the same ids,
+    // which consumers deduplicate on.
+    assert_eq!(read.len() as u64, 2 * EVENTS + 1);
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    let mut per_key: HashMap<String, (i32, Vec<u64>)> = HashMap::new();
+    for r in &read {
+        let value = r.json();
+        let n = value["data"]["n"].as_u64().expect("data.n");
+        let v = if n == TIMER_EVENT {
+            9
+        } else {
+            event_vehicle(n)
+        };
+        let SinkRecord::Event(sent) = event(v, n, Ack::none()) else {
+            unreachable!()
+        };
+        assert_eq!(r.value, sent.to_json().into_bytes(), "value of event {n}");
+        assert_eq!(r.key.as_deref(), Some(vehicle(v).as_str()));
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/cloudevents+json")
+        );
+        assert_eq!(r.header("ce_id"), Some(sent.id.as_str()));
+        assert_eq!(r.header("ce_type"), Some(sent.event_type.as_str()));
+        assert_eq!(r.headers.len(), 3, "{:?}", r.headers);
+        match r.timestamp {
+            Timestamp::CreateTime(t) => assert!(
+                (before_ms - 1000..=after_ms + 1000).contains(&t),
+                "produce time expected, got {t}"
+            ),
+            other => panic!("timestamp {other:?}"),
+        }
+        *copies.entry(sent.id.clone()).or_default() += 1;
+        let key = r.key.clone().unwrap_or_default();
+        let entry = per_key.entry(key).or_insert((r.partition, Vec::new()));
+        assert_eq!(entry.0, r.partition, "a vehicle's events in two partitions");
+        entry.1.push(n);
+    }
+    assert_eq!(copies.len() as u64, EVENTS + 1, "distinct ids");
+    assert_eq!(copies.values().filter(|c| **c == 2).count() as u64, EVENTS);
+    // A vehicle's events keep their order: the first pass, then the replay.
+    for v in 0..4 {
+        let ns: Vec<u64> = (0..EVENTS).filter(|n| event_vehicle(*n) == v).collect();
+        let expected: Vec<u64> = ns.iter().chain(&ns).copied().collect();
+        assert_eq!(per_key[vehicle(v).as_str()].1, expected, "vehicle {v}");
+    }
+
+    // Telemetry went to its own topic, in its own format; nothing to the
+    // default events topic or the dead letters.
+    let telemetry = read_topic(&bootstrap, "fleet.telemetry.v1").await;
+    assert_eq!(telemetry.len() as u64, EVENTS);
+    assert!(
+        telemetry
+            .iter()
+            .all(|r| r.header("content-type") == Some("application/x-protobuf"))
+    );
+    assert!(read_topic(&bootstrap, "fleet.dlq.v1").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_telemetry_enrichment_round_trips_through_kafka() {
+    let (tx, run, _cluster, bootstrap) = start(embedded_config(), 16).await;
+    let batch = BatchAck::new();
+    let mut enriched = telemetry_record(vehicle(1), 0, batch.ack());
+    enriched.enrichment = enrichment();
+    send(&tx, SinkRecord::Telemetry(enriched)).await;
+    send(&tx, telemetry(1, 1, batch.ack())).await;
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    finish(tx, run).await;
+
+    let read = read_topic(&bootstrap, "fleet.telemetry.v1").await;
+    assert_eq!(read.len(), 2);
+    let values: Vec<Value> = read.iter().map(Read::json).collect();
+    assert_eq!(
+        values[0]["fences"],
+        serde_json::json!(["depot-7", "city-centre"])
+    );
+    assert_eq!(values[0]["distance_m"], 152.25);
+    assert_eq!(values[0]["derived_speed_kmh"], 54.81);
+    assert_eq!(values[0]["flags"], serde_json::json!(["duplicate", "jump"]));
+    for field in ["fences", "distance_m", "derived_speed_kmh", "flags"] {
+        assert!(values[1].get(field).is_none(), "{field}: {}", values[1]);
+    }
+    assert!(read_topic(&bootstrap, "fleet.events.v1").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1049,6 +1264,7 @@ fn metrics_follow_the_contract() {
 
     const TELEMETRY: u64 = 60;
     const DEAD: u64 = 4;
+    const EVENTS: u64 = 3;
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1075,6 +1291,14 @@ fn metrics_follow_the_contract() {
                 .len() as u64
         })
         .sum();
+    let event_bytes: u64 = (0..EVENTS)
+        .map(|n| {
+            encode::encode(&event(0, n, Ack::none()), KafkaFormat::Json)
+                .expect("encodes")
+                .value
+                .len() as u64
+        })
+        .sum();
 
     // Everything runs on this thread, where the local recorder is installed.
     metrics::with_local_recorder(&recorder, || {
@@ -1088,6 +1312,9 @@ fn metrics_follow_the_contract() {
                 }
                 for n in 0..DEAD {
                     send(&tx, dead_letter(n, Some(vehicle(0)), batch.ack())).await;
+                }
+                for n in 0..EVENTS {
+                    send(&tx, event(0, n, batch.ack())).await;
                 }
                 assert_eq!(wait(batch).await, AckStatus::Delivered);
                 let too_large = BatchAck::new();
@@ -1110,8 +1337,11 @@ fn metrics_follow_the_contract() {
 
     let tel = [("sink", "kafka"), ("stream", "telemetry")];
     let dl = [("sink", "kafka"), ("stream", "dead_letter")];
+    let ev = [("sink", "kafka"), ("stream", "events")];
     assert_eq!(counter("fleetpipe_sink_records_total", &tel), TELEMETRY);
     assert_eq!(counter("fleetpipe_sink_records_total", &dl), DEAD);
+    assert_eq!(counter("fleetpipe_sink_records_total", &ev), EVENTS);
+    assert_eq!(counter("fleetpipe_sink_bytes_total", &ev), event_bytes);
     assert_eq!(counter("fleetpipe_sink_bytes_total", &tel), telemetry_bytes);
     assert_eq!(
         counter("fleetpipe_sink_bytes_total", &dl),
@@ -1140,7 +1370,11 @@ fn metrics_follow_the_contract() {
         &[("sink", "kafka")],
     ) {
         Some(DebugValue::Histogram(v)) => {
-            assert_eq!(v.len() as u64, TELEMETRY + DEAD, "one per delivery report");
+            assert_eq!(
+                v.len() as u64,
+                TELEMETRY + DEAD + EVENTS,
+                "one per delivery report"
+            );
             assert!(
                 v.iter()
                     .all(|s| s.into_inner() >= 0.0 && s.into_inner() < 60.0)

@@ -111,6 +111,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         applies: Applies::TimescaleOnly,
         sql: include_str!("../../migrations/0003_timescaledb.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_enrichment",
+        applies: Applies::Always,
+        sql: include_str!("../../migrations/0004_enrichment.sql"),
+    },
 ];
 
 /// Version of the migration that turns `telemetry` into a hypertable.

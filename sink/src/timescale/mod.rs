@@ -1,5 +1,5 @@
-//! The TimescaleDB / PostgreSQL sink: telemetry, latest positions and dead
-//! letters in batched, idempotent transactions.
+//! The TimescaleDB / PostgreSQL sink: telemetry, latest positions, events
+//! and dead letters in batched, idempotent transactions.
 //!
 //! Tables (in the configured schema, created by [`migrate`]):
 //!
@@ -9,18 +9,21 @@
 //!   `telemetry_1m` continuous aggregate when TimescaleDB is active; BRIN on
 //!   `ts` and btree on `(vehicle_id, ts)` otherwise.
 //! - `vehicle_latest`: the newest ping per vehicle by device time.
-//! - `dead_letters`: rejected input, and pings the database refused
-//!   (reason `db_refused`).
-//! - `vehicle_events`: derived events (filled by a later stage).
+//! - `dead_letters`: rejected input, and pings and events the database
+//!   refused (reason `db_refused`).
+//! - `vehicle_events`: state-change events, one row per event id (the id
+//!   is deterministic, so a replayed event adds nothing).
+//! - `vehicle_state`: per-vehicle enrichment state snapshots; created here,
+//!   written and read by the enrichment stage.
 //!
 //! Modules:
 //!
 //! - [`config`](TimescaleConfig): the `[sink.timescale]` settings.
 //! - `migrate`: versioned migrations from `sink/migrations/` and the choice
 //!   of [`StorageMode`].
-//! - `writer`: one batch in one transaction: binary COPY into a per-
-//!   connection staging table, `INSERT ... ON CONFLICT DO NOTHING`, the
-//!   `vehicle_latest` upsert, dead letters, commit.
+//! - `writer`: one batch in one transaction: binary COPY into per-
+//!   connection staging tables, `INSERT ... ON CONFLICT DO NOTHING` (telemetry
+//!   and events), the `vehicle_latest` upsert, dead letters, commit.
 //! - `service`: [`TimescaleSink::run`], which cuts the input into batches,
 //!   writes them with up to `writers` tasks in parallel (backpressure when
 //!   all are busy), retries retriable errors with backoff, isolates refused

@@ -20,6 +20,7 @@ use super::error::describe;
 use super::migrate::{StorageMode, migrate, pg_config, quote_ident};
 use super::writer::{DeadRow, Row, Statements, WriteStats, write_rows};
 use super::{TimescaleConfig, TimescaleError};
+use crate::stream::Stream;
 
 /// Value of the `sink` label of every metric this sink records.
 const SINK: &str = "timescale";
@@ -28,8 +29,8 @@ const SINK: &str = "timescale";
 /// age of a stuck batch keeps growing).
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Writes telemetry and dead letters to PostgreSQL (with TimescaleDB when
-/// available) in batched transactions, and acknowledges each record only
+/// Writes telemetry, events and dead letters to PostgreSQL (with TimescaleDB
+/// when available) in batched transactions, and acknowledges each record only
 /// once its transaction committed.
 ///
 /// Create it with [`TimescaleSink::connect`] (which migrates the schema, so
@@ -104,8 +105,8 @@ impl TimescaleSink {
     /// restart, deadlock, ...) is retried with backoff until it is written;
     /// only dropping this future (shutdown) ends the attempts, and then the
     /// records not yet written report `Failed`. Rows the database refuses
-    /// for good are isolated by splitting the batch and written to
-    /// `dead_letters` with reason `db_refused`.
+    /// for good (pings and events) are isolated by splitting the batch and
+    /// written to `dead_letters` with reason `db_refused`.
     ///
     /// # Errors
     ///
@@ -221,7 +222,7 @@ struct BatchWriter {
 #[derive(Debug)]
 enum AttemptError {
     /// No connection: the server is unreachable, refused us or the new
-    /// connection could not set up its staging table.
+    /// connection could not set up its staging tables.
     Pool(PoolError),
     /// The transaction failed.
     Db(tokio_postgres::Error),
@@ -229,9 +230,9 @@ enum AttemptError {
 
 impl BatchWriter {
     /// Writes a whole batch, then settles its acks: delivered for every
-    /// record that is now durable (in `telemetry` or `dead_letters`),
-    /// failed for the rest (only dead letters the database refuses even
-    /// alone).
+    /// record that is now durable (in `telemetry`, `vehicle_events` or
+    /// `dead_letters`), failed for the rest (only dead letters the database
+    /// refuses even alone).
     async fn deliver(&self, batch: Vec<SinkRecord>) {
         let started = Instant::now();
         let mut lost = vec![false; batch.len()];
@@ -272,6 +273,17 @@ impl BatchWriter {
                         );
                         parts.push(vec![(i, Row::Dead(DeadRow::refused(record, detail)))]);
                     }
+                    (Row::Event(_), SinkRecord::Event(event)) => {
+                        let detail = describe(&error);
+                        tracing::warn!(
+                            vehicle_id = %event.subject,
+                            event_id = %event.id,
+                            event_type = %event.event_type,
+                            error = %detail,
+                            "timescale sink: the database refused an event; it goes to dead_letters"
+                        );
+                        parts.push(vec![(i, Row::Dead(DeadRow::refused_event(event, detail)))]);
+                    }
                     _ => {
                         tracing::error!(
                             error = %describe(&error),
@@ -288,10 +300,16 @@ impl BatchWriter {
         histogram!("fleetpipe_sink_batch_seconds", "sink" => SINK)
             .record(started.elapsed().as_secs_f64());
         for (stream, records, bytes) in [
-            ("telemetry", stats.telemetry, stats.telemetry_bytes),
-            ("dead_letter", stats.dead_letters, stats.dead_letter_bytes),
+            (Stream::Telemetry, stats.telemetry, stats.telemetry_bytes),
+            (
+                Stream::DeadLetter,
+                stats.dead_letters,
+                stats.dead_letter_bytes,
+            ),
+            (Stream::Event, stats.events, stats.event_bytes),
         ] {
             if records > 0 {
+                let stream = stream.as_str();
                 counter!("fleetpipe_sink_records_total", "sink" => SINK, "stream" => stream)
                     .increment(records);
                 counter!("fleetpipe_sink_bytes_total", "sink" => SINK, "stream" => stream)
@@ -494,11 +512,17 @@ struct InflightGuard {
 
 impl InflightGuard {
     fn start(inflight: Arc<Inflight>, id: u64, batch: &[SinkRecord]) -> Self {
+        // Events have no receive time (their `time` is device time, maybe
+        // days old): they count from now, when the sink took them.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let oldest = batch
             .iter()
             .map(|r| match r {
                 SinkRecord::Telemetry(t) => t.origin.received_at,
                 SinkRecord::DeadLetter(d) => d.origin.received_at,
+                SinkRecord::Event(_) => now,
             })
             .min()
             .unwrap_or(i64::MAX);

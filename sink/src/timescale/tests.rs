@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fleetpipe_model::{
-    Ack, AckStatus, AttrValue, BatchAck, DeadLetter, Gateway, Origin, Ping, RejectReason,
-    SCHEMA_VERSION, SinkRecord, TelemetryRecord, VehicleId,
+    Ack, AckStatus, AttrValue, BatchAck, DeadLetter, Enrichment, EventType, Gateway, Origin, Ping,
+    PingFlags, RejectReason, SCHEMA_VERSION, SinkRecord, TelemetryRecord, VehicleEvent, VehicleId,
 };
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -28,7 +29,7 @@ use super::migrate::{
     Applies, LOCK_CLASS, MIGRATIONS, interval, lock_key, plan, quote_ident, render,
 };
 use super::service::{Backoff, ErrorKind, classify_sqlstate, collect};
-use super::writer::{DB_REFUSED, Row, StageRow, finest_cell};
+use super::writer::{DB_REFUSED, EVENT_SOURCE, EventRow, Row, StageRow, finest_cell};
 use super::{StorageMode, TimescaleConfig, TimescaleError, TimescaleMode, TimescaleSink, migrate};
 
 /// 2026-11-23T08:00:00.000Z.
@@ -207,10 +208,34 @@ fn ping(vehicle: &str, seq: Option<u64>, ts_ms: i64, i: u64) -> Ping {
     }
 }
 
+/// What enrichment derived for `ping`: pings whose seq is a multiple of 3
+/// have every field (every sixth one no derived speed, every other one
+/// flagged late too), the others none.
+fn enrichment_of(ping: &Ping) -> Enrichment {
+    let Some(seq) = ping.seq.filter(|s| s % 3 == 0) else {
+        return Enrichment::default();
+    };
+    let even = seq % 2 == 0;
+    Enrichment {
+        fences: vec![
+            Arc::from(format!("zone-{}", seq % 5).as_str()),
+            Arc::from("depot-7"),
+        ],
+        distance_m: Some(seq as f64 * 1.5 + 0.25),
+        derived_speed_kmh: (!even).then_some(seq as f64 / 4.0),
+        flags: PingFlags {
+            late: even,
+            duplicate: false,
+            jump: true,
+        },
+    }
+}
+
 fn record(ping: Ping, ack: Ack) -> TelemetryRecord {
     TelemetryRecord {
         schema_version: SCHEMA_VERSION,
         origin: origin(ping.ts_ms + 250),
+        enrichment: enrichment_of(&ping),
         ping,
         h3: CELLS.to_vec(),
         ack,
@@ -229,6 +254,29 @@ fn nth(i: u64) -> Ping {
         T0_MS + i as i64 * 1000 + (i as i64 * 7) % 1000,
         i,
     )
+}
+
+/// The data of event `n`, as enrichment serializes it.
+fn event_data(n: u64) -> String {
+    format!(r#"{{"n":{n},"fence_id":"depot-7","soc_pct":12.5}}"#)
+}
+
+/// Event number `n` of the standard set: every type in turn, over four
+/// vehicles, with distinct device times.
+fn event_with(n: u64, data: &str, ack: Ack) -> VehicleEvent {
+    VehicleEvent::new(
+        Arc::from("fleetpipe-test"),
+        EventType::ALL[n as usize % EventType::ALL.len()],
+        VehicleId::parse(&format!("van-{}", n % 4)).expect("valid id"),
+        &format!("key-{n}"),
+        T0_MS + n as i64 * 1000 + 7,
+        RawValue::from_string(data.to_owned()).expect("valid JSON"),
+        ack,
+    )
+}
+
+fn event(n: u64, ack: Ack) -> SinkRecord {
+    SinkRecord::Event(event_with(n, &event_data(n), ack))
 }
 
 // ---- sink fixtures ---------------------------------------------------------
@@ -306,7 +354,14 @@ async fn migrate_creates_the_plain_layout_and_is_idempotent() {
 
     let first = versions(&test, &db).await;
     let applied: Vec<(i32, &str)> = first.iter().map(|(v, n, _)| (*v, n.as_str())).collect();
-    assert_eq!(applied, [(1, "0001_core"), (2, "0002_plain_indexes")]);
+    assert_eq!(
+        applied,
+        [
+            (1, "0001_core"),
+            (2, "0002_plain_indexes"),
+            (4, "0004_enrichment")
+        ]
+    );
 
     let tables: BTreeSet<String> = db
         .query(
@@ -325,6 +380,7 @@ async fn migrate_creates_the_plain_layout_and_is_idempotent() {
         "telemetry",
         "vehicle_events",
         "vehicle_latest",
+        "vehicle_state",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -361,6 +417,58 @@ async fn migrate_creates_the_plain_layout_and_is_idempotent() {
     );
     assert!(indexes.contains_key("vehicle_latest_pkey"), "{indexes:?}");
     assert!(indexes.contains_key("dead_letters_pkey"), "{indexes:?}");
+    assert!(indexes.contains_key("vehicle_events_pkey"), "{indexes:?}");
+    assert!(
+        indexes["vehicle_state_pkey"].contains("(vehicle_id)"),
+        "{indexes:?}"
+    );
+
+    // 0004: the enrichment columns (nullable, no default) and vehicle_state.
+    let columns = |table: &'static str| {
+        let db = &db;
+        let schema = test.schema.clone();
+        async move {
+            db.query(
+                "SELECT column_name::text, data_type::text, is_nullable::text, \
+                 column_default::text FROM information_schema.columns \
+                 WHERE table_schema = $1 AND table_name = $2",
+                &[&schema, &table],
+            )
+            .await
+            .expect("columns")
+            .iter()
+            .map(|r| {
+                let default: Option<String> = r.get(3);
+                (
+                    r.get::<_, String>(0),
+                    (r.get::<_, String>(1), r.get::<_, String>(2), default),
+                )
+            })
+            .collect::<BTreeMap<String, (String, String, Option<String>)>>()
+        }
+    };
+    let telemetry = columns("telemetry").await;
+    for (column, ty) in [
+        ("fences", "ARRAY"),
+        ("distance_m", "double precision"),
+        ("derived_speed_kmh", "double precision"),
+        ("flags", "ARRAY"),
+    ] {
+        assert_eq!(
+            telemetry.get(column),
+            Some(&(ty.to_owned(), "YES".to_owned(), None)),
+            "{column}: {telemetry:?}"
+        );
+    }
+    let state = columns("vehicle_state").await;
+    assert_eq!(state.len(), 3, "{state:?}");
+    assert_eq!(state["vehicle_id"].0, "text");
+    assert_eq!(state["vehicle_id"].1, "NO");
+    assert_eq!(state["state"].0, "jsonb");
+    assert_eq!(state["state"].1, "NO");
+    assert_eq!(state["updated_at"].0, "timestamp with time zone");
+    assert_eq!(state["updated_at"].1, "NO");
+    assert_eq!(state["updated_at"].2.as_deref(), Some("now()"));
 
     // Data written in between survives a second run, which applies nothing.
     db.batch_execute(&format!(
@@ -439,7 +547,7 @@ async fn the_advisory_lock_serializes_concurrent_migrations() {
         .iter()
         .map(|(v, _, _)| *v)
         .collect();
-    assert_eq!(applied, [1, 2]);
+    assert_eq!(applied, [1, 2, 4]);
 }
 
 #[tokio::test]
@@ -477,14 +585,27 @@ fn the_plain_path_never_includes_timescaledb_sql() {
     };
     assert_eq!(
         names(plan(&none, StorageMode::Plain)),
-        ["0001_core", "0002_plain_indexes"]
+        ["0001_core", "0002_plain_indexes", "0004_enrichment"]
     );
     assert_eq!(
         names(plan(&none, StorageMode::TimescaleDb)),
-        ["0001_core", "0003_timescaledb"]
+        ["0001_core", "0003_timescaledb", "0004_enrichment"]
     );
-    // A plain schema that later gains TimescaleDB gets only its migration.
+    // A schema of an earlier release gets the new migration in either mode.
     let plain: BTreeSet<i32> = [1, 2].into();
+    assert_eq!(names(plan(&plain, StorageMode::Plain)), ["0004_enrichment"]);
+    assert_eq!(
+        names(plan(&plain, StorageMode::TimescaleDb)),
+        ["0003_timescaledb", "0004_enrichment"]
+    );
+    let timescale: BTreeSet<i32> = [1, 3].into();
+    assert_eq!(
+        names(plan(&timescale, StorageMode::TimescaleDb)),
+        ["0004_enrichment"]
+    );
+    // A current plain schema that later gains TimescaleDB gets only its
+    // migration.
+    let plain: BTreeSet<i32> = [1, 2, 4].into();
     assert!(plan(&plain, StorageMode::Plain).is_empty());
     assert_eq!(
         names(plan(&plain, StorageMode::TimescaleDb)),
@@ -492,7 +613,7 @@ fn the_plain_path_never_includes_timescaledb_sql() {
     );
 
     // Whatever was applied before, plain mode never plans TimescaleDB SQL.
-    for applied in [BTreeSet::new(), [1].into(), [1, 2].into()] {
+    for applied in [BTreeSet::new(), [1].into(), [1, 2].into(), [1, 2, 4].into()] {
         for m in plan(&applied, StorageMode::Plain) {
             assert_ne!(m.applies, Applies::TimescaleOnly, "{}", m.name);
             let sql = m.sql.to_lowercase();
@@ -512,7 +633,13 @@ fn the_plain_path_never_includes_timescaledb_sql() {
         }
     }
     let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
-    assert_eq!(versions, [1, 2, 3], "versions must be unique and ordered");
+    assert_eq!(
+        versions,
+        [1, 2, 3, 4],
+        "versions must be unique and ordered"
+    );
+    let enrichment = MIGRATIONS.iter().find(|m| m.version == 4).expect("0004");
+    assert_eq!(enrichment.applies, Applies::Always);
 }
 
 #[test]
@@ -621,7 +748,8 @@ async fn records_round_trip_and_are_acked_only_once_visible() {
             &format!(
                 "SELECT vehicle_id, ts, seq, received_at, source, lat, lon, alt_m, speed_kmh, \
                  heading_deg, accuracy_m, soc_pct, battery_v, charging, odometer_km, ignition, \
-                 h3_cell, dtcs, attrs, geofence_ids FROM {} ORDER BY seq",
+                 h3_cell, dtcs, attrs, geofence_ids, fences, distance_m, derived_speed_kmh, \
+                 flags FROM {} ORDER BY seq",
                 test.table("telemetry")
             ),
             &[],
@@ -654,6 +782,23 @@ async fn records_round_trip_and_are_acked_only_once_visible() {
             serde_json::to_value(&p.attrs).expect("json")
         );
         assert!(row.get::<_, Vec<String>>("geofence_ids").is_empty());
+        // Enrichment: empty arrays (not NULL) when nothing was derived.
+        let e = enrichment_of(&p);
+        assert_eq!(
+            row.get::<_, Option<Vec<String>>>("fences"),
+            Some(e.fences.iter().map(|f| f.to_string()).collect()),
+            "fences of seq {i}"
+        );
+        assert_eq!(row.get::<_, Option<f64>>("distance_m"), e.distance_m);
+        assert_eq!(
+            row.get::<_, Option<f64>>("derived_speed_kmh"),
+            e.derived_speed_kmh
+        );
+        assert_eq!(
+            row.get::<_, Option<Vec<String>>>("flags"),
+            Some(e.flags.names().map(str::to_owned).collect()),
+            "flags of seq {i}"
+        );
     }
     let full = &rows[3];
     assert_eq!(
@@ -662,6 +807,17 @@ async fn records_round_trip_and_are_acked_only_once_visible() {
     );
     assert_eq!(full.get::<_, Vec<String>>("dtcs"), ["P0301", "U0100"]);
     assert_eq!(ms(full.get("ts")), T0_MS + 3021);
+    assert_eq!(full.get::<_, Vec<String>>("fences"), ["zone-3", "depot-7"]);
+    assert_eq!(full.get::<_, Option<f64>>("distance_m"), Some(4.75));
+    assert_eq!(full.get::<_, Option<f64>>("derived_speed_kmh"), Some(0.75));
+    assert_eq!(full.get::<_, Vec<String>>("flags"), ["jump"]);
+    let six = &rows[6];
+    assert_eq!(six.get::<_, Option<f64>>("derived_speed_kmh"), None);
+    assert_eq!(six.get::<_, Vec<String>>("flags"), ["late", "jump"]);
+    let plain = &rows[1];
+    assert!(plain.get::<_, Vec<String>>("fences").is_empty());
+    assert!(plain.get::<_, Vec<String>>("flags").is_empty());
+    assert_eq!(plain.get::<_, Option<f64>>("distance_m"), None);
 }
 
 #[tokio::test]
@@ -826,10 +982,16 @@ async fn killed_connections_lose_and_duplicate_nothing() {
     };
 
     let mut acks = Vec::with_capacity(N as usize);
+    let mut event_acks = Vec::new();
     for i in 0..N {
         let batch = BatchAck::new();
         send(&tx, telemetry(nth(i), batch.ack())).await;
         acks.push(tokio::spawn(batch.wait()));
+        if i % 10 == 0 {
+            let batch = BatchAck::new();
+            send(&tx, event(i / 10, batch.ack())).await;
+            event_acks.push(tokio::spawn(batch.wait()));
+        }
         if i % 2000 == 1999 {
             tokio::time::sleep(Duration::from_millis(40)).await;
         }
@@ -843,6 +1005,13 @@ async fn killed_connections_lose_and_duplicate_nothing() {
         if status == AckStatus::Delivered {
             delivered.insert(i as i64);
         }
+    }
+    for ack in event_acks {
+        let status = tokio::time::timeout(PATIENCE, ack)
+            .await
+            .expect("every event ack settles")
+            .expect("waiter ran");
+        assert_eq!(status, AckStatus::Delivered, "events are retried too");
     }
     stop.store(true, Ordering::Relaxed);
     killer.await.expect("killer ran");
@@ -871,6 +1040,7 @@ async fn killed_connections_lose_and_duplicate_nothing() {
         "every record is eventually delivered"
     );
     assert_eq!(stored.len(), N as usize);
+    assert_eq!(test.count(&db, "vehicle_events").await, (N / 10) as i64);
     // A lost connection is never mistaken for a refused row.
     assert_eq!(test.count(&db, "dead_letters").await, 0);
 }
@@ -1151,6 +1321,309 @@ async fn dead_letters_keep_their_raw_bytes() {
     assert_eq!(test.count(&db, "telemetry").await, 0);
 }
 
+// ---- events ----------------------------------------------------------------
+
+/// Every row of `vehicle_events`, by id: (vehicle_id, type, time, data,
+/// received_at).
+async fn event_rows(
+    test: &TestDb,
+    db: &Client,
+) -> BTreeMap<String, (String, String, i64, Value, OffsetDateTime)> {
+    db.query(
+        &format!(
+            "SELECT id, vehicle_id, type, time, data, received_at FROM {}",
+            test.table("vehicle_events")
+        ),
+        &[],
+    )
+    .await
+    .expect("events")
+    .iter()
+    .map(|r| {
+        (
+            r.get(0),
+            (r.get(1), r.get(2), ms(r.get(3)), r.get(4), r.get(5)),
+        )
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn events_are_written_once_acked_once_visible_and_replays_add_no_rows() {
+    const N: u64 = 3 * EventType::ALL.len() as u64;
+    let test = TestDb::new();
+    let db = test.observer().await;
+    let sink = connect(test.config()).await;
+    let (tx, rx) = mpsc::channel(256);
+
+    // Queued (with telemetry in between) before the sink runs: nobody may
+    // hear "delivered" yet. A timer event carries no sender's ack; it is
+    // written all the same.
+    send(&tx, event(N, Ack::none())).await;
+    let batch = BatchAck::new();
+    for n in 0..N {
+        send(&tx, event(n, batch.ack())).await;
+        if n % 3 == 0 {
+            send(&tx, telemetry(nth(n), batch.ack())).await;
+        }
+    }
+    let waiter = tokio::spawn(batch.wait());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "acked before the sink ran");
+    let started = OffsetDateTime::now_utc();
+    let run = tokio::spawn(sink.run(rx));
+    let status = tokio::time::timeout(PATIENCE, waiter)
+        .await
+        .expect("acks settle")
+        .expect("waiter ran");
+    assert_eq!(status, AckStatus::Delivered);
+    // The input is still open: the rows are there because of the ack (all
+    // were queued before the sink ran, so they were one batch).
+    assert!(!run.is_finished());
+    assert_eq!(test.count(&db, "vehicle_events").await, (N + 1) as i64);
+    assert_eq!(test.count(&db, "telemetry").await, (N / 3) as i64);
+
+    let first = event_rows(&test, &db).await;
+    assert_eq!(first.len() as u64, N + 1);
+    for n in 0..=N {
+        let SinkRecord::Event(e) = event(n, Ack::none()) else {
+            unreachable!()
+        };
+        let (vehicle, ty, time, data, received_at) = first
+            .get(&e.id)
+            .unwrap_or_else(|| panic!("event {n} ({}) missing", e.id));
+        assert_eq!(vehicle, e.subject.as_str(), "event {n}");
+        assert_eq!(ty, e.event_type.as_str(), "event {n}");
+        assert_eq!(*time, e.time_ms, "event {n}");
+        assert_eq!(
+            *data,
+            serde_json::from_str::<Value>(&event_data(n)).expect("json")
+        );
+        // received_at is the database's time of the insert.
+        assert!(
+            *received_at >= started - time::Duration::seconds(5)
+                && *received_at <= OffsetDateTime::now_utc() + time::Duration::seconds(5),
+            "received_at {received_at} of event {n}"
+        );
+    }
+
+    // The same events again, each twice (so also within one batch): no new
+    // row, every ack delivered, the first rows untouched.
+    let replay = BatchAck::new();
+    for n in 0..=N {
+        send(&tx, event(n, replay.ack())).await;
+        send(&tx, event(n, replay.ack())).await;
+    }
+    assert_eq!(wait(replay).await, AckStatus::Delivered);
+    assert_eq!(test.count(&db, "vehicle_events").await, (N + 1) as i64);
+    assert_eq!(event_rows(&test, &db).await, first);
+
+    // The id is of (vehicle, type, key, time): another key or another time
+    // of the same event is another event.
+    let batch = BatchAck::new();
+    let base = event_with(0, &event_data(0), Ack::none());
+    for (key, time_ms) in [("key-x", base.time_ms), ("key-0", base.time_ms + 1)] {
+        send(
+            &tx,
+            SinkRecord::Event(VehicleEvent::new(
+                base.source.clone(),
+                base.event_type,
+                base.subject.clone(),
+                key,
+                time_ms,
+                base.data.clone(),
+                batch.ack(),
+            )),
+        )
+        .await;
+    }
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    assert_eq!(test.count(&db, "vehicle_events").await, (N + 3) as i64);
+    finish(tx, run).await;
+    assert_eq!(test.count(&db, "dead_letters").await, 0);
+}
+
+#[tokio::test]
+async fn a_refused_event_is_isolated_and_dead_lettered() {
+    const BAD: u64 = 11;
+    let test = TestDb::new();
+    let db = test.observer().await;
+    let sink = connect(TimescaleConfig {
+        batch_max_rows: 100,
+        ..test.config()
+    })
+    .await;
+    let (tx, rx) = mpsc::channel(100);
+    let batch = BatchAck::new();
+    let bad_data = r#"{"note":"a\u0000b"}"#;
+    for n in 0..40 {
+        let record = if n == BAD {
+            // jsonb cannot hold U+0000: refused for good (22P05).
+            SinkRecord::Event(event_with(n, bad_data, batch.ack()))
+        } else {
+            event(n, batch.ack())
+        };
+        send(&tx, record).await;
+        send(&tx, telemetry(nth(n), batch.ack())).await;
+    }
+    // An event whose time no timestamptz holds never reaches the database.
+    let mut far = event_with(99, &event_data(99), batch.ack());
+    far.time_ms = i64::MAX;
+    let far_id = far.id.clone();
+    send(&tx, SinkRecord::Event(far)).await;
+    // Everything is queued before the sink runs: one batch.
+    let run = tokio::spawn(sink.run(rx));
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    finish(tx, run).await;
+
+    assert_eq!(test.count(&db, "vehicle_events").await, 39);
+    assert_eq!(test.count(&db, "telemetry").await, 40);
+    let bad = event_with(BAD, bad_data, Ack::none());
+    assert!(!event_rows(&test, &db).await.contains_key(&bad.id));
+    let dead = db
+        .query(
+            &format!(
+                "SELECT reason, detail, source, vehicle_id, topic, raw, received_at FROM {} \
+                 ORDER BY id",
+                test.table("dead_letters")
+            ),
+            &[],
+        )
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.len(), 2);
+    let mut seen = BTreeSet::new();
+    for row in &dead {
+        assert_eq!(row.get::<_, &str>("reason"), DB_REFUSED);
+        assert_eq!(row.get::<_, &str>("source"), EVENT_SOURCE);
+        assert_eq!(row.get::<_, Option<&str>>("topic"), None);
+        let raw: Value = serde_json::from_slice(row.get("raw")).expect("raw is the event's JSON");
+        assert_eq!(raw["specversion"], "1.0");
+        assert_eq!(
+            row.get::<_, Option<&str>>("vehicle_id"),
+            raw["subject"].as_str()
+        );
+        let detail: &str = row.get("detail");
+        let id = raw["id"].as_str().expect("id").to_owned();
+        if id == bad.id {
+            assert_eq!(
+                raw,
+                serde_json::from_str::<Value>(&bad.to_json()).expect("json")
+            );
+            assert_eq!(raw["data"]["note"], "a\u{0}b");
+            assert!(
+                detail.contains("22P05"),
+                "PostgreSQL's error is the detail: {detail}"
+            );
+        } else {
+            assert_eq!(id, far_id);
+            assert!(detail.contains("out of range"), "{detail}");
+        }
+        seen.insert(id);
+    }
+    assert_eq!(seen.len(), 2);
+}
+
+// ---- upgrade -----------------------------------------------------------------
+
+#[tokio::test]
+async fn a_schema_of_the_previous_release_is_upgraded_in_place() {
+    let test = TestDb::new();
+    let db = test.observer().await;
+    let config = test.config();
+    let schema = quote_ident(&test.schema);
+    // What the previous release left: 0001 and 0002, and a row.
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema}; \
+         CREATE TABLE {schema}.fleetpipe_migrations (version integer PRIMARY KEY, \
+             name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .await
+    .expect("old schema");
+    for m in MIGRATIONS.iter().filter(|m| m.version <= 2) {
+        db.batch_execute(&render(m.sql, &schema, &config))
+            .await
+            .expect("old migration");
+        db.execute(
+            &format!("INSERT INTO {schema}.fleetpipe_migrations (version, name) VALUES ($1, $2)"),
+            &[&m.version, &m.name],
+        )
+        .await
+        .expect("record");
+    }
+    db.batch_execute(&format!(
+        "INSERT INTO {schema}.telemetry (vehicle_id, ts, seq, received_at, source, lat, lon) \
+         VALUES ('old-1', now(), 1, now(), 'http', 1, 2)"
+    ))
+    .await
+    .expect("old row");
+
+    let (tx, run) = start(config, 16).await;
+    let applied: Vec<i32> = versions(&test, &db)
+        .await
+        .iter()
+        .map(|(v, _, _)| *v)
+        .collect();
+    assert_eq!(applied, [1, 2, 4]);
+    let batch = BatchAck::new();
+    send(&tx, telemetry(nth(3), batch.ack())).await;
+    send(&tx, event(3, batch.ack())).await;
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    finish(tx, run).await;
+
+    // The old row has NULL enrichment, the new one its values.
+    let rows = db
+        .query(
+            &format!(
+                "SELECT vehicle_id, fences, distance_m, derived_speed_kmh, flags FROM {} \
+                 ORDER BY vehicle_id",
+                test.table("telemetry")
+            ),
+            &[],
+        )
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 2);
+    let old = &rows[0];
+    assert_eq!(old.get::<_, &str>(0), "old-1");
+    assert_eq!(old.get::<_, Option<Vec<String>>>(1), None);
+    assert_eq!(old.get::<_, Option<f64>>(2), None);
+    assert_eq!(old.get::<_, Option<f64>>(3), None);
+    assert_eq!(old.get::<_, Option<Vec<String>>>(4), None);
+    let new = &rows[1];
+    assert_eq!(
+        new.get::<_, Option<Vec<String>>>(1),
+        Some(vec!["zone-3".to_owned(), "depot-7".to_owned()])
+    );
+    assert_eq!(
+        new.get::<_, Option<Vec<String>>>(4),
+        Some(vec!["jump".to_owned()])
+    );
+    assert_eq!(test.count(&db, "vehicle_events").await, 1);
+
+    // vehicle_state is there for enrichment to use: one row per vehicle.
+    let state = test.table("vehicle_state");
+    db.batch_execute(&format!(
+        "INSERT INTO {state} (vehicle_id, state) VALUES ('van-1', '{{\"soc\": 50}}'); \
+         INSERT INTO {state} (vehicle_id, state) VALUES ('van-1', '{{\"soc\": 40}}') \
+         ON CONFLICT (vehicle_id) DO UPDATE SET state = excluded.state, updated_at = now()"
+    ))
+    .await
+    .expect("upsert state");
+    let row = db
+        .query_one(&format!("SELECT state, updated_at FROM {state}"), &[])
+        .await
+        .expect("one state row");
+    assert_eq!(row.get::<_, Value>(0), json!({"soc": 40}));
+    let err = db
+        .batch_execute(&format!(
+            "INSERT INTO {state} (vehicle_id) VALUES ('van-2')"
+        ))
+        .await
+        .expect_err("state is required");
+    assert_eq!(err.code().map(|c| c.code()), Some("23502"));
+}
+
 // ---- metrics ---------------------------------------------------------------
 
 #[test]
@@ -1177,6 +1650,9 @@ fn metrics_follow_the_contract() {
             send(&tx, telemetry(nul_in_attrs(10), batch.ack())).await;
             send(&tx, dead_letter(0, Bytes::from_static(b"raw"), batch.ack())).await;
             send(&tx, dead_letter(1, Bytes::from_static(b"raw"), batch.ack())).await;
+            for n in 0..4 {
+                send(&tx, event(n, batch.ack())).await;
+            }
             let run = tokio::spawn(sink.run(rx));
             assert_eq!(wait(batch).await, AckStatus::Delivered);
             finish(tx, run).await;
@@ -1190,7 +1666,10 @@ fn metrics_follow_the_contract() {
 
     let tel = [("sink", "timescale"), ("stream", "telemetry")];
     let dl = [("sink", "timescale"), ("stream", "dead_letter")];
+    let ev = [("sink", "timescale"), ("stream", "events")];
     assert_eq!(counter("fleetpipe_sink_records_total", &tel), 10);
+    assert_eq!(counter("fleetpipe_sink_records_total", &ev), 4);
+    assert!(counter("fleetpipe_sink_bytes_total", &ev) > 4 * 50);
     // Two dead letters and the refused ping.
     assert_eq!(counter("fleetpipe_sink_records_total", &dl), 3);
     assert!(counter("fleetpipe_sink_bytes_total", &tel) > 10 * 100);
@@ -1202,7 +1681,7 @@ fn metrics_follow_the_contract() {
         ) >= 1
     );
     let sizes = histogram("fleetpipe_sink_batch_records");
-    assert_eq!(sizes.iter().sum::<f64>(), 13.0, "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<f64>(), 17.0, "{sizes:?}");
     let seconds = histogram("fleetpipe_sink_batch_seconds");
     assert_eq!(seconds.len(), sizes.len());
     assert!(
@@ -1450,8 +1929,11 @@ fn copy_size_matches_the_binary_encoding() {
         let p = &r.ping;
         let seq = p.seq.map(|s| s as i64);
         let attrs = serde_json::to_value(&p.attrs).expect("json");
+        let e = &r.enrichment;
+        let fences: Vec<&str> = e.fences.iter().map(|f| &**f).collect();
+        let flags: Vec<&str> = e.flags.names().collect();
         // Timestamps are 8 bytes, like a bigint.
-        let values: [(&(dyn ToSql + Sync), Type); 19] = [
+        let values: [(&(dyn ToSql + Sync), Type); 23] = [
             (&p.vehicle_id.as_str(), Type::TEXT),
             (&0i64, Type::INT8),
             (&seq, Type::INT8),
@@ -1471,6 +1953,10 @@ fn copy_size_matches_the_binary_encoding() {
             (&Some(FINEST_CELL), Type::INT8),
             (&p.dtcs, Type::TEXT_ARRAY),
             (&attrs, Type::JSONB),
+            (&fences, Type::TEXT_ARRAY),
+            (&e.distance_m, Type::FLOAT8),
+            (&e.derived_speed_kmh, Type::FLOAT8),
+            (&flags, Type::TEXT_ARRAY),
         ];
         let mut encoded = 2;
         for (value, ty) in &values {
@@ -1483,6 +1969,30 @@ fn copy_size_matches_the_binary_encoding() {
         }
         assert_eq!(row.copy_len(), encoded, "ping {i}");
     }
+
+    for n in [0, 5] {
+        let SinkRecord::Event(e) = event(n, Ack::none()) else {
+            unreachable!()
+        };
+        let row = EventRow::new(&e).expect("storable");
+        let data: Value = serde_json::from_str(e.data.get()).expect("json");
+        let values: [(&(dyn ToSql + Sync), Type); 5] = [
+            (&e.id, Type::TEXT),
+            (&e.subject.as_str(), Type::TEXT),
+            (&e.event_type.as_str(), Type::TEXT),
+            (&0i64, Type::INT8),
+            (&data, Type::JSONB),
+        ];
+        // serde_json::Value re-serializes compactly: the same length as the
+        // compact data of the fixture.
+        let mut encoded = 2;
+        for (value, ty) in &values {
+            let mut buf = BytesMut::new();
+            value.to_sql_checked(ty, &mut buf).expect("encodes");
+            encoded += 4 + buf.len() as u64;
+        }
+        assert_eq!(row.copy_len(), encoded, "event {n}");
+    }
 }
 
 #[test]
@@ -1493,6 +2003,16 @@ fn a_seq_beyond_bigint_is_refused_before_the_database() {
     assert!(matches!(Row::prepare(&r), Row::Dead(_)));
     let r = SinkRecord::Telemetry(record(nth(1), Ack::none()));
     assert!(matches!(Row::prepare(&r), Row::Telemetry(_)));
+}
+
+#[test]
+fn an_event_time_beyond_timestamptz_is_refused_before_the_database() {
+    let mut e = event_with(1, &event_data(1), Ack::none());
+    e.time_ms = i64::MAX;
+    let r = SinkRecord::Event(e);
+    assert!(matches!(Row::prepare(&r), Row::Dead(_)));
+    let r = event(1, Ack::none());
+    assert!(matches!(Row::prepare(&r), Row::Event(_)));
 }
 
 #[tokio::test]

@@ -10,32 +10,41 @@
 //!    or a retry after an ambiguous commit adds nothing,
 //! 3. upserts the newest ping per vehicle into `vehicle_latest`, never moving
 //!    a vehicle back in time,
-//! 4. binary-COPYs the dead letters into `dead_letters`,
-//! 5. commits.
+//! 4. binary-COPYs the events into the staging table
+//!    `pg_temp.vehicle_events_stage` and inserts them into `vehicle_events`
+//!    with `ON CONFLICT (id) DO NOTHING`: an event's id is deterministic, so
+//!    a replayed event adds nothing,
+//! 5. binary-COPYs the dead letters into `dead_letters`,
+//! 6. commits.
 //!
 //! It logs nothing, records no metrics and retries nothing: the service
 //! decides what an error means.
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
+use std::sync::Arc;
 
 use bytes::{BufMut as _, BytesMut};
-use fleetpipe_model::{DeadLetter, SinkRecord, TelemetryRecord};
+use fleetpipe_model::{DeadLetter, PingFlags, SinkRecord, TelemetryRecord, VehicleEvent};
 use time::OffsetDateTime;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
-/// Reason written for telemetry the database refused for good.
+/// Reason written for telemetry and events the database refused for good.
 pub(crate) const DB_REFUSED: &str = "db_refused";
 
+/// `source` of the dead letter written for an event the database refused:
+/// events come from enrichment, not through a gateway.
+pub(crate) const EVENT_SOURCE: &str = "events";
+
 /// Columns of `telemetry` the sink fills, in COPY order. `geofence_ids` keeps
-/// its default until the geofence stage provides it.
+/// its default: the geofences of a ping go to `fences`.
 const STAGE_COLUMNS: &str = "vehicle_id, ts, seq, received_at, source, lat, lon, alt_m, \
     speed_kmh, heading_deg, accuracy_m, soc_pct, battery_v, charging, odometer_km, ignition, \
-    h3_cell, dtcs, attrs";
+    h3_cell, dtcs, attrs, fences, distance_m, derived_speed_kmh, flags";
 
 /// Types of [`STAGE_COLUMNS`], in the same order.
-const STAGE_TYPES: [Type; 19] = [
+const STAGE_TYPES: [Type; 23] = [
     Type::TEXT,
     Type::TIMESTAMPTZ,
     Type::INT8,
@@ -54,6 +63,23 @@ const STAGE_TYPES: [Type; 19] = [
     Type::BOOL,
     Type::INT8,
     Type::TEXT_ARRAY,
+    Type::JSONB,
+    Type::TEXT_ARRAY,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::TEXT_ARRAY,
+];
+
+/// Columns of `vehicle_events` the sink fills, in COPY order; `received_at`
+/// takes its default, the time of the transaction.
+const EVENT_COLUMNS: &str = "id, vehicle_id, type, time, data";
+
+/// Types of [`EVENT_COLUMNS`], in the same order.
+const EVENT_TYPES: [Type; 5] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
     Type::JSONB,
 ];
 
@@ -74,10 +100,12 @@ const DEAD_TYPES: [Type; 7] = [
 /// The statements of one schema, rendered once.
 #[derive(Debug)]
 pub(crate) struct Statements {
-    /// Creates the connection's staging table; run once per connection.
+    /// Creates the connection's staging tables; run once per connection.
     pub(crate) create_stage: String,
     copy_stage: String,
     merge_stage: String,
+    copy_events: String,
+    merge_events: String,
     copy_dead: String,
 }
 
@@ -89,7 +117,9 @@ impl Statements {
         Self {
             create_stage: format!(
                 "CREATE TEMP TABLE IF NOT EXISTS telemetry_stage \
-                 (LIKE {schema}.telemetry INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                 (LIKE {schema}.telemetry INCLUDING DEFAULTS) ON COMMIT DELETE ROWS; \
+                 CREATE TEMP TABLE IF NOT EXISTS vehicle_events_stage \
+                 (LIKE {schema}.vehicle_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             ),
             copy_stage: format!(
                 "COPY pg_temp.telemetry_stage ({STAGE_COLUMNS}) FROM STDIN (FORMAT binary)"
@@ -113,6 +143,17 @@ impl Statements {
                  updated_at = excluded.updated_at \
                  WHERE excluded.ts > latest.ts"
             ),
+            copy_events: format!(
+                "COPY pg_temp.vehicle_events_stage ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)"
+            ),
+            // Sorted by id, for the same reason as the telemetry. A replay
+            // (same id, also twice within one batch) is skipped.
+            merge_events: format!(
+                "INSERT INTO {schema}.vehicle_events ({EVENT_COLUMNS}) \
+                 SELECT {EVENT_COLUMNS} FROM pg_temp.vehicle_events_stage \
+                 ORDER BY id \
+                 ON CONFLICT (id) DO NOTHING"
+            ),
             copy_dead: format!(
                 "COPY {schema}.dead_letters ({DEAD_COLUMNS}) FROM STDIN (FORMAT binary)"
             ),
@@ -127,10 +168,15 @@ pub(crate) struct WriteStats {
     pub(crate) telemetry: u64,
     /// Rows copied to `dead_letters`.
     pub(crate) dead_letters: u64,
+    /// Events copied towards `vehicle_events` (replays included: they are
+    /// durable).
+    pub(crate) events: u64,
     /// COPY payload of the telemetry rows, bytes.
     pub(crate) telemetry_bytes: u64,
     /// COPY payload of the dead-letter rows, bytes.
     pub(crate) dead_letter_bytes: u64,
+    /// COPY payload of the event rows, bytes.
+    pub(crate) event_bytes: u64,
 }
 
 impl WriteStats {
@@ -138,8 +184,10 @@ impl WriteStats {
     pub(crate) fn add(&mut self, other: WriteStats) {
         self.telemetry += other.telemetry;
         self.dead_letters += other.dead_letters;
+        self.events += other.events;
         self.telemetry_bytes += other.telemetry_bytes;
         self.dead_letter_bytes += other.dead_letter_bytes;
+        self.event_bytes += other.event_bytes;
     }
 }
 
@@ -148,26 +196,32 @@ impl WriteStats {
 pub(crate) enum Row<'a> {
     /// A ping for `telemetry`.
     Telemetry(StageRow<'a>),
+    /// An event for `vehicle_events`.
+    Event(EventRow<'a>),
     /// A row for `dead_letters`.
     Dead(DeadRow<'a>),
 }
 
 impl<'a> Row<'a> {
-    /// Converts a record. A ping that cannot be represented in the table
-    /// (e.g. a `seq` beyond `bigint`) becomes a `db_refused` dead letter
-    /// right away.
+    /// Converts a record. A ping or event that cannot be represented in its
+    /// table (e.g. a `seq` beyond `bigint`) becomes a `db_refused` dead
+    /// letter right away.
     pub(crate) fn prepare(record: &'a SinkRecord) -> Self {
         match record {
             SinkRecord::Telemetry(r) => match StageRow::new(r) {
                 Ok(row) => Row::Telemetry(row),
                 Err(why) => Row::Dead(DeadRow::refused(r, why)),
             },
+            SinkRecord::Event(e) => match EventRow::new(e) {
+                Ok(row) => Row::Event(row),
+                Err(why) => Row::Dead(DeadRow::refused_event(e, why)),
+            },
             SinkRecord::DeadLetter(d) => Row::Dead(DeadRow::letter(d)),
         }
     }
 }
 
-/// A ping as the 19 values of [`STAGE_COLUMNS`].
+/// A ping as the 23 values of [`STAGE_COLUMNS`].
 #[derive(Debug)]
 pub(crate) struct StageRow<'a> {
     vehicle_id: &'a str,
@@ -188,7 +242,11 @@ pub(crate) struct StageRow<'a> {
     ignition: Option<bool>,
     h3_cell: Option<i64>,
     dtcs: &'a [String],
-    attrs: JsonbText,
+    attrs: JsonbText<'a>,
+    fences: Fences<'a>,
+    distance_m: Option<f64>,
+    derived_speed_kmh: Option<f64>,
+    flags: Flags,
 }
 
 impl<'a> StageRow<'a> {
@@ -204,6 +262,7 @@ impl<'a> StageRow<'a> {
         };
         let attrs = serde_json::to_string(&p.attrs)
             .map_err(|e| format!("attrs cannot be encoded as JSON: {e}"))?;
+        let enrichment = &r.enrichment;
         Ok(Self {
             vehicle_id: p.vehicle_id.as_str(),
             ts: timestamp(p.ts_ms).ok_or_else(|| format!("ts {} is out of range", p.ts_ms))?,
@@ -224,12 +283,19 @@ impl<'a> StageRow<'a> {
             ignition: p.ignition,
             h3_cell: finest_cell(&r.h3),
             dtcs: &p.dtcs,
-            attrs: JsonbText(attrs),
+            attrs: JsonbText(Cow::Owned(attrs)),
+            // Empty arrays rather than NULL: NULL is kept for rows written
+            // before the columns existed, and `NOT ('late' = ANY(flags))`
+            // stays true for a ping without flags.
+            fences: Fences(&enrichment.fences),
+            distance_m: enrichment.distance_m,
+            derived_speed_kmh: enrichment.derived_speed_kmh,
+            flags: Flags(enrichment.flags),
         })
     }
 
     /// The values in [`STAGE_COLUMNS`] order.
-    fn values(&self) -> [&(dyn ToSql + Sync); 19] {
+    fn values(&self) -> [&(dyn ToSql + Sync); 23] {
         [
             &self.vehicle_id,
             &self.ts,
@@ -250,6 +316,10 @@ impl<'a> StageRow<'a> {
             &self.h3_cell,
             &self.dtcs,
             &self.attrs,
+            &self.fences,
+            &self.distance_m,
+            &self.derived_speed_kmh,
+            &self.flags,
         ]
     }
 
@@ -264,6 +334,8 @@ impl<'a> StageRow<'a> {
             self.soc_pct,
             self.battery_v,
             self.odometer_km,
+            self.distance_m,
+            self.derived_speed_kmh,
         ];
         let payload = self.vehicle_id.len()
             + 8 // ts
@@ -275,11 +347,60 @@ impl<'a> StageRow<'a> {
             + opt(self.charging.is_some(), 1)
             + opt(self.ignition.is_some(), 1)
             + opt(self.h3_cell.is_some(), 8)
-            + text_array_len(self.dtcs)
+            + text_array_len(self.dtcs.iter().map(String::as_str))
             + 1 // jsonb version
-            + self.attrs.0.len();
+            + self.attrs.0.len()
+            + text_array_len(self.fences.0.iter().map(|f| &**f))
+            + text_array_len(self.flags.0.names());
         // Field count, then a length word per field.
         (2 + 4 * STAGE_TYPES.len() + payload) as u64
+    }
+}
+
+/// An event as the 5 values of [`EVENT_COLUMNS`].
+#[derive(Debug)]
+pub(crate) struct EventRow<'a> {
+    id: &'a str,
+    vehicle_id: &'a str,
+    event_type: &'static str,
+    time: OffsetDateTime,
+    data: JsonbText<'a>,
+}
+
+impl<'a> EventRow<'a> {
+    /// Converts an event, or says why it cannot be stored.
+    pub(crate) fn new(e: &'a VehicleEvent) -> Result<Self, String> {
+        Ok(Self {
+            id: &e.id,
+            vehicle_id: e.subject.as_str(),
+            event_type: e.event_type.as_str(),
+            time: timestamp(e.time_ms)
+                .ok_or_else(|| format!("time {} is out of range", e.time_ms))?,
+            // Already JSON: the same bytes every sink writes.
+            data: JsonbText(Cow::Borrowed(e.data.get())),
+        })
+    }
+
+    /// The values in [`EVENT_COLUMNS`] order.
+    fn values(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.id,
+            &self.vehicle_id,
+            &self.event_type,
+            &self.time,
+            &self.data,
+        ]
+    }
+
+    /// Size of this row in the binary COPY stream.
+    pub(crate) fn copy_len(&self) -> u64 {
+        let payload = self.id.len()
+            + self.vehicle_id.len()
+            + self.event_type.len()
+            + 8 // time
+            + 1 // jsonb version
+            + self.data.0.len();
+        (2 + 4 * EVENT_TYPES.len() + payload) as u64
     }
 }
 
@@ -328,6 +449,24 @@ impl<'a> DeadRow<'a> {
         }
     }
 
+    /// An event the database refused for good (`detail` says why), kept as
+    /// its CloudEvents JSON. Events have no receive time: `received_at` is
+    /// when the sink gave up on it.
+    pub(crate) fn refused_event(e: &'a VehicleEvent, detail: String) -> Self {
+        Self {
+            received_at: OffsetDateTime::now_utc(),
+            reason: DB_REFUSED,
+            detail: Cow::Owned(match text(&detail) {
+                Cow::Borrowed(_) => detail,
+                Cow::Owned(clean) => clean,
+            }),
+            source: EVENT_SOURCE,
+            vehicle_id: Some(e.subject.as_str()),
+            topic: None,
+            raw: Cow::Owned(e.to_json().into_bytes()),
+        }
+    }
+
     /// The values in [`DEAD_COLUMNS`] order.
     fn values(&self) -> [&(dyn ToSql + Sync); 7] {
         [
@@ -369,7 +508,7 @@ pub(crate) async fn write_rows(
 
     let telemetry = rows.iter().filter_map(|(_, row)| match row {
         Row::Telemetry(r) => Some(r),
-        Row::Dead(_) => None,
+        Row::Event(_) | Row::Dead(_) => None,
     });
     if rows.iter().any(|(_, row)| matches!(row, Row::Telemetry(_))) {
         let stmt = txn.prepare_cached(&sql.copy_stage).await?;
@@ -384,9 +523,26 @@ pub(crate) async fn write_rows(
         txn.batch_execute(&sql.merge_stage).await?;
     }
 
+    let events = rows.iter().filter_map(|(_, row)| match row {
+        Row::Event(r) => Some(r),
+        Row::Telemetry(_) | Row::Dead(_) => None,
+    });
+    if rows.iter().any(|(_, row)| matches!(row, Row::Event(_))) {
+        let stmt = txn.prepare_cached(&sql.copy_events).await?;
+        let sink = txn.copy_in(&stmt).await?;
+        let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &EVENT_TYPES));
+        for row in events {
+            writer.as_mut().write(&row.values()).await?;
+            stats.events += 1;
+            stats.event_bytes += row.copy_len();
+        }
+        writer.finish().await?;
+        txn.batch_execute(&sql.merge_events).await?;
+    }
+
     let dead = rows.iter().filter_map(|(_, row)| match row {
         Row::Dead(r) => Some(r),
-        Row::Telemetry(_) => None,
+        Row::Telemetry(_) | Row::Event(_) => None,
     });
     if rows.iter().any(|(_, row)| matches!(row, Row::Dead(_))) {
         let stmt = txn.prepare_cached(&sql.copy_dead).await?;
@@ -432,17 +588,61 @@ fn text(s: &str) -> Cow<'_, str> {
 
 /// Size of a one-dimensional `text[]` in binary format as postgres-types
 /// encodes it (with its one dimension even when empty).
-fn text_array_len(items: &[String]) -> usize {
+fn text_array_len<'s>(items: impl IntoIterator<Item = &'s str>) -> usize {
     // Dimension count, has-null flag, element type, the dimension's length
     // and lower bound; then a length word per element.
-    20 + items.iter().map(|s| 4 + s.len()).sum::<usize>()
+    20 + items.into_iter().map(|s| 4 + s.len()).sum::<usize>()
+}
+
+/// The geofence ids of a ping, sent as `text[]` (an empty array when there
+/// are none). Borrowed, so a row stays small.
+#[derive(Debug)]
+struct Fences<'a>(&'a [Arc<str>]);
+
+impl ToSql for Fences<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        let ids: Vec<&str> = self.0.iter().map(|f| &**f).collect();
+        ids.to_sql(ty, out)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <Vec<&str> as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
+/// The quality flags of a ping, sent as `text[]` of their names
+/// ([`PingFlags::names`]; an empty array when none is set).
+#[derive(Debug)]
+struct Flags(PingFlags);
+
+impl ToSql for Flags {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        let names: Vec<&str> = self.0.names().collect();
+        names.to_sql(ty, out)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <Vec<&str> as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
 }
 
 /// JSON text sent as `jsonb` without building a `serde_json::Value`.
 #[derive(Debug)]
-struct JsonbText(String);
+struct JsonbText<'a>(Cow<'a, str>);
 
-impl ToSql for JsonbText {
+impl ToSql for JsonbText<'_> {
     fn to_sql(
         &self,
         ty: &Type,

@@ -1,0 +1,195 @@
+//! Where per-vehicle state is checkpointed, so a restart neither forgets
+//! which vehicles are inside which fences nor re-emits their enter events.
+//!
+//! - [`StateStore::Postgres`]: the `vehicle_state` table (created by the
+//!   TimescaleDB sink's migrations), upserting only the vehicles changed
+//!   since the last checkpoint.
+//! - [`StateStore::Dir`]: one JSON-lines file, `vehicle-state.jsonl`, in a
+//!   directory, rewritten whole through a temporary file and an atomic
+//!   rename, so a crash mid-write leaves the previous checkpoint.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use fleetpipe_model::VehicleId;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::NoTls;
+
+/// Name of the checkpoint file of [`StateStore::Dir`].
+pub const STATE_FILE: &str = "vehicle-state.jsonl";
+
+/// Upserted per statement by [`StateStore::Postgres`].
+const PG_CHUNK: usize = 2_000;
+
+/// Why a checkpoint could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// File system error.
+    #[error("state checkpoint {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// PostgreSQL error.
+    #[error("state checkpoint in PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// A checkpoint store. See the module docs.
+#[derive(Debug, Clone)]
+pub enum StateStore {
+    /// `vehicle-state.jsonl` in this directory.
+    Dir(PathBuf),
+    /// The `vehicle_state` table.
+    Postgres {
+        /// Connection URL.
+        url: String,
+        /// Schema holding `vehicle_state`.
+        schema: String,
+    },
+}
+
+/// One line of the checkpoint file.
+#[derive(Serialize, Deserialize)]
+struct Line<'a> {
+    vehicle_id: &'a str,
+    state: &'a serde_json::value::RawValue,
+}
+
+impl StateStore {
+    /// Whether a checkpoint must hold every vehicle (the file) rather than
+    /// the changed ones (the table).
+    pub fn wants_full(&self) -> bool {
+        matches!(self, StateStore::Dir(_))
+    }
+
+    /// Reads the last checkpoint: `(vehicle, state JSON)` pairs. No
+    /// checkpoint yet is an empty list. Lines with an invalid vehicle id are
+    /// skipped with a warning.
+    ///
+    /// # Errors
+    ///
+    /// The file or table exists but cannot be read.
+    pub async fn load(&self) -> Result<Vec<(VehicleId, String)>, StoreError> {
+        match self {
+            StateStore::Dir(dir) => {
+                let path = dir.join(STATE_FILE);
+                let text = match tokio::fs::read_to_string(&path).await {
+                    Ok(text) => text,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(source) => return Err(StoreError::Io { path, source }),
+                };
+                Ok(text
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .filter_map(|line| match serde_json::from_str::<Line<'_>>(line) {
+                        Ok(l) => Some((VehicleId::parse(l.vehicle_id).ok()?, l.state.get().to_owned())),
+                        Err(err) => {
+                            tracing::warn!(path = %path.display(), error = %err, "unreadable state checkpoint line skipped");
+                            None
+                        }
+                    })
+                    .collect())
+            }
+            StateStore::Postgres { url, schema } => {
+                let client = connect(url).await?;
+                let rows = client
+                    .query(
+                        &format!("SELECT vehicle_id, state::text FROM {schema}.vehicle_state"),
+                        &[],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .filter_map(|row| {
+                        let id: &str = row.get(0);
+                        let state: String = row.get(1);
+                        Some((VehicleId::parse(id).ok()?, state))
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Writes a checkpoint: every vehicle for [`StateStore::Dir`], the
+    /// changed ones for [`StateStore::Postgres`].
+    ///
+    /// # Errors
+    ///
+    /// The file or table cannot be written; the previous checkpoint stays.
+    pub async fn save(&self, entries: Vec<(VehicleId, String)>) -> Result<(), StoreError> {
+        match self {
+            StateStore::Dir(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || write_file(&dir, &entries))
+                    .await
+                    .map_err(|e| StoreError::Io {
+                        path: PathBuf::from(STATE_FILE),
+                        source: std::io::Error::other(e),
+                    })?
+            }
+            StateStore::Postgres { url, schema } => {
+                if entries.is_empty() {
+                    return Ok(());
+                }
+                let client = connect(url).await?;
+                let sql = format!(
+                    "INSERT INTO {schema}.vehicle_state (vehicle_id, state, updated_at) \
+                     SELECT v, s::jsonb, now() FROM UNNEST($1::text[], $2::text[]) AS t(v, s) \
+                     ON CONFLICT (vehicle_id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at"
+                );
+                let statement = client.prepare(&sql).await?;
+                for chunk in entries.chunks(PG_CHUNK) {
+                    let ids: Vec<&str> = chunk.iter().map(|(v, _)| v.as_str()).collect();
+                    let states: Vec<&str> = chunk.iter().map(|(_, s)| s.as_str()).collect();
+                    client.execute(&statement, &[&ids, &states]).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::warn!(error = %err, "state checkpoint connection ended");
+        }
+    });
+    Ok(client)
+}
+
+fn write_file(dir: &Path, entries: &[(VehicleId, String)]) -> Result<(), StoreError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join(STATE_FILE);
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut w = std::io::BufWriter::new(file);
+    for (vehicle, state) in entries {
+        // The state is JSON already; the id is [A-Za-z0-9_.:-] only.
+        writeln!(
+            w,
+            "{{\"vehicle_id\":\"{}\",\"state\":{}}}",
+            vehicle.as_str(),
+            state
+        )
+        .map_err(io(&tmp))?;
+    }
+    let file = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+    file.sync_all().map_err(io(&tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    // Make the rename itself durable.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
+}

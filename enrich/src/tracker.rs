@@ -125,7 +125,8 @@ impl Tracker {
 
         // A vehicle silent for `offline_after` went offline before this ping,
         // whether or not a timer noticed it (a replay has no timers).
-        if entry.state.is_online() && now - entry.last_received >= rules.offline_after_ms {
+        let silent = now - entry.last_received >= rules.offline_after_ms;
+        if silent && (entry.state.is_online() || !entry.pending.is_empty()) {
             release_all(entry, rules, &self.fences, &mut self.drafts);
             let last = entry.max_ts;
             entry
@@ -271,7 +272,7 @@ impl Tracker {
                 continue;
             }
             entry.timer_armed = false;
-            if entry.state.is_online() {
+            if entry.state.is_online() || !entry.pending.is_empty() {
                 release_all(entry, &self.rules, &self.fences, &mut self.drafts);
                 self.holding.remove(&vehicle);
                 let last = entry.max_ts;

@@ -345,7 +345,7 @@ impl VehicleState {
             self.offline_at = None;
         }
 
-        self.motion(s, step, speed, rules, &mut em);
+        self.motion(s, speed, rules, &mut em);
         self.slow_since = match speed {
             Some(v) if v < rules.arrival_max_speed_kmh => Some(self.slow_since.unwrap_or(ts)),
             Some(_) => None,
@@ -363,14 +363,7 @@ impl VehicleState {
         self.update_overall(ts, &mut em);
     }
 
-    fn motion(
-        &mut self,
-        s: &Sample,
-        step: Option<f64>,
-        speed: Option<f64>,
-        rules: &Rules,
-        em: &mut Emitter<'_>,
-    ) {
+    fn motion(&mut self, s: &Sample, speed: Option<f64>, rules: &Rules, em: &mut Emitter<'_>) {
         let Some(anchor) = self.anchor else {
             self.anchor = Some(s.pos);
             return;
@@ -401,10 +394,14 @@ impl VehicleState {
             return;
         }
         if let Some(trip) = &mut self.trip {
-            trip.distance_m += step.unwrap_or(0.0);
             trip.max_speed_kmh = trip.max_speed_kmh.max(speed.unwrap_or(0.0));
         }
         if from_anchor > rules.stop_radius_m {
+            // The trip is measured in hops of at least the stop radius, so
+            // GPS jitter while standing adds nothing to it.
+            if let Some(trip) = &mut self.trip {
+                trip.distance_m += from_anchor;
+            }
             self.anchor = Some(s.pos);
         } else if ts - anchor.ts >= rules.stop_after_ms {
             self.moving = false;

@@ -27,10 +27,13 @@ fn fleetpipe() -> Command {
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("fleetpipe.toml");
     let data = dir.join("data");
+    // The default state_dir is relative to the working directory (the crate
+    // when under cargo test); keep the checkpoint inside the test's tempdir.
+    let state = dir.join("state");
     std::fs::write(
         &path,
         format!(
-            "[ingest.mqtt]\nlisten = \"127.0.0.1:0\"\nlisten_v5 = \"127.0.0.1:0\"\n[ingest.http]\nlisten = \"127.0.0.1:0\"\n[sink.file]\ndir = {data:?}\n{extra}"
+            "[ingest.mqtt]\nlisten = \"127.0.0.1:0\"\nlisten_v5 = \"127.0.0.1:0\"\n[ingest.http]\nlisten = \"127.0.0.1:0\"\n[sink.file]\ndir = {data:?}\n[enrich]\nstate_dir = {state:?}\n{extra}"
         ),
     )
     .unwrap();

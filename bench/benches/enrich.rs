@@ -33,6 +33,10 @@
 // A benchmark of a broken fixture must stop loudly rather than measure errors.
 #![allow(clippy::expect_used)]
 
+// The allocator of the fleetpipe binary, so the numbers are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 

@@ -20,7 +20,7 @@
 //! given to [`Tracker::tick`], so the same inputs give the same outputs.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use fleetpipe_geofence::SharedIndex;
@@ -28,6 +28,7 @@ use fleetpipe_model::{
     Accepted, Ack, Enrichment, PingFlags, SCHEMA_VERSION, SinkRecord, TelemetryRecord,
     VehicleEvent, VehicleId,
 };
+use h3o::CellIndex;
 use serde::{Deserialize, Serialize};
 
 use crate::config::EnrichConfig;
@@ -64,6 +65,21 @@ pub(crate) struct Entry {
     last_received: i64,
     #[serde(skip)]
     timer_armed: bool,
+    /// Listed in [`Tracker::holding`]. Flags on the entry rather than hash
+    /// sets keyed by vehicle spare two hash lookups per ping.
+    #[serde(skip)]
+    holding: bool,
+    /// Listed in [`Tracker::dirty`].
+    #[serde(skip)]
+    dirty: bool,
+}
+
+/// Lists `vehicle` in `dirty` unless it is already.
+fn mark_dirty(entry: &mut Entry, vehicle: &VehicleId, dirty: &mut Vec<VehicleId>) {
+    if !entry.dirty {
+        entry.dirty = true;
+        dirty.push(vehicle.clone());
+    }
 }
 
 /// The per-worker core. See the module docs.
@@ -76,10 +92,11 @@ pub struct Tracker {
     vehicles: HashMap<VehicleId, Entry, foldhash::fast::RandomState>,
     /// (deadline, vehicle) of offline timers, at most one per vehicle.
     timers: BinaryHeap<Reverse<(i64, VehicleId)>>,
-    /// Vehicles with pings waiting in their buffer.
-    holding: HashSet<VehicleId, foldhash::fast::RandomState>,
-    /// Vehicles changed since the last checkpoint.
-    dirty: HashSet<VehicleId, foldhash::fast::RandomState>,
+    /// Vehicles that may have pings waiting in their buffer (each once: the
+    /// entry's `holding` flag says whether it is listed).
+    holding: Vec<VehicleId>,
+    /// Vehicles changed since the last checkpoint (each once, see `dirty`).
+    dirty: Vec<VehicleId>,
     drafts: Vec<Draft>,
 }
 
@@ -97,8 +114,8 @@ impl Tracker {
             fences: FenceCache::new(fences),
             vehicles: HashMap::default(),
             timers: BinaryHeap::new(),
-            holding: HashSet::default(),
-            dirty: HashSet::default(),
+            holding: Vec::new(),
+            dirty: Vec::new(),
             drafts: Vec::new(),
         })
     }
@@ -115,8 +132,15 @@ impl Tracker {
         let Accepted { ping, origin, ack } = accepted;
         let now = origin.received_at;
         self.fences.refresh();
-        let fences = self.fences.lookup(ping.lat, ping.lon);
         let h3 = self.enricher.cells(ping.lat, ping.lon);
+        // With the index's resolution among the configured ones (the
+        // defaults), the lookup reuses that cell instead of projecting again.
+        let index_res = u8::from(self.fences.resolution());
+        let cell = h3
+            .iter()
+            .find(|(res, _)| *res == index_res)
+            .and_then(|&(_, cell)| CellIndex::try_from(cell).ok());
+        let fences = self.fences.lookup(ping.lat, ping.lon, cell);
         let rules = &self.rules;
         let entry = match self.vehicles.get_mut(&ping.vehicle_id) {
             Some(entry) => entry,
@@ -202,13 +226,13 @@ impl Tracker {
         release(entry, rules, &self.fences, &mut self.drafts, |s, e| {
             e.max_ts - s.pos.ts >= window || now - s.received_at >= window
         });
-        if entry.pending.is_empty() {
-            self.holding.remove(&ping.vehicle_id);
-        } else if !self.holding.contains(&ping.vehicle_id) {
-            self.holding.insert(ping.vehicle_id.clone());
+        if !entry.pending.is_empty() && !entry.holding {
+            entry.holding = true;
+            self.holding.push(ping.vehicle_id.clone());
         }
-        if !self.dirty.contains(&ping.vehicle_id) {
-            self.dirty.insert(ping.vehicle_id.clone());
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(ping.vehicle_id.clone());
         }
 
         let events_ack: Vec<Ack> = self.drafts.iter().map(|_| ack.split()).collect();
@@ -239,7 +263,7 @@ impl Tracker {
     pub fn tick(&mut self, now: i64, out: &mut Vec<SinkRecord>) {
         self.fences.refresh();
         let window = self.rules.reorder_window_ms;
-        let holding: Vec<VehicleId> = self.holding.iter().cloned().collect();
+        let holding = std::mem::take(&mut self.holding);
         for vehicle in holding {
             let Some(entry) = self.vehicles.get_mut(&vehicle) else {
                 continue;
@@ -251,11 +275,14 @@ impl Tracker {
                 &mut self.drafts,
                 |s, _| now - s.received_at >= window,
             );
+            mark_dirty(entry, &vehicle, &mut self.dirty);
             if entry.pending.is_empty() {
-                self.holding.remove(&vehicle);
+                entry.holding = false;
+                self.wrap_unacked(&vehicle, out);
+            } else {
+                self.wrap_unacked(&vehicle, out);
+                self.holding.push(vehicle);
             }
-            self.dirty.insert(vehicle.clone());
-            self.wrap_unacked(&vehicle, out);
         }
         while let Some(Reverse((deadline, _))) = self.timers.peek()
             && *deadline <= now
@@ -273,13 +300,13 @@ impl Tracker {
             }
             entry.timer_armed = false;
             if entry.state.is_online() || !entry.pending.is_empty() {
+                // Its `holding` listing, if any, goes at the next tick.
                 release_all(entry, &self.rules, &self.fences, &mut self.drafts);
-                self.holding.remove(&vehicle);
                 let last = entry.max_ts;
                 entry
                     .state
                     .go_offline(last + self.rules.offline_after_ms, last, &mut self.drafts);
-                self.dirty.insert(vehicle.clone());
+                mark_dirty(entry, &vehicle, &mut self.dirty);
                 self.wrap_unacked(&vehicle, out);
             }
         }
@@ -287,11 +314,12 @@ impl Tracker {
 
     /// Applies every waiting ping (on shutdown, before the checkpoint).
     pub fn flush(&mut self, out: &mut Vec<SinkRecord>) {
-        let holding: Vec<VehicleId> = self.holding.drain().collect();
+        let holding = std::mem::take(&mut self.holding);
         for vehicle in holding {
             if let Some(entry) = self.vehicles.get_mut(&vehicle) {
+                entry.holding = false;
                 release_all(entry, &self.rules, &self.fences, &mut self.drafts);
-                self.dirty.insert(vehicle.clone());
+                mark_dirty(entry, &vehicle, &mut self.dirty);
                 self.wrap_unacked(&vehicle, out);
             }
         }
@@ -300,11 +328,13 @@ impl Tracker {
     /// Checkpoints of the vehicles changed since the last call, as
     /// `(vehicle, JSON)`.
     pub fn take_dirty(&mut self) -> Vec<(VehicleId, String)> {
-        let dirty: Vec<VehicleId> = self.dirty.drain().collect();
+        let dirty = std::mem::take(&mut self.dirty);
         dirty
             .into_iter()
             .filter_map(|v| {
-                let json = serde_json::to_string(self.vehicles.get(&v)?).ok()?;
+                let entry = self.vehicles.get_mut(&v)?;
+                entry.dirty = false;
+                let json = serde_json::to_string(entry).ok()?;
                 Some((v, json))
             })
             .collect()
@@ -315,8 +345,11 @@ impl Tracker {
     pub fn snapshot_all(&mut self) -> Vec<(VehicleId, String)> {
         self.dirty.clear();
         self.vehicles
-            .iter()
-            .filter_map(|(v, e)| Some((v.clone(), serde_json::to_string(e).ok()?)))
+            .iter_mut()
+            .filter_map(|(v, e)| {
+                e.dirty = false;
+                Some((v.clone(), serde_json::to_string(e).ok()?))
+            })
             .collect()
     }
 
@@ -336,8 +369,14 @@ impl Tracker {
                 vehicle.clone(),
             )));
         }
-        if !entry.pending.is_empty() {
-            self.holding.insert(vehicle.clone());
+        // Keep the listings of an entry this one replaces: each vehicle is
+        // listed at most once, exactly when its flag says so.
+        let old = self.vehicles.get(&vehicle);
+        entry.holding = old.is_some_and(|e| e.holding);
+        entry.dirty = old.is_some_and(|e| e.dirty);
+        if !entry.pending.is_empty() && !entry.holding {
+            entry.holding = true;
+            self.holding.push(vehicle.clone());
         }
         self.vehicles.insert(vehicle, entry);
         Ok(())

@@ -97,15 +97,25 @@ impl Pos {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Sample {
     pub(crate) pos: Pos,
+    // Absent fields are left out of checkpoints: a pending sample is most of
+    // a vehicle's checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) speed_kmh: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) accuracy_m: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) soc_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) charging: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) ignition: Option<bool>,
     /// Sorted, without repeats.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) dtcs: Vec<String>,
     /// Ids of the fences containing the position (exact test).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) fences: Vec<Arc<str>>,
     /// Wall time the ping was received, epoch ms.
     pub(crate) received_at: i64,

@@ -14,6 +14,12 @@ use fleetpipe::{Config, Pipeline};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+// Records are many small allocations made on one worker and freed on
+// another (a sink); mimalloc's per-thread free lists handle that better
+// than glibc malloc (see BENCHMARKS.md, "Enrichment").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// High-throughput vehicle telematics ingestion pipeline.
 #[derive(Debug, Parser)]
 #[command(name = "fleetpipe", version, about)]

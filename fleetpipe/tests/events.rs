@@ -66,7 +66,15 @@ async fn events_reach_the_sink_and_a_restart_re_emits_no_enter() {
     // West of the depot, then inside it.
     let t0 = now_ms() - 120_000;
     let mut first = start(shared.path()).await;
-    post(&first, batch(t0, "van-1", &[(1, 60, 13.4030), (2, 70, 13.4045), (3, 80, 13.4050)])).await;
+    post(
+        &first,
+        batch(
+            t0,
+            "van-1",
+            &[(1, 60, 13.4030), (2, 70, 13.4045), (3, 80, 13.4050)],
+        ),
+    )
+    .await;
     // The 200 means the events of those pings are stored too.
     let events = read_stream(first.dir.path(), "events");
     assert_eq!(
@@ -97,14 +105,22 @@ async fn events_reach_the_sink_and_a_restart_re_emits_no_enter() {
 
     // Restarted: still inside, so no enter and no online; then it leaves.
     let mut second = start(shared.path()).await;
-    post(&second, batch(t0, "van-1", &[(4, 90, 13.4051), (5, 100, 13.4052)])).await;
+    post(
+        &second,
+        batch(t0, "van-1", &[(4, 90, 13.4051), (5, 100, 13.4052)]),
+    )
+    .await;
     post(&second, batch(t0, "van-1", &[(6, 110, 13.4080)])).await;
     second.stop().await;
     let events = read_stream(second.dir.path(), "events");
     let kinds = types(&events);
     // Restored state: neither online nor a second enter, nor a second
     // motion start for the trip already under way.
-    for absent in ["vehicle.online", "geofence.entered", "vehicle.motion_started"] {
+    for absent in [
+        "vehicle.online",
+        "geofence.entered",
+        "vehicle.motion_started",
+    ] {
         assert!(!kinds.iter().any(|k| k == absent), "{events:#?}");
     }
     let fence_events: Vec<&Value> = events

@@ -950,7 +950,23 @@ impl GeofenceIndex {
         let Ok(ll) = LatLng::new(lat, lon) else {
             return;
         };
-        let cell = ll.to_cell(self.resolution);
+        self.lookup_cell_into(ll.to_cell(self.resolution), lat, lon, out);
+    }
+
+    /// Like [`GeofenceIndex::lookup_into`] for a caller that already has the
+    /// position's H3 cell at [`GeofenceIndex::resolution`] (enrichment
+    /// computes it anyway), sparing the second projection. `cell` must be
+    /// `LatLng::to_cell` of the position at that resolution; a cell of another
+    /// resolution is ignored and recomputed, since a parent of a finer cell
+    /// need not contain the position.
+    pub fn lookup_cell_into(&self, cell: CellIndex, lat: f64, lon: f64, out: &mut Vec<FenceId>) {
+        if cell.resolution() != self.resolution {
+            return self.lookup_into(lat, lon, out);
+        }
+        out.clear();
+        if !valid_query(lat, lon) {
+            return;
+        }
         for level in &self.levels {
             let key = if level.resolution == self.resolution {
                 cell

@@ -4,7 +4,7 @@
 
 use fleetpipe_geofence::{FenceSet, GeofenceIndex, brute_force};
 use geo::{Destination, Haversine, Point};
-use h3o::Resolution;
+use h3o::{LatLng, Resolution};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -222,7 +222,12 @@ proptest! {
             let (lat, lon) = point(base, &rings, &circles, s);
             let expected = brute_force(&set, lat, lon);
             hits += usize::from(!expected.is_empty());
-            prop_assert_eq!(index.lookup(lat, lon), expected, "res {} point ({}, {})", res, lat, lon);
+            prop_assert_eq!(index.lookup(lat, lon), expected.clone(), "res {} point ({}, {})", res, lat, lon);
+            // The entry point enrichment uses, given the cell it computed.
+            let cell = LatLng::new(lat, lon).unwrap().to_cell(index.resolution());
+            let mut given = Vec::new();
+            index.lookup_cell_into(cell, lat, lon, &mut given);
+            prop_assert_eq!(given, expected, "lookup_cell_into, res {} point ({}, {})", res, lat, lon);
         }
         // The sampling must actually exercise fences.
         prop_assert!(hits > 0);

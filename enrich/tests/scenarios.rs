@@ -597,6 +597,5 @@ fn one_vehicle_state_is_small() {
     run(&mut t, "van-10", &van_track()[..12], &mut out);
     let snapshot = t.snapshot_all();
     assert_eq!(snapshot.len(), 1);
-    eprintln!("SNAP {} {}", snapshot[0].1.len(), snapshot[0].1);
     assert!(snapshot[0].1.len() < 1024, "{}", snapshot[0].1);
 }

@@ -4,7 +4,9 @@
 //! (circles, 50–300 m) spread over a ~1000 km × 1000 km region
 //! (lat 45..54, lon 0..13). Queries: uniform points over the region
 //! ("uniform", mostly misses) and points within ~500 m of a random fence
-//! centre ("near", mostly boundary cells / hits).
+//! centre ("near", mostly boundary cells / hits). `index_lookup` is the
+//! whole lookup from lat/lon; `index_lookup_cell_given` starts from the H3
+//! cell, as enrichment does (it computes that cell for its output anyway).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
@@ -12,7 +14,7 @@ use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fleetpipe_geofence::{FenceId, FenceSet, GeofenceIndex, brute_force};
-use h3o::Resolution;
+use h3o::{CellIndex, LatLng, Resolution};
 use serde_json::{Value, json};
 
 const RES: Resolution = Resolution::Nine;
@@ -119,6 +121,26 @@ fn bench(c: &mut Criterion) {
                         let (lat, lon) = qs[i % qs.len()];
                         i += 1;
                         index.lookup_into(black_box(lat), black_box(lon), &mut out);
+                        black_box(out.len())
+                    })
+                },
+            );
+            // What enrichment pays: it has the position's resolution-9 cell
+            // already (its own H3 output), so only the index part remains.
+            let cells: Vec<CellIndex> = qs
+                .iter()
+                .map(|&(la, lo)| LatLng::new(la, lo).unwrap().to_cell(RES))
+                .collect();
+            let mut i = 0usize;
+            group.bench_with_input(
+                BenchmarkId::new(format!("index_lookup_cell_given/{label}"), n),
+                &n,
+                |b, _| {
+                    b.iter(|| {
+                        let k = i % qs.len();
+                        i += 1;
+                        let (lat, lon) = qs[k];
+                        index.lookup_cell_into(black_box(cells[k]), lat, lon, &mut out);
                         black_box(out.len())
                     })
                 },

@@ -51,26 +51,25 @@
 #![allow(clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use fleetpipe_bench::fixtures::{REFERENCE_NOW_MS, json_batch_of, proto_batch_of};
+use fleetpipe_bench::peers::{CopyRow, copy_batch};
 use fleetpipe_enrich::{EnrichConfig, Enricher};
 use fleetpipe_ingest::codec::{Encoding, VehicleScope, decode_message};
 use fleetpipe_ingest::validate::{ValidationConfig, Validator};
 use fleetpipe_model::{
     Accepted, Ack, AckStatus, BatchAck, Gateway, Origin, SinkRecord, TelemetryRecord,
 };
+use fleetpipe_sink::timescale::TELEMETRY_COPY_COLUMNS;
 use fleetpipe_sink::{
     KafkaConfig, KafkaSink, StorageMode, TimescaleConfig, TimescaleSink, migrate,
 };
-use serde_json::value::RawValue;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 
 /// Vehicles in the fleet.
@@ -87,39 +86,6 @@ const SINK_QUEUE: usize = 8192;
 /// Longest one delivery of the data set may take before the benchmark gives
 /// up (a sink retrying forever would otherwise hang the run).
 const PATIENCE: Duration = Duration::from_secs(300);
-
-/// Columns of `telemetry` the sink fills, in its COPY order (the sink's
-/// `STAGE_COLUMNS`).
-const COLUMNS: &str = "vehicle_id, ts, seq, received_at, source, lat, lon, alt_m, \
-    speed_kmh, heading_deg, accuracy_m, soc_pct, battery_v, charging, odometer_km, ignition, \
-    h3_cell, dtcs, attrs, fences, distance_m, derived_speed_kmh, flags";
-
-/// Types of [`COLUMNS`], in the same order (the sink's `STAGE_TYPES`).
-const TYPES: [Type; 23] = [
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::BOOL,
-    Type::FLOAT8,
-    Type::BOOL,
-    Type::INT8,
-    Type::TEXT_ARRAY,
-    Type::JSONB,
-    Type::TEXT_ARRAY,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::TEXT_ARRAY,
-];
 
 // ---- the fleet ---------------------------------------------------------------
 
@@ -399,118 +365,30 @@ impl Drop for BenchSchema {
     }
 }
 
-/// One telemetry row as the values the sink copies: the same conversion as
-/// the sink's `StageRow`, prepared before the timer starts.
-struct RawRow {
-    vehicle_id: String,
-    ts: SystemTime,
-    seq: Option<i64>,
-    received_at: SystemTime,
-    source: &'static str,
-    lat: f64,
-    lon: f64,
-    alt_m: Option<f64>,
-    speed_kmh: Option<f64>,
-    heading_deg: Option<f64>,
-    accuracy_m: Option<f64>,
-    soc_pct: Option<f64>,
-    battery_v: Option<f64>,
-    charging: Option<bool>,
-    odometer_km: Option<f64>,
-    ignition: Option<bool>,
-    h3_cell: Option<i64>,
-    dtcs: Vec<String>,
-    /// The attrs as JSON text; `Json` sends it as `jsonb` (its version
-    /// byte, then the text as is), like the sink's `JsonbText`.
-    attrs: Json<Box<RawValue>>,
-    /// Enrichment, as the sink writes it: empty arrays, not NULL.
-    fences: Vec<String>,
-    distance_m: Option<f64>,
-    derived_speed_kmh: Option<f64>,
-    flags: Vec<&'static str>,
-}
-
-impl RawRow {
-    fn new(r: &TelemetryRecord) -> Self {
-        let time = |ms: i64| UNIX_EPOCH + Duration::from_millis(ms.try_into().expect("after 1970"));
-        let p = &r.ping;
-        Self {
-            vehicle_id: p.vehicle_id.as_str().to_owned(),
-            ts: time(p.ts_ms),
-            seq: p.seq.map(|s| i64::try_from(s).expect("seq fits bigint")),
-            received_at: time(r.origin.received_at),
-            source: r.origin.gateway.as_str(),
-            lat: p.lat,
-            lon: p.lon,
-            alt_m: p.alt_m,
-            speed_kmh: p.speed_kmh,
-            heading_deg: p.heading_deg,
-            accuracy_m: p.accuracy_m,
-            soc_pct: p.soc_pct,
-            battery_v: p.battery_v,
-            charging: p.charging,
-            odometer_km: p.odometer_km,
-            ignition: p.ignition,
-            // The finest cell, as the sink stores it.
-            h3_cell: r
-                .h3
-                .iter()
-                .max_by_key(|(res, _)| *res)
-                .map(|(_, cell)| i64::try_from(*cell).expect("H3 index fits bigint")),
-            dtcs: p.dtcs.clone(),
-            attrs: Json(serde_json::value::to_raw_value(&p.attrs).expect("attrs as JSON")),
-            fences: r.enrichment.fences.iter().map(|f| f.to_string()).collect(),
-            distance_m: r.enrichment.distance_m,
-            derived_speed_kmh: r.enrichment.derived_speed_kmh,
-            flags: r.enrichment.flags.names().collect(),
-        }
-    }
-
-    /// The values in [`COLUMNS`] order.
-    fn values(&self) -> [&(dyn ToSql + Sync); 23] {
-        [
-            &self.vehicle_id,
-            &self.ts,
-            &self.seq,
-            &self.received_at,
-            &self.source,
-            &self.lat,
-            &self.lon,
-            &self.alt_m,
-            &self.speed_kmh,
-            &self.heading_deg,
-            &self.accuracy_m,
-            &self.soc_pct,
-            &self.battery_v,
-            &self.charging,
-            &self.odometer_km,
-            &self.ignition,
-            &self.h3_cell,
-            &self.dtcs,
-            &self.attrs,
-            &self.fences,
-            &self.distance_m,
-            &self.derived_speed_kmh,
-            &self.flags,
-        ]
-    }
+/// One telemetry row as the sink copies it: the same conversion as the
+/// sink's `StageRow`, prepared before the timer starts.
+fn copy_row(r: &TelemetryRecord) -> CopyRow {
+    let p = &r.ping;
+    let mut row = CopyRow::new(p).expect("the fleet's pings fit the table");
+    row.received_at =
+        UNIX_EPOCH + Duration::from_millis(r.origin.received_at.try_into().expect("after 1970"));
+    row.source = r.origin.gateway.as_str();
+    // The finest cell, as the sink stores it.
+    row.h3_cell =
+        r.h3.iter()
+            .max_by_key(|(res, _)| *res)
+            .map(|(_, cell)| i64::try_from(*cell).expect("H3 index fits bigint"));
+    row.fences = r.enrichment.fences.iter().map(|f| f.to_string()).collect();
+    row.distance_m = r.enrichment.distance_m;
+    row.derived_speed_kmh = r.enrichment.derived_speed_kmh;
+    row.flags = r.enrichment.flags.names().map(str::to_owned).collect();
+    row
 }
 
 /// Copies `rows` into `telemetry` in one transaction and commits.
-async fn copy_rows(client: &mut Client, copy: &Statement, rows: &[RawRow]) {
-    let txn = client.transaction().await.expect("begin");
-    let sink = txn.copy_in(copy).await.expect("start COPY");
-    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &TYPES));
-    for row in rows {
-        writer
-            .as_mut()
-            .write(&row.values())
-            .await
-            .expect("COPY a row");
-    }
-    let copied = writer.finish().await.expect("finish COPY");
+async fn copy_rows(client: &mut Client, copy: &Statement, rows: &[CopyRow]) {
+    let copied = copy_batch(client, copy, rows).await.expect("COPY a batch");
     assert_eq!(copied, rows.len() as u64, "rows copied");
-    txn.commit().await.expect("commit");
 }
 
 fn timescale(c: &mut Criterion) {
@@ -565,10 +443,10 @@ fn timescale(c: &mut Criterion) {
         rt.block_on(running.stop());
     }
 
-    let rows: Vec<RawRow> = fleet.records.iter().map(RawRow::new).collect();
+    let rows: Vec<CopyRow> = fleet.records.iter().map(copy_row).collect();
     let copy = rt
         .block_on(db.prepare(&format!(
-            "COPY {}.telemetry ({COLUMNS}) FROM STDIN (FORMAT binary)",
+            "COPY {}.telemetry ({TELEMETRY_COPY_COLUMNS}) FROM STDIN (FORMAT binary)",
             schema.ident()
         )))
         .expect("prepare COPY");

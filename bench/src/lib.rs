@@ -3,5 +3,9 @@
 //! - [`fixtures`]: deterministic, realistic wire-contract v1 payloads (JSON
 //!   from phones, Protobuf from vehicle firmware) for the criterion
 //!   benchmarks, the fuzz seed corpus and, later, the fleet simulator.
+//! - [`peers`]: what the end-to-end benchmark compares fleetpipe with on the
+//!   same machine: plain binary COPY into fleetpipe's `telemetry` table (the
+//!   database's ceiling) and geofencing in PostGIS.
 
 pub mod fixtures;
+pub mod peers;

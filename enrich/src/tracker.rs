@@ -220,6 +220,13 @@ impl Tracker {
                 received_at: now,
             };
             let at = entry.pending.partition_point(|s| s.key() < key);
+            // Grow one sample at a time: Vec's first allocation holds four
+            // (~600 bytes) where a vehicle pinging every second within a 2 s
+            // reorder window holds one or two. Per-vehicle memory is the
+            // budget at 1M vehicles (BENCHMARKS.md, "Memory per vehicle").
+            if entry.pending.len() == entry.pending.capacity() {
+                entry.pending.reserve_exact(1);
+            }
             entry.pending.insert(at, sample);
         }
         let window = rules.reorder_window_ms;

@@ -5,6 +5,7 @@
 //! queues, and acknowledgements travel back inside the records.
 
 pub mod config;
+pub mod demo;
 pub mod fences;
 pub mod ops;
 pub mod pipeline;

@@ -2,15 +2,19 @@
 //!
 //! ```text
 //! fleetpipe run --config config/fleetpipe.toml
+//! fleetpipe demo --vehicles 200
 //! fleetpipe config check config/fleetpipe.toml
 //! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fleetpipe::config::LogFormat;
+use fleetpipe::demo::DemoOptions;
 use fleetpipe::{Config, Pipeline};
+use fleetpipe_sim::Rate;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -35,6 +39,35 @@ enum Command {
         /// Configuration file (TOML); keys can be overridden by FLEETPIPE_* variables.
         #[arg(long, short, default_value = "config/fleetpipe.toml")]
         config: PathBuf,
+    },
+    /// Run the pipeline with a simulated fleet driving through it: vans on
+    /// delivery tours in a synthetic city publish over MQTT, and a summary
+    /// of pings and events is printed every few seconds. Stop with Ctrl-C.
+    Demo {
+        /// Configuration file; the demo replaces geofence.file with the
+        /// simulated city's fences and needs the embedded broker and
+        /// ingest.auth.mode = "none" (the quick start's settings).
+        #[arg(long, short, default_value = "config/fleetpipe.toml")]
+        config: PathBuf,
+        /// Simulated vehicles.
+        #[arg(long, default_value_t = 200)]
+        vehicles: u32,
+        /// Seed of the simulated city and fleet.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// "realtime" (the fleet lives at wall-clock speed), "max" (as fast
+        /// as acknowledgements allow) or pings per second.
+        #[arg(long, default_value = "realtime")]
+        rate: Rate,
+        /// Stop after this long (e.g. 60s, 5m); default: until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Where the simulated city's fences are written.
+        #[arg(long, default_value = "data/demo/fences.geojson")]
+        fences_out: PathBuf,
+        /// Interval between summary lines.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        report_every: Duration,
     },
     /// Configuration tools.
     Config {
@@ -117,48 +150,76 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
+        Command::Run { config } => run_with(&config, |config| async move {
+            let shutdown = CancellationToken::new();
+            let pipeline = Pipeline::start(&config, shutdown.clone()).await?;
+            tokio::spawn(cancel_on_signal(shutdown));
+            pipeline.wait().await?;
+            Ok(())
+        }),
+        Command::Demo {
+            config,
+            vehicles,
+            seed,
+            rate,
+            duration,
+            fences_out,
+            report_every,
+        } => run_with(&config, |config| async move {
+            let options = DemoOptions {
+                vehicles,
+                seed,
+                rate,
+                duration,
+                fences_out,
+                report_every,
             };
-            init_logging(&config);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    // One line, on stderr, whatever the log format: operators and
-                    // supervisors read the last line of a failed start.
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let stop = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(stop.clone()));
+            fleetpipe::demo::run(config, options, stop, std::io::stdout()).await?;
+            Ok(())
+        }),
+    }
+}
+
+/// Loads the config, starts logging and a multi-threaded runtime, and runs
+/// `body` on it; errors end as one line on stderr, whatever the log format,
+/// since operators and supervisors read the last line of a failed start.
+fn run_with<F, Fut>(config: &std::path::Path, body: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(body(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    let pipeline = Pipeline::start(&config, shutdown.clone()).await?;
-    let signal_token = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        signal_token.cancel();
-    });
-    pipeline.wait().await?;
-    Ok(())
+async fn cancel_on_signal(token: CancellationToken) {
+    wait_for_signal().await;
+    token.cancel();
 }
 
 async fn wait_for_signal() {

@@ -198,3 +198,77 @@ fn sigterm_drains_and_exits_zero() {
     );
     assert_eq!(read_stream(&dir.path().join("data"), "telemetry").len(), 50);
 }
+
+#[test]
+fn demo_drives_a_simulated_fleet_through_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let fences = dir.path().join("fences.geojson");
+    let out = fleetpipe()
+        .args(["demo", "--config"])
+        .arg(&config)
+        .args(["--vehicles", "40", "--rate", "400", "--duration", "6s"])
+        .args(["--report-every", "2s", "--fences-out"])
+        .arg(&fences)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("fleetpipe demo: 40 simulated vehicles"),
+        "{stdout}"
+    );
+    assert!(
+        lines.len() >= 4,
+        "a banner, summaries and the events line: {stdout}"
+    );
+
+    // The last summary holds the fleet's totals: every ping the fleet saw
+    // acknowledged is in the file sink, none was refused.
+    let summary = lines[lines.len() - 2];
+    let number_after = |label: &str| -> u64 {
+        let rest = &summary[summary
+            .find(label)
+            .unwrap_or_else(|| panic!("{label} in {summary}"))
+            + label.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let sent = number_after("pings sent ");
+    let durable = number_after("durable ");
+    assert_eq!(number_after("rejected "), 0, "{summary}");
+    assert!(
+        durable > 500,
+        "the fleet published for 6 s at 400/s: {summary}"
+    );
+    let telemetry = read_stream(&dir.path().join("data"), "telemetry");
+    assert!(
+        telemetry.len() as u64 >= durable && telemetry.len() as u64 <= sent,
+        "{} telemetry records, {durable} acknowledged, {sent} sent",
+        telemetry.len()
+    );
+    assert!(telemetry.iter().all(|r| {
+        r["vehicle_id"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("sim-"))
+    }));
+    // The city's fences were loaded: pings carry fence ids, and events came out.
+    assert!(
+        std::fs::read_to_string(&fences)
+            .unwrap()
+            .contains("depot-1")
+    );
+    assert!(
+        telemetry
+            .iter()
+            .any(|r| r["fences"].as_array().is_some_and(|f| !f.is_empty())),
+        "no ping was inside a fence"
+    );
+    let events_line = lines[lines.len() - 1];
+    assert!(
+        events_line.starts_with("events: ") && !events_line.contains("none yet"),
+        "{events_line}"
+    );
+    assert!(!read_stream(&dir.path().join("data"), "events").is_empty());
+}

@@ -25,7 +25,7 @@ use fleetpipe_model::{Ack, Gateway, RejectReason};
 use fleetpipe_model::{AckStatus, BatchAck};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{v4::V4, v5::V5};
 use rumqttd::{
     ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
@@ -347,8 +347,19 @@ impl Reader<'_> {
 /// Most messages waiting for their outcome before the reader waits too.
 const ACK_QUEUE: usize = 65_536;
 
+/// How long after a publish found the router's queue full the newest
+/// unannounced ack is published again.
+const ACK_NUDGE: Duration = Duration::from_millis(20);
+
 /// Publishes `{"ack": N}` on a vehicle's ack topic whenever its durable
 /// watermark moves. Ends when the reader is gone and every outcome is in.
+///
+/// `try_publish` puts the ack into the link's buffer before it notifies the
+/// router; when the router's queue is full only the notification fails, and
+/// the buffered acks go out with the next notification. So a full queue is
+/// not an error: the newest such ack is published again after
+/// [`ACK_NUDGE`], which notifies the router for everything buffered. An ack
+/// sent twice is harmless: `{"ack": N}` only says "up to N is durable".
 async fn publish_acks(
     mut pending: mpsc::Receiver<PendingMessage>,
     mut link_tx: LinkTx,
@@ -356,6 +367,8 @@ async fn publish_acks(
 ) {
     let mut watermarks = Watermarks::default();
     let mut outcomes = FuturesUnordered::new();
+    // The newest ack whose router notification did not go through.
+    let mut deferred: Option<(String, String)> = None;
     loop {
         tokio::select! {
             Some(m) = pending.recv() => {
@@ -370,13 +383,39 @@ async fn publish_acks(
                 }
                 if let Some(seq) = watermarks.settled(&ticket, status) {
                     let payload = format!("{{\"ack\":{seq}}}");
-                    if let Err(e) = link_tx.try_publish(ack_topic(&prefix, &vehicle), payload) {
-                        metrics::counter!("fleetpipe_mqtt_ack_publish_errors_total").increment(1);
-                        tracing::warn!(error = %e, %vehicle, seq, "cannot publish acknowledgement");
+                    let topic = ack_topic(&prefix, &vehicle);
+                    if let Some(d) = publish_ack(&mut link_tx, topic, payload) {
+                        deferred = Some(d);
                     }
                 }
             }
+            () = tokio::time::sleep(ACK_NUDGE), if deferred.is_some() => {
+                if let Some((topic, payload)) = deferred.take() {
+                    deferred = publish_ack(&mut link_tx, topic, payload);
+                }
+            }
             else => break,
+        }
+    }
+    if let Some((topic, payload)) = deferred {
+        // Last chance at shutdown: the router may have room now.
+        let _ = link_tx.try_publish(topic, payload);
+    }
+}
+
+/// Publishes one ack; returns it when only the router notification failed
+/// (queue full), to be published again.
+fn publish_ack(link_tx: &mut LinkTx, topic: String, payload: String) -> Option<(String, String)> {
+    match link_tx.try_publish(topic.clone(), payload.clone()) {
+        Ok(_) => None,
+        Err(LinkError::TrySend(flume::TrySendError::Full(_))) => {
+            metrics::counter!("fleetpipe_mqtt_ack_publish_deferred_total").increment(1);
+            Some((topic, payload))
+        }
+        Err(e) => {
+            metrics::counter!("fleetpipe_mqtt_ack_publish_errors_total").increment(1);
+            tracing::warn!(error = %e, topic, "cannot publish acknowledgement");
+            None
         }
     }
 }

@@ -43,3 +43,4 @@ pub use config::{TimescaleConfig, TimescaleMode};
 pub use error::TimescaleError;
 pub use migrate::{StorageMode, migrate};
 pub use service::TimescaleSink;
+pub use writer::{TELEMETRY_COPY_COLUMNS, TELEMETRY_COPY_TYPES};

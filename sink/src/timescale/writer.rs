@@ -38,13 +38,14 @@ pub(crate) const DB_REFUSED: &str = "db_refused";
 pub(crate) const EVENT_SOURCE: &str = "events";
 
 /// Columns of `telemetry` the sink fills, in COPY order. `geofence_ids` keeps
-/// its default: the geofences of a ping go to `fences`.
-const STAGE_COLUMNS: &str = "vehicle_id, ts, seq, received_at, source, lat, lon, alt_m, \
+/// its default: the geofences of a ping go to `fences`. Public so the
+/// benchmarks' raw COPY writes exactly the sink's columns.
+pub const TELEMETRY_COPY_COLUMNS: &str = "vehicle_id, ts, seq, received_at, source, lat, lon, alt_m, \
     speed_kmh, heading_deg, accuracy_m, soc_pct, battery_v, charging, odometer_km, ignition, \
     h3_cell, dtcs, attrs, fences, distance_m, derived_speed_kmh, flags";
 
-/// Types of [`STAGE_COLUMNS`], in the same order.
-const STAGE_TYPES: [Type; 23] = [
+/// Types of [`TELEMETRY_COPY_COLUMNS`], in the same order.
+pub const TELEMETRY_COPY_TYPES: [Type; 23] = [
     Type::TEXT,
     Type::TIMESTAMPTZ,
     Type::INT8,
@@ -122,13 +123,13 @@ impl Statements {
                  (LIKE {schema}.vehicle_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             ),
             copy_stage: format!(
-                "COPY pg_temp.telemetry_stage ({STAGE_COLUMNS}) FROM STDIN (FORMAT binary)"
+                "COPY pg_temp.telemetry_stage ({TELEMETRY_COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
             ),
             // Sorted, so concurrent writers take index entries and row locks
             // in the same order and cannot deadlock on overlapping keys.
             merge_stage: format!(
-                "INSERT INTO {schema}.telemetry ({STAGE_COLUMNS}) \
-                 SELECT {STAGE_COLUMNS} FROM pg_temp.telemetry_stage \
+                "INSERT INTO {schema}.telemetry ({TELEMETRY_COPY_COLUMNS}) \
+                 SELECT {TELEMETRY_COPY_COLUMNS} FROM pg_temp.telemetry_stage \
                  ORDER BY vehicle_id, ts, seq \
                  ON CONFLICT DO NOTHING; \
                  INSERT INTO {schema}.vehicle_latest AS latest ({latest}, updated_at) \
@@ -221,7 +222,7 @@ impl<'a> Row<'a> {
     }
 }
 
-/// A ping as the 23 values of [`STAGE_COLUMNS`].
+/// A ping as the 23 values of [`TELEMETRY_COPY_COLUMNS`].
 #[derive(Debug)]
 pub(crate) struct StageRow<'a> {
     vehicle_id: &'a str,
@@ -294,7 +295,7 @@ impl<'a> StageRow<'a> {
         })
     }
 
-    /// The values in [`STAGE_COLUMNS`] order.
+    /// The values in [`TELEMETRY_COPY_COLUMNS`] order.
     fn values(&self) -> [&(dyn ToSql + Sync); 23] {
         [
             &self.vehicle_id,
@@ -353,7 +354,7 @@ impl<'a> StageRow<'a> {
             + text_array_len(self.fences.0.iter().map(|f| &**f))
             + text_array_len(self.flags.0.names());
         // Field count, then a length word per field.
-        (2 + 4 * STAGE_TYPES.len() + payload) as u64
+        (2 + 4 * TELEMETRY_COPY_TYPES.len() + payload) as u64
     }
 }
 
@@ -513,7 +514,7 @@ pub(crate) async fn write_rows(
     if rows.iter().any(|(_, row)| matches!(row, Row::Telemetry(_))) {
         let stmt = txn.prepare_cached(&sql.copy_stage).await?;
         let sink = txn.copy_in(&stmt).await?;
-        let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &STAGE_TYPES));
+        let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &TELEMETRY_COPY_TYPES));
         for row in telemetry {
             writer.as_mut().write(&row.values()).await?;
             stats.telemetry += 1;

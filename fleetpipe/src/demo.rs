@@ -1,0 +1,251 @@
+//! `fleetpipe demo`: the pipeline on a configuration (by default the quick
+//! start's) with a simulated fleet driving through it, so a newcomer sees
+//! pings flow in and state-change events come out on one machine.
+//!
+//! The fleet is `fleetpipe-sim`'s synthetic city: vans driving delivery
+//! tours between depots, customers and charging stations, publishing over
+//! MQTT (QoS 1, wire contract v1 JSON) to the embedded broker and waiting
+//! for fleetpipe's durable acknowledgements on their ack topics. The city's
+//! fences replace `geofence.file`, so geofence, arrival and overspeed events
+//! happen. A summary line is printed every `report_every`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use fleetpipe_ingest::auth::AuthMode;
+use fleetpipe_ingest::mqtt::MqttMode;
+use fleetpipe_sim::{
+    AckMode, Encoding, Fleet, MqttConfig, Publisher, PublisherConfig, Rate, SimConfig, Stats,
+    Transport,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Config, Pipeline, ops};
+
+/// What the demo simulates and for how long.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Simulated vehicles.
+    pub vehicles: u32,
+    /// Seed of the simulated city and fleet.
+    pub seed: u64,
+    /// How fast the fleet publishes.
+    pub rate: Rate,
+    /// Stop after this long (`None`: until `shutdown`).
+    pub duration: Option<Duration>,
+    /// Where the simulated city's fences are written (they become
+    /// `geofence.file`).
+    pub fences_out: PathBuf,
+    /// Interval between summary lines.
+    pub report_every: Duration,
+}
+
+/// The demo's outcome: what the fleet published and what came out.
+#[derive(Debug, Clone)]
+pub struct DemoSummary {
+    /// The publisher's totals.
+    pub fleet: Stats,
+    /// Events emitted, by CloudEvents type, sorted by type.
+    pub events: Vec<(String, u64)>,
+}
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The configuration does not let a simulated fleet in.
+    #[error("{0}")]
+    Config(String),
+    /// The simulator refused its settings or failed.
+    #[error("simulator: {0}")]
+    Sim(#[from] fleetpipe_sim::SimError),
+    /// The fences file could not be written.
+    #[error("writing {path}: {source}")]
+    Fences {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The pipeline failed to start or to stop cleanly.
+    #[error(transparent)]
+    Pipeline(#[from] crate::PipelineError),
+}
+
+/// Runs the pipeline with a simulated fleet until `options.duration` has
+/// passed or `stop` fires, then stops the fleet first (it waits for its last
+/// acknowledgements, so what it sent is durable) and drains the pipeline.
+/// Summary lines go to `out`.
+pub async fn run(
+    mut config: Config,
+    options: DemoOptions,
+    stop: CancellationToken,
+    mut out: impl std::io::Write + Send,
+) -> Result<DemoSummary, DemoError> {
+    if config.ingest.mqtt.mode != MqttMode::Embedded {
+        return Err(DemoError::Config(
+            "the demo's fleet publishes to the embedded MQTT broker: set ingest.mqtt.mode = \"embedded\"".into(),
+        ));
+    }
+    if config.ingest.auth.mode != AuthMode::None {
+        return Err(DemoError::Config(
+            "the demo's vehicles have no credentials: set ingest.auth.mode = \"none\"".into(),
+        ));
+    }
+    let sim = SimConfig {
+        seed: options.seed,
+        vehicles: options.vehicles,
+        ..SimConfig::default()
+    };
+    let geojson = Fleet::new(&sim, 0)?.city().geofences_geojson();
+    let path = &options.fences_out;
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, geojson)
+    };
+    write().map_err(|source| DemoError::Fences {
+        path: path.clone(),
+        source,
+    })?;
+    config.geofence.file = Some(path.clone());
+    config.geofence.postgres = None;
+
+    let shutdown = CancellationToken::new();
+    let pipeline = Pipeline::start(&config, shutdown.clone()).await?;
+    let mqtt = pipeline
+        .mqtt_addr()
+        .ok_or_else(|| DemoError::Config("the embedded MQTT broker did not start".into()))?;
+    let publisher = Publisher::new(PublisherConfig {
+        sim,
+        transport: Transport::Mqtt(MqttConfig {
+            addr: mqtt.to_string(),
+            qos: 1,
+            connections: options.vehicles.clamp(1, 4),
+            topic_prefix: config.ingest.mqtt.topic_prefix.clone(),
+            client_id_prefix: "fleetpipe-demo".to_owned(),
+            ack: if config.ingest.mqtt.ack_topic {
+                AckMode::AckTopic
+            } else {
+                AckMode::Puback
+            },
+            ..MqttConfig::default()
+        }),
+        encoding: Encoding::Json,
+        rate: options.rate,
+        duration: options.duration,
+        max_pings: None,
+        max_backdate: Duration::from_secs(3600),
+        drain_timeout: Duration::from_secs(30),
+    })?;
+    let stats = publisher.stats();
+    let mut fleet = tokio::spawn(publisher.run(stop));
+    let _ = writeln!(
+        out,
+        "fleetpipe demo: {} simulated vehicles publishing to mqtt://{mqtt} (fences: {}); \
+         metrics at http://{}/metrics{}",
+        options.vehicles,
+        path.display(),
+        pipeline.http_addr(),
+        pipeline
+            .kafka_bootstrap()
+            .map(|b| format!("; events: kcat -b {b} -t fleet.events.v1 -C"))
+            .unwrap_or_default(),
+    );
+
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(options.report_every);
+    ticker.tick().await;
+    // The fleet stops on its own after `duration`, or on `stop`.
+    let finished = loop {
+        tokio::select! {
+            done = &mut fleet => break done,
+            _ = ticker.tick() => {
+                let _ = writeln!(out, "{}", summary_line(started.elapsed(), &stats.snapshot()));
+            }
+        }
+    };
+    // The fleet has its acknowledgements (or gave up on them): the pipeline
+    // drains whatever is still queued.
+    shutdown.cancel();
+    pipeline.wait().await?;
+    let fleet_stats = match finished {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => {
+            return Err(DemoError::Config(format!(
+                "the simulated fleet's task failed: {e}"
+            )));
+        }
+    };
+    let events = events_by_type(&ops::prometheus().render());
+    let _ = writeln!(out, "{}", summary_line(started.elapsed(), &fleet_stats));
+    let _ = writeln!(out, "{}", events_line(&events));
+    Ok(DemoSummary {
+        fleet: fleet_stats,
+        events,
+    })
+}
+
+fn summary_line(elapsed: Duration, s: &Stats) -> String {
+    format!(
+        "[{:>5.0}s] pings sent {} · durable {} · rejected {} · publish→durable p50 {:.0} ms p99 {:.0} ms",
+        elapsed.as_secs_f64(),
+        s.sent_pings,
+        s.acked_pings,
+        s.rejected_pings,
+        s.latency.p50.as_secs_f64() * 1e3,
+        s.latency.p99.as_secs_f64() * 1e3,
+    )
+}
+
+fn events_line(events: &[(String, u64)]) -> String {
+    if events.is_empty() {
+        return "events: none yet".to_owned();
+    }
+    let list: Vec<String> = events.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    format!("events: {}", list.join(", "))
+}
+
+/// `fleetpipe_enrich_events_total{type="..."}` from Prometheus text.
+fn events_by_type(text: &str) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("fleetpipe_enrich_events_total{"))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once("} ")?;
+            let ty = labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("type=\""))?
+                .strip_suffix('"')?;
+            Some((ty.to_owned(), value.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_read_by_type_from_prometheus_text() {
+        let text = "# TYPE fleetpipe_enrich_events_total counter\n\
+            fleetpipe_enrich_events_total{type=\"vehicle.arrived\"} 3\n\
+            fleetpipe_enrich_events_total{type=\"geofence.entered\"} 12\n\
+            fleetpipe_enrich_pings_total 99\n";
+        assert_eq!(
+            events_by_type(text),
+            vec![
+                ("geofence.entered".to_owned(), 12),
+                ("vehicle.arrived".to_owned(), 3)
+            ]
+        );
+        assert_eq!(
+            events_line(&events_by_type(text)),
+            "events: geofence.entered 12, vehicle.arrived 3"
+        );
+        assert_eq!(events_line(&[]), "events: none yet");
+    }
+}

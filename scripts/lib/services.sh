@@ -1,0 +1,89 @@
+# Shared by scripts/test.sh and scripts/bench-deps.sh (sourced): make sure
+# the services fleetpipe's tests and benchmarks talk to run on loopback,
+# installing what is missing with apt-get (Debian/Ubuntu, as root) and
+# changing nothing that already works.
+
+log() { printf '==> %s\n' "$*"; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+    for _ in $(seq 1 60); do port_open "$1" && return 0; sleep 0.5; done
+    echo "error: nothing listens on 127.0.0.1:$1 after 30 s ($2)" >&2
+    exit 1
+}
+
+apt_updated=0
+apt_install() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "error: $* missing and not root: install it (apt-get install $*) and run again" >&2
+        exit 1
+    fi
+    if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_postgres() {
+    if ! command -v pg_ctlcluster >/dev/null; then
+        log "installing PostgreSQL"
+        apt_install postgresql
+    fi
+    if ! port_open 5432; then
+        log "starting PostgreSQL"
+        local version
+        version=$(ls /etc/postgresql | sort -V | tail -n 1)
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start
+        wait_port 5432 PostgreSQL
+    fi
+    # Trust auth on loopback, as on the development machines; the tests use
+    # postgresql://postgres@127.0.0.1:5432/test.
+    if ! psql -h 127.0.0.1 -U postgres -d test -c 'select 1' >/dev/null 2>&1; then
+        local hba
+        hba=$(su postgres -c "psql -tAc 'show hba_file'")
+        if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+            sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+            su postgres -c "psql -qc 'select pg_reload_conf()'" >/dev/null
+        fi
+        su postgres -c "psql -tAc \"select 1 from pg_database where datname = 'test'\"" | grep -q 1 ||
+            su postgres -c "createdb test"
+    fi
+    psql -h 127.0.0.1 -U postgres -d test -qc 'select 1' >/dev/null
+}
+
+ensure_mosquitto() {
+    if ! command -v mosquitto >/dev/null; then
+        log "installing Mosquitto"
+        apt_install mosquitto mosquitto-clients
+    fi
+    if ! port_open 1883; then
+        log "starting Mosquitto"
+        mosquitto -d -c /etc/mosquitto/mosquitto.conf
+        wait_port 1883 Mosquitto
+    fi
+}
+
+# Whether a Debian package is installed.
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+ensure_postgis() {
+    # The package must match the running server's major version, e.g.
+    # postgresql-15-postgis-3 for PostgreSQL 15.
+    local major package
+    major=$(psql -h 127.0.0.1 -U postgres -d test -tAc 'show server_version_num')
+    major=$((major / 10000))
+    package="postgresql-${major}-postgis-3"
+    if ! installed "$package"; then
+        log "installing $package"
+        apt_install "$package"
+    fi
+    psql -h 127.0.0.1 -U postgres -d test -qc 'SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS postgis' >/dev/null
+    log "PostGIS $(psql -h 127.0.0.1 -U postgres -d test -tAc 'select postgis_lib_version()') in database test"
+}
+
+ensure_kcat() {
+    if ! command -v kcat >/dev/null; then
+        log "installing kcat"
+        apt_install kcat
+    fi
+}
+

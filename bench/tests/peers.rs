@@ -303,9 +303,10 @@ async fn postgis_agrees_with_fleetpipe_on_a_city_of_fences() {
         .await
         .expect("PostGIS lookup");
     assert_eq!(theirs.points, points.len());
-    // Half the points are placed around fences: plenty of hits, and of
-    // misses.
-    assert!(ours.hits > 500, "{} hits", ours.hits);
+    // Half the points are placed around fences, in a box of three
+    // half-sides each way: a square covers a ninth of it, so ~10 % of those
+    // land inside (2,000 × 0.1 ≈ 200). Plenty of hits, and of misses.
+    assert!(ours.hits > 100, "{} hits", ours.hits);
     assert!(ours.answers.iter().filter(|a| a.is_empty()).count() > 500);
 
     let comparison = compare_answers(&fences, &points, &ours.answers, &theirs.answers).unwrap();

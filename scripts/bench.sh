@@ -34,7 +34,9 @@ fi
 log "building release binaries"
 cargo build --release -p fleetpipe -p fleetpipe-bench --bin fleetpipe --bin fleetpipe-e2e
 log "criterion micro-benchmarks"
-cargo bench -p fleetpipe-bench --benches -- "${criterion[@]}"
-cargo bench -p fleetpipe-geofence --benches -- "${criterion[@]}"
+# Named one by one: `--benches` would also run the libraries' test harness,
+# which refuses criterion's options.
+cargo bench -p fleetpipe-bench --bench decode_validate --bench sinks --bench enrich -- "${criterion[@]}"
+cargo bench -p fleetpipe-geofence --bench lookup -- "${criterion[@]}"
 log "end-to-end benchmark and peers"
 target/release/fleetpipe-e2e "$@"

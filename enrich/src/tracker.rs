@@ -89,7 +89,10 @@ pub struct Tracker {
     rules: Rules,
     source: Arc<str>,
     fences: FenceCache,
-    vehicles: HashMap<VehicleId, Entry, foldhash::fast::RandomState>,
+    /// Boxed: the table has up to twice as many buckets as vehicles (its
+    /// size is a power of two), and a bucket holding the ~500-byte entry
+    /// itself would cost ~1 KiB per vehicle at 1M vehicles; a box costs 8.
+    vehicles: HashMap<VehicleId, Box<Entry>, foldhash::fast::RandomState>,
     /// (deadline, vehicle) of offline timers, at most one per vehicle.
     timers: BinaryHeap<Reverse<(i64, VehicleId)>>,
     /// Vehicles that may have pings waiting in their buffer (each once: the
@@ -385,7 +388,7 @@ impl Tracker {
             entry.holding = true;
             self.holding.push(vehicle.clone());
         }
-        self.vehicles.insert(vehicle, entry);
+        self.vehicles.insert(vehicle, Box::new(entry));
         Ok(())
     }
 

@@ -235,6 +235,28 @@ fn clock_ticks() -> u64 {
 }
 
 /// Resident set size of this process, bytes.
+/// CPU seconds the whole machine has spent busy (every core, everything but
+/// idle and iowait), from `/proc/stat`.
+pub fn machine_busy_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    // user nice system idle iowait irq softirq steal ...
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let busy: u64 = f
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != 3 && i != 4 && i < 8)
+        .map(|(_, v)| v)
+        .sum();
+    busy as f64 / clock_ticks() as f64
+}
+
 pub fn own_rss() -> u64 {
     proc_sample(std::process::id()).map_or(0, |s| s.rss_bytes)
 }

@@ -90,6 +90,11 @@ pub struct Step {
     pub cpu_s_per_1k: f64,
     /// fleetpipe CPU utilisation, cores (2.0 = both cores busy).
     pub cpu_cores: f64,
+    /// The simulator's (this process's) CPU utilisation, cores.
+    pub simulator_cores: f64,
+    /// The whole machine's CPU utilisation, cores (fleetpipe, the simulator,
+    /// PostgreSQL and everything else).
+    pub machine_cores: f64,
     /// Publish-to-durable p99 over the step, ms.
     pub p99_ms: f64,
 }
@@ -116,8 +121,12 @@ pub struct LatencyResult {
 pub struct MemoryResult {
     /// Vehicles tracked.
     pub vehicles: u64,
-    /// Resident memory they added, bytes per vehicle.
+    /// Heap bytes live after tracking them, per vehicle (requested sizes, as
+    /// counted by the global allocator): the state itself.
     pub bytes_per_vehicle: f64,
+    /// Resident memory they added, bytes per vehicle: the heap plus what the
+    /// allocator keeps around it (free space left by the hash table's growth).
+    pub rss_bytes_per_vehicle: f64,
 }
 
 /// Acknowledged vs stored.
@@ -243,8 +252,8 @@ impl Report {
         let _ = writeln!(
             s,
             "\nRamp (QoS 1, one ping per message, {} s per step):\n\n\
-             | offered pings/s | sent/s | durable/s (both sinks) | fleetpipe CPU (cores) | CPU s / 1k pings | p99 ms |\n\
-             |---|---|---|---|---|---|",
+             | offered pings/s | sent/s | durable/s (both sinks) | fleetpipe CPU (cores) | simulator CPU (cores) | machine CPU (cores) | fleetpipe CPU s / 1k pings | p99 ms |\n\
+             |---|---|---|---|---|---|---|---|",
             st.step_s
         );
         for r in self.ramp.iter().chain(self.batched.iter()) {
@@ -255,8 +264,14 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "| {offered} | {:.0} | {:.0} | {:.2} | {:.3} | {:.0} |",
-                r.sent_per_s, r.durable_per_s, r.cpu_cores, r.cpu_s_per_1k, r.p99_ms
+                "| {offered} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.3} | {:.0} |",
+                r.sent_per_s,
+                r.durable_per_s,
+                r.cpu_cores,
+                r.simulator_cores,
+                r.machine_cores,
+                r.cpu_s_per_1k,
+                r.p99_ms
             );
         }
         if let Some(b) = &self.batched {
@@ -278,12 +293,13 @@ impl Report {
             s,
             "\nTotals: {} pings acknowledged durable to the publisher; {} rows in `telemetry`; {} \
              messages in the Kafka telemetry topic. Peak RSS of fleetpipe: {:.0} MiB. Enrichment \
-             state: {:.0} bytes per vehicle with {} vehicles.",
+             state: {:.0} bytes per vehicle live on the heap ({:.0} bytes of RSS) with {} vehicles.",
             t.acked_pings,
             t.db_rows,
             t.kafka_messages,
             self.peak_rss_bytes as f64 / 1048576.0,
             self.memory.bytes_per_vehicle,
+            self.memory.rss_bytes_per_vehicle,
             self.memory.vehicles
         );
         let p = &self.peers;

@@ -22,21 +22,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Config, Pipeline, ops};
 
-/// What the demo simulates and for how long.
-#[derive(Debug, Clone)]
+/// What the demo simulates and for how long (the `fleetpipe demo` flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
     /// Simulated vehicles.
+    #[arg(long, default_value_t = 200)]
     pub vehicles: u32,
     /// Seed of the simulated city and fleet.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// How fast the fleet publishes.
+    /// "realtime" (the fleet lives at wall-clock speed), "max" (as fast as
+    /// acknowledgements allow) or pings per second.
+    #[arg(long, default_value = "realtime")]
     pub rate: Rate,
-    /// Stop after this long (`None`: until `shutdown`).
+    /// Stop after this long (e.g. 60s, 5m); default: until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
     /// Where the simulated city's fences are written (they become
     /// `geofence.file`).
+    #[arg(long, default_value = "data/demo/fences.geojson")]
     pub fences_out: PathBuf,
     /// Interval between summary lines.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub report_every: Duration,
 }
 

@@ -8,13 +8,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fleetpipe::config::LogFormat;
 use fleetpipe::demo::DemoOptions;
 use fleetpipe::{Config, Pipeline};
-use fleetpipe_sim::Rate;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -49,25 +47,8 @@ enum Command {
         /// ingest.auth.mode = "none" (the quick start's settings).
         #[arg(long, short, default_value = "config/fleetpipe.toml")]
         config: PathBuf,
-        /// Simulated vehicles.
-        #[arg(long, default_value_t = 200)]
-        vehicles: u32,
-        /// Seed of the simulated city and fleet.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// "realtime" (the fleet lives at wall-clock speed), "max" (as fast
-        /// as acknowledgements allow) or pings per second.
-        #[arg(long, default_value = "realtime")]
-        rate: Rate,
-        /// Stop after this long (e.g. 60s, 5m); default: until Ctrl-C.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<Duration>,
-        /// Where the simulated city's fences are written.
-        #[arg(long, default_value = "data/demo/fences.geojson")]
-        fences_out: PathBuf,
-        /// Interval between summary lines.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        report_every: Duration,
+        #[command(flatten)]
+        options: DemoOptions,
     },
     /// Configuration tools.
     Config {
@@ -157,23 +138,7 @@ fn main() -> ExitCode {
             pipeline.wait().await?;
             Ok(())
         }),
-        Command::Demo {
-            config,
-            vehicles,
-            seed,
-            rate,
-            duration,
-            fences_out,
-            report_every,
-        } => run_with(&config, |config| async move {
-            let options = DemoOptions {
-                vehicles,
-                seed,
-                rate,
-                duration,
-                fences_out,
-                report_every,
-            };
+        Command::Demo { config, options } => run_with(&config, |config| async move {
             let stop = CancellationToken::new();
             tokio::spawn(cancel_on_signal(stop.clone()));
             fleetpipe::demo::run(config, options, stop, std::io::stdout()).await?;

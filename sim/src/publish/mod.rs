@@ -604,9 +604,15 @@ async fn join_or_stop(tasks: Vec<JoinHandle<()>>, drain: Duration, stop: &Cancel
     }
 }
 
-/// Exponential reconnect backoff, 100 ms to 5 s.
-fn next_backoff(b: Duration) -> Duration {
-    (b * 2).min(Duration::from_secs(5))
+/// After a failed connection: waits `backoff` (then doubles it, up to 5 s)
+/// and returns true, or returns false at once if the run is stopping.
+async fn reconnect_after(stop: &CancellationToken, backoff: &mut Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => return false,
+        () = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    true
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{AckMode, CONN_QUEUE, ConnCtx, MqttConfig, Pending, next_backoff, pings_of, run_nonce};
+use super::{
+    AckMode, CONN_QUEUE, ConnCtx, MqttConfig, Pending, pings_of, reconnect_after, run_nonce,
+};
 use crate::{Encoding, SimConfig, SimError, SimMessage, StatsHandle, encode, mqtt_topic};
 
 /// Largest packet either way: fleetpipe's hard limit is 1 MiB by default.
@@ -266,11 +268,9 @@ async fn connection(
         if closing.is_some() {
             break 'connect;
         }
-        tokio::select! {
-            () = ctx.stop.cancelled() => break 'connect,
-            () = tokio::time::sleep(backoff) => {}
+        if !reconnect_after(&ctx.stop, &mut backoff).await {
+            break 'connect;
         }
-        backoff = next_backoff(backoff);
     }
 }
 

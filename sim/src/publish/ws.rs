@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnCtx, Pending, WsConfig, next_backoff, pings_of};
+use super::{ConnCtx, Pending, WsConfig, pings_of, reconnect_after};
 use crate::{Encoding, SimMessage, StatsHandle, encode_json, encode_protobuf};
 
 /// The per-vehicle connections of a run.
@@ -114,11 +114,9 @@ async fn connection(url: String, window: usize, ctx: ConnCtx, mut rx: mpsc::Rece
             Err(e) => {
                 tracing::debug!(error = %e, %url, "WebSocket connect failed");
                 ctx.stats.connection_error();
-                tokio::select! {
-                    () = ctx.stop.cancelled() => break 'connect,
-                    () = tokio::time::sleep(backoff) => {}
+                if !reconnect_after(&ctx.stop, &mut backoff).await {
+                    break 'connect;
                 }
-                backoff = next_backoff(backoff);
                 continue;
             }
         };
@@ -181,10 +179,8 @@ async fn connection(url: String, window: usize, ctx: ConnCtx, mut rx: mpsc::Rece
         if closing.is_some() {
             break 'connect;
         }
-        tokio::select! {
-            () = ctx.stop.cancelled() => break 'connect,
-            () = tokio::time::sleep(backoff) => {}
+        if !reconnect_after(&ctx.stop, &mut backoff).await {
+            break 'connect;
         }
-        backoff = next_backoff(backoff);
     }
 }

@@ -101,6 +101,12 @@ pub async fn run(
     let sim = SimConfig {
         seed: options.seed,
         vehicles: options.vehicles,
+        // Vans start their day parked at the depot; the simulator's default
+        // stop there (5-30 min) would show a newcomer half an hour of
+        // parked vans at wall-clock speed. Short depot stops get them
+        // driving within two minutes (still long enough to count as an
+        // arrival at the end of a tour).
+        depot_stop_s: [30, 120],
         ..SimConfig::default()
     };
     let geojson = Fleet::new(&sim, 0)?.city().geofences_geojson();
@@ -168,7 +174,9 @@ pub async fn run(
         tokio::select! {
             done = &mut fleet => break done,
             _ = ticker.tick() => {
+                let events = events_by_type(&ops::prometheus().render());
                 let _ = writeln!(out, "{}", summary_line(started.elapsed(), &stats.snapshot()));
+                let _ = writeln!(out, "         {}", events_line(&events));
             }
         }
     };

@@ -226,7 +226,7 @@ impl Tracker {
             // Grow one sample at a time: Vec's first allocation holds four
             // (~600 bytes) where a vehicle pinging every second within a 2 s
             // reorder window holds one or two. Per-vehicle memory is the
-            // budget at 1M vehicles (BENCHMARKS.md, "Memory per vehicle").
+            // budget at 1M vehicles (BENCHMARKS.md, "End-to-end").
             if entry.pending.len() == entry.pending.capacity() {
                 entry.pending.reserve_exact(1);
             }

@@ -10,23 +10,36 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 
 use crate::fences::FenceReloader;
 
-/// Whether the pipeline takes traffic: set once every stage runs, cleared
-/// when shutdown begins (so load balancers stop sending first).
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// Whether the pipeline takes traffic: set once every stage runs, and false
+/// from the moment shutdown is requested (so load balancers stop sending
+/// first), without waiting for any task to notice.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    started: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+}
 
 impl Readiness {
+    /// Not ready until [`set`](Self::set); never ready once `shutdown` fires.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            started: Arc::default(),
+            shutdown,
+        }
+    }
+
     /// Marks ready or not.
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+        self.started.store(ready, Ordering::SeqCst);
     }
 
     /// Whether ready.
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.started.load(Ordering::SeqCst) && !self.shutdown.is_cancelled()
     }
 }
 

@@ -202,7 +202,7 @@ impl Pipeline {
         });
 
         let auth_is_anonymous = auth.is_anonymous();
-        let readiness = Readiness::default();
+        let readiness = Readiness::new(shutdown.clone());
         let inflight = ingestor.inflight_probe();
         let probe = inflight.clone();
         let app =

@@ -36,35 +36,51 @@ async fn mosquitto_publisher() -> MqttClient {
     c
 }
 
-/// Waits until Mosquitto routes to every consumer of the group: a probe per
-/// consumer must come out somewhere (shared subscriptions deliver each
-/// message to one member), so all subscriptions are in place.
-async fn settle(pubr: &MqttClient, prefix: &str, pipelines: &[&TestPipeline]) {
+/// Waits until Mosquitto routes to every consumer of the group: probes
+/// must come out of every member (shared subscriptions deliver each message
+/// to one member, round robin), so all subscriptions are in place. Probes
+/// are published in rounds until then: one published before a member's
+/// SUBSCRIBE reached Mosquitto (a busy machine) is simply not delivered.
+/// Returns the number of probes published (and acknowledged by Mosquitto).
+async fn settle(pubr: &MqttClient, prefix: &str, pipelines: &[&TestPipeline]) -> usize {
     let total = || pipelines.iter().map(|p| p.telemetry().len()).sum::<usize>();
-    for i in 0..pipelines.len() * 4 {
-        pubr.publish(
-            &format!("{prefix}/probe/telemetry"),
-            json_ping("probe", i as u64),
-        )
+    let every_member = || pipelines.iter().all(|p| !p.telemetry().is_empty());
+    let want = pipelines.len() * 4;
+    let deadline = tokio::time::Instant::now() + T;
+    let mut seq = 0u64;
+    while !(total() >= want && every_member()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "probes not delivered to every member: {} of {want}",
+            total()
+        );
+        for _ in 0..pipelines.len() * 4 {
+            pubr.publish(
+                &format!("{prefix}/probe/telemetry"),
+                json_ping("probe", seq),
+            )
+            .await;
+            seq += 1;
+        }
+        // Let this round arrive before judging it.
+        let _ = wait_for(Duration::from_millis(500), || {
+            (total() >= want && every_member()).then_some(())
+        })
         .await;
     }
-    let want = pipelines.len() * 4;
-    assert!(
-        wait_for(T, || (total() >= want).then_some(()))
-            .await
-            .is_some(),
-        "probes not delivered"
-    );
-    // Every member is subscribed once each has received at least one probe (round robin).
-    assert!(
-        wait_for(T, || pipelines
-            .iter()
-            .all(|p| !p.telemetry().is_empty())
-            .then_some(()))
-        .await
-        .is_some(),
-        "a member of the group got nothing"
-    );
+    // Every probe acknowledged by Mosquitto and no more arriving, so the
+    // caller can count them: a late one must not pass for its own message.
+    pubr.wait_pubacks(seq as usize, T).await;
+    let mut last = total();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = total();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    seq as usize
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +89,7 @@ async fn shared_subscription_splits_the_load_and_delivers_each_message_once() {
     let mut a = TestPipeline::start(|c| external(c, &prefix, &group, &unique("fp-a"))).await;
     let mut b = TestPipeline::start(|c| external(c, &prefix, &group, &unique("fp-b"))).await;
     let pubr = mosquitto_publisher().await;
-    settle(&pubr, &prefix, &[&a, &b]).await;
+    let probes_sent = settle(&pubr, &prefix, &[&a, &b]).await;
     let probes = a.telemetry().len() + b.telemetry().len();
 
     let n = 300u64;
@@ -85,7 +101,7 @@ async fn shared_subscription_splits_the_load_and_delivers_each_message_once() {
         )
         .await;
     }
-    pubr.wait_pubacks(probes + n as usize, T).await;
+    pubr.wait_pubacks(probes_sent + n as usize, T).await;
     let all = wait_for(T, || {
         let all: Vec<_> = a.telemetry().into_iter().chain(b.telemetry()).collect();
         (all.len() >= probes + n as usize).then_some(all)
@@ -121,7 +137,7 @@ async fn puback_waits_for_durability_and_unstored_publishes_are_redelivered() {
     })
     .await;
     let pubr = mosquitto_publisher().await;
-    settle(&pubr, &prefix, &[&first]).await;
+    let probes_sent = settle(&pubr, &prefix, &[&first]).await;
 
     // The telemetry directory becomes unusable: writes fail, nothing is durable.
     let telemetry_dir = first.dir.path().join("telemetry");
@@ -131,7 +147,7 @@ async fn puback_waits_for_durability_and_unstored_publishes_are_redelivered() {
         pubr.publish(&format!("{prefix}/van-9/telemetry"), json_ping("van-9", s))
             .await;
     }
-    pubr.wait_pubacks(4 + 5, T).await; // Mosquitto has them...
+    pubr.wait_pubacks(probes_sent + 5, T).await; // Mosquitto has them...
     tokio::time::sleep(Duration::from_millis(500)).await;
     let failures = reqwest::get(first.url("/metrics"))
         .await

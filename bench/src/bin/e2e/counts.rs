@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -56,10 +55,7 @@ fn counter(text: &str, sink: &str) -> u64 {
 
 /// Rows in `{schema}.telemetry`.
 pub async fn db_rows(pg_url: &str, schema: &str) -> anyhow::Result<u64> {
-    let (client, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to PostgreSQL")?;
-    tokio::spawn(conn);
+    let client = fleetpipe_bench::peers::connect(pg_url).await?;
     let row = client
         .query_one(&format!("SELECT count(*) FROM \"{schema}\".telemetry"), &[])
         .await?;

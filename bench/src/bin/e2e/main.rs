@@ -235,7 +235,7 @@ async fn fleetpipe_runs(
     progress: &ProgressBar,
 ) -> anyhow::Result<FleetpipeRuns> {
     let schema = "fleetpipe_e2e";
-    drop_schema(&args.pg_url, schema).await?;
+    peers::drop_schema(&args.pg_url, schema).await?;
     let run_cfg = RunConfig {
         pg_url: args.pg_url.clone(),
         schema: schema.to_owned(),
@@ -371,7 +371,7 @@ async fn fleetpipe_runs(
     if !status.success() {
         bail!("fleetpipe exited with {status}");
     }
-    drop_schema(&args.pg_url, schema).await?;
+    peers::drop_schema(&args.pg_url, schema).await?;
     Ok(FleetpipeRuns {
         ramp,
         saturated,
@@ -551,17 +551,6 @@ fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
     } else {
         h.value_at_quantile(q) as f64 / 1000.0
     }
-}
-
-async fn drop_schema(pg_url: &str, schema: &str) -> anyhow::Result<()> {
-    let (client, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to PostgreSQL")?;
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .await?;
-    Ok(())
 }
 
 /// Resident memory per vehicle of enrichment's state: `n` vehicles, two
@@ -764,10 +753,7 @@ async fn machine(pg_url: &str) -> Machine {
             .unwrap_or_default()
     };
     let postgres = async {
-        let (client, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls)
-            .await
-            .ok()?;
-        tokio::spawn(conn);
+        let client = peers::connect(pg_url).await.ok()?;
         let row = client.query_one("SELECT version()", &[]).await.ok()?;
         let v: String = row.get(0);
         Some(v.split(" on ").next().unwrap_or(&v).to_owned())

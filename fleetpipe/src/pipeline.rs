@@ -62,7 +62,6 @@ pub struct Pipeline {
     inflight: InflightProbe,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
-    readiness: Readiness,
     fences: FenceService,
     gateways: JoinSet<()>,
     stages: JoinSet<Result<(), PipelineError>>,
@@ -255,7 +254,6 @@ impl Pipeline {
             inflight,
             shutdown,
             shutdown_timeout: config.pipeline.shutdown_timeout,
-            readiness,
             fences,
             gateways,
             stages,
@@ -307,8 +305,8 @@ impl Pipeline {
 
     /// Waits for shutdown to be requested, then drains every stage.
     pub async fn wait(mut self) -> Result<(), PipelineError> {
+        // Readiness turned false with the token itself.
         self.shutdown.cancelled().await;
-        self.readiness.set(false);
         tracing::info!("shutting down: gateways stop accepting, queued records are drained");
         let drain = async {
             while self.gateways.join_next().await.is_some() {}

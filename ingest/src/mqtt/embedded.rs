@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use fleetpipe_model::{Ack, Gateway, RejectReason};
 use fleetpipe_model::{AckStatus, BatchAck};
 use futures::StreamExt as _;
@@ -367,8 +368,9 @@ async fn publish_acks(
 ) {
     let mut watermarks = Watermarks::default();
     let mut outcomes = FuturesUnordered::new();
-    // The newest ack whose router notification did not go through.
-    let mut deferred: Option<(String, String)> = None;
+    // The newest ack whose router notification did not go through; any
+    // later notification that does go through flushes it too.
+    let mut deferred: Option<(Bytes, Bytes)> = None;
     loop {
         tokio::select! {
             Some(m) = pending.recv() => {
@@ -382,11 +384,9 @@ async fn publish_acks(
                     metrics::counter!("fleetpipe_mqtt_ack_withheld_total").increment(1);
                 }
                 if let Some(seq) = watermarks.settled(&ticket, status) {
-                    let payload = format!("{{\"ack\":{seq}}}");
-                    let topic = ack_topic(&prefix, &vehicle);
-                    if let Some(d) = publish_ack(&mut link_tx, topic, payload) {
-                        deferred = Some(d);
-                    }
+                    let payload = Bytes::from(format!("{{\"ack\":{seq}}}"));
+                    let topic = Bytes::from(ack_topic(&prefix, &vehicle));
+                    deferred = publish_ack(&mut link_tx, topic, payload);
                 }
             }
             () = tokio::time::sleep(ACK_NUDGE), if deferred.is_some() => {
@@ -404,8 +404,8 @@ async fn publish_acks(
 }
 
 /// Publishes one ack; returns it when only the router notification failed
-/// (queue full), to be published again.
-fn publish_ack(link_tx: &mut LinkTx, topic: String, payload: String) -> Option<(String, String)> {
+/// (queue full), to be published again. `Bytes` so keeping it costs no copy.
+fn publish_ack(link_tx: &mut LinkTx, topic: Bytes, payload: Bytes) -> Option<(Bytes, Bytes)> {
     match link_tx.try_publish(topic.clone(), payload.clone()) {
         Ok(_) => None,
         Err(LinkError::TrySend(flume::TrySendError::Full(_))) => {
@@ -414,7 +414,7 @@ fn publish_ack(link_tx: &mut LinkTx, topic: String, payload: String) -> Option<(
         }
         Err(e) => {
             metrics::counter!("fleetpipe_mqtt_ack_publish_errors_total").increment(1);
-            tracing::warn!(error = %e, topic, "cannot publish acknowledgement");
+            tracing::warn!(error = %e, topic = %String::from_utf8_lossy(&topic), "cannot publish acknowledgement");
             None
         }
     }

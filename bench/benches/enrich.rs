@@ -176,22 +176,10 @@ fn round_pings(fleet: &[Vehicle], round: u64) -> Vec<Accepted> {
             let (lat, lon) = to_lat_lon(v.start.0 + v.dir.0 * along, v.start.1 + v.dir.1 * along);
             Accepted {
                 ping: Ping {
-                    vehicle_id: v.id.clone(),
                     seq: Some(round),
-                    ts_ms: ts,
-                    lat,
-                    lon,
-                    alt_m: None,
                     speed_kmh: Some(36.0),
-                    heading_deg: None,
                     accuracy_m: Some(5.0),
-                    soc_pct: None,
-                    battery_v: None,
-                    charging: None,
-                    odometer_km: None,
-                    ignition: None,
-                    dtcs: Vec::new(),
-                    attrs: BTreeMap::new(),
+                    ..Ping::new(v.id.clone(), ts, lat, lon)
                 },
                 origin: Origin {
                     gateway: Gateway::Mqtt,

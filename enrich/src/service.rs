@@ -461,22 +461,8 @@ mod tests {
         let lon = 13.0 + (vehicle.len() % 10) as f64 * 0.001;
         Accepted {
             ping: Ping {
-                vehicle_id,
                 seq: Some(seq),
-                ts_ms: 1_795_420_800_000 + seq as i64,
-                lat,
-                lon,
-                alt_m: None,
-                speed_kmh: None,
-                heading_deg: None,
-                accuracy_m: None,
-                soc_pct: None,
-                battery_v: None,
-                charging: None,
-                odometer_km: None,
-                ignition: None,
-                dtcs: Vec::new(),
-                attrs: BTreeMap::new(),
+                ..Ping::new(vehicle_id, 1_795_420_800_000 + seq as i64, lat, lon)
             },
             origin: Origin {
                 gateway: Gateway::Http,

@@ -47,22 +47,10 @@ struct Step {
 fn accepted(vehicle: &str, s: &Step) -> Accepted {
     Accepted {
         ping: Ping {
-            vehicle_id: VehicleId::parse(vehicle).unwrap(),
             seq: Some(s.seq),
-            ts_ms: s.ts,
-            lat: s.lat,
-            lon: s.lon,
-            alt_m: None,
             speed_kmh: Some(s.speed_kmh),
-            heading_deg: None,
             accuracy_m: Some(5.0),
-            soc_pct: None,
-            battery_v: None,
-            charging: None,
-            odometer_km: None,
-            ignition: None,
-            dtcs: Vec::new(),
-            attrs: BTreeMap::new(),
+            ..Ping::new(VehicleId::parse(vehicle).unwrap(), s.ts, s.lat, s.lon)
         },
         origin: Origin {
             gateway: Gateway::Mqtt,

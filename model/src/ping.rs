@@ -150,6 +150,34 @@ pub struct Ping {
     pub attrs: BTreeMap<String, AttrValue>,
 }
 
+impl Ping {
+    /// A ping of `vehicle_id` at `ts_ms` and (`lat`, `lon`) with every
+    /// optional field absent; set the others with struct update syntax. It
+    /// checks nothing: input from devices becomes a `Ping` only through
+    /// validation (the ingest crate), this is for code that makes pings
+    /// itself (tests, benchmarks, replay tools).
+    pub fn new(vehicle_id: VehicleId, ts_ms: i64, lat: f64, lon: f64) -> Self {
+        Self {
+            vehicle_id,
+            seq: None,
+            ts_ms,
+            lat,
+            lon,
+            alt_m: None,
+            speed_kmh: None,
+            heading_deg: None,
+            accuracy_m: None,
+            soc_pct: None,
+            battery_v: None,
+            charging: None,
+            odometer_km: None,
+            ignition: None,
+            dtcs: Vec::new(),
+            attrs: BTreeMap::new(),
+        }
+    }
+}
+
 /// Serializes epoch milliseconds as an RFC 3339 UTC timestamp with
 /// millisecond precision, e.g. `2026-11-23T08:00:00.123Z`.
 pub fn serialize_ts_ms<S: Serializer>(ts_ms: &i64, s: S) -> Result<S::Ok, S::Error> {

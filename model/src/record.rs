@@ -159,9 +159,19 @@ fn serialize_cells<S: serde::Serializer>(cells: &[(u8, u64)], s: S) -> Result<S:
     use serde::ser::SerializeMap;
     let mut map = s.serialize_map(Some(cells.len()))?;
     for (res, cell) in cells {
-        map.serialize_entry(&res.to_string(), &format!("{cell:x}"))?;
+        // Written straight into the output: no string allocated per cell.
+        map.serialize_entry(&Displayed(res), &Displayed(format_args!("{cell:x}")))?;
     }
     map.end()
+}
+
+/// Serializes as the string its `Display` writes.
+struct Displayed<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Displayed<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
 }
 
 /// Input that was refused, kept with its reason so nothing is lost silently.

@@ -16,7 +16,8 @@ SELECT create_hypertable(
 -- Chunks are time-bounded already; the plain-mode BRIN index (if this
 -- database started in plain mode) only costs writes.
 DROP INDEX IF EXISTS {schema}.telemetry_ts_brin;
-CREATE INDEX IF NOT EXISTS telemetry_vehicle_ts ON {schema}.telemetry (vehicle_id, ts DESC);
+-- One vehicle's track is served by the telemetry_dedupe index (vehicle_id,
+-- ts, seq), scanned backward for newest first; see 0005.
 
 -- Compressed chunks keep one vehicle's rows together in ts order. seq is in
 -- the order-by so every column of the dedupe key is a segment-by or

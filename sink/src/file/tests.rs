@@ -1,6 +1,5 @@
 //! Tests of the file sink: records in, files and acknowledgements out.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,23 +37,12 @@ fn origin() -> Origin {
 }
 
 fn ping(seq: u64) -> Ping {
+    let vehicle_id = VehicleId::parse("van-42").expect("valid id");
     Ping {
-        vehicle_id: VehicleId::parse("van-42").expect("valid id"),
         seq: Some(seq),
-        ts_ms: T0_MS + seq as i64,
-        lat: 52.52,
-        lon: 13.405,
-        alt_m: None,
         speed_kmh: Some(42.5),
-        heading_deg: None,
-        accuracy_m: None,
-        soc_pct: None,
-        battery_v: None,
-        charging: None,
-        odometer_km: None,
         ignition: Some(true),
-        dtcs: Vec::new(),
-        attrs: BTreeMap::new(),
+        ..Ping::new(vehicle_id, T0_MS + seq as i64, 52.52, 13.405)
     }
 }
 

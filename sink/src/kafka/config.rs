@@ -20,6 +20,11 @@ const MAX_LINGER: Duration = Duration::from_millis(900_000);
 /// Largest `batch.size` librdkafka accepts.
 const MAX_BATCH_BYTES: usize = i32::MAX as usize;
 
+/// Most records in flight `max_in_flight` allows: librdkafka's own queue
+/// holds at most `i32::MAX` messages, and the sink waits for all of them at
+/// once (a `u32` of semaphore permits) when it drains.
+pub(crate) const MAX_IN_FLIGHT: usize = i32::MAX as usize;
+
 /// librdkafka options fleetpipe relies on and therefore does not let the
 /// pass-through map change.
 const RESERVED_OPTIONS: [&str; 1] = [
@@ -227,14 +232,10 @@ impl KafkaConfig {
             );
         }
         // No permit would ever be free: the sink would wait forever.
-        if self.max_in_flight == 0 || self.max_in_flight > tokio::sync::Semaphore::MAX_PERMITS {
+        if !(1..=MAX_IN_FLIGHT).contains(&self.max_in_flight) {
             return invalid(
                 "max_in_flight",
-                format!(
-                    "{} is not in [1, {}]",
-                    self.max_in_flight,
-                    tokio::sync::Semaphore::MAX_PERMITS
-                ),
+                format!("{} is not in [1, {MAX_IN_FLIGHT}]", self.max_in_flight),
             );
         }
         if let Some(key) = RESERVED_OPTIONS

@@ -10,9 +10,10 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::producer::{DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use tokio::sync::{Notify, oneshot};
 
+use super::sink::{Delivery, DeliveryMetrics};
 use super::{KafkaConfig, KafkaError};
 
 /// Brokers of the embedded mock cluster.
@@ -23,8 +24,10 @@ pub(crate) const EMBEDDED_BROKERS: i32 = 3;
 /// short network partition without failing any ack.
 pub(crate) const MESSAGE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
-/// The producer the sink sends through.
-pub(crate) type Producer = FutureProducer<SinkContext>;
+/// The producer the sink sends through. Its own thread serves the delivery
+/// reports by calling [`SinkContext::delivery`]: no task, channel or wakeup
+/// per record.
+pub(crate) type Producer = ThreadedProducer<SinkContext>;
 
 /// Signalled by every error librdkafka reports. librdkafka reports a fatal
 /// error with the code of its cause (not `__FATAL`), so the sink answers
@@ -51,10 +54,20 @@ pub(crate) async fn fatal_error(
 }
 
 /// librdkafka callbacks: logs go to `tracing`, errors also signal the sink
-/// to check for a fatal state.
+/// to check for a fatal state, delivery reports settle their record's ack.
 #[derive(Debug)]
 pub(crate) struct SinkContext {
     errors: Arc<ErrorSignal>,
+    reports: DeliveryMetrics,
+}
+
+impl ProducerContext for SinkContext {
+    /// Carried through librdkafka with each record, handed back with its report.
+    type DeliveryOpaque = Box<Delivery>;
+
+    fn delivery(&self, report: &DeliveryResult<'_>, delivery: Box<Delivery>) {
+        delivery.settle(report, &self.reports);
+    }
 }
 
 impl ClientContext for SinkContext {
@@ -113,13 +126,16 @@ pub(crate) fn producer_config(config: &KafkaConfig, bootstrap: &str) -> ClientCo
 }
 
 /// Creates the producer for `bootstrap` and the signal its errors raise.
+/// Delivery reports are counted in `reports`.
 pub(crate) fn create_producer(
     config: &KafkaConfig,
     bootstrap: &str,
+    reports: DeliveryMetrics,
 ) -> Result<(Producer, Arc<ErrorSignal>), KafkaError> {
     let errors = Arc::new(ErrorSignal::default());
     let context = SinkContext {
         errors: Arc::clone(&errors),
+        reports,
     };
     let producer = producer_config(config, bootstrap)
         .create_with_context(context)

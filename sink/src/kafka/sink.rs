@@ -5,17 +5,18 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetpipe_model::{Ack, SinkRecord};
-use metrics::{counter, gauge, histogram};
+use fleetpipe_model::Ack;
+use fleetpipe_model::SinkRecord;
+use metrics::{Gauge, Histogram, counter, gauge, histogram};
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::producer::{BaseRecord, DeliveryResult};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinSet;
 
 use super::encode::{self, Encoded, Stream};
 use super::service::{self, EmbeddedCluster, ErrorSignal, Producer};
 use super::{KafkaConfig, KafkaError, KafkaFormat};
+use crate::stream::StreamCounters;
 
 /// Value of the `sink` label of every metric this sink records.
 const SINK: &str = "kafka";
@@ -41,6 +42,8 @@ pub struct KafkaSink {
     format: KafkaFormat,
     max_in_flight: usize,
     bootstrap: String,
+    /// Shared with the producer's delivery callback.
+    reports: DeliveryMetrics,
     /// The mock cluster in embedded mode; it lives until the sink and every
     /// clone of this handle are gone.
     embedded: Option<Arc<EmbeddedCluster>>,
@@ -106,10 +109,12 @@ impl KafkaSink {
             .get("bootstrap.servers")
             .map_or(brokers, String::as_str)
             .to_owned();
-        let (producer, errors) = service::create_producer(&config, brokers)?;
+        let reports = DeliveryMetrics::new();
+        let (producer, errors) = service::create_producer(&config, brokers, reports.clone())?;
         Ok(Self {
             producer,
             errors,
+            reports,
             telemetry_topic: config.telemetry_topic,
             events_topic: config.events_topic,
             dlq_topic: config.dlq_topic,
@@ -165,6 +170,7 @@ impl KafkaSink {
             format,
             max_in_flight,
             bootstrap: _,
+            reports,
             embedded,
         } = self;
         let sender = Sender {
@@ -173,15 +179,16 @@ impl KafkaSink {
             events_topic: &events_topic,
             dlq_topic: &dlq_topic,
             format,
+            max_in_flight,
             permits: Arc::new(Semaphore::new(max_in_flight)),
             report_arrived: Arc::new(Notify::new()),
+            in_flight: reports.in_flight,
         };
-        let mut settling = JoinSet::new();
         let fatal = tokio::select! {
             // A fatal error first: nothing sent after it can succeed.
             biased;
             fatal = service::fatal_error(&producer, &errors) => Some(fatal),
-            () = sender.run(&mut input, &mut settling) => None,
+            () = sender.run(&mut input) => None,
         };
 
         let result = if let Some((code, reason)) = fatal {
@@ -191,18 +198,17 @@ impl KafkaSink {
                 "kafka sink: stopping; records not yet delivered report Failed"
             );
             count_error(ErrorKind::Fatal);
-            // Whatever librdkafka still holds will not be delivered: their
-            // acks (and those of the records still queued) fail now.
-            settling.abort_all();
+            // The records still queued fail now; those librdkafka holds fail
+            // when the producer is dropped below, which purges them.
             drop(input);
             Err(KafkaError::Fatal { code, reason })
         } else {
             Ok(())
         };
-        drop(settling);
-        // Dropping the producer purges and flushes (for up to 500 ms) and
-        // joins librdkafka's threads, the cluster joins its own: keep that
-        // off the runtime's workers.
+        // Dropping the producer purges what it still holds (each purged
+        // record's report fails its ack), flushes for up to 500 ms and joins
+        // librdkafka's threads, the cluster joins its own: keep that off the
+        // runtime's workers.
         drop(sender);
         let _ = tokio::task::spawn_blocking(move || {
             drop(producer);
@@ -220,16 +226,20 @@ struct Sender<'a> {
     events_topic: &'a str,
     dlq_topic: &'a str,
     format: KafkaFormat,
+    /// Permits of `permits` in all.
+    max_in_flight: usize,
     /// One permit per record in flight (sent, report pending).
     permits: Arc<Semaphore>,
     /// Signalled by every delivery report: room in librdkafka's queue.
     report_arrived: Arc<Notify>,
+    /// `fleetpipe_sink_inflight`.
+    in_flight: Gauge,
 }
 
 impl Sender<'_> {
-    /// Sends every record of `input` in order, each settled by a task in
-    /// `settling`, and returns once `input` is closed and every task is done.
-    async fn run(&self, input: &mut mpsc::Receiver<SinkRecord>, settling: &mut JoinSet<()>) {
+    /// Sends every record of `input` in order and returns once `input` is
+    /// closed and every delivery report is in.
+    async fn run(&self, input: &mut mpsc::Receiver<SinkRecord>) {
         while let Some(record) = input.recv().await {
             // The semaphore is never closed.
             let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
@@ -248,41 +258,37 @@ impl Sender<'_> {
                     continue;
                 }
             };
-            let ack = record.into_ack();
-            let sent_at = Instant::now();
-            match self.send(&encoded).await {
-                Ok(delivery) => {
-                    let in_flight = InFlight::new(permit, Arc::clone(&self.report_arrived));
-                    settling.spawn(settle(
-                        delivery,
-                        ack,
-                        in_flight,
-                        stream,
-                        encoded.value.len() as u64,
-                        sent_at,
-                    ));
-                }
-                Err(e) => {
-                    let kind = ErrorKind::of(&e);
-                    tracing::error!(
-                        error = %e,
-                        kind = kind.as_str(),
-                        stream = stream.as_str(),
-                        key = encoded.key.as_ref().map(|k| k.as_str()),
-                        "kafka sink: librdkafka refused the record; its ack fails"
-                    );
-                    count_error(kind);
-                    drop(ack);
-                }
+            let delivery = Box::new(Delivery {
+                ack: record.into_ack(),
+                stream,
+                bytes: encoded.value.len() as u64,
+                sent_at: Instant::now(),
+                _in_flight: InFlight::new(
+                    permit,
+                    Arc::clone(&self.report_arrived),
+                    self.in_flight.clone(),
+                ),
+            });
+            if let Err(e) = self.send(&encoded, delivery).await {
+                let kind = ErrorKind::of(&e);
+                tracing::error!(
+                    error = %e,
+                    kind = kind.as_str(),
+                    stream = stream.as_str(),
+                    key = encoded.key.as_ref().map(|k| k.as_str()),
+                    "kafka sink: librdkafka refused the record; its ack fails"
+                );
+                count_error(kind);
             }
-            // Reap finished tasks so the set holds only the pending ones.
-            while settling.try_join_next().is_some() {}
         }
-        while settling.join_next().await.is_some() {}
+        // Every report is in once every permit is back.
+        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        let _ = self.permits.acquire_many(all).await;
     }
 
-    /// Hands `record` to librdkafka, waiting while its queue is full.
-    async fn send(&self, record: &Encoded) -> Result<DeliveryFuture, RdKafkaError> {
+    /// Hands `record` to librdkafka, waiting while its queue is full. A
+    /// refused record's `delivery` is dropped, which fails its ack.
+    async fn send(&self, record: &Encoded, delivery: Box<Delivery>) -> Result<(), RdKafkaError> {
         let topic = match record.stream {
             Stream::Telemetry => self.telemetry_topic,
             Stream::DeadLetter => self.dlq_topic,
@@ -295,9 +301,10 @@ impl Sender<'_> {
                 value: Some(value.as_str()),
             });
         }
-        let mut message: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
-            .payload(&record.value[..])
-            .headers(headers);
+        let mut message: BaseRecord<'_, str, [u8], Box<Delivery>> =
+            BaseRecord::with_opaque_to(topic, delivery)
+                .payload(&record.value[..])
+                .headers(headers);
         if let Some(timestamp_ms) = record.timestamp_ms {
             message = message.timestamp(timestamp_ms);
         }
@@ -305,8 +312,8 @@ impl Sender<'_> {
             message = message.key(key.as_str());
         }
         loop {
-            match self.producer.send_result(message) {
-                Ok(delivery) => return Ok(delivery),
+            match self.producer.send(message) {
+                Ok(()) => return Ok(()),
                 Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     // librdkafka's queue holds records until their reports
                     // are served: wait for one (or a short while) and retry
@@ -323,73 +330,110 @@ impl Sender<'_> {
     }
 }
 
+/// The metrics a delivery report updates, registered once (the reports
+/// arrive on librdkafka's thread, one per record).
+#[derive(Debug, Clone)]
+pub(crate) struct DeliveryMetrics {
+    /// `fleetpipe_sink_records_total` and `fleetpipe_sink_bytes_total`.
+    written: StreamCounters,
+    /// `fleetpipe_sink_delivery_seconds`: from send to report.
+    seconds: Histogram,
+    /// `fleetpipe_sink_inflight`.
+    in_flight: Gauge,
+}
+
+impl DeliveryMetrics {
+    fn new() -> Self {
+        Self {
+            written: StreamCounters::new(SINK),
+            seconds: histogram!("fleetpipe_sink_delivery_seconds", "sink" => SINK),
+            in_flight: gauge!("fleetpipe_sink_inflight", "sink" => SINK),
+        }
+    }
+}
+
 /// One record in flight: holds its permit and counts it in the gauge until
-/// its report is in (or its task is aborted).
+/// its report is in (or librdkafka refused it).
 struct InFlight {
     _permit: OwnedSemaphorePermit,
     report_arrived: Arc<Notify>,
+    gauge: Gauge,
 }
 
 impl InFlight {
-    fn new(permit: OwnedSemaphorePermit, report_arrived: Arc<Notify>) -> Self {
-        gauge!("fleetpipe_sink_inflight", "sink" => SINK).increment(1.0);
+    fn new(permit: OwnedSemaphorePermit, report_arrived: Arc<Notify>, gauge: Gauge) -> Self {
+        gauge.increment(1.0);
         Self {
             _permit: permit,
             report_arrived,
+            gauge,
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        gauge!("fleetpipe_sink_inflight", "sink" => SINK).decrement(1.0);
+        self.gauge.decrement(1.0);
         self.report_arrived.notify_one();
     }
 }
 
-/// Waits for one record's delivery report and settles its ack.
-async fn settle(
-    delivery: DeliveryFuture,
+/// What a record's delivery report settles. It travels through librdkafka
+/// with the record (the producer's delivery opaque) and comes back in
+/// [`Delivery::settle`]; dropped unsettled, its ack fails.
+pub(crate) struct Delivery {
     ack: Ack,
-    in_flight: InFlight,
     stream: Stream,
+    /// Size of the value, for `fleetpipe_sink_bytes_total`.
     bytes: u64,
     sent_at: Instant,
-) {
-    let report = delivery.await;
-    drop(in_flight);
-    histogram!("fleetpipe_sink_delivery_seconds", "sink" => SINK)
-        .record(sent_at.elapsed().as_secs_f64());
-    let name = stream.as_str();
-    match report {
-        Ok(Ok(_)) => {
-            counter!("fleetpipe_sink_records_total", "sink" => SINK, "stream" => name).increment(1);
-            counter!("fleetpipe_sink_bytes_total", "sink" => SINK, "stream" => name)
-                .increment(bytes);
-            ack.delivered();
-        }
-        Ok(Err((e, message))) => {
-            let kind = ErrorKind::of(&e);
-            let key = rdkafka::Message::key(&message).map(String::from_utf8_lossy);
-            tracing::error!(
-                error = %e,
-                kind = kind.as_str(),
-                stream = name,
-                key = key.as_deref(),
-                "kafka sink: record not delivered; its ack fails"
-            );
-            count_error(kind);
-            drop(ack);
-        }
-        Err(_canceled) => {
-            // The producer went away before reporting; the record's fate is
-            // unknown, and the sender may retry.
-            tracing::error!(
-                stream = name,
-                "kafka sink: producer closed before the delivery report; the ack fails"
-            );
-            count_error(ErrorKind::Retriable);
-            drop(ack);
+    _in_flight: InFlight,
+}
+
+impl Delivery {
+    /// Settles the ack from the record's delivery report: delivered only if
+    /// the cluster has the record.
+    pub(crate) fn settle(self, report: &DeliveryResult<'_>, metrics: &DeliveryMetrics) {
+        let Delivery {
+            ack,
+            stream,
+            bytes,
+            sent_at,
+            _in_flight: in_flight,
+        } = self;
+        drop(in_flight);
+        metrics.seconds.record(sent_at.elapsed().as_secs_f64());
+        match report {
+            Ok(_) => {
+                metrics.written.written(stream, 1, bytes);
+                ack.delivered();
+            }
+            Err((e, message)) => {
+                let kind = ErrorKind::of(e);
+                if matches!(
+                    e,
+                    RdKafkaError::MessageProduction(
+                        RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight
+                    )
+                ) {
+                    // Purged by a stopping producer, which logged why once.
+                    tracing::debug!(
+                        stream = stream.as_str(),
+                        "kafka sink: record purged; its ack fails"
+                    );
+                } else {
+                    let key = rdkafka::Message::key(message).map(String::from_utf8_lossy);
+                    tracing::error!(
+                        error = %e,
+                        kind = kind.as_str(),
+                        stream = stream.as_str(),
+                        key = key.as_deref(),
+                        "kafka sink: record not delivered; its ack fails"
+                    );
+                }
+                count_error(kind);
+                drop(ack);
+            }
         }
     }
 }

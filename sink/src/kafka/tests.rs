@@ -53,22 +53,13 @@ fn vehicle(v: usize) -> VehicleId {
 
 fn ping(vehicle_id: VehicleId, seq: u64) -> Ping {
     Ping {
-        vehicle_id,
         seq: Some(seq),
-        ts_ms: T0_MS + seq as i64,
-        lat: 52.52,
-        lon: 13.405,
-        alt_m: None,
         speed_kmh: Some(42.5),
-        heading_deg: None,
-        accuracy_m: None,
         soc_pct: Some(81.25),
-        battery_v: None,
-        charging: None,
-        odometer_km: None,
         ignition: Some(true),
         dtcs: vec!["P0301".to_owned()],
         attrs: BTreeMap::from([("door".to_owned(), AttrValue::Str("open".to_owned()))]),
+        ..Ping::new(vehicle_id, T0_MS + seq as i64, 52.52, 13.405)
     }
 }
 

@@ -117,6 +117,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         applies: Applies::Always,
         sql: include_str!("../../migrations/0004_enrichment.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_drop_telemetry_vehicle_ts",
+        applies: Applies::Always,
+        sql: include_str!("../../migrations/0005_drop_telemetry_vehicle_ts.sql"),
+    },
 ];
 
 /// Version of the migration that turns `telemetry` into a hypertable.

@@ -359,7 +359,8 @@ async fn migrate_creates_the_plain_layout_and_is_idempotent() {
         [
             (1, "0001_core"),
             (2, "0002_plain_indexes"),
-            (4, "0004_enrichment")
+            (4, "0004_enrichment"),
+            (5, "0005_drop_telemetry_vehicle_ts")
         ]
     );
 
@@ -402,10 +403,8 @@ async fn migrate_creates_the_plain_layout_and_is_idempotent() {
         indexes["telemetry_ts_brin"].contains("USING brin (ts)"),
         "{indexes:?}"
     );
-    assert!(
-        indexes["telemetry_vehicle_ts"].contains("USING btree (vehicle_id, ts DESC)"),
-        "{indexes:?}"
-    );
+    // One vehicle's track uses the dedupe index (0005 dropped the other).
+    assert!(!indexes.contains_key("telemetry_vehicle_ts"), "{indexes:?}");
     assert!(
         indexes["telemetry_dedupe"].contains("UNIQUE INDEX telemetry_dedupe ON")
             && indexes["telemetry_dedupe"].contains("(vehicle_id, ts, seq) NULLS NOT DISTINCT"),
@@ -547,7 +546,7 @@ async fn the_advisory_lock_serializes_concurrent_migrations() {
         .iter()
         .map(|(v, _, _)| *v)
         .collect();
-    assert_eq!(applied, [1, 2, 4]);
+    assert_eq!(applied, [1, 2, 4, 5]);
 }
 
 #[tokio::test]
@@ -585,27 +584,54 @@ fn the_plain_path_never_includes_timescaledb_sql() {
     };
     assert_eq!(
         names(plan(&none, StorageMode::Plain)),
-        ["0001_core", "0002_plain_indexes", "0004_enrichment"]
+        [
+            "0001_core",
+            "0002_plain_indexes",
+            "0004_enrichment",
+            "0005_drop_telemetry_vehicle_ts"
+        ]
     );
     assert_eq!(
         names(plan(&none, StorageMode::TimescaleDb)),
-        ["0001_core", "0003_timescaledb", "0004_enrichment"]
+        [
+            "0001_core",
+            "0003_timescaledb",
+            "0004_enrichment",
+            "0005_drop_telemetry_vehicle_ts"
+        ]
     );
-    // A schema of an earlier release gets the new migration in either mode.
+    // A schema of an earlier release gets the new migrations in either mode.
     let plain: BTreeSet<i32> = [1, 2].into();
-    assert_eq!(names(plan(&plain, StorageMode::Plain)), ["0004_enrichment"]);
+    assert_eq!(
+        names(plan(&plain, StorageMode::Plain)),
+        ["0004_enrichment", "0005_drop_telemetry_vehicle_ts"]
+    );
     assert_eq!(
         names(plan(&plain, StorageMode::TimescaleDb)),
-        ["0003_timescaledb", "0004_enrichment"]
+        [
+            "0003_timescaledb",
+            "0004_enrichment",
+            "0005_drop_telemetry_vehicle_ts"
+        ]
     );
     let timescale: BTreeSet<i32> = [1, 3].into();
     assert_eq!(
         names(plan(&timescale, StorageMode::TimescaleDb)),
-        ["0004_enrichment"]
+        ["0004_enrichment", "0005_drop_telemetry_vehicle_ts"]
     );
     // A current plain schema that later gains TimescaleDB gets only its
-    // migration.
-    let plain: BTreeSet<i32> = [1, 2, 4].into();
+    // migration, which no longer brings the dropped index back.
+    let timescale_sql = MIGRATIONS
+        .iter()
+        .find(|m| m.version == 3)
+        .map_or("", |m| m.sql);
+    assert!(
+        !timescale_sql
+            .lines()
+            .any(|l| !l.trim_start().starts_with("--") && l.contains("telemetry_vehicle_ts")),
+        "0003 must not recreate what 0005 dropped"
+    );
+    let plain: BTreeSet<i32> = [1, 2, 4, 5].into();
     assert!(plan(&plain, StorageMode::Plain).is_empty());
     assert_eq!(
         names(plan(&plain, StorageMode::TimescaleDb)),
@@ -613,7 +639,13 @@ fn the_plain_path_never_includes_timescaledb_sql() {
     );
 
     // Whatever was applied before, plain mode never plans TimescaleDB SQL.
-    for applied in [BTreeSet::new(), [1].into(), [1, 2].into(), [1, 2, 4].into()] {
+    for applied in [
+        BTreeSet::new(),
+        [1].into(),
+        [1, 2].into(),
+        [1, 2, 4].into(),
+        [1, 2, 4, 5].into(),
+    ] {
         for m in plan(&applied, StorageMode::Plain) {
             assert_ne!(m.applies, Applies::TimescaleOnly, "{}", m.name);
             let sql = m.sql.to_lowercase();
@@ -635,7 +667,7 @@ fn the_plain_path_never_includes_timescaledb_sql() {
     let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
     assert_eq!(
         versions,
-        [1, 2, 3, 4],
+        [1, 2, 3, 4, 5],
         "versions must be unique and ordered"
     );
     let enrichment = MIGRATIONS.iter().find(|m| m.version == 4).expect("0004");
@@ -1564,7 +1596,16 @@ async fn a_schema_of_the_previous_release_is_upgraded_in_place() {
         .iter()
         .map(|(v, _, _)| *v)
         .collect();
-    assert_eq!(applied, [1, 2, 4]);
+    assert_eq!(applied, [1, 2, 4, 5]);
+    let old_index: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexname = 'telemetry_vehicle_ts'",
+            &[&test.schema],
+        )
+        .await
+        .expect("indexes")
+        .get(0);
+    assert_eq!(old_index, 0, "0005 drops the index 0002 created");
     let batch = BatchAck::new();
     send(&tx, telemetry(nth(3), batch.ack())).await;
     send(&tx, event(3, batch.ack())).await;

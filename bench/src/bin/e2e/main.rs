@@ -570,22 +570,17 @@ fn memory_per_vehicle(n: u64) -> anyhow::Result<MemoryResult> {
         for i in 0..n {
             let ts = t0 + round * 1000;
             let ping = Ping {
-                vehicle_id: VehicleId::parse(&format!("veh-{i:07}"))?,
                 seq: Some(round as u64),
-                ts_ms: ts,
-                lat: 52.4 + (i % 1000) as f64 * 1e-4,
-                lon: 13.3 + (i / 1000) as f64 * 1e-4 + round as f64 * 1e-4,
-                alt_m: None,
                 speed_kmh: Some(30.0),
-                heading_deg: None,
                 accuracy_m: Some(5.0),
                 soc_pct: Some(80.0),
-                battery_v: None,
-                charging: None,
-                odometer_km: None,
                 ignition: Some(true),
-                dtcs: Vec::new(),
-                attrs: Default::default(),
+                ..Ping::new(
+                    VehicleId::parse(&format!("veh-{i:07}"))?,
+                    ts,
+                    52.4 + (i % 1000) as f64 * 1e-4,
+                    13.3 + (i / 1000) as f64 * 1e-4 + round as f64 * 1e-4,
+                )
             };
             let origin = Origin {
                 gateway: Gateway::Mqtt,

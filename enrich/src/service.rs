@@ -439,7 +439,7 @@ fn fmix64(mut k: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::HashMap;
     use std::time::Duration;
 
     use fleetpipe_model::{Ack, AckStatus, BatchAck, Gateway, Origin, Ping, VehicleId};

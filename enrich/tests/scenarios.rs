@@ -2,8 +2,6 @@
 //! sequences: no tokio, no clock but the one the script gives.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
-
 use fleetpipe_enrich::{EnrichConfig, Tracker};
 use fleetpipe_geofence::{FenceSet, GeofenceIndex, SharedIndex, shared};
 use fleetpipe_model::{Accepted, Ack, Gateway, Origin, Ping, SinkRecord, VehicleId};

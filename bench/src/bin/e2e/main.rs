@@ -191,7 +191,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     progress.finish_and_clear();
 
     let micro = read_criterion(&args.criterion);
-    let targets = targets(&runs, &memory, &peers);
+    let targets = targets(&runs, &memory, &peers, &micro);
     let report = Report {
         machine: machine(&args.pg_url).await,
         started_at,
@@ -652,7 +652,12 @@ fn read_micro(new: &Path) -> Option<Micro> {
     })
 }
 
-fn targets(runs: &FleetpipeRuns, memory: &MemoryResult, peers: &Peers) -> Vec<Target> {
+fn targets(
+    runs: &FleetpipeRuns,
+    memory: &MemoryResult,
+    peers: &Peers,
+    micro: &[Micro],
+) -> Vec<Target> {
     let mut t = vec![
         Target {
             target: "≥ 50,000 pings/s end to end (QoS 1, one ping per message)".into(),
@@ -702,9 +707,15 @@ fn targets(runs: &FleetpipeRuns, memory: &MemoryResult, peers: &Peers) -> Vec<Ta
         peers.mosquitto_relay_per_s.map(|r| runs.saturated / r),
         1.0,
     ));
+    // The writer measured alone, against the ceiling on the same rows: the
+    // end-to-end rate over the COPY peer (in the peers table) is bounded by
+    // everything else on the machine, not by the writer.
+    let mean_ns = |id: &str| micro.iter().find(|m| m.id == id).map(|m| m.mean_ns);
     t.push(ratio(
-        "database writer ≥ 0.5× the raw COPY ceiling",
-        peers.copy_rows_per_s.map(|r| runs.saturated / r),
+        "database writer ≥ 0.5× the raw COPY ceiling (measured alone: criterion `timescale/sink_rows` vs `timescale/raw_copy`, same rows)",
+        mean_ns("timescale/raw_copy")
+            .zip(mean_ns("timescale/sink_rows"))
+            .map(|(copy, sink)| copy / sink),
         0.5,
     ));
     t.push(ratio(

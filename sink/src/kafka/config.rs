@@ -98,8 +98,8 @@ pub struct KafkaConfig {
     /// Embedded mode: partitions per topic created in the mock cluster.
     #[serde(default = "KafkaConfig::default_embedded_partitions")]
     pub embedded_partitions: i32,
-    /// Records in flight (sent, delivery report pending) at most; beyond it
-    /// the sink stops reading its input (backpressure).
+    /// Records in flight (sent, delivery report pending) at most, 1 to
+    /// `i32::MAX`; beyond it the sink stops reading its input (backpressure).
     #[serde(default = "KafkaConfig::default_max_in_flight")]
     pub max_in_flight: usize,
     /// Extra librdkafka producer options, passed through verbatim (e.g.

@@ -681,6 +681,7 @@ fn invalid_settings_are_rejected_naming_the_key() {
         ("events_topic", |c| c.events_topic = "..".to_owned()),
         ("batch_bytes", |c| c.batch_bytes = 0),
         ("max_in_flight", |c| c.max_in_flight = 0),
+        ("max_in_flight", |c| c.max_in_flight = i32::MAX as usize + 1),
         ("embedded_partitions", |c| {
             c.brokers = "embedded".to_owned();
             c.embedded_partitions = 0;

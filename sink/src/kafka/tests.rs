@@ -673,7 +673,7 @@ type Breaker = fn(&mut KafkaConfig);
 
 #[test]
 fn invalid_settings_are_rejected_naming_the_key() {
-    let cases: [(&str, Breaker); 9] = [
+    let cases: [(&str, Breaker); 10] = [
         ("brokers", |c| c.brokers = " ".to_owned()),
         ("compression", |c| c.compression = "brotli".to_owned()),
         ("telemetry_topic", |c| c.telemetry_topic = String::new()),

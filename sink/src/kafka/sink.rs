@@ -5,8 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetpipe_model::Ack;
-use fleetpipe_model::SinkRecord;
+use fleetpipe_model::{Ack, SinkRecord};
 use metrics::{Gauge, Histogram, counter, gauge, histogram};
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};

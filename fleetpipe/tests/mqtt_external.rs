@@ -17,8 +17,14 @@ use fleetpipe_ingest::mqtt::MqttMode;
 const T: Duration = Duration::from_secs(20);
 const MOSQUITTO: &str = "127.0.0.1:1883";
 
+/// A name no other test (of this run or an earlier one) uses. The counter
+/// matters: two tests of this binary running in parallel can ask in the same
+/// millisecond, and Mosquitto disconnects the older of two clients with the
+/// same id (seen: a publisher cut off mid-test).
 fn unique(name: &str) -> String {
-    format!("{name}-{}-{}", std::process::id(), now_ms())
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{name}-{}-{}-{n}", std::process::id(), now_ms())
 }
 
 fn external(c: &mut fleetpipe::Config, prefix: &str, group: &str, client_id: &str) {

@@ -41,8 +41,9 @@ pub struct KafkaSink {
     format: KafkaFormat,
     max_in_flight: usize,
     bootstrap: String,
-    /// Shared with the producer's delivery callback.
-    reports: DeliveryMetrics,
+    /// `fleetpipe_sink_inflight`: raised per record sent, lowered by the
+    /// producer's delivery callback.
+    in_flight: Gauge,
     /// The mock cluster in embedded mode; it lives until the sink and every
     /// clone of this handle are gone.
     embedded: Option<Arc<EmbeddedCluster>>,
@@ -109,11 +110,12 @@ impl KafkaSink {
             .map_or(brokers, String::as_str)
             .to_owned();
         let reports = DeliveryMetrics::new();
-        let (producer, errors) = service::create_producer(&config, brokers, reports.clone())?;
+        let in_flight = reports.in_flight.clone();
+        let (producer, errors) = service::create_producer(&config, brokers, reports)?;
         Ok(Self {
             producer,
             errors,
-            reports,
+            in_flight,
             telemetry_topic: config.telemetry_topic,
             events_topic: config.events_topic,
             dlq_topic: config.dlq_topic,
@@ -169,7 +171,7 @@ impl KafkaSink {
             format,
             max_in_flight,
             bootstrap: _,
-            reports,
+            in_flight,
             embedded,
         } = self;
         let sender = Sender {
@@ -181,7 +183,7 @@ impl KafkaSink {
             max_in_flight,
             permits: Arc::new(Semaphore::new(max_in_flight)),
             report_arrived: Arc::new(Notify::new()),
-            in_flight: reports.in_flight,
+            in_flight,
         };
         let fatal = tokio::select! {
             // A fatal error first: nothing sent after it can succeed.

@@ -234,7 +234,6 @@ fn clock_ticks() -> u64 {
     })
 }
 
-/// Resident set size of this process, bytes.
 /// CPU seconds the whole machine has spent busy (every core, everything but
 /// idle and iowait), from `/proc/stat`.
 pub fn machine_busy_s() -> f64 {
@@ -257,6 +256,7 @@ pub fn machine_busy_s() -> f64 {
     busy as f64 / clock_ticks() as f64
 }
 
+/// Resident set size of this process, bytes.
 pub fn own_rss() -> u64 {
     proc_sample(std::process::id()).map_or(0, |s| s.rss_bytes)
 }

@@ -42,7 +42,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use fleetpipe_bench::fixtures::REFERENCE_NOW_MS;
 use fleetpipe_enrich::{EnrichConfig, Tracker};
-use fleetpipe_geofence::{FenceSet, GeofenceIndex, SharedIndex, shared};
+use fleetpipe_geofence::{DEFAULT_CELL_SIZE_M, FenceSet, GeofenceIndex, SharedIndex, shared};
 use fleetpipe_model::{Accepted, Ack, Gateway, Origin, Ping, SinkRecord, VehicleId};
 use serde_json::{Value, json};
 
@@ -124,7 +124,7 @@ fn fences(count: usize) -> (Vec<(f64, f64)>, SharedIndex) {
     });
     let set = FenceSet::from_features(features.collect::<Vec<(Value, Value)>>())
         .expect("generated fences are valid");
-    let index = GeofenceIndex::build(set, h3o::Resolution::Nine).expect("fence index builds");
+    let index = GeofenceIndex::build(set, DEFAULT_CELL_SIZE_M).expect("fence index builds");
     (centres, shared(index))
 }
 

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use fleetpipe_geofence::{Fence, FenceId, GeofenceIndex, SharedIndex};
-use h3o::{CellIndex, Resolution};
 
 /// A worker's view of the current index, rebuilt when the index is swapped.
 #[derive(Debug)]
@@ -80,21 +79,9 @@ impl FenceCache {
         self.index = index;
     }
 
-    /// Resolution of the current index.
-    pub(crate) fn resolution(&self) -> Resolution {
-        self.index.resolution()
-    }
-
     /// Ids of the fences containing the position, in fence-file order.
-    /// `cell`: the position's cell at [`FenceCache::resolution`], when the
-    /// caller has it.
-    pub(crate) fn lookup(&mut self, lat: f64, lon: f64, cell: Option<CellIndex>) -> Vec<Arc<str>> {
-        match cell {
-            Some(cell) => self
-                .index
-                .lookup_cell_into(cell, lat, lon, &mut self.scratch),
-            None => self.index.lookup_into(lat, lon, &mut self.scratch),
-        }
+    pub(crate) fn lookup(&mut self, lat: f64, lon: f64) -> Vec<Arc<str>> {
+        self.index.lookup_into(lat, lon, &mut self.scratch);
         if self.scratch.is_empty() {
             return Vec::new();
         }

@@ -28,7 +28,6 @@ use fleetpipe_model::{
     Accepted, Ack, Enrichment, PingFlags, SCHEMA_VERSION, SinkRecord, TelemetryRecord,
     VehicleEvent, VehicleId,
 };
-use h3o::CellIndex;
 use serde::{Deserialize, Serialize};
 
 use crate::config::EnrichConfig;
@@ -136,14 +135,7 @@ impl Tracker {
         let now = origin.received_at;
         self.fences.refresh();
         let h3 = self.enricher.cells(ping.lat, ping.lon);
-        // With the index's resolution among the configured ones (the
-        // defaults), the lookup reuses that cell instead of projecting again.
-        let index_res = u8::from(self.fences.resolution());
-        let cell = h3
-            .iter()
-            .find(|(res, _)| *res == index_res)
-            .and_then(|&(_, cell)| CellIndex::try_from(cell).ok());
-        let fences = self.fences.lookup(ping.lat, ping.lon, cell);
+        let fences = self.fences.lookup(ping.lat, ping.lon);
         let rules = &self.rules;
         let entry = match self.vehicles.get_mut(&ping.vehicle_id) {
             Some(entry) => entry,

@@ -24,7 +24,7 @@ const LAT_PER_M: f64 = 1.0 / 110_574.0;
 
 fn fences() -> SharedIndex {
     let set = FenceSet::from_geojson_str(FENCES).unwrap();
-    shared(GeofenceIndex::build(set, h3o::Resolution::Ten).unwrap())
+    shared(GeofenceIndex::build(set, 50.0).unwrap())
 }
 
 fn tracker() -> Tracker {

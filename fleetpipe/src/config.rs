@@ -31,7 +31,7 @@ pub struct Config {
     /// Outputs.
     #[serde(default)]
     pub sink: SinkConfig,
-    /// Geofences: the fence file and/or table, index resolution, reloads.
+    /// Geofences: the fence file and/or table, index cell size, reloads.
     #[serde(default)]
     pub geofence: GeofenceConfig,
     /// Queues between the stages, shutdown.

@@ -89,8 +89,8 @@ pub enum FenceError {
 pub struct ReloadReport {
     /// Fences in the new index.
     pub fences: usize,
-    /// Its H3 resolution.
-    pub resolution: u8,
+    /// Edge of its finest cells, metres (`geofence.cell_size_m`).
+    pub cell_size_m: u32,
     /// Milliseconds the reload took (reading, parsing, indexing).
     pub took_ms: u64,
 }
@@ -153,7 +153,7 @@ impl FenceService {
         let index = load(config, file).await?;
         let loaded = ReloadReport {
             fences: index.len(),
-            resolution: u8::from(index.resolution()),
+            cell_size_m: config.cell_size_m,
             took_ms: elapsed_ms(started),
         };
         metrics::gauge!("fleetpipe_geofence_fences").set(loaded.fences as f64);
@@ -190,7 +190,7 @@ impl FenceService {
         let config = &self.reloader.inner.config;
         tracing::info!(
             fences = self.loaded.fences,
-            resolution = self.loaded.resolution,
+            cell_size_m = self.loaded.cell_size_m,
             took_ms = self.loaded.took_ms,
             file = ?config.file,
             table = config.postgres.as_ref().map(|p| p.table.as_str()),
@@ -301,7 +301,7 @@ impl FenceReloader {
         };
         let report = ReloadReport {
             fences: index.len(),
-            resolution: u8::from(index.resolution()),
+            cell_size_m: self.inner.config.cell_size_m,
             took_ms: elapsed_ms(started),
         };
         let old = self.inner.index.swap(Arc::new(index));
@@ -312,7 +312,7 @@ impl FenceReloader {
         metrics::gauge!("fleetpipe_geofence_fences").set(report.fences as f64);
         tracing::info!(
             fences = report.fences,
-            resolution = report.resolution,
+            cell_size_m = report.cell_size_m,
             took_ms = report.took_ms,
             trigger,
             "geofences reloaded"
@@ -469,9 +469,9 @@ async fn load(config: &GeofenceConfig, file: Option<Vec<u8>>) -> Result<Geofence
         }
         None => from_file,
     };
-    let resolution = config.h3_resolution();
+    let cell_size_m = config.cell_size();
     blocking(move || {
-        GeofenceIndex::build(set, resolution).map_err(|e| FenceError::Build(e.to_string()))
+        GeofenceIndex::build(set, cell_size_m).map_err(|e| FenceError::Build(e.to_string()))
     })
     .await
 }
@@ -624,11 +624,11 @@ mod tests {
         let e = check_config(&config).unwrap_err().to_string();
         assert!(e.contains("geofence.postgres.url"), "{e}");
         let config = GeofenceConfig {
-            resolution: 99,
+            cell_size_m: 0,
             ..GeofenceConfig::default()
         };
         let e = check_config(&config).unwrap_err().to_string();
-        assert!(e.starts_with("geofence.resolution"), "{e}");
+        assert!(e.starts_with("geofence.cell_size_m"), "{e}");
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub fn routes(readiness: Readiness) -> Router {
 }
 
 /// `POST /admin/geofences/reload`: reloads the fences from every configured
-/// source and answers when done: 200 with `{"fences": N, "resolution": R,
+/// source and answers when done: 200 with `{"fences": N, "cell_size_m": C,
 /// "took_ms": T}`, or 422 with `{"error": "..."}` (the previous fences stay
 /// in use). Reloads are serialized; the reload finishes even if the client
 /// goes away.

@@ -220,7 +220,7 @@ async fn the_admin_endpoint_reloads_and_answers_counts_or_422() {
         file: Some(path.clone()),
         // No polling: only the endpoint reloads.
         watch_interval: Duration::ZERO,
-        resolution: 8,
+        cell_size_m: 250,
         ..GeofenceConfig::default()
     })
     .await;
@@ -239,7 +239,7 @@ async fn the_admin_endpoint_reloads_and_answers_counts_or_422() {
     let (status, body) = post_reload(&p).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["fences"], 3, "{body}");
-    assert_eq!(body["resolution"], 8, "{body}");
+    assert_eq!(body["cell_size_m"], 250, "{body}");
     assert!(body["took_ms"].is_u64(), "{body}");
     assert_eq!(ids(&p), ["a", "b", "c"]);
 
@@ -534,7 +534,9 @@ fn config_check_and_run_refuse_a_bad_fence_file_with_one_line() {
     }
     // Keys are checked too, naming them.
     for (body, needle) in [
-        ("resolution = 16\n", "geofence.resolution"),
+        ("cell_size_m = 0\n", "geofence.cell_size_m"),
+        // The H3 index's key, gone since the grid index replaced it.
+        ("resolution = 9\n", "unknown field: found `resolution`"),
         ("watch_interval = \"often\"\n", "geofence.watch_interval"),
         ("fle = \"x\"\n", "fle"),
         (

@@ -1,23 +1,22 @@
-//! Lookup benchmarks: H3 index vs brute force.
+//! Lookup benchmarks: the grid index vs brute force.
 //!
 //! Fences: deterministic depots (small polygons, 100–600 m) and customers
 //! (circles, 50–300 m) spread over a ~1000 km × 1000 km region
 //! (lat 45..54, lon 0..13). Queries: uniform points over the region
 //! ("uniform", mostly misses) and points within ~500 m of a random fence
 //! centre ("near", mostly boundary cells / hits). `index_lookup` is the
-//! whole lookup from lat/lon; `index_lookup_cell_given` starts from the H3
-//! cell, as enrichment does (it computes that cell for its output anyway).
+//! whole lookup from lat/lon at the default cell size; `cell_size/<m>`
+//! repeats the "near" case at 10,000 fences for other cell sizes, the
+//! speed/memory trade-off `geofence.cell_size_m` sets.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use fleetpipe_geofence::{FenceId, FenceSet, GeofenceIndex, brute_force};
-use h3o::{CellIndex, LatLng, Resolution};
+use fleetpipe_geofence::{DEFAULT_CELL_SIZE_M, FenceId, FenceSet, GeofenceIndex, brute_force};
 use serde_json::{Value, json};
 
-const RES: Resolution = Resolution::Nine;
 const M_PER_DEG: f64 = 111_320.0;
 
 struct Rng(u64);
@@ -89,20 +88,46 @@ fn queries(centers: &[(f64, f64)], near: bool) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Builds the index, printing its build time and size.
+fn build(set: &FenceSet, cell_size_m: f64) -> GeofenceIndex {
+    let t = Instant::now();
+    let index = GeofenceIndex::build(set.clone(), cell_size_m).unwrap();
+    let stats = index.stats();
+    eprintln!(
+        "build n={} cell={cell_size_m} m: {:.3} s, levels (level, cells, entries) = {:?}, cell maps ≈ {:.1} MiB",
+        set.len(),
+        t.elapsed().as_secs_f64(),
+        stats.levels,
+        stats.approx_heap_bytes as f64 / (1024.0 * 1024.0)
+    );
+    index
+}
+
+/// Times `lookup_into` over the queries, round robin.
+fn bench_lookup(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    index: &GeofenceIndex,
+    qs: &[(f64, f64)],
+) {
+    let mut out: Vec<FenceId> = Vec::new();
+    let mut i = 0usize;
+    group.bench_function(id, |b| {
+        b.iter(|| {
+            let (lat, lon) = qs[i % qs.len()];
+            i += 1;
+            index.lookup_into(black_box(lat), black_box(lon), &mut out);
+            black_box(out.len())
+        })
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("geofence");
     group.throughput(Throughput::Elements(1));
     for n in [100usize, 10_000, 100_000] {
         let (set, centers) = fences(n);
-        let t = Instant::now();
-        let index = GeofenceIndex::build(set.clone(), RES).unwrap();
-        let stats = index.stats();
-        eprintln!(
-            "build n={n} res={RES}: {:.3} s, levels (res, cells, entries) = {:?}, cell maps ≈ {:.1} MiB",
-            t.elapsed().as_secs_f64(),
-            stats.levels,
-            stats.approx_heap_bytes as f64 / (1024.0 * 1024.0)
-        );
+        let index = build(&set, DEFAULT_CELL_SIZE_M);
         for near in [false, true] {
             let qs = queries(&centers, near);
             let hits = qs
@@ -111,39 +136,11 @@ fn bench(c: &mut Criterion) {
                 .count();
             let label = if near { "near" } else { "uniform" };
             eprintln!("  n={n} {label}: {hits}/{} queries hit a fence", qs.len());
-            let mut out: Vec<FenceId> = Vec::new();
-            let mut i = 0usize;
-            group.bench_with_input(
+            bench_lookup(
+                &mut group,
                 BenchmarkId::new(format!("index_lookup/{label}"), n),
-                &n,
-                |b, _| {
-                    b.iter(|| {
-                        let (lat, lon) = qs[i % qs.len()];
-                        i += 1;
-                        index.lookup_into(black_box(lat), black_box(lon), &mut out);
-                        black_box(out.len())
-                    })
-                },
-            );
-            // What enrichment pays: it has the position's resolution-9 cell
-            // already (its own H3 output), so only the index part remains.
-            let cells: Vec<CellIndex> = qs
-                .iter()
-                .map(|&(la, lo)| LatLng::new(la, lo).unwrap().to_cell(RES))
-                .collect();
-            let mut i = 0usize;
-            group.bench_with_input(
-                BenchmarkId::new(format!("index_lookup_cell_given/{label}"), n),
-                &n,
-                |b, _| {
-                    b.iter(|| {
-                        let k = i % qs.len();
-                        i += 1;
-                        let (lat, lon) = qs[k];
-                        index.lookup_cell_into(black_box(cells[k]), lat, lon, &mut out);
-                        black_box(out.len())
-                    })
-                },
+                &index,
+                &qs,
             );
             if n == 100 {
                 let mut i = 0usize;
@@ -157,6 +154,18 @@ fn bench(c: &mut Criterion) {
                             black_box(brute_force(&set, black_box(lat), black_box(lon)).len())
                         })
                     },
+                );
+            }
+        }
+        if n == 10_000 {
+            let qs = queries(&centers, true);
+            for cell_size_m in [25.0, 50.0, 200.0, 400.0] {
+                let index = build(&set, cell_size_m);
+                bench_lookup(
+                    &mut group,
+                    BenchmarkId::new("cell_size/near", cell_size_m as u32),
+                    &index,
+                    &qs,
                 );
             }
         }

@@ -7,9 +7,6 @@ use serde::Deserialize;
 
 use crate::GeofenceError;
 
-/// Highest resolution H3 defines.
-const MAX_H3_RESOLUTION: u8 = 15;
-
 /// Longest PostgreSQL identifier (`NAMEDATALEN - 1`).
 const MAX_IDENTIFIER_BYTES: usize = 63;
 
@@ -32,10 +29,10 @@ pub struct GeofenceConfig {
     /// The file is watched (see [`GeofenceConfig::watch_interval`]) and
     /// reloaded when its content changes.
     pub file: Option<PathBuf>,
-    /// H3 resolution (0-15) of the index's cells: 7..=10 suits depot- and
-    /// customer-sized fences (9: cells of about 0.1 km²). Affects only speed
-    /// and memory, never the answers.
-    pub resolution: u8,
+    /// Edge, in metres, of the index's finest cells (1..=100000). A cell a
+    /// little larger than the typical fence suits depot- and customer-sized
+    /// fences. Affects only speed and memory, never the answers.
+    pub cell_size_m: u32,
     /// Load fences from a PostgreSQL table too (see [`crate::FenceRow`] for
     /// the table's columns). Read at start and on every reload; the table is
     /// not watched: after changing it, request a reload.
@@ -49,9 +46,10 @@ pub struct GeofenceConfig {
 }
 
 impl GeofenceConfig {
-    /// Default of [`GeofenceConfig::resolution`]: 9.
-    pub const fn default_resolution() -> u8 {
-        9
+    /// Default of [`GeofenceConfig::cell_size_m`]: 100 m
+    /// ([`crate::DEFAULT_CELL_SIZE_M`]).
+    pub const fn default_cell_size_m() -> u32 {
+        crate::DEFAULT_CELL_SIZE_M as u32
     }
 
     /// Default of [`GeofenceConfig::watch_interval`]: 2 s.
@@ -59,12 +57,10 @@ impl GeofenceConfig {
         Duration::from_secs(2)
     }
 
-    /// The index resolution as an [`h3o::Resolution`] (falls back to the
-    /// default for an out-of-range value, which [`GeofenceConfig::validate`]
-    /// refuses).
+    /// The finest cell edge as [`crate::GeofenceIndex::build`] takes it.
     #[must_use]
-    pub fn h3_resolution(&self) -> h3o::Resolution {
-        h3o::Resolution::try_from(self.resolution).unwrap_or(h3o::Resolution::Nine)
+    pub fn cell_size(&self) -> f64 {
+        f64::from(self.cell_size_m)
     }
 
     /// Whether any source of fences is configured.
@@ -77,19 +73,12 @@ impl GeofenceConfig {
     ///
     /// # Errors
     ///
-    /// [`GeofenceError::Config`]: a resolution above 15, an empty file path,
+    /// [`GeofenceError::Config`]: a cell size out of 1..=100000, an empty
+    /// file path,
     /// an empty PostgreSQL URL or a table name that is not `name` or
     /// `schema.name` (letters, digits, `_`, `$`; not starting with a digit).
     pub fn validate(&self) -> Result<(), GeofenceError> {
-        if self.resolution > MAX_H3_RESOLUTION {
-            return Err(GeofenceError::Config {
-                key: "geofence.resolution",
-                reason: format!(
-                    "{} is not an H3 resolution (allowed: 0-{MAX_H3_RESOLUTION})",
-                    self.resolution
-                ),
-            });
-        }
+        crate::check_cell_size(self.cell_size())?;
         if self.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
             return Err(GeofenceError::Config {
                 key: "geofence.file",
@@ -107,7 +96,7 @@ impl Default for GeofenceConfig {
     fn default() -> Self {
         Self {
             file: None,
-            resolution: Self::default_resolution(),
+            cell_size_m: Self::default_cell_size_m(),
             postgres: None,
             watch_interval: Self::default_watch_interval(),
         }
@@ -274,8 +263,8 @@ mod tests {
     fn defaults_are_documented_values_and_valid() {
         let c = GeofenceConfig::default();
         assert_eq!(c.file, None);
-        assert_eq!(c.resolution, 9);
-        assert_eq!(c.h3_resolution(), h3o::Resolution::Nine);
+        assert_eq!(c.cell_size_m, 100);
+        assert_eq!(c.cell_size(), crate::DEFAULT_CELL_SIZE_M);
         assert_eq!(c.postgres, None);
         assert_eq!(c.watch_interval, Duration::from_secs(2));
         assert!(!c.has_sources());
@@ -290,12 +279,12 @@ mod tests {
     #[test]
     fn keys_parse() {
         let c = parse(
-            r#"{"file": "fences.geojson", "resolution": 10, "watch_interval": "500ms",
+            r#"{"file": "fences.geojson", "cell_size_m": 250, "watch_interval": "500ms",
                 "postgres": {"url": "postgresql://u@h/db"}}"#,
         )
         .unwrap();
         assert_eq!(c.file, Some(PathBuf::from("fences.geojson")));
-        assert_eq!(c.h3_resolution(), h3o::Resolution::Ten);
+        assert_eq!(c.cell_size(), 250.0);
         assert_eq!(c.watch_interval, Duration::from_millis(500));
         let pg = c.postgres.clone().unwrap();
         assert_eq!(pg, PostgresFencesConfig::new("postgresql://u@h/db"));
@@ -327,20 +316,24 @@ mod tests {
     }
 
     #[test]
-    fn resolution_above_fifteen_is_rejected_naming_the_key() {
-        let c = GeofenceConfig {
-            resolution: 16,
-            ..GeofenceConfig::default()
-        };
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.starts_with("geofence.resolution: 16 "), "{e}");
-        for r in 0..=15 {
+    fn cell_size_out_of_range_is_rejected_naming_the_key() {
+        for bad in [0, 100_001, u32::MAX] {
             let c = GeofenceConfig {
-                resolution: r,
+                cell_size_m: bad,
                 ..GeofenceConfig::default()
             };
-            assert!(c.validate().is_ok());
-            assert_eq!(u8::from(c.h3_resolution()), r);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("geofence.cell_size_m: {bad} is out of range")),
+                "{e}"
+            );
+        }
+        for good in [1, 100, 100_000] {
+            let c = GeofenceConfig {
+                cell_size_m: good,
+                ..GeofenceConfig::default()
+            };
+            assert!(c.validate().is_ok(), "{good}");
         }
     }
 

@@ -2,25 +2,34 @@
 //!
 //! Fences are loaded from a GeoJSON `FeatureCollection` ([`FenceSet`]), or
 //! from rows of a database table ([`FenceRow`], [`FenceSet::from_rows`]) read
-//! as the same features, and indexed with H3 cells ([`GeofenceIndex`]).
-//! [`GeofenceConfig`] is the `[geofence]` configuration section. The index:
+//! as the same features, and indexed on a grid of latitude/longitude cells
+//! ([`GeofenceIndex`]). [`GeofenceConfig`] is the `[geofence]`
+//! configuration section. The index:
 //!
-//! * every fence is covered with H3 cells at the index resolution
-//!   (`h3o` [`Tiler`] in [`ContainmentMode::Covers`]), dilated by one ring of
-//!   neighbours so that floating-point / projection differences between the
-//!   planar cell polygons and `LatLng::to_cell` can never leave a point of the
-//!   fence uncovered;
-//! * cells that lie fully inside the fence *and* whose six neighbours also lie
-//!   fully inside it are "interior" cells: a point in them is answered without
-//!   any geometry. Interior cells are compacted (`CellIndex::compact`) and
-//!   stored at coarser resolutions;
-//! * every other covering cell is a "boundary" cell: a point in it is decided
-//!   by the exact test [`Fence::contains`].
+//! * the finest cells are squares of `cell_size_m / 111 320` degrees; a cell
+//!   of level `k` is `2^k` finest cells wide. A point's cell at every level
+//!   follows from its finest cell by bit shifts, so the levels nest exactly
+//!   and a lookup needs no projection: two multiplications and one hash
+//!   probe per level present;
+//! * every fence is covered by a region quadtree over its bounding box: from
+//!   the level at which the box spans at most 2 × 2 cells, a cell wholly
+//!   inside the fence is stored as an "inside" cell (a point in it is
+//!   answered without geometry), a cell wholly outside is dropped, and a
+//!   cell the boundary crosses is split, down to the finest level (or at
+//!   most seven levels, so a large fence gets coarser boundary cells rather
+//!   than more of them), where it is stored as a "boundary" cell: a point
+//!   in it is decided by the exact test [`Fence::contains`], after a
+//!   bounding-box check;
+//! * the classification is conservative: cells are grown by a margin far
+//!   above rounding before they are tested, "inside" and "outside" are
+//!   claimed only when they hold for every point of the grown cell
+//!   (polygons: no ring touches the cell; circles: all four corners within
+//!   the radius, or a lower bound of the distance beyond it), and
+//!   everything else is a boundary cell. So the index answers exactly what
+//!   the exact test answers.
 //!
-//! A lookup computes the point's cell once, probes one hash map per
-//! resolution that actually holds entries, and only touches the fences
-//! registered on those cells, so its cost does not grow with the number of
-//! fences.
+//! A lookup only touches the fences registered on the point's cells, so
+//! its cost does not grow with the number of fences.
 //!
 //! # Membership rule (the exact predicate)
 //!
@@ -54,11 +63,9 @@ use std::path::{Path, PathBuf};
 
 use geo::coordinate_position::CoordPos;
 use geo::{
-    BoundingRect, Coord, CoordinatePosition, Destination, Distance, Haversine, LineString,
+    BoundingRect, Coord, CoordinatePosition, Distance, Haversine, Intersects, LineString,
     MultiPolygon, Point, Polygon, Rect,
 };
-use h3o::geom::{ContainmentMode, TilerBuilder};
-use h3o::{CellIndex, LatLng, Resolution};
 use serde_json::{Map, Value};
 
 mod config;
@@ -69,8 +76,6 @@ pub use config::{GeofenceConfig, PostgresFencesConfig};
 pub const MAX_ABS_LAT: f64 = 85.0;
 /// Maximum circle radius in metres.
 pub const MAX_RADIUS_M: f64 = 1_000_000.0;
-/// Number of vertices of the polygon that covers a circle for tiling.
-const CIRCLE_COVER_VERTICES: u32 = 32;
 
 /// Errors raised while loading fences or building the index.
 #[derive(Debug, thiserror::Error)]
@@ -200,7 +205,9 @@ pub struct Fence {
     /// Whether entering the fence counts as an arrival (default `false`).
     pub arrival: bool,
     shape: Shape,
-    /// Bounding box of the polygon (unused for circles).
+    /// Bounding box, degrees: exact for polygons, a little larger than
+    /// exact for circles ([`circle_bbox`]). The exact test's first, cheap
+    /// rejection, and the extent the index covers.
     bbox: Rect<f64>,
 }
 
@@ -261,12 +268,12 @@ impl Fence {
 
     #[inline]
     fn contains_unchecked(&self, lat: f64, lon: f64) -> bool {
+        let (min, max) = (self.bbox.min(), self.bbox.max());
+        if lon < min.x || lon > max.x || lat < min.y || lat > max.y {
+            return false;
+        }
         match &self.shape {
             Shape::Polygon(mp) => {
-                let (min, max) = (self.bbox.min(), self.bbox.max());
-                if lon < min.x || lon > max.x || lat < min.y || lat > max.y {
-                    return false;
-                }
                 let c = Coord { x: lon, y: lat };
                 mp.0.iter()
                     .any(|p| p.coordinate_position(&c) != CoordPos::Outside)
@@ -677,13 +684,10 @@ fn parse_parts(
                     }
                 },
             };
-            let shape = Shape::Circle {
+            Shape::Circle {
                 center: Point::from(center),
                 radius_m,
-            };
-            // Validates pole / antimeridian limits.
-            cover_polygons(&shape).map_err(|p| ctx.err(p))?;
-            shape
+            }
         }
         other => return Err(ctx.err(format!("unsupported geometry type {other:?}"))),
     };
@@ -700,7 +704,9 @@ fn parse_parts(
             }
             bbox
         }
-        Shape::Circle { center, .. } => Rect::new(center.0, center.0),
+        Shape::Circle { center, radius_m } => {
+            circle_bbox(*center, *radius_m).map_err(|p| ctx.err(p))?
+        }
     };
     Ok(Fence {
         id: id.to_owned(),
@@ -761,34 +767,40 @@ fn parse_polygon(ctx: &FeatureCtx<'_>, v: &Value) -> Result<Polygon<f64>, Geofen
     Ok(Polygon::new(exterior, interiors))
 }
 
-/// Polygons (degrees) whose union covers the whole fence. For circles: a
-/// regular polygon whose inscribed circle is slightly larger than the fence.
-fn cover_polygons(shape: &Shape) -> Result<Vec<Polygon<f64>>, String> {
-    match shape {
-        Shape::Polygon(mp) => Ok(mp.0.clone()),
-        Shape::Circle { center, radius_m } => {
-            let n = CIRCLE_COVER_VERTICES;
-            let half_step = std::f64::consts::PI / f64::from(n);
-            let r = radius_m / half_step.cos() * 1.01 + 2.0;
-            let mut coords = Vec::with_capacity(n as usize + 1);
-            for i in 0..n {
-                let bearing = 360.0 * f64::from(i) / f64::from(n);
-                let p = Haversine.destination(*center, bearing, r);
-                if (p.x() - center.x()).abs() > 90.0 {
-                    return Err("circle crosses the antimeridian (not supported)".into());
-                }
-                if p.y().abs() > MAX_ABS_LAT {
-                    return Err(format!(
-                        "circle reaches beyond {MAX_ABS_LAT} degrees latitude (polar fences are not supported)"
-                    ));
-                }
-                coords.push(p.0);
-            }
-            let mut ring = LineString::new(coords);
-            ring.close();
-            Ok(vec![Polygon::new(ring, Vec::new())])
-        }
+/// A box (degrees) holding every point of a circle fence, a little larger
+/// than exact: the spherical cap of angular radius `δ = radius / R` around
+/// latitude `φ₀` spans `±δ` of latitude and `±asin(sin δ / cos φ₀)` of
+/// longitude. Refuses circles that reach past [`MAX_ABS_LAT`] or across the
+/// antimeridian.
+fn circle_bbox(center: Point<f64>, radius_m: f64) -> Result<Rect<f64>, String> {
+    let delta = radius_m / Haversine.radius();
+    let dlat = delta.to_degrees() * (1.0 + 1e-6) + 1e-9;
+    let (lat_lo, lat_hi) = (center.y() - dlat, center.y() + dlat);
+    if lat_lo < -MAX_ABS_LAT || lat_hi > MAX_ABS_LAT {
+        return Err(format!(
+            "circle reaches beyond {MAX_ABS_LAT} degrees latitude (polar fences are not supported)"
+        ));
     }
+    let dlon = (delta.sin() / center.y().to_radians().cos())
+        .min(1.0)
+        .asin()
+        .to_degrees()
+        * (1.0 + 1e-6)
+        + 1e-9;
+    let (lon_lo, lon_hi) = (center.x() - dlon, center.x() + dlon);
+    if lon_lo < -180.0 || lon_hi > 180.0 {
+        return Err("circle crosses the antimeridian (not supported)".into());
+    }
+    Ok(Rect::new(
+        Coord {
+            x: lon_lo,
+            y: lat_lo,
+        },
+        Coord {
+            x: lon_hi,
+            y: lat_hi,
+        },
+    ))
 }
 
 /// Brute force: every fence's exact test. The reference for the index.
@@ -808,8 +820,30 @@ pub fn brute_force(set: &FenceSet, lat: f64, lon: f64) -> Vec<FenceId> {
 // ---------------------------------------------------------------------------
 // Index
 
-/// Hasher for H3 cell indices (folded 128-bit multiply; the low bits of an
-/// H3 index are constant, so plain multiplicative hashing would be poor).
+/// Default edge of the index's finest cells, metres
+/// ([`GeofenceIndex::build`], `geofence.cell_size_m`).
+pub const DEFAULT_CELL_SIZE_M: f64 = 100.0;
+/// Smallest accepted finest-cell edge, metres.
+pub const MIN_CELL_SIZE_M: f64 = 1.0;
+/// Largest accepted finest-cell edge, metres.
+pub const MAX_CELL_SIZE_M: f64 = 100_000.0;
+/// Metres per degree of longitude at the equator: a cell of `cell_size_m`
+/// spans `cell_size_m / M_PER_DEG` degrees on both axes (it is narrower in
+/// metres away from the equator, which only makes it finer).
+const M_PER_DEG: f64 = 111_320.0;
+/// How many levels below its top level (the level at which its bounding box
+/// spans at most 2 × 2 cells) a fence's boundary is refined: at most
+/// 2^7 = 128 cells per axis, which bounds the cells of a fence whatever its
+/// size. A large fence gets coarser boundary cells, not more of them.
+const MAX_DEPTH: u32 = 7;
+/// Margin (degrees, about 0.1 mm) by which a cell is grown before it is
+/// classified against a fence. Mapping a point to its cell and computing a
+/// cell's bounds both round, by at most ~1e-13 degrees; the margin dwarfs
+/// that, so every point the lookup maps to a cell lies in the grown cell.
+const CELL_MARGIN_DEG: f64 = 1e-9;
+
+/// Hasher for packed cell keys (folded 128-bit multiply: the keys are two
+/// small integers side by side, which identity hashing would cluster).
 #[derive(Debug, Default, Clone, Copy)]
 struct CellHasher(u64);
 
@@ -833,100 +867,145 @@ type CellMap<V> = HashMap<u64, V, BuildHasherDefault<CellHasher>>;
 /// High bit of an entry: the cell is fully inside the fence.
 const INSIDE: u32 = 1 << 31;
 
+/// The grid every level shares: a point's finest cell is
+/// `(floor((lon + 180) · scale), floor((lat + 90) · scale))`, and its cell
+/// at level `k` is that pair shifted right by `k`. Deriving every level
+/// from the one finest pair by shifts is what makes the levels nest exactly:
+/// no second rounding can put a point in a coarse cell that does not hold
+/// its fine one.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    /// Finest cells per degree.
+    scale: f64,
+}
+
+impl Grid {
+    /// The finest cell of a valid point. Rounding is monotone, so a point
+    /// inside a box maps between the cells of the box's corners.
+    #[inline]
+    fn cell(self, lat: f64, lon: f64) -> (u32, u32) {
+        // Valid coordinates make both values non-negative and below
+        // 360 · scale <= 4.1e7, so the casts truncate (= floor) exactly.
+        (
+            ((lon + 180.0) * self.scale) as u32,
+            ((lat + 90.0) * self.scale) as u32,
+        )
+    }
+
+    /// Cell `(x, y)` of `level`, in degrees, grown by [`CELL_MARGIN_DEG`].
+    fn rect(self, level: u32, x: u32, y: u32) -> Rect<f64> {
+        let lo = |c: u32| (u64::from(c) << level) as f64 / self.scale;
+        let hi = |c: u32| ((u64::from(c) + 1) << level) as f64 / self.scale;
+        Rect::new(
+            Coord {
+                x: lo(x) - 180.0 - CELL_MARGIN_DEG,
+                y: lo(y) - 90.0 - CELL_MARGIN_DEG,
+            },
+            Coord {
+                x: hi(x) - 180.0 + CELL_MARGIN_DEG,
+                y: hi(y) - 90.0 + CELL_MARGIN_DEG,
+            },
+        )
+    }
+}
+
+/// A cell's two coordinates as one hash key.
+#[inline]
+fn cell_key(x: u32, y: u32) -> u64 {
+    (u64::from(x) << 32) | u64::from(y)
+}
+
 #[derive(Debug)]
 struct Level {
-    resolution: Resolution,
-    /// cell -> (start, len) into `entries`.
+    /// Cells of this level are `2^level` finest cells wide.
+    level: u32,
+    /// cell key -> (start, len) into `entries`.
     slots: CellMap<(u32, u32)>,
     /// fence id | INSIDE flag.
     entries: Vec<u32>,
 }
 
 /// Size statistics of a [`GeofenceIndex`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IndexStats {
-    /// (resolution, distinct cells, entries) for every level present.
+    /// (level, distinct cells, entries) for every level present; cells of
+    /// level `k` are `2^k` finest cells wide.
     pub levels: Vec<(u8, usize, usize)>,
+    /// Edge of the finest cells, metres (at the equator).
+    pub cell_size_m: f64,
     /// Approximate heap bytes of the cell maps (excluding the fences).
     pub approx_heap_bytes: usize,
 }
 
 /// The index: cells fully inside a fence answer without geometry, boundary
-/// cells fall back to the exact test.
+/// cells fall back to the exact test (see the crate docs).
 #[derive(Debug)]
 pub struct GeofenceIndex {
     fences: Vec<Fence>,
-    resolution: Resolution,
-    /// Only resolutions that hold entries; the index resolution first.
+    grid: Grid,
+    cell_size_m: f64,
+    /// Only levels that hold entries, the one with most entries first.
     levels: Vec<Level>,
 }
 
 impl GeofenceIndex {
-    /// Builds the index at `resolution` (7..=10 is a good range for
-    /// depot/customer-sized fences).
+    /// Builds the index with finest cells of about `cell_size_m` metres
+    /// (see [`DEFAULT_CELL_SIZE_M`]). The cell size changes speed and
+    /// memory, never the answers: a cell a little larger than the typical
+    /// fence suits depot- and customer-sized fences.
     ///
     /// # Errors
     ///
-    /// [`GeofenceError::Indexing`] if h3o rejects a geometry or compaction
-    /// fails; [`GeofenceError::TooManyFences`].
-    pub fn build(set: FenceSet, resolution: Resolution) -> Result<Self, GeofenceError> {
+    /// [`GeofenceError::Config`] if `cell_size_m` is not in
+    /// [`MIN_CELL_SIZE_M`]`..=`[`MAX_CELL_SIZE_M`];
+    /// [`GeofenceError::TooManyFences`].
+    pub fn build(set: FenceSet, cell_size_m: f64) -> Result<Self, GeofenceError> {
+        check_cell_size(cell_size_m)?;
         let fences = set.fences;
         if fences.len() > (INSIDE - 1) as usize {
             return Err(GeofenceError::TooManyFences(fences.len()));
         }
-        // Per resolution (0..=15): (cell, entry) pairs.
-        let mut pairs: Vec<Vec<(u64, u32)>> = vec![Vec::new(); 16];
+        let grid = Grid {
+            scale: M_PER_DEG / cell_size_m,
+        };
+        // Per level: (cell key, entry) pairs.
+        let mut pairs: Vec<Vec<(u64, u32)>> = Vec::new();
         for (i, fence) in fences.iter().enumerate() {
             let id = i as u32;
-            let (interior, boundary) =
-                cover_fence(fence, resolution).map_err(|reason| GeofenceError::Indexing {
-                    id: fence.id.clone(),
-                    reason,
-                })?;
-            for c in boundary {
-                pairs[usize::from(u8::from(resolution))].push((u64::from(c), id));
-            }
-            for c in interior {
-                pairs[usize::from(u8::from(c.resolution()))].push((u64::from(c), id | INSIDE));
-            }
+            cover_fence(fence, grid, &mut |level, key, inside| {
+                let level = level as usize;
+                if pairs.len() <= level {
+                    pairs.resize_with(level + 1, Vec::new);
+                }
+                pairs[level].push((key, if inside { id | INSIDE } else { id }));
+            });
         }
         let mut levels = Vec::new();
-        // Index resolution first (most entries), then finer-to-coarser.
-        let order = std::iter::once(u8::from(resolution))
-            .chain((0..u8::from(resolution)).rev())
-            .collect::<Vec<_>>();
-        for r in order {
-            let mut p = std::mem::take(&mut pairs[usize::from(r)]);
+        for (level, mut p) in pairs.into_iter().enumerate() {
             if p.is_empty() {
                 continue;
             }
-            let Ok(res) = Resolution::try_from(r) else {
-                continue;
-            };
             p.sort_unstable();
             let mut slots: CellMap<(u32, u32)> = CellMap::default();
             let mut entries = Vec::with_capacity(p.len());
-            let mut start = 0usize;
-            while start < p.len() {
-                let cell = p[start].0;
-                let mut end = start;
-                while end < p.len() && p[end].0 == cell {
-                    entries.push(p[end].1);
-                    end += 1;
-                }
-                slots.insert(cell, (start as u32, (end - start) as u32));
-                start = end;
+            for run in p.chunk_by(|a, b| a.0 == b.0) {
+                slots.insert(run[0].0, (entries.len() as u32, run.len() as u32));
+                entries.extend(run.iter().map(|&(_, e)| e));
             }
             slots.shrink_to_fit();
             levels.push(Level {
-                resolution: res,
+                level: level as u32,
                 slots,
                 entries,
             });
         }
+        // Most points are answered by the busiest level; probing it first
+        // keeps its map warm.
+        levels.sort_by_key(|l| std::cmp::Reverse(l.entries.len()));
         Ok(Self {
             fences,
-            resolution,
+            grid,
+            cell_size_m,
             levels,
         })
     }
@@ -947,36 +1026,10 @@ impl GeofenceIndex {
         if !valid_query(lat, lon) {
             return;
         }
-        let Ok(ll) = LatLng::new(lat, lon) else {
-            return;
-        };
-        self.lookup_cell_into(ll.to_cell(self.resolution), lat, lon, out);
-    }
-
-    /// Like [`GeofenceIndex::lookup_into`] for a caller that already has the
-    /// position's H3 cell at [`GeofenceIndex::resolution`] (enrichment
-    /// computes it anyway), sparing the second projection. `cell` must be
-    /// `LatLng::to_cell` of the position at that resolution; a cell of another
-    /// resolution is ignored and recomputed, since a parent of a finer cell
-    /// need not contain the position.
-    pub fn lookup_cell_into(&self, cell: CellIndex, lat: f64, lon: f64, out: &mut Vec<FenceId>) {
-        if cell.resolution() != self.resolution {
-            return self.lookup_into(lat, lon, out);
-        }
-        out.clear();
-        if !valid_query(lat, lon) {
-            return;
-        }
+        let (x, y) = self.grid.cell(lat, lon);
         for level in &self.levels {
-            let key = if level.resolution == self.resolution {
-                cell
-            } else {
-                match cell.parent(level.resolution) {
-                    Some(c) => c,
-                    None => continue,
-                }
-            };
-            let Some(&(start, len)) = level.slots.get(&u64::from(key)) else {
+            let key = cell_key(x >> level.level, y >> level.level);
+            let Some(&(start, len)) = level.slots.get(&key) else {
                 continue;
             };
             let range = start as usize..(start as usize + len as usize);
@@ -992,8 +1045,11 @@ impl GeofenceIndex {
                 }
             }
         }
-        out.sort_unstable();
-        out.dedup();
+        // A fence's cells are disjoint, so no id repeats; several levels
+        // can answer, so the ids need sorting.
+        if out.len() > 1 {
+            out.sort_unstable();
+        }
     }
 
     /// The fence with this id (`None` if out of range).
@@ -1002,7 +1058,7 @@ impl GeofenceIndex {
         self.fences.get(id.index())
     }
 
-    /// All fences (position = [`FenceId`]).
+    /// Every fence, indexed by [`FenceId`].
     #[must_use]
     pub fn fences(&self) -> &[Fence] {
         &self.fences
@@ -1020,95 +1076,189 @@ impl GeofenceIndex {
         self.fences.is_empty()
     }
 
-    /// The index resolution.
+    /// Edge of the finest cells, metres, as given to
+    /// [`GeofenceIndex::build`].
     #[must_use]
-    pub fn resolution(&self) -> Resolution {
-        self.resolution
+    pub fn cell_size_m(&self) -> f64 {
+        self.cell_size_m
     }
 
     /// Cell / entry counts per level and approximate memory.
     #[must_use]
     pub fn stats(&self) -> IndexStats {
         let mut bytes = 0;
-        let levels = self
+        let mut levels: Vec<(u8, usize, usize)> = self
             .levels
             .iter()
             .map(|l| {
                 // hashbrown: key + value + 1 control byte per bucket.
                 bytes += l.slots.capacity() * (8 + 8 + 1) + l.entries.capacity() * 4;
-                (u8::from(l.resolution), l.slots.len(), l.entries.len())
+                (l.level as u8, l.slots.len(), l.entries.len())
             })
             .collect();
+        levels.sort_unstable();
         IndexStats {
             levels,
+            cell_size_m: self.cell_size_m,
             approx_heap_bytes: bytes,
         }
     }
 }
 
-/// Interior (compacted) and boundary (at `resolution`) cells of a fence.
-fn cover_fence(
+fn check_cell_size(cell_size_m: f64) -> Result<(), GeofenceError> {
+    if (MIN_CELL_SIZE_M..=MAX_CELL_SIZE_M).contains(&cell_size_m) {
+        Ok(())
+    } else {
+        Err(GeofenceError::Config {
+            key: "geofence.cell_size_m",
+            reason: format!(
+                "{cell_size_m} is out of range (allowed: {MIN_CELL_SIZE_M} to {MAX_CELL_SIZE_M} metres)"
+            ),
+        })
+    }
+}
+
+/// How a cell relates to a fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CellClass {
+    /// No point of the cell is in the fence.
+    Outside,
+    /// Every point of the cell is in the fence.
+    Inside,
+    /// Either may hold: points in it need the exact test.
+    Boundary,
+}
+
+/// Reports the cells covering `fence` as `(level, key, inside)`: a
+/// region quadtree over the fence's bounding box, from the top level (the
+/// box spans at most 2 × 2 cells) down to at most [`MAX_DEPTH`] levels
+/// below it, never finer than level 0. Cells inside the fence stop there,
+/// cells outside are dropped, boundary cells are split until the finest
+/// level, where they are reported for the exact test. The cells reported
+/// are disjoint and cover every point of the fence.
+fn cover_fence(fence: &Fence, grid: Grid, out: &mut impl FnMut(u32, u64, bool)) {
+    let (min, max) = (fence.bbox.min(), fence.bbox.max());
+    let (x0, y0) = grid.cell(min.y, min.x);
+    let (x1, y1) = grid.cell(max.y, max.x);
+    let mut top = 0u32;
+    while (x1 >> top) - (x0 >> top) > 1 || (y1 >> top) - (y0 >> top) > 1 {
+        top += 1;
+    }
+    let finest = top.saturating_sub(MAX_DEPTH);
+    for x in (x0 >> top)..=(x1 >> top) {
+        for y in (y0 >> top)..=(y1 >> top) {
+            refine(fence, grid, (top, x, y), finest, out);
+        }
+    }
+}
+
+fn refine(
     fence: &Fence,
-    resolution: Resolution,
-) -> Result<(Vec<CellIndex>, Vec<CellIndex>), String> {
-    let polys = cover_polygons(&fence.shape)?;
-    let mut tiler = TilerBuilder::new(resolution)
-        .containment_mode(ContainmentMode::Covers)
-        .disable_transmeridian_heuristic()
-        .build();
-    tiler.add_batch(polys).map_err(|e| e.to_string())?;
-
-    let mut all: HashSet<CellIndex> = HashSet::new();
-    let mut fully: HashSet<CellIndex> = HashSet::new();
-    for ac in tiler.into_annotated_coverage() {
-        all.insert(ac.cell);
-        let inside = match &fence.shape {
-            Shape::Polygon(_) => ac.is_fully_contained,
-            // The covering polygon is larger than the circle: check the real
-            // cell (a spherical polygon with great-circle edges) against the
-            // spherical cap (convex): all vertices inside, with a margin.
-            Shape::Circle { center, radius_m } => {
-                let limit = radius_m - (0.5 + radius_m * 1e-6);
-                ac.cell
-                    .boundary()
-                    .iter()
-                    .all(|v| Haversine.distance(*center, Point::new(v.lng(), v.lat())) <= limit)
-            }
-        };
-        if inside {
-            fully.insert(ac.cell);
-        }
-    }
-
-    // Erode: interior only if the cell and all its neighbours are fully inside.
-    let mut interior = Vec::new();
-    for &c in &fully {
-        let ring: Vec<CellIndex> = c.grid_disk(1);
-        if ring.iter().all(|n| fully.contains(n)) {
-            interior.push(c);
-        }
-    }
-    let interior_set: HashSet<CellIndex> = interior.iter().copied().collect();
-
-    // Dilate: every non-interior covering cell and its neighbours.
-    let mut boundary: HashSet<CellIndex> = HashSet::new();
-    for &c in &all {
-        if interior_set.contains(&c) {
-            continue;
-        }
-        let ring: Vec<CellIndex> = c.grid_disk(1);
-        for n in ring {
-            if !interior_set.contains(&n) {
-                boundary.insert(n);
+    grid: Grid,
+    (level, x, y): (u32, u32, u32),
+    finest: u32,
+    out: &mut impl FnMut(u32, u64, bool),
+) {
+    match classify(fence, grid.rect(level, x, y)) {
+        CellClass::Outside => {}
+        CellClass::Inside => out(level, cell_key(x, y), true),
+        CellClass::Boundary if level <= finest => out(level, cell_key(x, y), false),
+        CellClass::Boundary => {
+            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                refine(
+                    fence,
+                    grid,
+                    (level - 1, 2 * x + dx, 2 * y + dy),
+                    finest,
+                    out,
+                );
             }
         }
     }
+}
 
-    interior.sort_unstable();
-    CellIndex::compact(&mut interior).map_err(|e| e.to_string())?;
-    let mut boundary: Vec<CellIndex> = boundary.into_iter().collect();
-    boundary.sort_unstable();
-    Ok((interior, boundary))
+/// Classifies a (grown) cell against a fence, conservatively: `Inside` and
+/// `Outside` only when they hold for every point of the cell.
+fn classify(fence: &Fence, cell: Rect<f64>) -> CellClass {
+    let (b, c) = (fence.bbox, cell);
+    if c.max().x < b.min().x
+        || c.min().x > b.max().x
+        || c.max().y < b.min().y
+        || c.min().y > b.max().y
+    {
+        return CellClass::Outside;
+    }
+    match &fence.shape {
+        Shape::Polygon(mp) => {
+            // No ring touches the cell: the cell (connected) lies wholly on
+            // one side of the fence's boundary, and its centre tells which.
+            let crossed =
+                mp.0.iter()
+                    .flat_map(|p| std::iter::once(p.exterior()).chain(p.interiors()))
+                    .flat_map(LineString::lines)
+                    .any(|line| cell.intersects(&line));
+            if crossed {
+                CellClass::Boundary
+            } else if mp
+                .0
+                .iter()
+                .any(|p| p.coordinate_position(&cell.center()) != CoordPos::Outside)
+            {
+                CellClass::Inside
+            } else {
+                CellClass::Outside
+            }
+        }
+        Shape::Circle { center, radius_m } => {
+            // Rounding of the haversine distance is below a micrometre at
+            // these scales; the margins are a millimetre.
+            let margin = 1e-3 + radius_m * 1e-9;
+            // On the sphere, the farthest point of a latitude/longitude
+            // rectangle from a point is one of its corners.
+            let corners = [
+                cell.min(),
+                cell.max(),
+                Coord {
+                    x: cell.min().x,
+                    y: cell.max().y,
+                },
+                Coord {
+                    x: cell.max().x,
+                    y: cell.min().y,
+                },
+            ];
+            if corners
+                .iter()
+                .all(|&p| Haversine.distance(*center, Point::from(p)) <= radius_m - margin)
+            {
+                CellClass::Inside
+            } else if circle_distance_lower_bound(*center, cell) > radius_m + margin {
+                CellClass::Outside
+            } else {
+                CellClass::Boundary
+            }
+        }
+    }
+}
+
+/// A lower bound of the haversine distance (metres) from `center` to any
+/// point of `rect`. Haversine's `a = sin²(Δφ/2) + cos φ₀ cos φ sin²(Δλ/2)`
+/// is at least the sum of each term's minimum over the rectangle: the
+/// smallest latitude and longitude gaps, and the smallest `cos φ`.
+fn circle_distance_lower_bound(center: Point<f64>, rect: Rect<f64>) -> f64 {
+    let gap = |v: f64, lo: f64, hi: f64| (lo - v).max(v - hi).max(0.0);
+    let dlat = gap(center.y(), rect.min().y, rect.max().y).to_radians();
+    let dlon = gap(center.x(), rect.min().x, rect.max().x).to_radians();
+    let cos_min = rect
+        .min()
+        .y
+        .to_radians()
+        .cos()
+        .min(rect.max().y.to_radians().cos())
+        .max(0.0);
+    let a = (dlat / 2.0).sin().powi(2)
+        + center.y().to_radians().cos() * cos_min * (dlon / 2.0).sin().powi(2);
+    2.0 * Haversine.radius() * a.min(1.0).sqrt().asin()
 }
 
 /// The current index, shared by every enrichment worker and swapped whole on
@@ -1127,8 +1277,87 @@ impl Default for GeofenceIndex {
     fn default() -> Self {
         Self {
             fences: Vec::new(),
-            resolution: Resolution::Nine,
+            grid: Grid {
+                scale: M_PER_DEG / DEFAULT_CELL_SIZE_M,
+            },
+            cell_size_m: DEFAULT_CELL_SIZE_M,
             levels: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lower bound never exceeds the distance to any point of the
+    /// rectangle (else the index would drop cells holding fence points), and
+    /// is tight enough to be worth having for a rectangle well away.
+    #[test]
+    fn circle_distance_lower_bound_is_a_lower_bound() {
+        let centers: [(f64, f64); 4] = [(10.0, 50.0), (-70.3, -33.4), (139.7, 35.7), (0.0, 84.0)];
+        for (cx, cy) in centers {
+            let center = Point::new(cx, cy);
+            for (dx, dy, w) in [
+                (0.01, 0.0, 0.02),
+                (-0.5, 0.3, 0.1),
+                (2.0, -1.0, 0.7),
+                (-0.001, -0.001, 0.002),
+                (0.0, 0.4, 0.05),
+            ] {
+                let rect = Rect::new(
+                    Coord {
+                        x: cx + dx,
+                        y: cy + dy,
+                    },
+                    Coord {
+                        x: cx + dx + w,
+                        y: (cy + dy + w).min(85.0),
+                    },
+                );
+                let lb = circle_distance_lower_bound(center, rect);
+                let mut nearest = f64::INFINITY;
+                for i in 0..=20 {
+                    for j in 0..=20 {
+                        let p = Point::new(
+                            rect.min().x + rect.width() * f64::from(i) / 20.0,
+                            rect.min().y + rect.height() * f64::from(j) / 20.0,
+                        );
+                        nearest = nearest.min(Haversine.distance(center, p));
+                    }
+                }
+                assert!(
+                    lb <= nearest + 1e-6,
+                    "{center:?} {rect:?}: {lb} > {nearest}"
+                );
+                if nearest > 1_000.0 {
+                    assert!(lb > 0.5 * nearest, "{center:?} {rect:?}: {lb} vs {nearest}");
+                }
+            }
+        }
+    }
+
+    /// A circle's box holds the points at its radius in every direction.
+    #[test]
+    fn circle_bbox_holds_the_circle() {
+        use geo::Destination;
+        for (cx, cy, r) in [
+            (10.0, 50.0, 300.0),
+            (-70.0, -60.0, 50_000.0),
+            (0.0, 0.0, 1.0),
+        ] {
+            let center = Point::new(cx, cy);
+            let b = circle_bbox(center, r).unwrap();
+            for k in 0..360 {
+                let p = Haversine.destination(center, f64::from(k), r);
+                assert!(
+                    b.min().x <= p.x()
+                        && p.x() <= b.max().x
+                        && b.min().y <= p.y()
+                        && p.y() <= b.max().y,
+                    "{p:?} outside {b:?}"
+                );
+            }
         }
     }
 }

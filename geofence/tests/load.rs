@@ -2,10 +2,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use fleetpipe_geofence::{
-    FenceId, FenceKind, FenceSet, GeofenceError, GeofenceIndex, Shape, brute_force,
+    DEFAULT_CELL_SIZE_M, FenceId, FenceKind, FenceSet, GeofenceError, GeofenceIndex, Shape,
+    brute_force,
 };
 use geo::{Destination, Haversine, Point};
-use h3o::Resolution;
 use serde_json::json;
 
 /// Square 10.00..10.01 lon, 50.00..50.01 lat with hole 10.004..10.006 / 50.004..50.006;
@@ -193,12 +193,13 @@ fn error_antimeridian_and_polar() {
 }
 
 fn indexes(set: &FenceSet) -> Vec<GeofenceIndex> {
-    (7..=10u8)
-        .map(|r| GeofenceIndex::build(set.clone(), Resolution::try_from(r).unwrap()).unwrap())
+    [5.0, 37.5, 100.0, 1_000.0, 20_000.0]
+        .into_iter()
+        .map(|m| GeofenceIndex::build(set.clone(), m).unwrap())
         .collect()
 }
 
-/// Asserts index == brute force == `expected` at every resolution.
+/// Asserts index == brute force == `expected` at every cell size.
 fn check(set: &FenceSet, idx: &[GeofenceIndex], lat: f64, lon: f64, expected: &[u32]) {
     let expected: Vec<FenceId> = expected.iter().copied().map(FenceId).collect();
     assert_eq!(
@@ -210,8 +211,8 @@ fn check(set: &FenceSet, idx: &[GeofenceIndex], lat: f64, lon: f64, expected: &[
         assert_eq!(
             i.lookup(lat, lon),
             expected,
-            "index res {} at ({lat}, {lon})",
-            i.resolution()
+            "index with {} m cells at ({lat}, {lon})",
+            i.cell_size_m()
         );
     }
 }
@@ -261,7 +262,7 @@ fn circle_edge() {
 #[test]
 fn index_accessors() {
     let set = load(&sample()).unwrap();
-    let idx = GeofenceIndex::build(set, Resolution::Nine).unwrap();
+    let idx = GeofenceIndex::build(set, DEFAULT_CELL_SIZE_M).unwrap();
     assert_eq!(idx.len(), 3);
     assert!(!idx.is_empty());
     assert_eq!(
@@ -273,19 +274,34 @@ fn index_accessors() {
     idx.lookup_into(50.002, 10.002, &mut buf);
     assert_eq!(buf, vec![FenceId(0)]);
     let stats = idx.stats();
-    assert!(stats.levels.iter().any(|&(r, _, _)| r == 9));
-    // A 20 km circle: interior cells are compacted to coarser resolutions.
+    assert_eq!(stats.cell_size_m, DEFAULT_CELL_SIZE_M);
+    assert!(stats.levels.iter().any(|&(l, _, _)| l == 0), "{stats:?}");
+    // A 20 km circle: cells inside it stay coarse, only its boundary is
+    // refined, and no finer than MAX_DEPTH below its top level.
     let big = load(&json!({"type": "FeatureCollection", "features": [{
         "type": "Feature", "properties": {"id": "big", "radius_m": 20000},
         "geometry": {"type": "Point", "coordinates": [5.0, 45.0]}}]}))
     .unwrap();
-    let idx = GeofenceIndex::build(big, Resolution::Nine).unwrap();
+    let idx = GeofenceIndex::build(big, DEFAULT_CELL_SIZE_M).unwrap();
     let stats = idx.stats();
+    let finest = stats.levels.iter().map(|&(l, _, _)| l).min().unwrap();
+    let coarsest = stats.levels.iter().map(|&(l, _, _)| l).max().unwrap();
     assert!(
-        stats.levels.iter().any(|&(r, _, _)| r < 8),
-        "interior cells compacted: {stats:?}"
+        finest >= 1,
+        "40 km across = 2^9 cells: refined to level 2: {stats:?}"
     );
+    assert!(
+        coarsest > finest + 1,
+        "inside cells at coarser levels: {stats:?}"
+    );
+    let cells: usize = stats.levels.iter().map(|&(_, c, _)| c).sum();
+    assert!(cells < 2_000, "bounded cell count: {stats:?}");
     assert_eq!(idx.lookup(45.0, 5.0), vec![FenceId(0)]);
+    // Out-of-range cell sizes are refused, naming the key.
+    for bad in [0.0, 0.5, 100_001.0, f64::NAN, f64::INFINITY] {
+        let e = GeofenceIndex::build(load(&sample()).unwrap(), bad).unwrap_err();
+        assert!(e.to_string().starts_with("geofence.cell_size_m: "), "{e}");
+    }
 }
 
 #[test]

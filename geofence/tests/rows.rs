@@ -3,9 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use fleetpipe_geofence::{
-    FenceId, FenceKind, FenceRow, FenceSet, GeofenceError, GeofenceIndex, brute_force,
+    DEFAULT_CELL_SIZE_M, FenceId, FenceKind, FenceRow, FenceSet, GeofenceError, GeofenceIndex,
+    brute_force,
 };
-use h3o::Resolution;
 use serde_json::{Value, json};
 
 fn row(id: &str, geometry: Value) -> FenceRow {
@@ -98,7 +98,7 @@ fn rows_load_like_the_equivalent_geojson_features() {
     assert_eq!(f[1].name, "zone-2", "a NULL name defaults to the id");
     assert!(!f[1].arrival);
     // Indexed, rows answer exactly like the file: hole, second part, circle.
-    let index = GeofenceIndex::build(from_rows.clone(), Resolution::Nine).unwrap();
+    let index = GeofenceIndex::build(from_rows.clone(), DEFAULT_CELL_SIZE_M).unwrap();
     for (lat, lon, expected) in [
         (50.002, 10.002, vec![FenceId(0)]),
         (50.005, 10.005, vec![]),

@@ -5,11 +5,10 @@
 
 use std::collections::HashMap;
 
-use fleetpipe_geofence::{FenceKind, FenceSet, GeofenceIndex};
+use fleetpipe_geofence::{DEFAULT_CELL_SIZE_M, FenceKind, FenceSet, GeofenceIndex};
 use fleetpipe_ingest::codec::{self, VehicleScope};
 use fleetpipe_ingest::validate::{ValidationConfig, Validator};
 use fleetpipe_sim::{Encoding, Fleet, SimConfig, SimMessage, encode};
-use h3o::Resolution;
 
 /// 2026-11-23T08:00:00Z.
 const START: i64 = 1_795_420_800_000;
@@ -132,7 +131,7 @@ fn vehicles_stop_at_depots_customers_and_chargers() {
     };
     let (fleet, out) = run(&cfg, 120);
     let set = FenceSet::from_geojson_str(&fleet.city().geofences_geojson()).unwrap();
-    let index = GeofenceIndex::build(set, Resolution::Nine).unwrap();
+    let index = GeofenceIndex::build(set, DEFAULT_CELL_SIZE_M).unwrap();
     // Stopped, ignition-off pings per fence kind, and vehicles seen there.
     let mut stopped: HashMap<&str, usize> = HashMap::new();
     let mut charging_at_charger = 0;

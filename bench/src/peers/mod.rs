@@ -35,7 +35,7 @@ pub use copy::{CopyResult, CopyRow, copy_batch, copy_ceiling, copy_ceiling_with}
 pub use inputs::{city_fences_geojson, city_points, fixture_pings};
 pub use postgis::{
     Comparison, Disagreement, LookupResult, PostgisFences, compare_answers, fleetpipe_lookup,
-    fleetpipe_lookup_cell_given, postgis_lookup,
+    postgis_lookup,
 };
 
 /// Why a peer could not run.

@@ -39,7 +39,8 @@
 //! query per point instead (a round trip each), the way an application
 //! asking per ping would.
 //!
-//! [`fleetpipe_lookup`] builds [`GeofenceIndex`] at resolution 9 (untimed;
+//! [`fleetpipe_lookup`] builds [`GeofenceIndex`] with the pipeline's default
+//! cell size (untimed;
 //! reported as `setup`) and times `lookup_into` for every point on one
 //! thread, after an untimed warm-up over the first points. Both sides run
 //! single-threaded: one connection, one backend, one core.
@@ -54,15 +55,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use fleetpipe_geofence::{Fence, FenceId, FenceSet, GeofenceIndex, Shape};
-use h3o::Resolution;
+use fleetpipe_geofence::{DEFAULT_CELL_SIZE_M, Fence, FenceId, FenceSet, GeofenceIndex, Shape};
 use tokio_postgres::{Client, Statement};
 
 use super::{PeerError, connect, quote_ident};
-
-/// Resolution fleetpipe's index is built at, as in the pipeline's default
-/// configuration.
-pub const INDEX_RESOLUTION: Resolution = Resolution::Nine;
 
 /// Points looked up untimed before the clock starts (fleetpipe), or the
 /// first batch (PostGIS).
@@ -392,8 +388,8 @@ pub async fn postgis_lookup(
 }
 
 /// fleetpipe's own lookup of `points` (`(lat, lon)`) in `fences_geojson`:
-/// [`GeofenceIndex::build`] at [`INDEX_RESOLUTION`] (untimed, reported as
-/// `setup`), then [`GeofenceIndex::lookup_into`] per point, in-process on
+/// [`GeofenceIndex::build`] with [`DEFAULT_CELL_SIZE_M`] (untimed, reported
+/// as `setup`), then [`GeofenceIndex::lookup_into`] per point, in-process on
 /// the calling thread.
 ///
 /// # Errors
@@ -403,55 +399,13 @@ pub fn fleetpipe_lookup(
     fences_geojson: &str,
     points: &[(f64, f64)],
 ) -> Result<LookupResult, PeerError> {
-    lookup_with(fences_geojson, points, false)
-}
-
-/// Like [`fleetpipe_lookup`], but each point's H3 cell at
-/// [`INDEX_RESOLUTION`] is computed before the timer starts and the timed
-/// part is [`GeofenceIndex::lookup_cell_into`]: what the lookup adds to a
-/// ping in the pipeline, where enrichment computes that cell for its output
-/// anyway.
-///
-/// # Errors
-///
-/// As [`fleetpipe_lookup`].
-pub fn fleetpipe_lookup_cell_given(
-    fences_geojson: &str,
-    points: &[(f64, f64)],
-) -> Result<LookupResult, PeerError> {
-    lookup_with(fences_geojson, points, true)
-}
-
-fn lookup_with(
-    fences_geojson: &str,
-    points: &[(f64, f64)],
-    cell_given: bool,
-) -> Result<LookupResult, PeerError> {
     let set = FenceSet::from_geojson_str(fences_geojson)?;
     let started = Instant::now();
-    let index = GeofenceIndex::build(set, INDEX_RESOLUTION)?;
+    let index = GeofenceIndex::build(set, DEFAULT_CELL_SIZE_M)?;
     let setup = started.elapsed();
-    // Points H3 cannot project (none from the simulator) fall back to the
-    // full lookup inside `lookup_cell_into`, via a cell of another resolution.
-    let fallback = h3o::CellIndex::base_cells()
-        .next()
-        .ok_or_else(|| PeerError::InvalidArgument("h3o has no base cells".into()))?;
-    let cells: Vec<h3o::CellIndex> = if cell_given {
-        points
-            .iter()
-            .map(|&(lat, lon)| {
-                h3o::LatLng::new(lat, lon).map_or(fallback, |ll| ll.to_cell(INDEX_RESOLUTION))
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
     let lookup = |i: usize, out: &mut Vec<FenceId>| {
         let (lat, lon) = points[i];
-        match cells.get(i) {
-            Some(&cell) => index.lookup_cell_into(cell, lat, lon, out),
-            None => index.lookup_into(lat, lon, out),
-        }
+        index.lookup_into(lat, lon, out);
     };
 
     let mut out = Vec::new();
@@ -484,11 +438,7 @@ fn lookup_with(
         })
         .collect();
     Ok(LookupResult::new(
-        format!(
-            "fleetpipe GeofenceIndex (H3 res {}{})",
-            u8::from(INDEX_RESOLUTION),
-            if cell_given { ", cell given" } else { "" }
-        ),
+        format!("fleetpipe GeofenceIndex ({DEFAULT_CELL_SIZE_M} m cells)"),
         setup,
         elapsed,
         answers,

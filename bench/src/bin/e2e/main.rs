@@ -726,14 +726,6 @@ fn targets(
             .map(|(pg, fp)| pg / fp),
         100.0,
     ));
-    t.push(ratio(
-        "the same, as the pipeline pays it (H3 cell already computed)",
-        peers
-            .postgis_us_per_point
-            .zip(peers.fleetpipe_cell_given_us_per_point)
-            .map(|(pg, fp)| pg / fp),
-        100.0,
-    ));
     t
 }
 
@@ -820,15 +812,6 @@ async fn run_peers(
             Ok(fp) => {
                 peers.postgis_us_per_point = Some(pg.per_point_ns / 1000.0);
                 peers.fleetpipe_lookup_us_per_point = Some(fp.per_point_ns / 1000.0);
-                match peers::fleetpipe_lookup_cell_given(fences_geojson, &points) {
-                    Ok(cg) if cg.answers == fp.answers => {
-                        peers.fleetpipe_cell_given_us_per_point = Some(cg.per_point_ns / 1000.0);
-                    }
-                    Ok(_) => peers
-                        .notes
-                        .push("the cell-given lookup answered differently: not reported".into()),
-                    Err(e) => peers.notes.push(format!("cell-given lookup failed: {e:#}")),
-                }
                 peers.geofence_disagreements = Some(
                     pg.answers
                         .iter()

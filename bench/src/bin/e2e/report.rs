@@ -151,9 +151,6 @@ pub struct Peers {
     pub postgis_us_per_point: Option<f64>,
     /// fleetpipe's geofence lookup on the same points and fences, µs.
     pub fleetpipe_lookup_us_per_point: Option<f64>,
-    /// The same with each point's H3 cell given (the pipeline's path:
-    /// enrichment computes the cell for its output anyway), µs.
-    pub fleetpipe_cell_given_us_per_point: Option<f64>,
     /// Points where PostGIS and fleetpipe disagree.
     pub geofence_disagreements: Option<u64>,
     /// Why a peer is missing, if one is.
@@ -336,13 +333,6 @@ impl Report {
                 "| PostGIS `ST_Contains`/`ST_DWithin`, GiST, batched | {pg:.2} µs/point | {fp:.3} µs/point (from lat/lon) | {} faster |",
                 ratio(pg, fp)
             );
-            if let Some(cg) = p.fleetpipe_cell_given_us_per_point {
-                let _ = writeln!(
-                    s,
-                    "| the same, fleetpipe's cost in the pipeline (H3 cell already computed) | {pg:.2} µs/point | {cg:.3} µs/point | {} faster |",
-                    ratio(pg, cg)
-                );
-            }
         }
         if let Some(d) = p.geofence_disagreements {
             let _ = writeln!(

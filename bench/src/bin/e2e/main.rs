@@ -750,11 +750,22 @@ async fn machine(pg_url: &str) -> Machine {
             .map(|s| s.trim().to_owned())
             .unwrap_or_default()
     };
-    let postgres = async {
+    let (postgres, postgres_settings) = async {
         let client = peers::connect(pg_url).await.ok()?;
         let row = client.query_one("SELECT version()", &[]).await.ok()?;
         let v: String = row.get(0);
-        Some(v.split(" on ").next().unwrap_or(&v).to_owned())
+        let settings = client
+            .query(
+                "SELECT name || '=' || setting || coalesce(' ' || unit, '') \
+                 FROM pg_settings WHERE name = ANY($1) ORDER BY array_position($1, name)",
+                &[&&report::PG_SETTINGS[..]],
+            )
+            .await
+            .ok()?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
+        Some((v.split(" on ").next().unwrap_or(&v).to_owned(), settings))
     }
     .await
     .unwrap_or_default();
@@ -765,6 +776,7 @@ async fn machine(pg_url: &str) -> Machine {
         kernel: run("uname", &["-sr"]),
         rustc: run("rustc", &["--version"]),
         postgres,
+        postgres_settings,
     }
 }
 

@@ -58,7 +58,21 @@ pub struct Machine {
     pub rustc: String,
     /// PostgreSQL `SELECT version()`.
     pub postgres: String,
+    /// PostgreSQL settings that shape write latency ([`PG_SETTINGS`]), as
+    /// `name=value unit`, read when the run started.
+    pub postgres_settings: Vec<String>,
 }
+
+/// The PostgreSQL settings a run records: memory, WAL and checkpoints,
+/// and commit durability, which decide how the database writer's
+/// latency behaves under sustained load.
+pub const PG_SETTINGS: [&str; 5] = [
+    "shared_buffers",
+    "max_wal_size",
+    "checkpoint_timeout",
+    "synchronous_commit",
+    "fsync",
+];
 
 /// Run settings.
 #[derive(Debug, Clone, Serialize)]
@@ -224,8 +238,14 @@ impl Report {
         let _ = writeln!(s, "### End-to-end run of {}\n", self.started_at);
         let _ = writeln!(
             s,
-            "Machine: {} ({} cores), {:.0} GiB, {}; {}; {}.\n",
-            m.cpu, m.cores, m.memory_gib, m.kernel, m.rustc, m.postgres
+            "Machine: {} ({} cores), {:.0} GiB, {}; {}; {} ({}).\n",
+            m.cpu,
+            m.cores,
+            m.memory_gib,
+            m.kernel,
+            m.rustc,
+            m.postgres,
+            m.postgres_settings.join(", ")
         );
         let _ = writeln!(s, "Command: `{}`\n", self.command);
         let st = &self.settings;

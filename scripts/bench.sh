@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # fleetpipe's performance report in one command (BENCHMARKS.md):
 #
-#   scripts/bench.sh            # ~30 minutes on 2 cores
-#   scripts/bench.sh --quick    # shorter criterion runs and e2e steps, ~12 minutes
+#   scripts/bench.sh            # ~15 minutes on 2 cores, plus the first build
+#   scripts/bench.sh --quick    # shorter criterion runs and e2e steps
 #
 # 1. prepares the machine (scripts/bench-deps.sh: PostgreSQL, PostGIS, Mosquitto);
 # 2. builds the release binaries;

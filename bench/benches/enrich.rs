@@ -15,10 +15,10 @@
 //! - `enrich/ping/10k_vehicles_no_fences`: an empty fence index.
 //! - `enrich/ping/10k_vehicles_1k_fences`: [`FENCES`] squares of ~200 m
 //!   (every 4th with arrival detection, every 8th with a speed limit)
-//!   spread over the city, indexed at H3 resolution 9. Every 10th vehicle's
-//!   track starts at a fence's centre, so it leaves and re-enters that fence
-//!   (and crosses others on the way): the geofence rules run, not just the
-//!   lookup.
+//!   spread over the city, indexed with the default cell size. Every 10th
+//!   vehicle's track starts at a fence's centre, so it leaves and re-enters
+//!   that fence (and crosses others on the way): the geofence rules run,
+//!   not just the lookup.
 //!
 //! One iteration is one round ([`VEHICLES`] pings; `Throughput::Elements`
 //! counts pings). The round's [`Accepted`] pings are built in

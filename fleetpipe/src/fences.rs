@@ -79,7 +79,7 @@ pub enum FenceError {
         /// The id.
         id: String,
     },
-    /// Indexing failed (an h3o error, too many fences) or its task died.
+    /// Indexing failed (a bad cell size, too many fences) or its task died.
     #[error("geofence: building the index: {0}")]
     Build(String),
 }

@@ -114,14 +114,6 @@ pub enum GeofenceError {
         /// Index of the second feature with this id.
         second: usize,
     },
-    /// H3 tiling / compaction of a fence failed.
-    #[error("fence {id:?}: H3 indexing failed: {reason}")]
-    Indexing {
-        /// The fence id.
-        id: String,
-        /// What failed.
-        reason: String,
-    },
     /// More fences than an index can hold.
     #[error("too many fences: {0} (max {max})", max = i32::MAX)]
     TooManyFences(usize),

@@ -777,6 +777,10 @@ async fn machine(pg_url: &str) -> Machine {
         rustc: run("rustc", &["--version"]),
         postgres,
         postgres_settings,
+        kernel_writeback: report::WRITEBACK_SYSCTLS
+            .iter()
+            .map(|name| format!("vm.{name}={}", read(&format!("/proc/sys/vm/{name}")).trim()))
+            .collect(),
     }
 }
 

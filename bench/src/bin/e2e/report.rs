@@ -61,7 +61,19 @@ pub struct Machine {
     /// PostgreSQL settings that shape write latency ([`PG_SETTINGS`]), as
     /// `name=value unit`, read when the run started.
     pub postgres_settings: Vec<String>,
+    /// The kernel's page-cache writeback settings ([`WRITEBACK_SYSCTLS`])
+    /// as `name=value`: when dirty pages are written decides how large the
+    /// write bursts are that the database's WAL fsyncs wait behind.
+    pub kernel_writeback: Vec<String>,
 }
+
+/// The `vm.*` settings a run records (`/proc/sys/vm/<name>`).
+pub const WRITEBACK_SYSCTLS: [&str; 4] = [
+    "dirty_background_bytes",
+    "dirty_background_ratio",
+    "dirty_expire_centisecs",
+    "dirty_writeback_centisecs",
+];
 
 /// The PostgreSQL settings a run records: memory, WAL and checkpoints,
 /// and commit durability, which decide how the database writer's
@@ -238,11 +250,12 @@ impl Report {
         let _ = writeln!(s, "### End-to-end run of {}\n", self.started_at);
         let _ = writeln!(
             s,
-            "Machine: {} ({} cores), {:.0} GiB, {}; {}; {} ({}).\n",
+            "Machine: {} ({} cores), {:.0} GiB, {} ({}); {}; {} ({}).\n",
             m.cpu,
             m.cores,
             m.memory_gib,
             m.kernel,
+            m.kernel_writeback.join(", "),
             m.rustc,
             m.postgres,
             m.postgres_settings.join(", ")

@@ -63,7 +63,7 @@ use std::path::{Path, PathBuf};
 
 use geo::coordinate_position::CoordPos;
 use geo::{
-    BoundingRect, Coord, CoordinatePosition, Distance, Haversine, Intersects, LineString,
+    BoundingRect, Coord, CoordinatePosition, Distance, Haversine, Intersects, Line, LineString,
     MultiPolygon, Point, Polygon, Rect,
 };
 use serde_json::{Map, Value};
@@ -240,17 +240,9 @@ impl Fence {
                 let ky = 110_574.0;
                 let kx = 111_320.0 * lat.to_radians().cos();
                 let project = |c: Coord<f64>| ((c.x - lon) * kx, (c.y - lat) * ky);
-                let mut best = f64::INFINITY;
-                for polygon in &mp.0 {
-                    for ring in std::iter::once(polygon.exterior()).chain(polygon.interiors()) {
-                        for line in ring.lines() {
-                            let d =
-                                segment_distance_to_origin(project(line.start), project(line.end));
-                            best = best.min(d);
-                        }
-                    }
-                }
-                best
+                edges(mp)
+                    .map(|line| segment_distance_to_origin(project(line.start), project(line.end)))
+                    .fold(f64::INFINITY, f64::min)
             }
             Shape::Circle { center, radius_m } => {
                 (Haversine.distance(*center, Point::new(lon, lat)) - radius_m).max(0.0)
@@ -265,16 +257,26 @@ impl Fence {
             return false;
         }
         match &self.shape {
-            Shape::Polygon(mp) => {
-                let c = Coord { x: lon, y: lat };
-                mp.0.iter()
-                    .any(|p| p.coordinate_position(&c) != CoordPos::Outside)
-            }
+            Shape::Polygon(mp) => polygons_contain(mp, Coord { x: lon, y: lat }),
             Shape::Circle { center, radius_m } => {
                 Haversine.distance(*center, Point::new(lon, lat)) <= *radius_m
             }
         }
     }
+}
+
+/// Every edge of every ring (exteriors and holes) of the polygons.
+fn edges(mp: &MultiPolygon<f64>) -> impl Iterator<Item = Line<f64>> + '_ {
+    mp.0.iter()
+        .flat_map(|p| std::iter::once(p.exterior()).chain(p.interiors()))
+        .flat_map(LineString::lines)
+}
+
+/// The membership rule for polygons (closed sets: a point on a ring counts
+/// as inside, one strictly inside a hole does not).
+fn polygons_contain(mp: &MultiPolygon<f64>, c: Coord<f64>) -> bool {
+    mp.0.iter()
+        .any(|p| p.coordinate_position(&c) != CoordPos::Outside)
 }
 
 /// Distance from (0, 0) to the segment a-b, planar.
@@ -872,6 +874,13 @@ struct Grid {
 }
 
 impl Grid {
+    /// The grid of finest cells `cell_size_m` wide (at the equator).
+    fn new(cell_size_m: f64) -> Self {
+        Self {
+            scale: M_PER_DEG / cell_size_m,
+        }
+    }
+
     /// The finest cell of a valid point. Rounding is monotone, so a point
     /// inside a box maps between the cells of the box's corners.
     #[inline]
@@ -957,9 +966,7 @@ impl GeofenceIndex {
         if fences.len() > (INSIDE - 1) as usize {
             return Err(GeofenceError::TooManyFences(fences.len()));
         }
-        let grid = Grid {
-            scale: M_PER_DEG / cell_size_m,
-        };
+        let grid = Grid::new(cell_size_m);
         // Per level: (cell key, entry) pairs.
         let mut pairs: Vec<Vec<(u64, u32)>> = Vec::new();
         for (i, fence) in fences.iter().enumerate() {
@@ -1184,18 +1191,9 @@ fn classify(fence: &Fence, cell: Rect<f64>) -> CellClass {
         Shape::Polygon(mp) => {
             // No ring touches the cell: the cell (connected) lies wholly on
             // one side of the fence's boundary, and its centre tells which.
-            let crossed =
-                mp.0.iter()
-                    .flat_map(|p| std::iter::once(p.exterior()).chain(p.interiors()))
-                    .flat_map(LineString::lines)
-                    .any(|line| cell.intersects(&line));
-            if crossed {
+            if edges(mp).any(|line| cell.intersects(&line)) {
                 CellClass::Boundary
-            } else if mp
-                .0
-                .iter()
-                .any(|p| p.coordinate_position(&cell.center()) != CoordPos::Outside)
-            {
+            } else if polygons_contain(mp, cell.center()) {
                 CellClass::Inside
             } else {
                 CellClass::Outside
@@ -1269,9 +1267,7 @@ impl Default for GeofenceIndex {
     fn default() -> Self {
         Self {
             fences: Vec::new(),
-            grid: Grid {
-                scale: M_PER_DEG / DEFAULT_CELL_SIZE_M,
-            },
+            grid: Grid::new(DEFAULT_CELL_SIZE_M),
             cell_size_m: DEFAULT_CELL_SIZE_M,
             levels: Vec::new(),
         }

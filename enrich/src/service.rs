@@ -105,7 +105,7 @@ impl EnrichService {
         let mut unreadable = 0usize;
         let restored = setup.restored.len();
         for (vehicle, json) in setup.restored {
-            let index = route(vehicle.as_str(), count);
+            let index = vehicle.shard(count);
             if let Err(err) = trackers[index].restore(vehicle.clone(), &json, now) {
                 unreadable += 1;
                 tracing::warn!(%vehicle, error = %err, "unreadable vehicle state; the vehicle starts fresh");
@@ -257,7 +257,7 @@ async fn dispatch(mut input: mpsc::Receiver<Accepted>, queues: Vec<mpsc::Sender<
     let mut batch = Vec::with_capacity(BATCH);
     while input.recv_many(&mut batch, BATCH).await > 0 {
         for accepted in batch.drain(..) {
-            let index = route(accepted.ping.vehicle_id.as_str(), queues.len());
+            let index = accepted.ping.vehicle_id.shard(queues.len());
             if let Err(mpsc::error::SendError(lost)) = queues[index].send(accepted).await {
                 // A worker ends early only when `output` closed (or on a bug).
                 // Stop reading rather than silently losing one shard's
@@ -405,36 +405,6 @@ impl Worker {
         }
         true
     }
-}
-
-/// Index of the worker that owns `vehicle_id`, in `0..workers` (`workers > 0`).
-///
-/// The hash is spelled out here rather than taken from std: `DefaultHasher`'s
-/// algorithm may change between Rust releases, and routing must not move
-/// vehicles between workers (and their state) just because the toolchain did.
-fn route(vehicle_id: &str, workers: usize) -> usize {
-    (fmix64(fnv1a64(vehicle_id.as_bytes())) % workers as u64) as usize
-}
-
-/// 64-bit FNV-1a: simple and fast on short ids.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes
-        .iter()
-        .fold(OFFSET_BASIS, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
-}
-
-/// MurmurHash3's 64-bit finalizer. FNV's low bits mix poorly (ids differing
-/// in their last character would cluster on a power-of-two worker count);
-/// this spreads every input bit over the whole word.
-fn fmix64(mut k: u64) -> u64 {
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    k ^= k >> 33;
-    k
 }
 
 #[cfg(test)]
@@ -795,45 +765,5 @@ mod tests {
                 vec![("worker".to_owned(), "1".to_owned())],
             ]
         );
-    }
-
-    #[test]
-    fn fnv1a64_matches_reference_vectors() {
-        // From the FNV reference test suite.
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
-    }
-
-    #[test]
-    fn routing_is_pinned() {
-        // Computed independently (Python); a change here moves vehicles
-        // between workers.
-        assert_eq!(fmix64(fnv1a64(b"van-1")), 0xffee_6e92_42c5_200a);
-        assert_eq!(route("van-1", 3), 1);
-        assert_eq!(route("van-2", 3), 2);
-        assert_eq!(route("van-1", 8), 2);
-        assert_eq!(route("van-2", 8), 7);
-        assert_eq!(route("truck:0042", 3), 0);
-        assert_eq!(route("anything", 1), 0);
-    }
-
-    #[test]
-    fn routing_spreads_similar_ids_evenly() {
-        for workers in [2, 3, 8, 12] {
-            let mut counts = vec![0usize; workers];
-            for i in 0..6000 {
-                let index = route(&format!("veh-{i}"), workers);
-                assert!(index < workers);
-                counts[index] += 1;
-            }
-            let mean = 6000 / workers;
-            for (index, &count) in counts.iter().enumerate() {
-                assert!(
-                    count.abs_diff(mean) * 100 <= mean * 15,
-                    "worker {index} of {workers} got {count}, mean {mean}"
-                );
-            }
-        }
     }
 }

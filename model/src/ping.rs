@@ -58,6 +58,44 @@ impl VehicleId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The shard, in `0..shards`, that owns this vehicle wherever work is
+    /// split by vehicle (enrichment workers, database writers), so one
+    /// vehicle's records always take the same path, in order. `shards` of 0
+    /// counts as 1.
+    pub fn shard(&self, shards: usize) -> usize {
+        shard_of(self.as_str(), shards)
+    }
+}
+
+/// [`VehicleId::shard`] of a string.
+///
+/// The hash is spelled out here rather than taken from std: `DefaultHasher`'s
+/// algorithm may change between Rust releases, and routing must not move
+/// vehicles between workers (and their state) just because the toolchain did.
+pub fn shard_of(vehicle_id: &str, shards: usize) -> usize {
+    (fmix64(fnv1a64(vehicle_id.as_bytes())) % shards.max(1) as u64) as usize
+}
+
+/// 64-bit FNV-1a: simple and fast on short ids.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET_BASIS, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+/// MurmurHash3's 64-bit finalizer. FNV's low bits mix poorly (ids differing
+/// in their last character would cluster on a power-of-two shard count);
+/// this spreads every input bit over the whole word.
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^= k >> 33;
+    k
 }
 
 impl fmt::Debug for VehicleId {
@@ -222,6 +260,50 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn fnv1a64_matches_reference_vectors() {
+        // From the FNV reference test suite.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn sharding_is_pinned() {
+        // Computed independently (Python); a change here moves vehicles
+        // between enrichment workers (and their state) and database writers.
+        assert_eq!(fmix64(fnv1a64(b"van-1")), 0xffee_6e92_42c5_200a);
+        assert_eq!(shard_of("van-1", 3), 1);
+        assert_eq!(shard_of("van-2", 3), 2);
+        assert_eq!(shard_of("van-1", 8), 2);
+        assert_eq!(shard_of("van-2", 8), 7);
+        assert_eq!(shard_of("truck:0042", 3), 0);
+        assert_eq!(shard_of("anything", 1), 0);
+        assert_eq!(shard_of("anything", 0), 0);
+        let van = VehicleId::parse("van-2").map(|v| v.shard(8));
+        assert_eq!(van, Ok(7));
+    }
+
+    #[test]
+    fn sharding_spreads_similar_ids_evenly() {
+        for shards in [2, 3, 8, 12] {
+            let mut counts = vec![0usize; shards];
+            for i in 0..6000 {
+                let index = shard_of(&format!("veh-{i}"), shards);
+                assert!(index < shards);
+                counts[index] += 1;
+            }
+            let mean = 6000 / shards;
+            for (index, &count) in counts.iter().enumerate() {
+                assert!(
+                    count.abs_diff(mean) * 100 <= mean * 15,
+                    "shard {index} of {shards} got {count}, mean {mean}"
+                );
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

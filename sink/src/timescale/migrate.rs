@@ -123,6 +123,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         applies: Applies::Always,
         sql: include_str!("../../migrations/0005_drop_telemetry_vehicle_ts.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_vehicle_latest_fillfactor",
+        applies: Applies::Always,
+        sql: include_str!("../../migrations/0006_vehicle_latest_fillfactor.sql"),
+    },
 ];
 
 /// Version of the migration that turns `telemetry` into a hypertable.

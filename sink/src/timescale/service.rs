@@ -3,6 +3,7 @@
 //! isolation of rows the database refuses, acknowledgements and metrics.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +13,7 @@ use deadpool_postgres::{
 use fleetpipe_model::SinkRecord;
 use metrics::{counter, gauge, histogram};
 use rand::Rng as _;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_postgres::NoTls;
 
@@ -96,22 +97,32 @@ impl TimescaleSink {
     /// every batch is written, then returns.
     ///
     /// Records are cut into batches of at most `batch_max_rows`, waiting at
-    /// most `batch_max_wait` for a partial batch to fill, and written by up
-    /// to `writers` tasks at once; while all are busy no more input is read,
-    /// so the queue in front fills up. Every record's ack is marked
-    /// delivered only after the transaction holding it committed.
+    /// most `batch_max_wait` for a partial batch to fill. Each batch is split
+    /// by vehicle ([`VehicleId::shard`]) over `writers` lanes, and each lane
+    /// writes its part in its own transaction, one at a time, while the other
+    /// lanes write theirs. A vehicle always takes the same lane, so its rows
+    /// are written in order and no two transactions in flight ever upsert
+    /// the same `vehicle_latest` row: without that, concurrent transactions
+    /// queued on each other's row locks until each commit's WAL flush, and
+    /// the writers ran one after the other. While a lane is busy and its
+    /// next part is waiting, no more input is read, so the queue in front
+    /// fills up. Every record's ack is marked delivered only after the
+    /// transaction holding it committed.
     ///
-    /// A batch that fails for a retriable reason (lost connection, server
+    /// A part that fails for a retriable reason (lost connection, server
     /// restart, deadlock, ...) is retried with backoff until it is written;
     /// only dropping this future (shutdown) ends the attempts, and then the
     /// records not yet written report `Failed`. Rows the database refuses
-    /// for good (pings and events) are isolated by splitting the batch and
+    /// for good (pings and events) are isolated by splitting the part and
     /// written to `dead_letters` with reason `db_refused`.
     ///
     /// # Errors
     ///
-    /// A writer task panicked (its records report `Failed`); the other
-    /// batches are still written first.
+    /// A writer task panicked (its records, and the later records of its
+    /// lane, report `Failed`); the other lanes' batches are still written
+    /// first.
+    ///
+    /// [`VehicleId::shard`]: fleetpipe_model::VehicleId::shard
     pub async fn run(self, mut input: mpsc::Receiver<SinkRecord>) -> Result<(), TimescaleError> {
         let TimescaleSink {
             config, pool, sql, ..
@@ -125,10 +136,23 @@ impl TimescaleSink {
         let inflight = Arc::new(Inflight::default());
         inflight.publish();
         let gauges = AbortOnDrop(tokio::spawn(refresh_gauges(Arc::clone(&inflight))));
-        let slots = Arc::new(Semaphore::new(config.writers));
         let mut tasks = JoinSet::new();
+        let lanes: Vec<_> = (0..config.writers)
+            .map(|_| {
+                // Parts wait here while the lane writes; the lane then
+                // writes them together (up to `batch_max_rows`), so a busy
+                // lane writes larger transactions, as one queue did.
+                let (tx, rx) = mpsc::channel(LANE_QUEUE_PARTS);
+                tasks.spawn(write_lane(
+                    Arc::clone(&writer),
+                    Arc::clone(&inflight),
+                    rx,
+                    config.batch_max_rows,
+                ));
+                tx
+            })
+            .collect();
         let mut first_failure = None;
-        let mut next_id: u64 = 0;
 
         loop {
             let mut batch = Vec::with_capacity(config.batch_max_rows);
@@ -139,23 +163,14 @@ impl TimescaleSink {
                 config.batch_max_wait,
             )
             .await;
-            if !batch.is_empty() {
-                // Waits while every writer is busy: no more input is read,
-                // the queue in front fills up and pushes back.
-                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                    // The semaphore is never closed; should it be, the
-                    // batch's acks fail rather than hang.
-                    break;
-                };
-                let id = next_id;
-                next_id += 1;
-                let guard = InflightGuard::start(Arc::clone(&inflight), id, &batch);
-                let writer = Arc::clone(&writer);
-                tasks.spawn(async move {
-                    writer.deliver(batch).await;
-                    drop(guard);
-                    drop(slot);
-                });
+            for (lane, part) in lanes.iter().zip(split_by_vehicle(batch, lanes.len())) {
+                // Waits while the lane is busy and already has a part
+                // waiting: no more input is read, the queue in front fills
+                // up and pushes back. A lane that is gone (its task
+                // panicked) drops the part, whose acks fail.
+                if !part.is_empty() {
+                    let _ = lane.send(part).await;
+                }
             }
             while let Some(result) = tasks.try_join_next() {
                 note_task_result(result, &mut first_failure);
@@ -165,6 +180,7 @@ impl TimescaleSink {
             }
         }
 
+        drop(lanes);
         while let Some(result) = tasks.join_next().await {
             note_task_result(result, &mut first_failure);
         }
@@ -172,6 +188,69 @@ impl TimescaleSink {
         inflight.publish();
         first_failure.map_or(Ok(()), |e| Err(TimescaleError::Task(e)))
     }
+}
+
+/// Parts a lane's queue holds while the lane writes. With the part being
+/// collected and the one being written, a lane holds at most
+/// `LANE_QUEUE_PARTS + 2` batches' share of rows.
+pub(crate) const LANE_QUEUE_PARTS: usize = 2;
+
+/// One writer lane: writes the parts it is given, one transaction at a time,
+/// until its sender is dropped. The parts that queued up while it wrote are
+/// written together, up to `max_rows` records (a part is never cut).
+async fn write_lane(
+    writer: Arc<BatchWriter>,
+    inflight: Arc<Inflight>,
+    mut parts: mpsc::Receiver<Vec<SinkRecord>>,
+    max_rows: usize,
+) {
+    let mut next: Option<Vec<SinkRecord>> = None;
+    loop {
+        let mut batch = match next.take() {
+            Some(part) => part,
+            None => match parts.recv().await {
+                Some(part) => part,
+                None => return,
+            },
+        };
+        while batch.len() < max_rows {
+            match parts.try_recv() {
+                Ok(part) if batch.len() + part.len() <= max_rows => batch.extend(part),
+                Ok(part) => {
+                    next = Some(part);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let guard = InflightGuard::start(Arc::clone(&inflight), &batch);
+        writer.deliver(batch).await;
+        drop(guard);
+    }
+}
+
+/// Splits `batch` into `lanes` parts by vehicle
+/// ([`fleetpipe_model::VehicleId::shard`]), keeping the order of the records
+/// within each part. Dead letters without a vehicle go to the first lane:
+/// they touch no per-vehicle row.
+pub(crate) fn split_by_vehicle(batch: Vec<SinkRecord>, lanes: usize) -> Vec<Vec<SinkRecord>> {
+    let lanes = lanes.max(1);
+    if lanes == 1 {
+        return vec![batch];
+    }
+    let mut parts: Vec<Vec<SinkRecord>> = (0..lanes)
+        .map(|_| Vec::with_capacity(batch.len() / lanes + 1))
+        .collect();
+    for record in batch {
+        let vehicle = match &record {
+            SinkRecord::Telemetry(t) => Some(&t.ping.vehicle_id),
+            SinkRecord::Event(e) => Some(&e.subject),
+            SinkRecord::DeadLetter(d) => d.vehicle_id.as_ref(),
+        };
+        let lane = vehicle.map_or(0, |v| v.shard(lanes));
+        parts[lane].push(record);
+    }
+    parts
 }
 
 /// Logs a writer task that panicked and keeps the first such error.
@@ -484,6 +563,8 @@ impl Backoff {
 struct Inflight {
     /// Batch id to the receive time of its oldest record (epoch ms).
     batches: Mutex<BTreeMap<u64, i64>>,
+    /// The next batch's id.
+    next_id: AtomicU64,
 }
 
 impl Inflight {
@@ -511,7 +592,8 @@ struct InflightGuard {
 }
 
 impl InflightGuard {
-    fn start(inflight: Arc<Inflight>, id: u64, batch: &[SinkRecord]) -> Self {
+    fn start(inflight: Arc<Inflight>, batch: &[SinkRecord]) -> Self {
+        let id = inflight.next_id.fetch_add(1, Ordering::Relaxed);
         // Events have no receive time (their `time` is device time, maybe
         // days old): they count from now, when the sink took them.
         let now = SystemTime::now()

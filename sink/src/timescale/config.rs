@@ -54,9 +54,11 @@ pub struct TimescaleConfig {
     /// `[A-Za-z0-9_]`, not starting with a digit.
     #[serde(default = "TimescaleConfig::default_schema")]
     pub schema: String,
-    /// Connections in the pool, which is also the number of batches written
-    /// in parallel. When all are busy the sink stops reading its input, so
-    /// the queue in front of it fills and applies backpressure.
+    /// Connections in the pool, which is also the number of writer lanes:
+    /// each batch is split by vehicle over the lanes (a vehicle always takes
+    /// the same one), and each lane writes one transaction at a time. When a
+    /// lane is busy and has parts queued the sink stops reading its input,
+    /// so the queue in front of it fills and applies backpressure.
     #[serde(default = "TimescaleConfig::default_writers")]
     pub writers: usize,
     /// Most rows written as one batch (one transaction). Larger batches

@@ -7,8 +7,9 @@
 //!   `(vehicle_id, ts, seq)` with `NULLS NOT DISTINCT`, so replays and
 //!   retries add nothing. A hypertable with compression, retention and the
 //!   `telemetry_1m` continuous aggregate when TimescaleDB is active; BRIN on
-//!   `ts` and btree on `(vehicle_id, ts)` otherwise.
-//! - `vehicle_latest`: the newest ping per vehicle by device time.
+//!   `ts` otherwise.
+//! - `vehicle_latest`: the newest ping per vehicle by device time (pages
+//!   half empty, so its updates stay on their page: HOT updates).
 //! - `dead_letters`: rejected input, and pings and events the database
 //!   refused (reason `db_refused`).
 //! - `vehicle_events`: state-change events, one row per event id (the id
@@ -21,14 +22,16 @@
 //! - [`config`](TimescaleConfig): the `[sink.timescale]` settings.
 //! - `migrate`: versioned migrations from `sink/migrations/` and the choice
 //!   of [`StorageMode`].
-//! - `writer`: one batch in one transaction: binary COPY into per-
-//!   connection staging tables, `INSERT ... ON CONFLICT DO NOTHING` (telemetry
-//!   and events), the `vehicle_latest` upsert, dead letters, commit.
+//! - `writer`: one part of a batch in one transaction: binary COPY straight
+//!   into `telemetry` (or, when the part holds a row that is already stored,
+//!   into a per-connection staging table and `INSERT ... ON CONFLICT DO
+//!   NOTHING`), the `vehicle_latest` upsert, events through their staging
+//!   table, dead letters, commit.
 //! - `service`: [`TimescaleSink::run`], which cuts the input into batches,
-//!   writes them with up to `writers` tasks in parallel (backpressure when
-//!   all are busy), retries retriable errors with backoff, isolates refused
-//!   rows by splitting batches, settles the acknowledgements after commit
-//!   and records metrics.
+//!   splits each by vehicle over `writers` lanes that write in parallel
+//!   (backpressure when a lane falls behind), retries retriable errors with
+//!   backoff, isolates refused rows by splitting parts, settles the
+//!   acknowledgements after commit and records metrics.
 
 mod config;
 mod error;

@@ -395,6 +395,10 @@ impl BatchWriter {
                     .increment(bytes);
             }
         }
+        if stats.staged_parts > 0 {
+            counter!("fleetpipe_sink_staged_parts_total", "sink" => SINK)
+                .increment(stats.staged_parts);
+        }
         // Every part above has committed (or was given up): only now are
         // the records acknowledged.
         for (record, lost) in batch.into_iter().zip(lost) {

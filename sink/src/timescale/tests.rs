@@ -1884,6 +1884,10 @@ fn metrics_follow_the_contract() {
             }
             let run = tokio::spawn(sink.run(rx));
             assert_eq!(wait(batch).await, AckStatus::Delivered);
+            // A replay takes the staging path.
+            let replay = BatchAck::new();
+            send(&tx, telemetry(nth(0), replay.ack())).await;
+            assert_eq!(wait(replay).await, AckStatus::Delivered);
             finish(tx, run).await;
         });
     });
@@ -1896,7 +1900,15 @@ fn metrics_follow_the_contract() {
     let tel = [("sink", "timescale"), ("stream", "telemetry")];
     let dl = [("sink", "timescale"), ("stream", "dead_letter")];
     let ev = [("sink", "timescale"), ("stream", "events")];
-    assert_eq!(counter("fleetpipe_sink_records_total", &tel), 10);
+    assert_eq!(counter("fleetpipe_sink_records_total", &tel), 11);
+    assert_eq!(
+        counter(
+            "fleetpipe_sink_staged_parts_total",
+            &[("sink", "timescale")]
+        ),
+        1,
+        "only the replay is staged"
+    );
     assert_eq!(counter("fleetpipe_sink_records_total", &ev), 4);
     assert!(counter("fleetpipe_sink_bytes_total", &ev) > 4 * 50);
     // Two dead letters and the refused ping.
@@ -1910,7 +1922,7 @@ fn metrics_follow_the_contract() {
         ) >= 1
     );
     let sizes = histogram("fleetpipe_sink_batch_records");
-    assert_eq!(sizes.iter().sum::<f64>(), 17.0, "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<f64>(), 18.0, "{sizes:?}");
     let seconds = histogram("fleetpipe_sink_batch_seconds");
     assert_eq!(seconds.len(), sizes.len());
     assert!(

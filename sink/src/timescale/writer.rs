@@ -199,6 +199,9 @@ pub(crate) struct WriteStats {
     pub(crate) dead_letter_bytes: u64,
     /// COPY payload of the event rows, bytes.
     pub(crate) event_bytes: u64,
+    /// Parts written through the staging table because they held a row
+    /// that was already stored.
+    pub(crate) staged_parts: u64,
 }
 
 impl WriteStats {
@@ -210,6 +213,7 @@ impl WriteStats {
         self.telemetry_bytes += other.telemetry_bytes;
         self.dead_letter_bytes += other.dead_letter_bytes;
         self.event_bytes += other.event_bytes;
+        self.staged_parts += other.staged_parts;
     }
 }
 
@@ -531,7 +535,9 @@ pub(crate) async fn write_rows(
         // Only the direct COPY can hit a unique key: everything else the
         // transaction writes skips or updates what is already there.
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            write_part(client, sql, rows, TelemetryPath::Staged).await
+            let mut stats = write_part(client, sql, rows, TelemetryPath::Staged).await?;
+            stats.staged_parts = 1;
+            Ok(stats)
         }
         result => result,
     }

@@ -190,9 +190,10 @@ impl TimescaleSink {
     }
 }
 
-/// Parts a lane's queue holds while the lane writes. With the part being
-/// collected and the one being written, a lane holds at most
-/// `LANE_QUEUE_PARTS + 2` batches' share of rows.
+/// Parts a lane's queue holds while the lane writes. A lane holds at most
+/// `LANE_QUEUE_PARTS + 2` parts' worth of records (each part at most a
+/// batch): the queued parts, the batch it is writing and the part it held
+/// back because it would have made that batch larger than `batch_max_rows`.
 pub(crate) const LANE_QUEUE_PARTS: usize = 2;
 
 /// One writer lane: writes the parts it is given, one transaction at a time,

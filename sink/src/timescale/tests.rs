@@ -1420,9 +1420,10 @@ async fn a_locked_table_stops_acks_and_backpressures_the_input() {
         }
     }
     assert!(blocked, "the input never filled up ({sent} sent)");
-    // Per lane: one batch being written and its queued parts (each at
-    // most a batch); then the batch being split and the input queue.
-    let bound = 2 * (1 + LANE_QUEUE_PARTS as u64) * 10 + 10 + 5;
+    // Per lane: the batch being written, a part held back and the queued
+    // parts (each at most a batch); then the batch being split and the
+    // input queue.
+    let bound = 2 * (2 + LANE_QUEUE_PARTS as u64) * 10 + 10 + 5;
     assert!(
         sent <= bound + 1,
         "{sent} records were taken while the table was locked (bound {bound})"

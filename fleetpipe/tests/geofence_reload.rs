@@ -96,12 +96,7 @@ async fn post_reload(p: &TestPipeline) -> (u16, Value) {
 
 /// The value of an unlabelled series in the pipeline's `/metrics`.
 async fn metric(p: &TestPipeline, name: &str) -> f64 {
-    let text = reqwest::get(p.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = p.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("{name} not in /metrics"))

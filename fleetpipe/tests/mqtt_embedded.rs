@@ -153,12 +153,7 @@ async fn every_bad_input_is_dead_lettered_with_its_reason_and_the_connection_sta
     assert_eq!(raw, json_ping_bytes_shape(&raw), "raw bytes kept");
     assert!(c.closed.borrow().is_none(), "connection still open");
 
-    let metrics = reqwest::get(p.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     for reason in [
         "decode_failed",
         "schema_invalid",

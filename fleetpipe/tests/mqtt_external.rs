@@ -155,12 +155,7 @@ async fn puback_waits_for_durability_and_unstored_publishes_are_redelivered() {
     }
     pubr.wait_pubacks(probes_sent + 5, T).await; // Mosquitto has them...
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let failures = reqwest::get(first.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let failures = first.metrics().await;
     assert!(
         failures
             .lines()

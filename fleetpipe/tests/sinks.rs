@@ -363,22 +363,31 @@ async fn a_locked_table_stops_acknowledgements_within_bounded_memory_then_resume
         200,
         "nothing is acknowledged while the table is locked"
     );
-    let metrics = reqwest::get(p.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let inflight: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("fleetpipe_pipeline_inflight_bytes "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::MAX);
+    // The gauge is refreshed every second, and on a loaded machine the
+    // requests may take a while to arrive: read it until it shows them.
+    let deadline = tokio::time::Instant::now() + T;
+    let inflight = loop {
+        let metrics = p.metrics().await;
+        let inflight: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("fleetpipe_pipeline_inflight_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::MAX);
+        if inflight > 0.0 || tokio::time::Instant::now() > deadline {
+            break inflight;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(inflight > 0.0, "the requests never entered the pipeline");
     assert!(
         inflight <= budget as f64,
         "in flight: {inflight} bytes, budget {budget}"
     );
-    assert!(inflight > 0.0);
+    assert_eq!(
+        requests.len(),
+        200,
+        "nothing is acknowledged while the table is locked"
+    );
 
     lock.rollback().await.unwrap();
     let mut ok = 0;

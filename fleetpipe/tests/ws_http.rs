@@ -152,12 +152,7 @@ async fn websocket_refuses_bad_credentials_and_accepts_a_query_token() {
         send_and_answer(&mut ws, Ws::text(json_ping("ph-1", 1))).await,
         json!({ "ack": 1 })
     );
-    let metrics = reqwest::get(p.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     assert!(
         metrics.lines().any(|l| l.starts_with(
             "fleetpipe_rejected_total{reason=\"unauthorized\",gateway=\"websocket\"}"

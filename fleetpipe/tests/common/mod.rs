@@ -103,6 +103,16 @@ impl TestPipeline {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
     }
+
+    /// The text of the pipeline's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
 }
 
 pub async fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {

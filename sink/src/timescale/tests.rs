@@ -1400,8 +1400,8 @@ async fn a_locked_table_stops_acks_and_backpressures_the_input() {
         .await
         .expect("lock");
 
-    // Send until the queue is full: two batches stuck in writers, one
-    // waiting for a writer, five queued.
+    // Send until the queue is full: each lane stuck in a transaction with
+    // parts queued, the collector waiting on a full lane, five queued.
     let pending = BatchAck::new();
     let mut sent = 1u64;
     let mut blocked = false;

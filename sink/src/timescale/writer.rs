@@ -229,6 +229,30 @@ pub(crate) enum Row<'a> {
 }
 
 impl<'a> Row<'a> {
+    /// The ping, if this is one.
+    fn as_telemetry(&self) -> Option<&StageRow<'a>> {
+        match self {
+            Row::Telemetry(r) => Some(r),
+            Row::Event(_) | Row::Dead(_) => None,
+        }
+    }
+
+    /// The event, if this is one.
+    fn as_event(&self) -> Option<&EventRow<'a>> {
+        match self {
+            Row::Event(r) => Some(r),
+            Row::Telemetry(_) | Row::Dead(_) => None,
+        }
+    }
+
+    /// The dead letter, if this is one.
+    fn as_dead(&self) -> Option<&DeadRow<'a>> {
+        match self {
+            Row::Dead(r) => Some(r),
+            Row::Telemetry(_) | Row::Event(_) => None,
+        }
+    }
+
     /// Converts a record. A ping or event that cannot be represented in its
     /// table (e.g. a `seq` beyond `bigint`) becomes a `db_refused` dead
     /// letter right away.
@@ -562,67 +586,48 @@ pub(crate) async fn write_part(
     let mut stats = WriteStats::default();
     let txn = client.transaction().await?;
 
-    let telemetry = || {
-        rows.iter().filter_map(|(_, row)| match row {
-            Row::Telemetry(r) => Some(r),
-            Row::Event(_) | Row::Dead(_) => None,
-        })
-    };
-    if telemetry().next().is_some() {
+    let telemetry = rows_of(rows, Row::as_telemetry);
+    if telemetry.clone().next().is_some() {
         let copy = match path {
             TelemetryPath::Direct => &sql.copy_direct,
             TelemetryPath::Staged => &sql.copy_stage,
         };
-        (stats.telemetry, stats.telemetry_bytes) = copy_in(
-            &txn,
-            copy,
-            &TELEMETRY_COPY_TYPES,
-            telemetry().map(|r| (r.values(), r.copy_len())),
-        )
-        .await?;
+        let values = telemetry.clone().map(|r| (r.values(), r.copy_len()));
+        (stats.telemetry, stats.telemetry_bytes) =
+            copy_in(&txn, copy, &TELEMETRY_COPY_TYPES, values).await?;
         if path == TelemetryPath::Staged {
             txn.batch_execute(&sql.merge_stage).await?;
         }
-        let latest = LatestRows::new(telemetry());
+        let latest = LatestRows::new(telemetry);
         let upsert = txn.prepare_cached(&sql.upsert_latest).await?;
         txn.execute(&upsert, &latest.params()).await?;
     }
 
-    let events = || {
-        rows.iter().filter_map(|(_, row)| match row {
-            Row::Event(r) => Some(r),
-            Row::Telemetry(_) | Row::Dead(_) => None,
-        })
-    };
-    if events().next().is_some() {
-        (stats.events, stats.event_bytes) = copy_in(
-            &txn,
-            &sql.copy_events,
-            &EVENT_TYPES,
-            events().map(|r| (r.values(), r.copy_len())),
-        )
-        .await?;
+    let events = rows_of(rows, Row::as_event);
+    if events.clone().next().is_some() {
+        let values = events.map(|r| (r.values(), r.copy_len()));
+        (stats.events, stats.event_bytes) =
+            copy_in(&txn, &sql.copy_events, &EVENT_TYPES, values).await?;
         txn.batch_execute(&sql.merge_events).await?;
     }
 
-    let dead = || {
-        rows.iter().filter_map(|(_, row)| match row {
-            Row::Dead(r) => Some(r),
-            Row::Telemetry(_) | Row::Event(_) => None,
-        })
-    };
-    if dead().next().is_some() {
-        (stats.dead_letters, stats.dead_letter_bytes) = copy_in(
-            &txn,
-            &sql.copy_dead,
-            &DEAD_TYPES,
-            dead().map(|r| (r.values(), r.copy_len())),
-        )
-        .await?;
+    let dead = rows_of(rows, Row::as_dead);
+    if dead.clone().next().is_some() {
+        let values = dead.map(|r| (r.values(), r.copy_len()));
+        (stats.dead_letters, stats.dead_letter_bytes) =
+            copy_in(&txn, &sql.copy_dead, &DEAD_TYPES, values).await?;
     }
 
     txn.commit().await?;
     Ok(stats)
+}
+
+/// The rows of one kind among `rows`, in order.
+fn rows_of<'r, 'a: 'r, T: 'r>(
+    rows: &'r [(usize, Row<'a>)],
+    pick: fn(&'r Row<'a>) -> Option<&'r T>,
+) -> impl Iterator<Item = &'r T> + Clone {
+    rows.iter().filter_map(move |(_, row)| pick(row))
 }
 
 /// Binary-COPYs `rows` (each its values and its size in the stream) with

@@ -809,21 +809,23 @@ async fn run_peers(
     let n = if args.quick { 200_000 } else { 1_000_000 };
     let pings = sim_pings(sim, n);
     progress.set_message(format!("peer: raw COPY of {} rows", pings.len()));
-    match peers::copy_ceiling(&args.pg_url, "fleetpipe_e2e_copy", &pings, 4, 10_000).await {
+    match peers::copy_ceiling(&args.pg_url, COPY_PEER_SCHEMA, &pings, 4, 10_000).await {
         Ok(r) => peers.copy_rows_per_s = Some(r.rows_per_sec),
         Err(e) => peers.notes.push(format!("raw COPY failed: {e:#}")),
     }
+    drop_peer_schema(&args.pg_url, COPY_PEER_SCHEMA, &mut peers.notes).await;
     let points: Vec<(f64, f64)> = pings.iter().take(50_000).map(|p| (p.lat, p.lon)).collect();
     progress.set_message(format!("peer: PostGIS on {} points", points.len()));
-    match peers::postgis_lookup(
+    let postgis = peers::postgis_lookup(
         &args.pg_url,
-        "fleetpipe_e2e_postgis",
+        POSTGIS_PEER_SCHEMA,
         fences_geojson,
         &points,
         1_000,
     )
-    .await
-    {
+    .await;
+    drop_peer_schema(&args.pg_url, POSTGIS_PEER_SCHEMA, &mut peers.notes).await;
+    match postgis {
         Ok(pg) => match peers::fleetpipe_lookup(fences_geojson, &points) {
             Ok(fp) => {
                 peers.postgis_us_per_point = Some(pg.per_point_ns / 1000.0);
@@ -841,6 +843,19 @@ async fn run_peers(
         Err(e) => peers.notes.push(format!("PostGIS failed: {e:#}")),
     }
     peers
+}
+
+/// Schema of the raw COPY peer's table (dropped after the measurement).
+const COPY_PEER_SCHEMA: &str = "fleetpipe_e2e_copy";
+/// Schema of the PostGIS peer's fences (dropped after the measurement).
+const POSTGIS_PEER_SCHEMA: &str = "fleetpipe_e2e_postgis";
+
+/// Drops a peer's schema, so a run leaves no tables behind (the COPY peer's
+/// holds a million rows); a failure becomes a note of the report.
+async fn drop_peer_schema(url: &str, schema: &str, notes: &mut Vec<String>) {
+    if let Err(e) = peers::drop_schema(url, schema).await {
+        notes.push(format!("could not drop the peer schema {schema}: {e:#}"));
+    }
 }
 
 /// The ramp's publisher and payloads against Mosquitto (QoS 1, one ping per

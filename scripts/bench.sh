@@ -18,7 +18,7 @@
 # script ends, however it ends. With PostgreSQL's defaults (1GB, 5min), the
 # sustained insert rate of the benchmark fills 1 GB of WAL every ~20 s and
 # the checkpoints that follow stall the writer for hundreds of milliseconds
-# (BENCHMARKS.md, "What limits the numbers"). The run records the settings
+# (BENCHMARKS.md, "Where we stand, and what limits the rate"). The run records the settings
 # it ran with in result.json and summary.md.
 #
 # Any further arguments go to the end-to-end benchmark (see

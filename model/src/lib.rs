@@ -17,7 +17,7 @@ pub mod record;
 
 pub use ack::{Ack, AckStatus, BatchAck};
 pub use event::{EventType, VehicleEvent, event_id};
-pub use ping::{AttrValue, Ping, VehicleId, VehicleIdError, shard_of};
+pub use ping::{AttrValue, Ping, VehicleId, VehicleIdError};
 pub use reason::RejectReason;
 pub use record::{
     Accepted, DeadLetter, Enrichment, Gateway, Origin, PingFlags, SinkRecord, TelemetryRecord,

@@ -73,7 +73,7 @@ impl VehicleId {
 /// The hash is spelled out here rather than taken from std: `DefaultHasher`'s
 /// algorithm may change between Rust releases, and routing must not move
 /// vehicles between workers (and their state) just because the toolchain did.
-pub fn shard_of(vehicle_id: &str, shards: usize) -> usize {
+fn shard_of(vehicle_id: &str, shards: usize) -> usize {
     (fmix64(fnv1a64(vehicle_id.as_bytes())) % shards.max(1) as u64) as usize
 }
 
@@ -260,6 +260,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn fnv1a64_matches_reference_vectors() {
@@ -303,8 +304,6 @@ mod tests {
             }
         }
     }
-
-    use super::*;
 
     #[test]
     fn vehicle_id_rules() {

@@ -569,7 +569,7 @@ pub(crate) async fn write_rows(
 
 /// How a part's telemetry goes into `telemetry`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TelemetryPath {
+enum TelemetryPath {
     /// COPY into `telemetry`: fails on a row that is already stored.
     Direct,
     /// COPY into the staging table, then `INSERT … ON CONFLICT DO NOTHING`.
@@ -577,7 +577,7 @@ pub(crate) enum TelemetryPath {
 }
 
 /// One transaction writing `rows`, the telemetry by `path`.
-pub(crate) async fn write_part(
+async fn write_part(
     client: &mut deadpool_postgres::Client,
     sql: &Statements,
     rows: &[(usize, Row<'_>)],

@@ -614,7 +614,7 @@ fn config_defaults_match_the_documentation() {
     assert_eq!(config.events_topic, "fleet.events.v1");
     assert_eq!(config.dlq_topic, "fleet.dlq.v1");
     assert_eq!(config.compression, "lz4");
-    assert_eq!(config.linger, Duration::from_millis(5));
+    assert_eq!(config.linger, Duration::from_millis(25));
     assert_eq!(config.batch_bytes, 1024 * 1024);
     assert_eq!(config.format, KafkaFormat::Json);
     assert_eq!(config.embedded_partitions, 6);

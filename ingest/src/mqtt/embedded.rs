@@ -24,10 +24,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use fleetpipe_model::{Ack, Gateway, RejectReason};
 use fleetpipe_model::{AckStatus, BatchAck};
+use std::task::Poll;
+
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{v4::V4, v5::V5};
+use rumqttd::protocol::{Packet, Publish, v4::V4, v5::V5};
 use rumqttd::{
     ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
 };
@@ -355,6 +357,12 @@ const ACK_NUDGE: Duration = Duration::from_millis(20);
 /// Publishes `{"ack": N}` on a vehicle's ack topic whenever its durable
 /// watermark moves. Ends when the reader is gone and every outcome is in.
 ///
+/// Outcomes that are in together (a sink commits a batch, so many messages
+/// settle at once) are taken together, and each vehicle among them gets one
+/// ack, with its newest watermark: under load that saves the router, the
+/// device's connection and the device a publish per message, and it never
+/// waits for anything that is not already there.
+///
 /// `try_publish` puts the ack into the link's buffer before it notifies the
 /// router; when the router's queue is full only the notification fails, and
 /// the buffered acks go out with the next notification. So a full queue is
@@ -375,17 +383,34 @@ async fn publish_acks(
         tokio::select! {
             Some(m) = pending.recv() => {
                 let ticket: MessageTicket = watermarks.arrived(&m.vehicle, m.min_seq, m.max_seq);
-                let vehicle = m.vehicle;
                 let batch = m.batch;
-                outcomes.push(async move { (vehicle, ticket, batch.wait().await) });
+                outcomes.push(async move { (ticket, batch.wait().await) });
             }
-            Some((vehicle, ticket, status)) = outcomes.next(), if !outcomes.is_empty() => {
-                if status == AckStatus::Failed {
-                    metrics::counter!("fleetpipe_mqtt_ack_withheld_total").increment(1);
+            Some(first) = outcomes.next(), if !outcomes.is_empty() => {
+                let mut settled = vec![first];
+                // With this task's own waker, so an outcome that comes in
+                // after the last `Pending` wakes it as usual.
+                std::future::poll_fn(|cx| {
+                    while let Poll::Ready(Some(outcome)) = outcomes.poll_next_unpin(cx) {
+                        settled.push(outcome);
+                    }
+                    Poll::Ready(())
+                })
+                .await;
+                let withheld = settled.iter().filter(|(_, s)| *s == AckStatus::Failed).count();
+                if withheld > 0 {
+                    metrics::counter!("fleetpipe_mqtt_ack_withheld_total").increment(withheld as u64);
                 }
-                if let Some(seq) = watermarks.settled(&ticket, status) {
-                    let payload = Bytes::from(format!("{{\"ack\":{seq}}}"));
-                    let topic = Bytes::from(ack_topic(&prefix, &vehicle));
+                let acks = watermarks.settled_together(settled);
+                if let Some(((vehicle, seq), rest)) = acks.split_last() {
+                    // All but the last straight into the link's buffer, the
+                    // last through `try_publish`, whose one router
+                    // notification takes the whole buffer.
+                    link_tx.buffer().extend(rest.iter().map(|(vehicle, seq)| {
+                        let (topic, payload) = ack_message(&prefix, vehicle, *seq);
+                        Packet::Publish(Publish::new(topic, payload, false), None)
+                    }));
+                    let (topic, payload) = ack_message(&prefix, vehicle, *seq);
                     deferred = publish_ack(&mut link_tx, topic, payload);
                 }
             }
@@ -401,6 +426,14 @@ async fn publish_acks(
         // Last chance at shutdown: the router may have room now.
         let _ = link_tx.try_publish(topic, payload);
     }
+}
+
+/// The topic and payload of `vehicle`'s ack saying `seq`.
+fn ack_message(prefix: &str, vehicle: &str, seq: u64) -> (Bytes, Bytes) {
+    (
+        Bytes::from(ack_topic(prefix, vehicle)),
+        Bytes::from(format!("{{\"ack\":{seq}}}")),
+    )
 }
 
 /// Publishes one ack; returns it when only the router notification failed
@@ -461,5 +494,116 @@ async fn record_refusals(
         if shutdown.is_cancelled() && refused.is_empty() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fleetpipe_model::BatchAck;
+
+    use super::*;
+
+    /// A router with a link for the acker and a device-side link subscribed
+    /// to every vehicle's ack topic.
+    fn router_links() -> (LinkTx, LinkRx) {
+        let router_tx = Router::new(
+            0,
+            RouterConfig {
+                max_connections: 16,
+                max_outgoing_packet_count: 1024,
+                max_segment_size: 1024 * 1024,
+                max_segment_count: 4,
+                ..RouterConfig::default()
+            },
+        )
+        .spawn();
+        let (acker_tx, _, _) = rumqttd::local::LinkBuilder::new("acker", router_tx.clone())
+            .build()
+            .expect("acker link");
+        let (mut device_tx, device_rx, _) = rumqttd::local::LinkBuilder::new("device", router_tx)
+            .dynamic_filters(true)
+            .build()
+            .expect("device link");
+        device_tx.subscribe("fleet/+/ack").expect("subscribe");
+        // The link's sending half must live, or the router drops the link.
+        std::mem::forget(device_tx);
+        (acker_tx, device_rx)
+    }
+
+    /// Every ack publish the device link sees until it stays quiet for 300 ms.
+    async fn acks_seen(rx: &mut LinkRx) -> Vec<(String, String)> {
+        let mut seen = Vec::new();
+        while let Ok(next) = tokio::time::timeout(Duration::from_millis(300), rx.next()).await {
+            match next.expect("link open") {
+                Some(Notification::Forward(f)) => seen.push((
+                    String::from_utf8_lossy(&f.publish.topic).into_owned(),
+                    String::from_utf8_lossy(&f.publish.payload).into_owned(),
+                )),
+                Some(Notification::Unschedule) => rx.wake().await.expect("wake"),
+                _ => {}
+            }
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn messages_that_settle_together_get_one_ack_per_vehicle() {
+        let (acker_tx, mut device_rx) = router_links();
+        let (pending_tx, pending_rx) = mpsc::channel(16);
+        let acker = tokio::spawn(publish_acks(pending_rx, acker_tx, "fleet".to_owned()));
+
+        // Four messages in flight, each one record the test holds.
+        let mut records = Vec::new();
+        for (vehicle, seq) in [("van-a", 1), ("van-a", 2), ("van-b", 7), ("van-a", 3)] {
+            let batch = BatchAck::new();
+            records.push(batch.ack());
+            let message = PendingMessage {
+                vehicle: vehicle.to_owned(),
+                min_seq: seq,
+                max_seq: seq,
+                batch,
+            };
+            pending_tx.send(message).await.expect("acker runs");
+        }
+        while pending_tx.capacity() < pending_tx.max_capacity() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The sink commits them together.
+        for record in records {
+            record.delivered();
+        }
+        let mut seen = acks_seen(&mut device_rx).await;
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("fleet/van-a/ack".to_owned(), r#"{"ack":3}"#.to_owned()),
+                ("fleet/van-b/ack".to_owned(), r#"{"ack":7}"#.to_owned()),
+            ]
+        );
+
+        // One that settles on its own still gets its own ack at once.
+        let batch = BatchAck::new();
+        let record = batch.ack();
+        let message = PendingMessage {
+            vehicle: "van-a".to_owned(),
+            min_seq: 4,
+            max_seq: 4,
+            batch,
+        };
+        pending_tx.send(message).await.expect("acker runs");
+        record.delivered();
+        assert_eq!(
+            acks_seen(&mut device_rx).await,
+            [("fleet/van-a/ack".to_owned(), r#"{"ack":4}"#.to_owned())]
+        );
+
+        drop(pending_tx);
+        tokio::time::timeout(Duration::from_secs(5), acker)
+            .await
+            .expect("the acker ends once its input is closed and drained")
+            .expect("acker ran");
     }
 }

@@ -122,6 +122,24 @@ impl Watermarks {
         moved
     }
 
+    /// Records the outcomes of messages that settled together and returns
+    /// the acks to publish for them: one per vehicle whose watermark moved,
+    /// with its newest watermark (what the last of its individual acks would
+    /// have said). Acks of messages that settle together thus go out as one
+    /// publish per vehicle, however many of its messages settled.
+    pub fn settled_together(
+        &mut self,
+        outcomes: impl IntoIterator<Item = (MessageTicket, AckStatus)>,
+    ) -> Vec<(String, u64)> {
+        let mut acks: HashMap<String, u64> = HashMap::new();
+        for (ticket, status) in outcomes {
+            if let Some(seq) = self.settled(&ticket, status) {
+                acks.insert(ticket.vehicle, seq);
+            }
+        }
+        acks.into_iter().collect()
+    }
+
     /// Vehicles currently tracked.
     pub fn len(&self) -> usize {
         self.vehicles.len()
@@ -199,5 +217,36 @@ mod tests {
         assert!(w.is_empty(), "nothing in flight: nothing kept");
         let next = w.arrived("a", 2, 5);
         assert_eq!(w.settled(&next, Delivered), Some(5));
+    }
+
+    #[test]
+    fn messages_settled_together_give_one_ack_per_vehicle_with_its_newest_watermark() {
+        let mut w = Watermarks::default();
+        let a1 = w.arrived("a", 1, 1);
+        let b1 = w.arrived("b", 7, 7);
+        let a2 = w.arrived("a", 2, 3);
+        let a3 = w.arrived("a", 4, 4);
+        let c1 = w.arrived("c", 1, 1);
+        let c2 = w.arrived("c", 2, 2);
+        // a: all three durable; b: its one; c: only its second (no ack yet).
+        let mut acks = w.settled_together([
+            (a2, Delivered),
+            (a1, Delivered),
+            (b1, Delivered),
+            (c2, Delivered),
+            (a3, Delivered),
+        ]);
+        acks.sort();
+        assert_eq!(acks, [("a".to_owned(), 4), ("b".to_owned(), 7)]);
+        // The same rules as one by one: a failure holds the watermark back.
+        let c3 = w.arrived("c", 3, 3);
+        assert_eq!(w.settled_together([(c1, Failed), (c3, Delivered)]), []);
+        // The device resends everything since its last ack (none).
+        let resend = w.arrived("c", 1, 3);
+        assert_eq!(
+            w.settled_together([(resend, Delivered)]),
+            [("c".to_owned(), 3)]
+        );
+        assert!(w.is_empty());
     }
 }

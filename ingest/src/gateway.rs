@@ -121,6 +121,31 @@ struct Inner {
     /// bytes too.
     inflight: Arc<Semaphore>,
     inflight_max: u32,
+    /// Per-message counters of each gateway, in [`Gateway::ALL`] order.
+    counters: [GatewayCounters; Gateway::ALL.len()],
+}
+
+/// The counters every message of one gateway updates, registered once: a
+/// `counter!` with labels looks its series up in the registry on every call.
+#[derive(Debug)]
+struct GatewayCounters {
+    /// `fleetpipe_ingest_messages_total`.
+    messages: metrics::Counter,
+    /// `fleetpipe_ingest_bytes_total`.
+    bytes: metrics::Counter,
+    /// `fleetpipe_ingest_pings_total`.
+    pings: metrics::Counter,
+}
+
+impl GatewayCounters {
+    fn new(gateway: Gateway) -> Self {
+        let gateway = gateway.as_str();
+        Self {
+            messages: metrics::counter!("fleetpipe_ingest_messages_total", "gateway" => gateway),
+            bytes: metrics::counter!("fleetpipe_ingest_bytes_total", "gateway" => gateway),
+            pings: metrics::counter!("fleetpipe_ingest_pings_total", "gateway" => gateway),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -149,6 +174,7 @@ impl Ingestor {
                 output,
                 inflight: Arc::new(Semaphore::new(inflight_max as usize)),
                 inflight_max,
+                counters: Gateway::ALL.map(GatewayCounters::new),
             }),
         }
     }
@@ -202,10 +228,9 @@ impl Ingestor {
     ) -> Result<Outcome, PipelineClosed> {
         let received_at = now_ms();
         let gateway = msg.gateway;
-        metrics::counter!("fleetpipe_ingest_messages_total", "gateway" => gateway.as_str())
-            .increment(1);
-        metrics::counter!("fleetpipe_ingest_bytes_total", "gateway" => gateway.as_str())
-            .increment(msg.payload.len() as u64);
+        let counters = self.counters(gateway);
+        counters.messages.increment(1);
+        counters.bytes.increment(msg.payload.len() as u64);
         let origin = Origin {
             gateway,
             client: msg.client.clone(),
@@ -286,9 +311,17 @@ impl Ingestor {
         if outcome.accepted == 0 {
             outcome.all_have_seq = false;
         }
-        metrics::counter!("fleetpipe_ingest_pings_total", "gateway" => gateway.as_str())
-            .increment(outcome.accepted as u64);
+        counters.pings.increment(outcome.accepted as u64);
         Ok(outcome)
+    }
+
+    /// The counters of `gateway`.
+    fn counters(&self, gateway: Gateway) -> &GatewayCounters {
+        let index = Gateway::ALL
+            .iter()
+            .position(|g| *g == gateway)
+            .unwrap_or_default();
+        &self.inner.counters[index]
     }
 
     fn rate_limit(&self, ping: Ping, encoding: Encoding) -> Result<Ping, Rejection> {
@@ -451,5 +484,76 @@ mod tests {
         drop(batch);
         pings_rx.recv().await.unwrap().ack.delivered();
         assert_eq!(ingestor.inflight_bytes(), 0);
+    }
+
+    #[test]
+    fn each_message_is_counted_under_its_own_gateway() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        // The ingestor registers its counters when it is made: with the
+        // recorder installed, and then counts into them wherever it runs.
+        let (pings, mut pings_rx) = mpsc::channel(100);
+        let (dead_letters, _dl_rx) = mpsc::channel(100);
+        let ingestor = metrics::with_local_recorder(&recorder, || {
+            Ingestor::new(
+                Validator::new(ValidationConfig::default()),
+                RateLimiter::new(&RateLimitConfig {
+                    enabled: false,
+                    ..RateLimitConfig::default()
+                }),
+                IngestOutput {
+                    pings,
+                    dead_letters,
+                },
+                1 << 20,
+            )
+        });
+        runtime.block_on(async {
+            for (seq, gateway) in [(1, Gateway::Http), (2, Gateway::Mqtt), (3, Gateway::Mqtt)] {
+                let msg = Message {
+                    gateway,
+                    ..message(seq)
+                };
+                let (outcome, _batch) = ingestor.ingest(msg).await.expect("open");
+                assert_eq!(outcome.accepted, 1);
+                pings_rx.recv().await.expect("ping").ack.delivered();
+            }
+        });
+
+        let counters: Vec<(String, String, u64)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| {
+                let key = key.key();
+                let gateway = key
+                    .labels()
+                    .find(|l| l.key() == "gateway")?
+                    .value()
+                    .to_owned();
+                let DebugValue::Counter(n) = value else {
+                    return None;
+                };
+                (n > 0).then(|| (key.name().to_owned(), gateway, n))
+            })
+            .collect();
+        let count = |name: &str, gateway: &str| {
+            counters
+                .iter()
+                .find(|(n, g, _)| n == name && g == gateway)
+                .map_or(0, |(_, _, v)| *v)
+        };
+        assert_eq!(count("fleetpipe_ingest_messages_total", "http"), 1);
+        assert_eq!(count("fleetpipe_ingest_messages_total", "mqtt"), 2);
+        assert_eq!(count("fleetpipe_ingest_pings_total", "mqtt"), 2);
+        // Every message is 200 bytes.
+        assert_eq!(count("fleetpipe_ingest_bytes_total", "mqtt"), 400);
+        assert_eq!(count("fleetpipe_ingest_bytes_total", "http"), 200);
+        assert_eq!(count("fleetpipe_ingest_messages_total", "websocket"), 0);
     }
 }

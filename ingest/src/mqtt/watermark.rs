@@ -48,7 +48,8 @@ pub struct MessageTicket {
 /// Watermarks of every vehicle with messages in flight or acknowledged.
 #[derive(Debug, Default)]
 pub struct Watermarks {
-    vehicles: HashMap<String, VehicleState>,
+    /// foldhash: SipHash was most of this map's cost per message.
+    vehicles: HashMap<String, VehicleState, foldhash::fast::RandomState>,
 }
 
 impl Watermarks {
@@ -131,7 +132,7 @@ impl Watermarks {
         &mut self,
         outcomes: impl IntoIterator<Item = (MessageTicket, AckStatus)>,
     ) -> Vec<(String, u64)> {
-        let mut acks: HashMap<String, u64> = HashMap::new();
+        let mut acks: HashMap<String, u64, foldhash::fast::RandomState> = HashMap::default();
         for (ticket, status) in outcomes {
             if let Some(seq) = self.settled(&ticket, status) {
                 acks.insert(ticket.vehicle, seq);

@@ -441,11 +441,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_full_byte_budget_stops_ingest_until_records_settle() {
-        // Queues with room for far more records than the byte budget allows.
-        let (pings, mut pings_rx) = mpsc::channel(1000);
-        let (dead_letters, _dl_rx) = mpsc::channel(1000);
+    /// An ingestor with default validation, no rate limit, queues of 1000
+    /// and `max_inflight_bytes`; and the receiving ends of its queues.
+    fn ingestor(
+        max_inflight_bytes: usize,
+    ) -> (
+        Ingestor,
+        mpsc::Receiver<Accepted>,
+        mpsc::Receiver<SinkRecord>,
+    ) {
+        let (pings, pings_rx) = mpsc::channel(1000);
+        let (dead_letters, dead_letters_rx) = mpsc::channel(1000);
         let ingestor = Ingestor::new(
             Validator::new(ValidationConfig::default()),
             RateLimiter::new(&RateLimitConfig {
@@ -456,8 +462,15 @@ mod tests {
                 pings,
                 dead_letters,
             },
-            1000,
+            max_inflight_bytes,
         );
+        (ingestor, pings_rx, dead_letters_rx)
+    }
+
+    #[tokio::test]
+    async fn a_full_byte_budget_stops_ingest_until_records_settle() {
+        // Queues with room for far more records than the byte budget allows.
+        let (ingestor, mut pings_rx, _dl_rx) = ingestor(1000);
         for seq in 0..5 {
             let (outcome, _batch) = ingestor.ingest(message(seq)).await.unwrap();
             assert_eq!(outcome.accepted, 1);
@@ -497,22 +510,8 @@ mod tests {
             .expect("runtime");
         // The ingestor registers its counters when it is made: with the
         // recorder installed, and then counts into them wherever it runs.
-        let (pings, mut pings_rx) = mpsc::channel(100);
-        let (dead_letters, _dl_rx) = mpsc::channel(100);
-        let ingestor = metrics::with_local_recorder(&recorder, || {
-            Ingestor::new(
-                Validator::new(ValidationConfig::default()),
-                RateLimiter::new(&RateLimitConfig {
-                    enabled: false,
-                    ..RateLimitConfig::default()
-                }),
-                IngestOutput {
-                    pings,
-                    dead_letters,
-                },
-                1 << 20,
-            )
-        });
+        let (ingestor, mut pings_rx, _dl_rx) =
+            metrics::with_local_recorder(&recorder, || ingestor(1 << 20));
         runtime.block_on(async {
             for (seq, gateway) in [(1, Gateway::Http), (2, Gateway::Mqtt), (3, Gateway::Mqtt)] {
                 let msg = Message {

@@ -19,13 +19,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fleetpipe_model::{Ack, Gateway, RejectReason};
 use fleetpipe_model::{AckStatus, BatchAck};
-use std::task::Poll;
-
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
@@ -499,10 +498,6 @@ async fn record_refusals(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use fleetpipe_model::BatchAck;
-
     use super::*;
 
     /// A router with a link for the acker and a device-side link subscribed

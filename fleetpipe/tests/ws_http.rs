@@ -283,14 +283,7 @@ async fn http_batches_status_codes_and_ops_endpoints() {
     assert_eq!(body["ack"], 1);
     assert_eq!(body["rejected"][0]["code"], "vehicle_mismatch");
 
-    let metrics = http
-        .get(p.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     assert!(
         metrics.contains("fleetpipe_ingest_pings_total{gateway=\"http\"}"),
         "{metrics}"

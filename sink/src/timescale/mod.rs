@@ -25,8 +25,8 @@
 //! - `writer`: one part of a batch in one transaction: binary COPY straight
 //!   into `telemetry` (or, when the part holds a row that is already stored,
 //!   into a per-connection staging table and `INSERT ... ON CONFLICT DO
-//!   NOTHING`), the `vehicle_latest` upsert, events through their staging
-//!   table, dead letters, commit.
+//!   NOTHING`), the `vehicle_latest` upsert, the events' `unnest` insert
+//!   (`ON CONFLICT (id) DO NOTHING`), dead letters, commit.
 //! - `service`: [`TimescaleSink::run`], which cuts the input into batches,
 //!   splits each by vehicle over `writers` lanes that write in parallel
 //!   (backpressure when a lane falls behind), retries retriable errors with

@@ -187,7 +187,8 @@ pub(crate) struct WriteStats {
     pub(crate) telemetry_bytes: u64,
     /// COPY payload of the dead-letter rows, bytes.
     pub(crate) dead_letter_bytes: u64,
-    /// COPY payload of the event rows, bytes.
+    /// Size of the event rows in binary encoding (as a COPY would send
+    /// them; they go in by parameter arrays), bytes.
     pub(crate) event_bytes: u64,
     /// Parts written through the staging table because they held a row
     /// that was already stored.

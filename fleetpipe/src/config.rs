@@ -198,6 +198,14 @@ impl Config {
         {
             return invalid("ingest.mqtt.share_group must not contain '/', '+' or '#'");
         }
+        let mqtt = &self.ingest.mqtt;
+        // rumqttd panics on a smaller log; say which key instead.
+        if mqtt.mode == MqttMode::Embedded && (mqtt.segment_bytes < 1024 || mqtt.segment_count == 0)
+        {
+            return invalid(
+                "ingest.mqtt.segment_bytes must be at least 1024 (rumqttd's smallest segment) and ingest.mqtt.segment_count at least 1",
+            );
+        }
         let limits = &self.ingest.limits;
         if limits.max_payload_bytes == 0 || limits.max_batch == 0 {
             return invalid(
@@ -338,6 +346,27 @@ mod tests {
         for e in [unknown, bad_type, bad_mode, no_sink] {
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn a_log_segment_rumqttd_would_refuse_is_a_config_error() {
+        for (key, value) in [("segment_bytes", "100"), ("segment_count", "0")] {
+            let e = load(&format!("{MINIMAL}[ingest.mqtt]\n{key} = {value}\n"), &[]).unwrap_err();
+            assert!(
+                e.contains(&format!("ingest.mqtt.{key}")),
+                "{key} = {value}: {e}"
+            );
+        }
+        assert!(
+            load(
+                &format!("{MINIMAL}[ingest.mqtt]\nsegment_bytes = 1024\n"),
+                &[]
+            )
+            .is_ok()
+        );
+        // Only the embedded broker has this log.
+        let external = format!("{MINIMAL}[ingest.mqtt]\nmode = \"external\"\nsegment_bytes = 1\n");
+        assert!(load(&external, &[]).is_ok());
     }
 
     #[test]

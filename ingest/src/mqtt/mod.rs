@@ -61,8 +61,9 @@ pub struct MqttConfig {
     /// Embedded: size of one segment of the broker's in-memory log per
     /// subscription. The log holds `segment_bytes * segment_count` bytes;
     /// if fleetpipe falls further behind, rumqttd drops the oldest segment.
+    /// At least 1024 (rumqttd's smallest segment).
     pub segment_bytes: usize,
-    /// Embedded: segments kept per subscription (see `segment_bytes`).
+    /// Embedded: segments kept per subscription (see `segment_bytes`); at least 1.
     pub segment_count: usize,
     /// External: broker address, `mqtt://host:port`.
     pub broker_url: String,

@@ -46,7 +46,7 @@ pub struct Report {
 /// The machine.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
-    /// `/proc/cpuinfo` model name.
+    /// `/proc/cpuinfo` model name, family, model and cache size.
     pub cpu: String,
     /// Cores available.
     pub cores: usize,

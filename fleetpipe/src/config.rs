@@ -206,6 +206,13 @@ impl Config {
                 "ingest.mqtt.segment_bytes must be at least 1024 (rumqttd's smallest segment) and ingest.mqtt.segment_count at least 1",
             );
         }
+        if mqtt.mode == MqttMode::Embedded
+            && (mqtt.ack_segment_bytes.is_some_and(|b| b < 1024) || mqtt.ack_segment_count == 0)
+        {
+            return invalid(
+                "ingest.mqtt.ack_segment_bytes must be at least 1024 (rumqttd's smallest segment) and ingest.mqtt.ack_segment_count at least 1",
+            );
+        }
         let limits = &self.ingest.limits;
         if limits.max_payload_bytes == 0 || limits.max_batch == 0 {
             return invalid(
@@ -350,7 +357,12 @@ mod tests {
 
     #[test]
     fn a_log_segment_rumqttd_would_refuse_is_a_config_error() {
-        for (key, value) in [("segment_bytes", "100"), ("segment_count", "0")] {
+        for (key, value) in [
+            ("segment_bytes", "100"),
+            ("segment_count", "0"),
+            ("ack_segment_bytes", "1023"),
+            ("ack_segment_count", "0"),
+        ] {
             let e = load(&format!("{MINIMAL}[ingest.mqtt]\n{key} = {value}\n"), &[]).unwrap_err();
             assert!(
                 e.contains(&format!("ingest.mqtt.{key}")),

@@ -30,7 +30,8 @@ use futures::stream::FuturesUnordered;
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish, v4::V4, v5::V5};
 use rumqttd::{
-    ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
+    ConnectionSettings, LinkType, Notification, Router, RouterConfig, SegmentConfig, Server,
+    ServerSettings,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -80,6 +81,35 @@ fn reserve(key: &'static str, addr: SocketAddr) -> Result<SocketAddr, EmbeddedBr
     listener.local_addr().map_err(bind_err)
 }
 
+/// The rumqttd router configuration the embedded broker runs with.
+///
+/// rumqttd keeps every publish it routes in a log per subscription filter
+/// until the filter's oldest segment is evicted. For the telemetry
+/// subscription that log is the buffer in front of the pipeline
+/// (`segment_bytes × segment_count`). Each vehicle that subscribes to its
+/// own ack topic has its own log too, which with those sizes is never
+/// evicted; with `ack_segment_bytes` set, ack logs get
+/// `ack_segment_bytes × ack_segment_count` instead.
+pub fn router_config(config: &MqttConfig) -> RouterConfig {
+    let custom_segment = config.ack_segment_bytes.map(|bytes| {
+        let ack_segments = SegmentConfig {
+            max_segment_size: bytes,
+            max_segment_count: config.ack_segment_count,
+        };
+        [(ack_topic(&config.topic_prefix, "+"), ack_segments)]
+            .into_iter()
+            .collect()
+    });
+    RouterConfig {
+        max_connections: config.max_connections.saturating_add(16),
+        max_outgoing_packet_count: 1024,
+        max_segment_size: config.segment_bytes,
+        max_segment_count: config.segment_count,
+        custom_segment,
+        ..RouterConfig::default()
+    }
+}
+
 impl EmbeddedBroker {
     /// Starts the listeners and the reader. Stops accepting when `shutdown`
     /// fires, drains what rumqttd already acknowledged, then ends.
@@ -95,16 +125,7 @@ impl EmbeddedBroker {
             .map(|a| reserve("ingest.mqtt.listen_v5", a))
             .transpose()?;
 
-        let router = Router::new(
-            0,
-            RouterConfig {
-                max_connections: config.max_connections.saturating_add(16),
-                max_outgoing_packet_count: 1024,
-                max_segment_size: config.segment_bytes,
-                max_segment_count: config.segment_count,
-                ..RouterConfig::default()
-            },
-        );
+        let router = Router::new(0, router_config(config));
         let router_tx = router.spawn();
 
         // The local link registers with the router and waits for its ack:
@@ -499,6 +520,30 @@ async fn record_refusals(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ack_subscriptions_get_their_own_log_only_when_configured() {
+        let default = router_config(&MqttConfig::default());
+        assert!(default.custom_segment.is_none());
+
+        let bounded = router_config(&MqttConfig {
+            topic_prefix: "depot".into(),
+            ack_segment_bytes: Some(32 * 1024),
+            ack_segment_count: 2,
+            ..MqttConfig::default()
+        });
+        let custom = bounded.custom_segment.expect("ack log configured");
+        let ack = &custom["depot/+/ack"];
+        assert_eq!(
+            (ack.max_segment_size, ack.max_segment_count),
+            (32 * 1024, 2)
+        );
+        assert_eq!(custom.len(), 1);
+        assert_eq!(
+            bounded.max_segment_size,
+            MqttConfig::default().segment_bytes
+        );
+    }
 
     /// A router with a link for the acker and a device-side link subscribed
     /// to every vehicle's ack topic.

@@ -65,6 +65,22 @@ pub struct MqttConfig {
     pub segment_bytes: usize,
     /// Embedded: segments kept per subscription (see `segment_bytes`); at least 1.
     pub segment_count: usize,
+    /// Embedded: size of one segment of the log behind each vehicle's ack
+    /// subscription (`{prefix}/{vehicle_id}/ack`), at least 1024; unset, ack
+    /// subscriptions get `segment_bytes` like every other. rumqttd keeps
+    /// what it routed to a subscription until its segment is evicted, and
+    /// counts an ack as ~35 bytes, so with `segment_bytes` a vehicle's acks
+    /// are in practice never evicted: memory grows ~350 bytes per ack
+    /// delivered. Set it (32768 fills the 1,024 entries, ~266 KB, rumqttd
+    /// preallocates per segment) when devices subscribe to their own ack
+    /// topic; leave it unset when something subscribes to `{prefix}/+/ack`,
+    /// which would get the same small log for every vehicle's acks and miss
+    /// some. A subscriber that falls behind the log skips to the oldest ack
+    /// kept; a newer ack covers the older ones.
+    pub ack_segment_bytes: Option<usize>,
+    /// Embedded: segments kept per ack subscription when `ack_segment_bytes`
+    /// is set.
+    pub ack_segment_count: usize,
     /// External: broker address, `mqtt://host:port`.
     pub broker_url: String,
     /// External: client id; keep it stable per instance, it names the persistent session.
@@ -97,6 +113,8 @@ impl MqttConfig {
             max_inflight: 100,
             segment_bytes: 32 * 1024 * 1024,
             segment_count: 8,
+            ack_segment_bytes: None,
+            ack_segment_count: 1,
             broker_url: "mqtt://127.0.0.1:1883".into(),
             client_id: "fleetpipe-1".into(),
             share_group: "fleetpipe".into(),

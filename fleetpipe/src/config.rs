@@ -13,7 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use fleetpipe_enrich::EnrichConfig;
 use fleetpipe_geofence::GeofenceConfig;
 use fleetpipe_ingest::http::HttpConfig;
-use fleetpipe_ingest::mqtt::{MqttConfig, MqttMode};
+use fleetpipe_ingest::mqtt::{MIN_SEGMENT_BYTES, MqttConfig, MqttMode};
 use fleetpipe_ingest::{AuthConfig, RateLimitConfig, ValidationConfig};
 use fleetpipe_sink::{FileSinkConfig, KafkaConfig, TimescaleConfig};
 use serde::Deserialize;
@@ -199,19 +199,23 @@ impl Config {
             return invalid("ingest.mqtt.share_group must not contain '/', '+' or '#'");
         }
         let mqtt = &self.ingest.mqtt;
-        // rumqttd panics on a smaller log; say which key instead.
-        if mqtt.mode == MqttMode::Embedded && (mqtt.segment_bytes < 1024 || mqtt.segment_count == 0)
-        {
-            return invalid(
-                "ingest.mqtt.segment_bytes must be at least 1024 (rumqttd's smallest segment) and ingest.mqtt.segment_count at least 1",
-            );
-        }
-        if mqtt.mode == MqttMode::Embedded
-            && (mqtt.ack_segment_bytes.is_some_and(|b| b < 1024) || mqtt.ack_segment_count == 0)
-        {
-            return invalid(
-                "ingest.mqtt.ack_segment_bytes must be at least 1024 (rumqttd's smallest segment) and ingest.mqtt.ack_segment_count at least 1",
-            );
+        if mqtt.mode == MqttMode::Embedded {
+            // rumqttd panics on a smaller log; say which key instead.
+            let logs = [
+                ("segment", Some(mqtt.segment_bytes), mqtt.segment_count),
+                (
+                    "ack_segment",
+                    mqtt.ack_segment_bytes,
+                    mqtt.ack_segment_count,
+                ),
+            ];
+            for (key, bytes, count) in logs {
+                if bytes.is_some_and(|b| b < MIN_SEGMENT_BYTES) || count == 0 {
+                    return Err(ConfigError::Invalid(format!(
+                        "ingest.mqtt.{key}_bytes must be at least {MIN_SEGMENT_BYTES} (rumqttd's smallest segment) and ingest.mqtt.{key}_count at least 1"
+                    )));
+                }
+            }
         }
         let limits = &self.ingest.limits;
         if limits.max_payload_bytes == 0 || limits.max_batch == 0 {

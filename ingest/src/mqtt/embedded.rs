@@ -548,17 +548,14 @@ mod tests {
     /// A router with a link for the acker and a device-side link subscribed
     /// to every vehicle's ack topic.
     fn router_links() -> (LinkTx, LinkRx) {
-        let router_tx = Router::new(
-            0,
-            RouterConfig {
-                max_connections: 16,
-                max_outgoing_packet_count: 1024,
-                max_segment_size: 1024 * 1024,
-                max_segment_count: 4,
-                ..RouterConfig::default()
-            },
-        )
-        .spawn();
+        // The embedded broker's router, with room for a few links only.
+        let config = MqttConfig {
+            max_connections: 0,
+            segment_bytes: 1024 * 1024,
+            segment_count: 4,
+            ..MqttConfig::default()
+        };
+        let router_tx = Router::new(0, router_config(&config)).spawn();
         let (acker_tx, _, _) = rumqttd::local::LinkBuilder::new("acker", router_tx.clone())
             .build()
             .expect("acker link");

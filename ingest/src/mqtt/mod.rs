@@ -33,6 +33,9 @@ pub enum MqttMode {
     Off,
 }
 
+/// rumqttd's smallest log segment, bytes: it panics on a smaller one.
+pub const MIN_SEGMENT_BYTES: usize = 1024;
+
 /// `ingest.mqtt`: the MQTT gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -41,6 +41,40 @@ pub enum PipelineError {
     /// A sink failed for good.
     #[error("sink failed: {0}")]
     Sink(String),
+    /// A gateway stopped on its own while the pipeline was running.
+    #[error("gateway failed: {0}")]
+    Gateway(String),
+}
+
+/// The first failure of a task that must not end before shutdown. Recording
+/// it starts the shutdown (so readiness turns false at once and what was
+/// accepted is drained), and [`Pipeline::wait`] then returns it, so the
+/// process exits non-zero and its supervisor restarts it.
+#[derive(Debug, Clone)]
+struct Failure {
+    first: Arc<std::sync::Mutex<Option<PipelineError>>>,
+    shutdown: CancellationToken,
+}
+
+impl Failure {
+    fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            first: Arc::default(),
+            shutdown,
+        }
+    }
+
+    fn fail(&self, error: PipelineError) {
+        tracing::error!(error = %error, "stopping fleetpipe");
+        if let Ok(mut first) = self.first.lock() {
+            first.get_or_insert(error);
+        }
+        self.shutdown.cancel();
+    }
+
+    fn take(&self) -> Option<PipelineError> {
+        self.first.lock().ok().and_then(|mut first| first.take())
+    }
 }
 
 fn start_err(e: impl std::fmt::Display) -> PipelineError {
@@ -61,6 +95,7 @@ pub struct Pipeline {
     embedded_kafka: Option<EmbeddedKafka>,
     inflight: InflightProbe,
     shutdown: CancellationToken,
+    failure: Failure,
     shutdown_timeout: Duration,
     fences: FenceService,
     gateways: JoinSet<()>,
@@ -116,6 +151,7 @@ impl Pipeline {
             config.pipeline.max_inflight_bytes,
         );
 
+        let failure = Failure::new(shutdown.clone());
         let mut gateways = JoinSet::new();
         let (mut mqtt_addr, mut mqtt_v5_addr) = (None, None);
         match config.ingest.mqtt.mode {
@@ -130,7 +166,12 @@ impl Pipeline {
                 .map_err(start_err)?;
                 mqtt_addr = Some(broker.local_addr());
                 mqtt_v5_addr = broker.local_addr_v5();
-                gateways.spawn(broker.join());
+                let failure = failure.clone();
+                gateways.spawn(async move {
+                    if let Err(e) = broker.join().await {
+                        failure.fail(PipelineError::Gateway(e.to_string()));
+                    }
+                });
             }
             MqttMode::External => {
                 let consumer = ExternalConsumer::start(
@@ -253,6 +294,7 @@ impl Pipeline {
             embedded_kafka,
             inflight,
             shutdown,
+            failure,
             shutdown_timeout: config.pipeline.shutdown_timeout,
             fences,
             gateways,
@@ -324,7 +366,10 @@ impl Pipeline {
         match tokio::time::timeout(self.shutdown_timeout, drain).await {
             Ok(result) => {
                 tracing::info!("fleetpipe stopped");
-                result
+                match self.failure.take() {
+                    Some(failure) => Err(failure),
+                    None => result,
+                }
             }
             Err(_) => Err(PipelineError::ShutdownTimeout(self.shutdown_timeout)),
         }

@@ -153,6 +153,19 @@ struct DeviceEntry {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// Seconds since the epoch.
+    exp: Option<u64>,
+}
+
+/// An identity and until when it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// Who the device is.
+    pub identity: Identity,
+    /// When its credential stops being valid (a JWT's `exp` plus the
+    /// configured leeway); `None` for
+    /// credentials that do not expire.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 enum Backend {
@@ -252,8 +265,25 @@ impl Authenticator {
         credential: Option<&str>,
         claimed: Option<&str>,
     ) -> Result<Identity, AuthError> {
+        self.authenticate_session(credential, claimed)
+            .map(|a| a.identity)
+    }
+
+    /// Like [`authenticate`](Self::authenticate), with the credential's
+    /// expiry, for sessions that outlive the moment of authentication.
+    pub fn authenticate_session(
+        &self,
+        credential: Option<&str>,
+        claimed: Option<&str>,
+    ) -> Result<Authenticated, AuthError> {
+        let mut expires_at = None;
         let vehicle = match &self.backend {
-            Backend::Anonymous => return Ok(Identity::Anonymous),
+            Backend::Anonymous => {
+                return Ok(Authenticated {
+                    identity: Identity::Anonymous,
+                    expires_at,
+                });
+            }
             Backend::Tokens(tokens) => {
                 let token = credential
                     .filter(|t| !t.is_empty())
@@ -269,6 +299,12 @@ impl Authenticator {
                     .ok_or(AuthError::Missing)?;
                 let data = jsonwebtoken::decode::<Claims>(token, key, validation)
                     .map_err(|e| AuthError::InvalidJwt(e.to_string()))?;
+                // With the same leeway as at authentication, so a token
+                // accepted within it is not refused at the next packet.
+                expires_at = data.claims.exp.map(|s| {
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs(s.saturating_add(validation.leeway))
+                });
                 VehicleId::parse(&data.claims.sub)
                     .map_err(|e| AuthError::InvalidJwt(format!("sub: {e}")))?
             }
@@ -278,7 +314,10 @@ impl Authenticator {
                 actual: vehicle.to_string(),
                 claimed: c.to_string(),
             }),
-            _ => Ok(Identity::Vehicle(vehicle)),
+            _ => Ok(Authenticated {
+                identity: Identity::Vehicle(vehicle),
+                expires_at,
+            }),
         }
     }
 }

@@ -78,6 +78,20 @@ pub struct Outcome {
     pub all_have_seq: bool,
     /// Refusals, in batch order.
     pub rejected: Vec<RejectedItem>,
+    /// Refused for a reason that may pass if sent again later (see
+    /// [`RejectReason::is_retriable`]): no acknowledgement may cover them.
+    pub retry: Option<Retry>,
+}
+
+/// The part of a message refused for a retriable reason (a rate limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retry {
+    /// Lowest `seq` among those pings; `None` when one had no `seq`.
+    pub lowest_seq: Option<u64>,
+    /// Whether every such ping carried a `seq`.
+    pub all_have_seq: bool,
+    /// How long until the sender may try again.
+    pub after: std::time::Duration,
 }
 
 impl Outcome {
@@ -88,6 +102,43 @@ impl Outcome {
             (true, Some(seq)) => seq,
             _ => self.accepted as u64,
         }
+    }
+
+    /// The acknowledgement value the sender may be given, if any. It never
+    /// covers a ping refused for a retriable reason: with such refusals it
+    /// is the highest accepted `seq` when that is below every refused one
+    /// (all carrying a `seq`), and otherwise there is none, since the
+    /// sender would free pings it must send again.
+    pub fn ack(&self) -> Option<u64> {
+        if self.accepted == 0 {
+            return None;
+        }
+        let Some(retry) = self.retry else {
+            return Some(self.ack_value());
+        };
+        match (
+            self.all_have_seq,
+            self.highest_seq,
+            retry.all_have_seq,
+            retry.lowest_seq,
+        ) {
+            (true, Some(high), true, Some(floor)) if high < floor => Some(high),
+            _ => None,
+        }
+    }
+
+    /// Notes a ping refused for a retriable reason.
+    fn retry_later(&mut self, seq: Option<u64>, after: std::time::Duration) {
+        let retry = self.retry.get_or_insert(Retry {
+            lowest_seq: seq,
+            all_have_seq: true,
+            after,
+        });
+        match seq {
+            Some(seq) => retry.lowest_seq = Some(retry.lowest_seq.map_or(seq, |l| l.min(seq))),
+            None => retry.all_have_seq = false,
+        }
+        retry.after = retry.after.min(after);
     }
 }
 
@@ -272,7 +323,13 @@ impl Ingestor {
             }
         };
         for (index, item) in items.into_iter().enumerate() {
-            let item = item.and_then(|ping| self.rate_limit(ping, msg.encoding));
+            let item = item.and_then(|ping| {
+                self.rate_limit(ping, msg.encoding)
+                    .map_err(|(rejection, seq, after)| {
+                        outcome.retry_later(seq, after);
+                        rejection
+                    })
+            });
             match item {
                 Ok(ping) => {
                     outcome.accepted += 1;
@@ -324,16 +381,24 @@ impl Ingestor {
         &self.inner.counters[index]
     }
 
-    fn rate_limit(&self, ping: Ping, encoding: Encoding) -> Result<Ping, Rejection> {
-        if self.inner.limiter.check(&ping.vehicle_id) {
-            return Ok(ping);
-        }
-        Err(Rejection {
+    /// Takes a token for the ping's vehicle; over the limit, the rejection
+    /// with the ping's `seq` and how long until the vehicle may send again.
+    fn rate_limit(
+        &self,
+        ping: Ping,
+        encoding: Encoding,
+    ) -> Result<Ping, (Rejection, Option<u64>, std::time::Duration)> {
+        let after = match self.inner.limiter.take(&ping.vehicle_id) {
+            Ok(()) => return Ok(ping),
+            Err(after) => after,
+        };
+        let rejection = Rejection {
             reason: RejectReason::RateLimited,
             detail: format!("vehicle {} is over its rate limit", ping.vehicle_id),
             raw: codec::encode_ping(&ping, encoding),
             vehicle_id: Some(ping.vehicle_id),
-        })
+        };
+        Err((rejection, ping.seq, after))
     }
 
     /// Dead-letters a refusal that happened outside [`Ingestor::ingest`]

@@ -88,15 +88,65 @@ fn rejected_list(outcome: &Outcome) -> Vec<Value> {
         .collect()
 }
 
-/// The answer to one message, and the HTTP status that goes with it.
-fn answer(outcome: &Outcome, status: AckStatus) -> (StatusCode, Value) {
+/// The answer to one message: the HTTP status, the body and, for pings
+/// over the rate limit, the seconds after which to send them again.
+struct Answer {
+    status: StatusCode,
+    body: Value,
+    retry_after_s: Option<u64>,
+}
+
+impl Answer {
+    fn new(status: StatusCode, body: Value) -> Self {
+        Self {
+            status,
+            body,
+            retry_after_s: None,
+        }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
+    }
+}
+
+fn answer(outcome: &Outcome, status: AckStatus) -> Answer {
     if status == AckStatus::Failed {
-        return (
+        return Answer::new(
             StatusCode::SERVICE_UNAVAILABLE,
             error_body("unavailable", "not stored durably; send again"),
         );
     }
     let rejected = rejected_list(outcome);
+    if let Some(retry) = outcome.retry {
+        // Part of the message must be sent again later: 429 even when the
+        // rest was accepted, and an ack only where it covers no refused ping.
+        let seconds = retry.after.as_secs_f64().ceil().max(1.0) as u64;
+        let mut body = error_body(
+            RejectReason::RateLimited.as_str(),
+            &format!(
+                "over the vehicle's rate limit: send the pings listed as rate_limited again after {seconds} s"
+            ),
+        );
+        if let Some(ack) = outcome.ack() {
+            body["ack"] = ack.into();
+        }
+        body["rejected"] = Value::Array(rejected);
+        body["retry_after_s"] = seconds.into();
+        return Answer {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            body,
+            retry_after_s: Some(seconds),
+        };
+    }
     if outcome.accepted == 0
         && let Some(first) = outcome.rejected.first()
     {
@@ -110,13 +160,13 @@ fn answer(outcome: &Outcome, status: AckStatus) -> (StatusCode, Value) {
             RejectReason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         };
-        return (code, body);
+        return Answer::new(code, body);
     }
     let mut body = json!({ "ack": outcome.ack_value() });
     if !rejected.is_empty() {
         body["rejected"] = Value::Array(rejected);
     }
-    (StatusCode::OK, body)
+    Answer::new(StatusCode::OK, body)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -155,7 +205,7 @@ async fn ingest_and_wait(
     payload: Bytes,
     encoding: Encoding,
     gateway: Gateway,
-) -> (StatusCode, Value) {
+) -> Answer {
     let msg = Message {
         payload,
         encoding,
@@ -166,7 +216,7 @@ async fn ingest_and_wait(
     };
     match state.ingestor.ingest(msg).await {
         Ok((outcome, batch)) => answer(&outcome, batch.wait().await),
-        Err(_) => (
+        Err(_) => Answer::new(
             StatusCode::SERVICE_UNAVAILABLE,
             error_body(
                 "unavailable",
@@ -211,8 +261,9 @@ async fn post_pings(
         Some(ct) if ct.contains("protobuf") => Encoding::Protobuf,
         _ => Encoding::Json,
     };
-    let (status, body) = ingest_and_wait(&state, &identity, payload, encoding, Gateway::Http).await;
-    (status, axum::Json(body)).into_response()
+    ingest_and_wait(&state, &identity, payload, encoding, Gateway::Http)
+        .await
+        .into_response()
 }
 
 async fn ws_upgrade(
@@ -257,10 +308,10 @@ async fn ws_session(mut socket: WebSocket, state: HttpState, identity: Identity)
                 break;
             }
         };
-        let (_, body) =
+        let answer =
             ingest_and_wait(&state, &identity, payload, encoding, Gateway::Websocket).await;
         if socket
-            .send(WsMessage::Text(body.to_string().into()))
+            .send(WsMessage::Text(answer.body.to_string().into()))
             .await
             .is_err()
         {

@@ -2,8 +2,10 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fleetpipe_model::VehicleId;
+use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use serde::Deserialize;
 
@@ -60,9 +62,18 @@ impl RateLimiter {
 
     /// Takes one token for `vehicle`; `false` means over the limit.
     pub fn check(&self, vehicle: &VehicleId) -> bool {
-        self.inner
-            .as_ref()
-            .is_none_or(|limiter| limiter.check_key(vehicle).is_ok())
+        self.take(vehicle).is_ok()
+    }
+
+    /// Takes one token for `vehicle`; over the limit, says how long until
+    /// the next one.
+    pub fn take(&self, vehicle: &VehicleId) -> Result<(), Duration> {
+        let Some(limiter) = &self.inner else {
+            return Ok(());
+        };
+        limiter
+            .check_key(vehicle)
+            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
 
     /// Forgets vehicles whose bucket is full again, so memory follows the

@@ -44,6 +44,15 @@ impl RejectReason {
         RejectReason::RateLimited,
     ];
 
+    /// Whether the same ping sent again later may be accepted: a rate
+    /// limit passes, a malformed or unauthorized ping stays refused. A
+    /// ping refused for a retriable reason is never covered by an
+    /// acknowledgement, so a device following the wire contract keeps it
+    /// and sends it again.
+    pub const fn is_retriable(self) -> bool {
+        matches!(self, RejectReason::RateLimited)
+    }
+
     /// The wire code, e.g. `"coord_invalid"`.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -20,6 +20,8 @@ pub struct TestPipeline {
     pub mqtt_v5: Option<SocketAddr>,
 }
 
+pub mod raw_mqtt;
+
 /// A config with every listener on 127.0.0.1:0 and the file sink in `dir`.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::default();

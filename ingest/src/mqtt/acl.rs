@@ -1,29 +1,53 @@
-//! Per-connection topic access control for the embedded broker.
+//! Per-connection access control for the embedded broker.
 //!
 //! rumqttd has no topic ACLs: its auth hook sees only (client id, username,
 //! password) at CONNECT. But its `Protocol` codec is cloned for every
 //! connection and sees every packet, so a wrapper around it can remember who
 //! connected and refuse, before rumqttd acts on it (and before any PUBACK):
-//! - a PUBLISH to another vehicle's topic, or to anything but the device's
-//!   own telemetry topics;
-//! - a SUBSCRIBE outside `{prefix}/{own vehicle}/`;
+//! - a CONNECT whose credentials are bad (authenticated modes), whose client
+//!   id is not the device's own (`{vehicle}` or `{vehicle}@{suffix}`), or
+//!   that claims fleetpipe's internal link's id (every mode), so no device
+//!   can take over another's session or displace fleetpipe's own link;
+//! - a CONNECT whose will is not a publish the device itself could make
+//!   (a will is published later by the broker on the device's behalf);
+//! - a second CONNECT on the same connection (MQTT 3.1.1 §3.1, MQTT 5
+//!   §3.1: a protocol violation the server must close the connection for);
+//! - a PUBLISH anywhere but the device's own telemetry topics;
+//! - a SUBSCRIBE to anything but the device's own ack topic;
+//! - any packet after the device's JWT expired;
 //! - anything at all once fleetpipe is shutting down, so that no publish is
 //!   acknowledged that fleetpipe will not read.
 //!
-//! MQTT 3.1.1 has no way to refuse one PUBLISH, so a refusal closes the
-//! connection; the publish is not acknowledged and is dead-lettered with
-//! reason `unauthorized`.
+//! The rules are decided by [`ConnectionRules`], pure and without I/O;
+//! [`DeviceProtocol`] applies them to rumqttd's packets. MQTT 3.1.1 has no
+//! way to refuse one PUBLISH, so a refusal closes the connection; a refused
+//! publish is not acknowledged and is dead-lettered with reason
+//! `unauthorized`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use fleetpipe_model::VehicleId;
 use rumqttd::protocol::{Error, Packet, Protocol};
 use tokio::sync::mpsc;
 
-use super::parse_topic;
-use crate::auth::{Authenticator, Identity};
+use super::{ack_topic, parse_topic};
+use crate::auth::{AuthError, Authenticated, Authenticator, Identity};
+
+/// Client id of fleetpipe's own link into the embedded router. It starts
+/// with [`RESERVED_CLIENT_ID_START`], which no device client id may (see
+/// [`client_id_allowed`]), so no device can connect under it and make the
+/// router drop the link. (rumqttd's router itself refuses ids with any of
+/// `+$#/`, so those cannot mark it.)
+pub const INTERNAL_CLIENT_ID: &str = "!fleetpipe-ingest";
+
+/// Client ids starting with this are fleetpipe's own.
+pub const RESERVED_CLIENT_ID_START: char = '!';
+
+/// Separates a vehicle id from a device's own suffix in its client id.
+pub const CLIENT_ID_SUFFIX_SEPARATOR: char = '@';
 
 /// A publish the ACL refused, for the dead-letter output.
 #[derive(Debug)]
@@ -45,15 +69,189 @@ pub(crate) struct AclShared {
     pub refused: mpsc::Sender<RefusedPublish>,
 }
 
-/// rumqttd codec wrapper enforcing the topic rules of one connection.
+/// Why a packet was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A CONNECT on a connection that already sent one.
+    #[error("second CONNECT on one connection")]
+    SecondConnect,
+    /// A packet before CONNECT (rumqttd refuses these too).
+    #[error("packet before CONNECT")]
+    NotConnected,
+    /// Bad or missing credentials.
+    #[error("authentication failed: {0}")]
+    Auth(#[from] AuthError),
+    /// A client id the device may not use.
+    #[error("client id {client_id:?} is not allowed for {who}")]
+    ClientId {
+        /// The client id asked for.
+        client_id: String,
+        /// The authenticated vehicle, or "an anonymous device".
+        who: String,
+    },
+    /// A will the device could not publish itself.
+    #[error("will topic {topic:?}: {detail}")]
+    Will {
+        /// The will's topic.
+        topic: String,
+        /// Why.
+        detail: String,
+    },
+    /// A publish outside the device's own telemetry topics.
+    #[error("device {vehicle} may not publish to {topic:?}")]
+    Publish {
+        /// The authenticated vehicle.
+        vehicle: String,
+        /// The topic.
+        topic: String,
+    },
+    /// A subscription outside the device's own ack topic.
+    #[error("device {vehicle} may not subscribe to {filter:?}")]
+    Subscribe {
+        /// The authenticated vehicle.
+        vehicle: String,
+        /// The filter.
+        filter: String,
+    },
+    /// The credential's validity ended.
+    #[error("credential of {vehicle} expired")]
+    Expired {
+        /// The authenticated vehicle.
+        vehicle: String,
+    },
+}
+
+/// The access rules of one device connection, from CONNECT on. Pure: the
+/// caller passes the clock and the authenticator's verdict in.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionRules {
+    /// `None` until CONNECT.
+    session: Option<Authenticated>,
+}
+
+/// Whether `client_id` may be used by `identity`: any id but fleetpipe's
+/// own (no [`RESERVED_CLIENT_ID_START`]) for an anonymous device; `{vehicle}`
+/// or `{vehicle}@{suffix}` for an authenticated one. The separator is `@`
+/// because vehicle ids may contain `:`, `.`, `_` and `-`, so with any of
+/// those vehicle `van` could claim vehicle `van:1`'s session; `@` cannot be
+/// part of a vehicle id (and rumqttd refuses `/`). An empty client id (the
+/// broker assigns one) is allowed: it cannot name anyone's session.
+pub fn client_id_allowed(identity: &Identity, client_id: &str) -> bool {
+    if client_id.starts_with(RESERVED_CLIENT_ID_START) {
+        return false;
+    }
+    match identity.vehicle() {
+        None => true,
+        Some(vehicle) => {
+            client_id.is_empty()
+                || client_id == vehicle.as_str()
+                || client_id
+                    .strip_prefix(vehicle.as_str())
+                    .and_then(|rest| rest.strip_prefix(CLIENT_ID_SUFFIX_SEPARATOR))
+                    .is_some_and(|suffix| !suffix.is_empty())
+        }
+    }
+}
+
+impl ConnectionRules {
+    /// The vehicle this connection is bound to, once connected.
+    pub fn vehicle(&self) -> Option<&VehicleId> {
+        self.session.as_ref().and_then(|s| s.identity.vehicle())
+    }
+
+    /// Applies a CONNECT: `verdict` is the authenticator's answer for its
+    /// credentials, `will_topic` the topic of its will, if any.
+    pub fn connect(
+        &mut self,
+        prefix: &str,
+        client_id: &str,
+        will_topic: Option<&str>,
+        verdict: Result<Authenticated, AuthError>,
+    ) -> Result<(), Refusal> {
+        if self.session.is_some() {
+            return Err(Refusal::SecondConnect);
+        }
+        let session = verdict?;
+        if !client_id_allowed(&session.identity, client_id) {
+            let who = session
+                .identity
+                .vehicle()
+                .map_or_else(|| "an anonymous device".to_owned(), ToString::to_string);
+            return Err(Refusal::ClientId {
+                client_id: client_id.to_owned(),
+                who,
+            });
+        }
+        if let (Some(topic), Some(vehicle)) = (will_topic, session.identity.vehicle()) {
+            if !publish_allowed(prefix, vehicle, topic) {
+                return Err(Refusal::Will {
+                    topic: topic.to_owned(),
+                    detail: format!(
+                        "device {vehicle} may publish only to its own telemetry topics"
+                    ),
+                });
+            }
+        }
+        self.session = Some(session);
+        Ok(())
+    }
+
+    /// Checks any packet after CONNECT against the credential's expiry;
+    /// `now` is asked only when the credential has one.
+    pub fn check_alive(&self, now: impl FnOnce() -> SystemTime) -> Result<(), Refusal> {
+        let session = self.session.as_ref().ok_or(Refusal::NotConnected)?;
+        match (session.expires_at, session.identity.vehicle()) {
+            (Some(expiry), Some(vehicle)) if now() >= expiry => Err(Refusal::Expired {
+                vehicle: vehicle.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks a PUBLISH's topic.
+    pub fn publish(&self, prefix: &str, topic: &str) -> Result<(), Refusal> {
+        match self.vehicle() {
+            None => Ok(()), // anonymous: no topic rules
+            Some(vehicle) if publish_allowed(prefix, vehicle, topic) => Ok(()),
+            Some(vehicle) => Err(Refusal::Publish {
+                vehicle: vehicle.to_string(),
+                topic: topic.to_owned(),
+            }),
+        }
+    }
+
+    /// Checks a SUBSCRIBE's filters: only the device's own ack topic.
+    pub fn subscribe<'a>(
+        &self,
+        prefix: &str,
+        mut filters: impl Iterator<Item = &'a str>,
+    ) -> Result<(), Refusal> {
+        let Some(vehicle) = self.vehicle() else {
+            return Ok(());
+        };
+        let own = ack_topic(prefix, vehicle.as_str());
+        match filters.find(|f| *f != own) {
+            None => Ok(()),
+            Some(filter) => Err(Refusal::Subscribe {
+                vehicle: vehicle.to_string(),
+                filter: filter.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Whether `vehicle` may publish to `topic`: its own telemetry topics only.
+fn publish_allowed(prefix: &str, vehicle: &VehicleId, topic: &str) -> bool {
+    parse_topic(prefix, topic).is_some_and(|t| t.vehicle == vehicle.as_str())
+}
+
+/// rumqttd codec wrapper enforcing [`ConnectionRules`] on one connection.
 #[derive(Debug, Clone)]
 pub(crate) struct DeviceProtocol<P> {
     inner: P,
     shared: Arc<AclShared>,
     client_id: String,
-    /// `None` until CONNECT (or when its credentials are bad, in which case
-    /// rumqttd's auth hook refuses the connection anyway).
-    identity: Option<Identity>,
+    rules: ConnectionRules,
 }
 
 impl<P> DeviceProtocol<P> {
@@ -62,68 +260,72 @@ impl<P> DeviceProtocol<P> {
             inner,
             shared,
             client_id: String::new(),
-            identity: None,
+            rules: ConnectionRules::default(),
         }
     }
 
-    fn refuse(&self, topic: &str, payload: Bytes, detail: String) -> Error {
-        tracing::warn!(client_id = %self.client_id, topic, %detail, "MQTT publish refused, closing connection");
-        metrics::counter!("fleetpipe_mqtt_refused_total", "kind" => "publish").increment(1);
+    /// Logs and counts a refusal; returns the error that makes rumqttd
+    /// close the connection (it has no variant for authorization).
+    fn refuse(&self, kind: &'static str, refusal: &Refusal) -> Error {
+        tracing::warn!(client_id = %self.client_id, kind, reason = %refusal, "MQTT packet refused, closing connection");
+        metrics::counter!("fleetpipe_mqtt_refused_total", "kind" => kind).increment(1);
+        Error::InvalidProtocol
+    }
+
+    /// Dead-letters a refused publish (it was never acknowledged).
+    fn record_refused_publish(&self, topic: &str, payload: Bytes, refusal: &Refusal) {
         let refused = RefusedPublish {
             client_id: self.client_id.clone(),
-            vehicle: self.identity.as_ref().and_then(Identity::vehicle).cloned(),
+            vehicle: self.rules.vehicle().cloned(),
             topic: topic.to_owned(),
             payload,
-            detail,
+            detail: refusal.to_string(),
         };
         if self.shared.refused.try_send(refused).is_err() {
             // The device still holds the publish (it was never acknowledged).
             metrics::counter!("fleetpipe_mqtt_refused_not_recorded_total").increment(1);
         }
-        // rumqttd has no error variant for authorization; any error closes the connection.
-        Error::InvalidProtocol
     }
 
     fn check(&mut self, packet: &Packet) -> Result<(), Error> {
         if self.shared.closing.load(Ordering::Relaxed) {
             return Err(Error::InvalidProtocol);
         }
-        match packet {
-            Packet::Connect(connect, _, _, _, login) => {
-                self.client_id = connect.client_id.clone();
-                let (user, pass) = login.as_ref().map_or((None, None), |l| {
-                    (Some(l.username.as_str()), Some(l.password.as_str()))
-                });
-                self.identity = self.shared.auth.authenticate(pass, user).ok();
+        let prefix = self.shared.prefix.as_str();
+        if let Packet::Connect(connect, _, will, _, login) = packet {
+            if self.rules.session.is_none() {
+                self.client_id.clone_from(&connect.client_id);
             }
+            let (user, pass) = login.as_ref().map_or((None, None), |l| {
+                (Some(l.username.as_str()), Some(l.password.as_str()))
+            });
+            let verdict = self.shared.auth.authenticate_session(pass, user);
+            if verdict.is_err() {
+                metrics::counter!("fleetpipe_rejected_total", "reason" => fleetpipe_model::RejectReason::Unauthorized.as_str(), "gateway" => "mqtt")
+                    .increment(1);
+            }
+            let will_topic = will.as_ref().map(|w| String::from_utf8_lossy(&w.topic));
+            return self
+                .rules
+                .connect(prefix, &connect.client_id, will_topic.as_deref(), verdict)
+                .map_err(|r| self.refuse("connect", &r));
+        }
+        self.rules
+            .check_alive(SystemTime::now)
+            .map_err(|r| self.refuse("expired", &r))?;
+        match packet {
             Packet::Publish(publish, _) => {
-                let Some(Identity::Vehicle(own)) = &self.identity else {
-                    return Ok(()); // anonymous: no topic rules
-                };
                 let topic = String::from_utf8_lossy(&publish.topic);
-                match parse_topic(&self.shared.prefix, &topic) {
-                    Some(t) if t.vehicle == own.as_str() => {}
-                    _ => {
-                        let detail = format!("device {own} may not publish to {topic:?}");
-                        return Err(self.refuse(&topic, publish.payload.clone(), detail));
-                    }
+                if let Err(refusal) = self.rules.publish(prefix, &topic) {
+                    self.record_refused_publish(&topic, publish.payload.clone(), &refusal);
+                    return Err(self.refuse("publish", &refusal));
                 }
             }
             Packet::Subscribe(subscribe, _) => {
-                let Some(Identity::Vehicle(own)) = &self.identity else {
-                    return Ok(());
-                };
-                let allowed = format!("{}/{own}/", self.shared.prefix);
-                if let Some(f) = subscribe
-                    .filters
-                    .iter()
-                    .find(|f| !f.path.starts_with(&allowed))
-                {
-                    tracing::warn!(client_id = %self.client_id, filter = %f.path, "MQTT subscribe refused, closing connection");
-                    metrics::counter!("fleetpipe_mqtt_refused_total", "kind" => "subscribe")
-                        .increment(1);
-                    return Err(Error::InvalidProtocol);
-                }
+                let filters = subscribe.filters.iter().map(|f| f.path.as_str());
+                self.rules
+                    .subscribe(prefix, filters)
+                    .map_err(|r| self.refuse("subscribe", &r))?;
             }
             _ => {}
         }
@@ -140,5 +342,137 @@ impl<P: Protocol> Protocol for DeviceProtocol<P> {
 
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {
         self.inner.write(packet, write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn vehicle(id: &str) -> Authenticated {
+        Authenticated {
+            identity: Identity::Vehicle(VehicleId::parse(id).expect("valid id")),
+            expires_at: None,
+        }
+    }
+
+    fn anonymous() -> Authenticated {
+        Authenticated {
+            identity: Identity::Anonymous,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn client_ids_are_bound_to_the_vehicle() {
+        let van = vehicle("van:1").identity;
+        for ok in ["van:1", "van:1@phone", "van:1@a@b", ""] {
+            assert!(client_id_allowed(&van, ok), "{ok:?}");
+        }
+        for refused in [
+            "van",
+            "van:1@",
+            "van:10",
+            "van:1:x",
+            "van:2",
+            INTERNAL_CLIENT_ID,
+        ] {
+            assert!(!client_id_allowed(&van, refused), "{refused:?}");
+        }
+        // Vehicle `van` cannot claim vehicle `van:1`'s session.
+        assert!(!client_id_allowed(&vehicle("van").identity, "van:1"));
+        let anon = anonymous().identity;
+        assert!(client_id_allowed(&anon, "anything"));
+        assert!(!client_id_allowed(&anon, INTERNAL_CLIENT_ID));
+        assert!(!client_id_allowed(&anon, "!other"));
+    }
+
+    #[test]
+    fn one_connect_per_connection_with_valid_credentials() {
+        let mut rules = ConnectionRules::default();
+        assert_eq!(
+            rules.check_alive(SystemTime::now),
+            Err(Refusal::NotConnected)
+        );
+        assert_eq!(
+            rules.connect("fleet", "van-1", None, Err(AuthError::Missing)),
+            Err(Refusal::Auth(AuthError::Missing))
+        );
+        assert_eq!(
+            rules.connect("fleet", "van-1", None, Ok(vehicle("van-1"))),
+            Ok(())
+        );
+        assert_eq!(
+            rules.connect("fleet", "van-1", None, Ok(vehicle("van-1"))),
+            Err(Refusal::SecondConnect)
+        );
+        assert_eq!(
+            rules.connect("fleet", "x", None, Ok(anonymous())),
+            Err(Refusal::SecondConnect),
+            "a second CONNECT never replaces the first identity"
+        );
+        assert_eq!(rules.vehicle().map(VehicleId::as_str), Some("van-1"));
+    }
+
+    #[test]
+    fn topics_wills_and_expiry() {
+        let mut rules = ConnectionRules::default();
+        assert!(matches!(
+            rules.clone().connect(
+                "fleet",
+                "van-1",
+                Some("fleet/van-2/telemetry"),
+                Ok(vehicle("van-1"))
+            ),
+            Err(Refusal::Will { .. })
+        ));
+        let mut session = vehicle("van-1");
+        session.expires_at = Some(UNIX_EPOCH + Duration::from_secs(100));
+        rules
+            .connect(
+                "fleet",
+                "van-1",
+                Some("fleet/van-1/telemetry/pb"),
+                Ok(session),
+            )
+            .expect("own will");
+        assert!(rules.publish("fleet", "fleet/van-1/telemetry").is_ok());
+        assert!(rules.publish("fleet", "fleet/van-1/telemetry/pb").is_ok());
+        for topic in [
+            "fleet/van-2/telemetry",
+            "fleet/van-1/ack",
+            "fleet/van-1",
+            "x/van-1/telemetry",
+        ] {
+            assert!(rules.publish("fleet", topic).is_err(), "{topic}");
+        }
+        assert!(
+            rules
+                .subscribe("fleet", ["fleet/van-1/ack"].into_iter())
+                .is_ok()
+        );
+        for filter in [
+            "fleet/#",
+            "fleet/+/ack",
+            "fleet/van-1/#",
+            "fleet/van-1/+",
+            "$SYS/#",
+        ] {
+            assert!(
+                rules
+                    .subscribe("fleet", ["fleet/van-1/ack", filter].into_iter())
+                    .is_err(),
+                "{filter}"
+            );
+        }
+        let before = || UNIX_EPOCH + Duration::from_secs(99);
+        let at = || UNIX_EPOCH + Duration::from_secs(100);
+        assert!(rules.check_alive(before).is_ok());
+        assert!(matches!(
+            rules.check_alive(at),
+            Err(Refusal::Expired { .. })
+        ));
     }
 }

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::acl::{AclShared, DeviceProtocol, RefusedPublish};
+use super::acl::{AclShared, DeviceProtocol, INTERNAL_CLIENT_ID, RefusedPublish};
 use super::watermark::{MessageTicket, Watermarks};
 use super::{MqttConfig, ack_topic, hard_packet_limit, parse_topic, telemetry_filters};
 use crate::auth::Authenticator;
@@ -63,6 +63,10 @@ pub enum EmbeddedBrokerError {
     /// The local link to the router failed.
     #[error("embedded broker: local link: {0}")]
     Link(String),
+    /// The local link closed while fleetpipe was running: no more MQTT
+    /// publishes can be read, so the process must not go on as if healthy.
+    #[error("embedded broker: the internal link closed unexpectedly: {0}")]
+    LinkClosed(String),
 }
 
 /// A running embedded broker.
@@ -70,7 +74,7 @@ pub enum EmbeddedBrokerError {
 pub struct EmbeddedBroker {
     local_addr: SocketAddr,
     local_addr_v5: Option<SocketAddr>,
-    reader: JoinHandle<()>,
+    reader: JoinHandle<Result<(), EmbeddedBrokerError>>,
 }
 
 /// Binds `addr` once to fail early with a clear error and to resolve port 0,
@@ -79,6 +83,44 @@ fn reserve(key: &'static str, addr: SocketAddr) -> Result<SocketAddr, EmbeddedBr
     let bind_err = |source| EmbeddedBrokerError::Bind { key, addr, source };
     let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
     listener.local_addr().map_err(bind_err)
+}
+
+/// How long rumqttd has to bind a listener.
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until rumqttd's listener at `addr` accepts connections (probed
+/// with a TCP connect, which rumqttd drops when no CONNECT follows), or
+/// fails if its task ended (it could not bind) or it took too long.
+async fn wait_listening(
+    key: &'static str,
+    addr: SocketAddr,
+    listener: &JoinHandle<()>,
+) -> Result<(), EmbeddedBrokerError> {
+    let mut probe = addr;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+    loop {
+        if listener.is_finished() {
+            let source = std::io::Error::other("the listener stopped at start (see the log)");
+            return Err(EmbeddedBrokerError::Bind { key, addr, source });
+        }
+        if tokio::net::TcpStream::connect(probe).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            let source = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("not listening after {LISTEN_WAIT:?}"),
+            );
+            return Err(EmbeddedBrokerError::Bind { key, addr, source });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The rumqttd router configuration the embedded broker runs with.
@@ -134,7 +176,7 @@ impl EmbeddedBroker {
         let filters = telemetry_filters(&config.topic_prefix);
         let (link_tx, link_rx) = tokio::task::spawn_blocking(move || {
             let (mut tx, rx, _) =
-                rumqttd::local::LinkBuilder::new("fleetpipe-ingest", link_router_tx)
+                rumqttd::local::LinkBuilder::new(INTERNAL_CLIENT_ID, link_router_tx)
                     .dynamic_filters(true)
                     .build()
                     .map_err(|e| EmbeddedBrokerError::Link(e.to_string()))?;
@@ -155,7 +197,9 @@ impl EmbeddedBroker {
             refused: refused_tx,
         });
 
-        let mut connections = ConnectionSettings {
+        // Authentication happens in `DeviceProtocol`, which sees the whole
+        // CONNECT (client id, will, credentials) before rumqttd acts on it.
+        let connections = ConnectionSettings {
             connection_timeout_ms: u16::try_from(config.connect_timeout.as_millis())
                 .unwrap_or(u16::MAX),
             max_payload_size: hard_packet_limit(ingestor.validator().config().max_payload_bytes),
@@ -164,18 +208,6 @@ impl EmbeddedBroker {
             external_auth: None,
             dynamic_filters: true,
         };
-        if !auth.is_anonymous() {
-            let auth = Arc::clone(&auth);
-            connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
-                let verdict = auth.authenticate(Some(&pass), Some(&user));
-                if let Err(e) = &verdict {
-                    tracing::warn!(%client_id, username = %user, error = %e, "MQTT connection refused");
-                    metrics::counter!("fleetpipe_rejected_total", "reason" => RejectReason::Unauthorized.as_str(), "gateway" => "mqtt")
-                        .increment(1);
-                }
-                std::future::ready(verdict.is_ok())
-            });
-        }
         let settings = |name: &str, listen| ServerSettings {
             name: name.into(),
             listen,
@@ -207,6 +239,12 @@ impl EmbeddedBroker {
                 }
             }));
         }
+        // rumqttd binds by address in its own task: the start is done when
+        // every listener accepts, and fails if one cannot.
+        wait_listening("ingest.mqtt.listen", local_addr, &listeners[0]).await?;
+        if let (Some(addr), Some(listener)) = (local_addr_v5, listeners.get(1)) {
+            wait_listening("ingest.mqtt.listen_v5", addr, listener).await?;
+        }
         tracing::info!(listen = %local_addr, listen_v5 = ?local_addr_v5, prefix = %config.topic_prefix, "embedded MQTT broker listening");
 
         tokio::spawn(record_refusals(
@@ -227,19 +265,26 @@ impl EmbeddedBroker {
                 ingestor: &ingestor,
                 acks: acks.as_ref(),
             };
-            // Runs until shutdown (or until the pipeline closes).
-            let open = reader.read(&mut link_rx, Some(&shutdown)).await;
+            // Runs until shutdown (or until the pipeline or the link closes).
+            let end = reader.read(&mut link_rx, Some(&shutdown)).await;
             // From here on every connection's next packet closes it unacknowledged.
             shared.closing.store(true, Ordering::SeqCst);
             for listener in &listeners {
                 listener.abort();
             }
-            if open {
-                // Publishes rumqttd already acknowledged must not be lost: read
-                // until the link stays quiet.
-                reader.read(&mut link_rx, None).await;
+            match end {
+                ReadEnd::Done => {
+                    // Publishes rumqttd already acknowledged must not be
+                    // lost: read until the link stays quiet.
+                    if let ReadEnd::LinkClosed(e) = reader.read(&mut link_rx, None).await {
+                        tracing::warn!(error = %e, "embedded broker link closed while draining");
+                    }
+                }
+                ReadEnd::PipelineClosed => {}
+                ReadEnd::LinkClosed(e) => return Err(EmbeddedBrokerError::LinkClosed(e)),
             }
             tracing::info!("embedded MQTT broker drained");
+            Ok(())
         });
         Ok(Self {
             local_addr,
@@ -258,19 +303,23 @@ impl EmbeddedBroker {
         self.local_addr_v5
     }
 
-    /// Waits until the broker has stopped and drained.
-    pub async fn join(self) {
-        if let Err(e) = self.reader.await {
-            tracing::error!(error = %e, "embedded MQTT reader failed");
-        }
+    /// Waits until the broker has stopped and drained. An error means it
+    /// stopped on its own, before shutdown: MQTT ingestion is gone.
+    pub async fn join(self) -> Result<(), EmbeddedBrokerError> {
+        self.reader
+            .await
+            .map_err(|e| EmbeddedBrokerError::LinkClosed(format!("reader task: {e}")))?
     }
 }
 
 /// A message of a vehicle on its way to the sinks, for the acker.
 struct PendingMessage {
     vehicle: String,
-    min_seq: u64,
-    max_seq: u64,
+    /// Lowest and highest `seq` of its accepted pings, when all have one.
+    accepted: Option<(u64, u64)>,
+    /// Lowest `seq` of its pings refused for a retriable reason (rate
+    /// limit): no ack may cover it until the device sends it again.
+    retry_from: Option<u64>,
     batch: BatchAck,
 }
 
@@ -281,20 +330,30 @@ struct Reader<'a> {
     acks: Option<&'a mpsc::Sender<PendingMessage>>,
 }
 
+/// Why [`Reader::read`] returned.
+enum ReadEnd {
+    /// Shutdown fired, or (draining) the link stayed quiet.
+    Done,
+    /// The pipeline stopped taking input.
+    PipelineClosed,
+    /// The link to the router closed (the router dropped it).
+    LinkClosed(String),
+}
+
 impl Reader<'_> {
     /// With `shutdown`, runs until it fires; without, until the link is idle
-    /// for [`DRAIN_IDLE`]. Returns `false` when the pipeline is closed.
-    async fn read(&self, link_rx: &mut LinkRx, shutdown: Option<&CancellationToken>) -> bool {
+    /// for [`DRAIN_IDLE`].
+    async fn read(&self, link_rx: &mut LinkRx, shutdown: Option<&CancellationToken>) -> ReadEnd {
         loop {
             let next = match shutdown {
                 Some(token) => tokio::select! {
                     biased;
-                    () = token.cancelled() => return true,
+                    () = token.cancelled() => return ReadEnd::Done,
                     n = link_rx.next() => n,
                 },
                 None => match tokio::time::timeout(DRAIN_IDLE, link_rx.next()).await {
                     Ok(n) => n,
-                    Err(_) => return true,
+                    Err(_) => return ReadEnd::Done,
                 },
             };
             let notification = match next {
@@ -302,7 +361,7 @@ impl Reader<'_> {
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "embedded broker link closed");
-                    return false;
+                    return ReadEnd::LinkClosed(e.to_string());
                 }
             };
             match notification {
@@ -310,13 +369,13 @@ impl Reader<'_> {
                     let publish = forward.publish;
                     let open = self.ingest(publish.topic, publish.payload).await;
                     if !open {
-                        return false;
+                        return ReadEnd::PipelineClosed;
                     }
                 }
                 Notification::Unschedule => {
                     if let Err(e) = link_rx.wake().await {
                         tracing::error!(error = %e, "embedded broker link cannot be woken");
-                        return false;
+                        return ReadEnd::LinkClosed(e.to_string());
                     }
                 }
                 _ => {}
@@ -347,16 +406,18 @@ impl Reader<'_> {
         };
         // Without the ack topic nobody waits: dropping the batch is fine, its
         // records still hold their share of the in-flight budget.
-        if let (Some(acks), Some(min_seq), Some(max_seq), true) = (
-            self.acks,
-            outcome.lowest_seq,
-            outcome.highest_seq,
-            outcome.all_have_seq,
-        ) {
+        let accepted = outcome
+            .lowest_seq
+            .zip(outcome.highest_seq)
+            .filter(|_| outcome.all_have_seq);
+        let retry_from = outcome.retry.and_then(|r| r.lowest_seq);
+        if let Some(acks) = self.acks
+            && (accepted.is_some() || retry_from.is_some())
+        {
             let pending = PendingMessage {
                 vehicle: parsed.vehicle.to_owned(),
-                min_seq,
-                max_seq,
+                accepted,
+                retry_from,
                 batch,
             };
             if acks.send(pending).await.is_err() {
@@ -402,9 +463,9 @@ async fn publish_acks(
     loop {
         tokio::select! {
             Some(m) = pending.recv() => {
-                let ticket: MessageTicket = watermarks.arrived(&m.vehicle, m.min_seq, m.max_seq);
-                let batch = m.batch;
-                outcomes.push(async move { (ticket, batch.wait().await) });
+                for (ticket, batch) in tickets(&mut watermarks, m) {
+                    outcomes.push(outcome_of(ticket, batch));
+                }
             }
             Some(first) = outcomes.next(), if !outcomes.is_empty() => {
                 let mut settled = vec![first];
@@ -445,6 +506,41 @@ async fn publish_acks(
     if let Some((topic, payload)) = deferred {
         // Last chance at shutdown: the router may have room now.
         let _ = link_tx.try_publish(topic, payload);
+    }
+}
+
+/// Registers a message with the watermarks: what was accepted settles with
+/// the message's outcome (`Some` batch), and pings refused for a retriable
+/// reason as a failure (`None`), which holds the watermark below them
+/// until the device sends them again. Accepted pings above a refused one
+/// are held with it: acknowledged only once resent.
+fn tickets(
+    watermarks: &mut Watermarks,
+    message: PendingMessage,
+) -> Vec<(MessageTicket, Option<BatchAck>)> {
+    let vehicle = &message.vehicle;
+    match (message.accepted, message.retry_from) {
+        (Some((min, max)), None) => {
+            vec![(watermarks.arrived(vehicle, min, max), Some(message.batch))]
+        }
+        (Some((min, max)), Some(floor)) if max < floor => vec![
+            (watermarks.arrived(vehicle, min, max), Some(message.batch)),
+            (watermarks.arrived(vehicle, floor, floor), None),
+        ],
+        (accepted, Some(floor)) => {
+            let max = accepted.map_or(floor, |(_, max)| max.max(floor));
+            vec![(watermarks.arrived(vehicle, floor, max), None)]
+        }
+        (None, None) => Vec::new(),
+    }
+}
+
+/// The outcome of a registered part of a message: its batch's, or a
+/// failure when it has none (refused, to be sent again).
+async fn outcome_of(ticket: MessageTicket, batch: Option<BatchAck>) -> (MessageTicket, AckStatus) {
+    match batch {
+        Some(batch) => (ticket, batch.wait().await),
+        None => (ticket, AckStatus::Failed),
     }
 }
 
@@ -598,8 +694,8 @@ mod tests {
             records.push(batch.ack());
             let message = PendingMessage {
                 vehicle: vehicle.to_owned(),
-                min_seq: seq,
-                max_seq: seq,
+                accepted: Some((seq, seq)),
+                retry_from: None,
                 batch,
             };
             pending_tx.send(message).await.expect("acker runs");
@@ -626,8 +722,8 @@ mod tests {
         let record = batch.ack();
         let message = PendingMessage {
             vehicle: "van-a".to_owned(),
-            min_seq: 4,
-            max_seq: 4,
+            accepted: Some((4, 4)),
+            retry_from: None,
             batch,
         };
         pending_tx.send(message).await.expect("acker runs");

@@ -12,11 +12,12 @@ use serde::Deserialize;
 
 use crate::codec::Encoding;
 
-mod acl;
+pub mod acl;
 pub mod embedded;
 pub mod external;
 pub mod watermark;
 
+pub use acl::INTERNAL_CLIENT_ID;
 pub use embedded::{EmbeddedBroker, EmbeddedBrokerError};
 pub use external::{ExternalConsumer, ExternalConsumerError};
 

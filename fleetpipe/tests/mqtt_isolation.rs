@@ -1,0 +1,352 @@
+//! Device isolation on the embedded broker, attacked with raw MQTT packets
+//! (3.1.1 and 5): no device can displace fleetpipe's own link, shed its
+//! topic rules with a second CONNECT, take over another device's session,
+//! publish through a will, subscribe or publish outside its own topics, or
+//! go on after its JWT expired.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::raw_mqtt::*;
+use common::*;
+use fleetpipe_ingest::auth::AuthMode;
+use fleetpipe_ingest::mqtt::INTERNAL_CLIENT_ID;
+use rumqttc::mqttbytes::v4;
+
+const T: Duration = Duration::from_secs(10);
+/// How long a refused connection has to be closed by.
+const CLOSE: Duration = Duration::from_secs(3);
+
+fn credentials(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("credentials.toml");
+    std::fs::write(
+        &path,
+        "[[device]]\nvehicle_id = \"van-1\"\ntoken = \"tok-1\"\n[[device]]\nvehicle_id = \"van-2\"\ntoken = \"tok-2\"\n",
+    )
+    .unwrap();
+    path
+}
+
+/// A pipeline in token mode (van-1: tok-1, van-2: tok-2).
+async fn token_pipeline() -> (TestPipeline, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credentials(dir.path());
+    let p = TestPipeline::start(|c| {
+        c.ingest.auth.mode = AuthMode::Token;
+        c.ingest.auth.credentials_file = Some(creds);
+    })
+    .await;
+    (p, dir)
+}
+
+/// A connected MQTT 3.1.1 device.
+async fn device_v4(p: &TestPipeline, client_id: &str, login: Option<(&str, &str)>) -> RawMqtt {
+    let mut c = RawMqtt::open(p.mqtt.unwrap()).await;
+    let connack = c.connect_v4(client_id, login, None, true).await;
+    assert!(accepted_v4(&connack), "{client_id}: {connack:?}");
+    c
+}
+
+/// A connected MQTT 5 device.
+async fn device_v5(p: &TestPipeline, client_id: &str, login: Option<(&str, &str)>) -> RawMqtt {
+    let mut c = RawMqtt::open(p.mqtt_v5.unwrap()).await;
+    let connack = c.connect_v5(client_id, login, None).await;
+    assert!(accepted_v5(&connack), "{client_id}: {connack:?}");
+    c
+}
+
+/// Publishes one ping of `vehicle` with `seq` and waits for its PUBACK.
+async fn publish_acked_v4(c: &mut RawMqtt, vehicle: &str, seq: u64) {
+    c.send_v4(publish_v4(
+        &format!("fleet/{vehicle}/telemetry"),
+        json_ping(vehicle, seq),
+        1,
+    ))
+    .await;
+    match c.next_v4(T).await {
+        Next::Packet(v4::Packet::PubAck(_)) => {}
+        other => panic!("no PUBACK for {vehicle} seq {seq}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_device_can_displace_fleetpipes_own_link() {
+    // Anonymous mode: any client id but fleetpipe's own.
+    let mut p = TestPipeline::start(|_| {}).await;
+    // The id fleetpipe's link had before (now an ordinary id), and the one it has.
+    let _squatter = device_v4(&p, "fleetpipe-ingest", None).await;
+    let mut c = RawMqtt::open(p.mqtt.unwrap()).await;
+    let connack = c.connect_v4(INTERNAL_CLIENT_ID, None, None, true).await;
+    assert!(!accepted_v4(&connack), "{connack:?}");
+    assert!(c.closed_within(CLOSE).await);
+    let mut c5 = RawMqtt::open(p.mqtt_v5.unwrap()).await;
+    let connack = c5.connect_v5(INTERNAL_CLIENT_ID, None, None).await;
+    assert!(!accepted_v5(&connack), "{connack:?}");
+    assert!(c5.closed_within(CLOSE).await);
+
+    // MQTT ingestion goes on: a device's ping is stored.
+    let mut d = device_v4(&p, "dev-1", None).await;
+    publish_acked_v4(&mut d, "van-1", 1).await;
+    p.wait_telemetry(1, T).await;
+    p.stop().await;
+    assert_eq!(keys(&p.telemetry()), vec![("van-1".to_string(), 1)]);
+
+    // Token mode: a valid device cannot claim the link's id either.
+    let (mut p, _dir) = token_pipeline().await;
+    let mut c = RawMqtt::open(p.mqtt.unwrap()).await;
+    let connack = c
+        .connect_v4(INTERNAL_CLIENT_ID, Some(("van-1", "tok-1")), None, true)
+        .await;
+    assert!(!accepted_v4(&connack), "{connack:?}");
+    let mut d = device_v4(&p, "van-2", Some(("van-2", "tok-2"))).await;
+    publish_acked_v4(&mut d, "van-2", 7).await;
+    p.wait_telemetry(1, T).await;
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connect_closes_the_connection() {
+    let (mut p, _dir) = token_pipeline().await;
+    // MQTT 3.1.1: a second CONNECT without credentials, then an attempt to
+    // read the whole fleet and to publish as van-2.
+    let mut c = device_v4(&p, "van-1", Some(("van-1", "tok-1"))).await;
+    c.send_v4(connect_v4("van-1", None, None, true)).await;
+    c.send_v4(subscribe_v4("fleet/#", 1)).await;
+    c.send_v4(publish_v4(
+        "fleet/van-2/telemetry",
+        json_ping("van-2", 800),
+        2,
+    ))
+    .await;
+    assert!(
+        c.closed_within(CLOSE).await,
+        "second CONNECT must close (3.1.1)"
+    );
+
+    // MQTT 5 likewise.
+    let mut c5 = device_v5(&p, "van-1", Some(("van-1", "tok-1"))).await;
+    c5.send_v5(connect_v5("van-1", None, None)).await;
+    c5.send_v5(publish_v5(
+        "fleet/van-2/telemetry",
+        json_ping("van-2", 801),
+        1,
+    ))
+    .await;
+    assert!(
+        c5.closed_within(CLOSE).await,
+        "second CONNECT must close (5)"
+    );
+
+    // van-2 itself still works, and nothing was stored as van-2's but its own.
+    let mut van2 = device_v4(&p, "van-2", Some(("van-2", "tok-2"))).await;
+    publish_acked_v4(&mut van2, "van-2", 1).await;
+    p.wait_telemetry(1, T).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.stop().await;
+    assert_eq!(keys(&p.telemetry()), vec![("van-2".to_string(), 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_take_over_another_devices_session() {
+    let (mut p, _dir) = token_pipeline().await;
+    // van-2 has a persistent session subscribed to its acks.
+    let mut van2 = RawMqtt::open(p.mqtt.unwrap()).await;
+    let connack = van2
+        .connect_v4("van-2", Some(("van-2", "tok-2")), None, false)
+        .await;
+    assert!(accepted_v4(&connack), "{connack:?}");
+    van2.send_v4(subscribe_v4("fleet/van-2/ack", 1)).await;
+    assert!(matches!(
+        van2.next_v4(T).await,
+        Next::Packet(v4::Packet::SubAck(_))
+    ));
+
+    // van-1, with its own valid token, asks for van-2's client id (3.1.1 and 5).
+    let mut thief = RawMqtt::open(p.mqtt.unwrap()).await;
+    let connack = thief
+        .connect_v4("van-2", Some(("van-1", "tok-1")), None, false)
+        .await;
+    assert!(!accepted_v4(&connack), "{connack:?}");
+    assert!(thief.closed_within(CLOSE).await);
+    let mut thief5 = RawMqtt::open(p.mqtt_v5.unwrap()).await;
+    let connack = thief5
+        .connect_v5("van-2", Some(("van-1", "tok-1")), None)
+        .await;
+    assert!(!accepted_v5(&connack), "{connack:?}");
+    // Nor a look-alike: vehicle ids may contain ':', so that is no separator.
+    let mut thief = RawMqtt::open(p.mqtt.unwrap()).await;
+    let connack = thief
+        .connect_v4("van-2:x", Some(("van-1", "tok-1")), None, false)
+        .await;
+    assert!(!accepted_v4(&connack), "{connack:?}");
+
+    // van-2 was not disconnected and still gets its own ack.
+    publish_acked_v4(&mut van2, "van-2", 5).await;
+    let ack = loop {
+        match van2.next_v4(T).await {
+            Next::Packet(v4::Packet::Publish(p)) => break p,
+            Next::Packet(_) => {}
+            other => panic!("van-2 lost its session: {other:?}"),
+        }
+    };
+    assert_eq!(ack.topic, "fleet/van-2/ack");
+    assert_eq!(&ack.payload[..], br#"{"ack":5}"#);
+
+    // The documented scheme works: {vehicle} and {vehicle}@{suffix}.
+    let mut own = device_v4(&p, "van-1@phone", Some(("van-1", "tok-1"))).await;
+    publish_acked_v4(&mut own, "van-1", 1).await;
+    p.wait_telemetry(2, T).await;
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_is_held_to_the_rules_of_a_publish() {
+    let (mut p, _dir) = token_pipeline().await;
+    let forged = json_ping("van-2", 900);
+    // van-1 leaves a will on van-2's telemetry topic, then drops the connection.
+    let mut c = RawMqtt::open(p.mqtt.unwrap()).await;
+    let connack = c
+        .connect_v4(
+            "van-1",
+            Some(("van-1", "tok-1")),
+            Some(("fleet/van-2/telemetry", forged.as_bytes())),
+            true,
+        )
+        .await;
+    assert!(!accepted_v4(&connack), "{connack:?}");
+    drop(c);
+    let mut c5 = RawMqtt::open(p.mqtt_v5.unwrap()).await;
+    let connack = c5
+        .connect_v5(
+            "van-1",
+            Some(("van-1", "tok-1")),
+            Some(("fleet/van-2/telemetry", forged.as_bytes())),
+        )
+        .await;
+    assert!(!accepted_v5(&connack), "{connack:?}");
+    drop(c5);
+
+    // A will on the device's own telemetry topic is a publish it may make.
+    let own = json_ping("van-1", 3);
+    let mut c = RawMqtt::open(p.mqtt.unwrap()).await;
+    let connack = c
+        .connect_v4(
+            "van-1",
+            Some(("van-1", "tok-1")),
+            Some(("fleet/van-1/telemetry", own.as_bytes())),
+            true,
+        )
+        .await;
+    assert!(accepted_v4(&connack), "{connack:?}");
+    drop(c); // abrupt close: the broker publishes the will
+    p.wait_telemetry(1, T).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.stop().await;
+    assert_eq!(keys(&p.telemetry()), vec![("van-1".to_string(), 3)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_subscribes_only_to_its_own_ack_topic_and_publishes_only_to_its_own_telemetry() {
+    let (mut p, _dir) = token_pipeline().await;
+    for filter in [
+        "fleet/#",
+        "#",
+        "+/van-2/ack",
+        "fleet/+/ack",
+        "fleet/van-2/ack",
+        "fleet/van-2/#",
+        "$SYS/#",
+        "fleet/van-1/telemetry",
+        "fleet/van-1/#",
+    ] {
+        let mut c = device_v4(&p, "van-1", Some(("van-1", "tok-1"))).await;
+        c.send_v4(subscribe_v4(filter, 1)).await;
+        assert!(c.closed_within(CLOSE).await, "subscribe {filter} (3.1.1)");
+        let mut c5 = device_v5(&p, "van-1", Some(("van-1", "tok-1"))).await;
+        c5.send_v5(subscribe_v5(filter, 1)).await;
+        assert!(c5.closed_within(CLOSE).await, "subscribe {filter} (5)");
+    }
+    let mut c = device_v4(&p, "van-1", Some(("van-1", "tok-1"))).await;
+    c.send_v4(subscribe_v4("fleet/van-1/ack", 1)).await;
+    assert!(matches!(
+        c.next_v4(T).await,
+        Next::Packet(v4::Packet::SubAck(_))
+    ));
+
+    for topic in [
+        "fleet/van-2/telemetry",
+        "fleet/van-1/ack",
+        "fleet/van-1/other",
+        "other/van-1/telemetry",
+    ] {
+        let mut c = device_v4(&p, "van-1", Some(("van-1", "tok-1"))).await;
+        c.send_v4(publish_v4(topic, json_ping("van-1", 9), 1)).await;
+        match c.next_v4(CLOSE).await {
+            Next::Closed => {}
+            other => panic!("publish to {topic}: {other:?}"),
+        }
+        let mut c5 = device_v5(&p, "van-1", Some(("van-1", "tok-1"))).await;
+        c5.send_v5(publish_v5(topic, json_ping("van-1", 9), 1))
+            .await;
+        assert!(
+            matches!(c5.next_v5(CLOSE).await, Next::Closed),
+            "{topic} (5)"
+        );
+    }
+    p.stop().await;
+    assert!(p.telemetry().is_empty(), "{:?}", p.telemetry());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_session_ends_when_its_jwt_expires() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: u64,
+    }
+    let mut p = TestPipeline::start(|c| {
+        c.ingest.auth.mode = AuthMode::Jwt;
+        c.ingest.auth.jwt_secret = Some("secret".into());
+        c.ingest.auth.jwt_leeway_s = 0;
+    })
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &Claims { sub: "van-1", exp },
+        &EncodingKey::from_secret(b"secret"),
+    )
+    .unwrap();
+    let mut c = device_v4(&p, "van-1", Some(("van-1", &token))).await;
+    publish_acked_v4(&mut c, "van-1", 1).await;
+    // Past `exp`: the next packet closes the connection, unacknowledged.
+    let wait = std::time::UNIX_EPOCH + Duration::from_secs(exp) + Duration::from_millis(300);
+    tokio::time::sleep(
+        wait.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+    .await;
+    c.send_v4(publish_v4(
+        "fleet/van-1/telemetry",
+        json_ping("van-1", 2),
+        2,
+    ))
+    .await;
+    match c.next_v4(CLOSE).await {
+        Next::Closed => {}
+        other => panic!("expired session went on: {other:?}"),
+    }
+    p.wait_telemetry(1, T).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.stop().await;
+    assert_eq!(keys(&p.telemetry()), vec![("van-1".to_string(), 1)]);
+}

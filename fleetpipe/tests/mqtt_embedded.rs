@@ -214,7 +214,7 @@ async fn bad_credentials_are_refused_and_a_device_may_publish_only_for_itself() 
     }
 
     // A good device publishes for itself...
-    let mut a = mqtt_client(addr, "dev-a", Some(("van-a", "tok-a"))).await;
+    let mut a = mqtt_client(addr, "van-a", Some(("van-a", "tok-a"))).await;
     a.wait_connected(T).await;
     a.publish("fleet/van-a/telemetry", json_ping("van-a", 1))
         .await;
@@ -235,7 +235,7 @@ async fn bad_credentials_are_refused_and_a_device_may_publish_only_for_itself() 
     assert_eq!(dead[0]["vehicle_id"], "van-a");
 
     // Subscribing to the whole fleet is refused too.
-    let mut spy = mqtt_client(addr, "spy", Some(("van-b", "tok-b"))).await;
+    let mut spy = mqtt_client(addr, "van-b@spy", Some(("van-b", "tok-b"))).await;
     spy.wait_connected(T).await;
     spy.client
         .subscribe("fleet/#", rumqttc::QoS::AtLeastOnce)
@@ -341,7 +341,7 @@ async fn the_ack_topic_reports_the_highest_durable_seq() {
         c.ingest.auth.credentials_file = Some(creds.clone());
     })
     .await;
-    let mut a = mqtt_client(p.mqtt.unwrap(), "dev-a", Some(("van-a", "tok-a"))).await;
+    let mut a = mqtt_client(p.mqtt.unwrap(), "van-a", Some(("van-a", "tok-a"))).await;
     a.wait_connected(T).await;
     a.client
         .subscribe("fleet/van-a/ack", rumqttc::QoS::AtLeastOnce)

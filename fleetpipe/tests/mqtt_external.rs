@@ -176,3 +176,159 @@ async fn puback_waits_for_durability_and_unstored_publishes_are_redelivered() {
         "every unacknowledged publish came back, once"
     );
 }
+
+/// A Mosquitto of the test's own, run with deploy/mosquitto/mosquitto.conf
+/// (its persistence directory and `include_dir` pointed at the test's
+/// folder, where a listener on a free loopback port is configured).
+struct OwnMosquitto {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnMosquitto {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let shipped = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/mosquitto/mosquitto.conf"),
+        )
+        .unwrap();
+        let (data, conf_d) = (dir.path().join("data"), dir.path().join("conf.d"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&conf_d).unwrap();
+        let mut swapped = 0;
+        let conf: String = shipped
+            .lines()
+            .map(|line| match line.split_whitespace().next() {
+                Some("persistence_location") => {
+                    swapped += 1;
+                    format!("persistence_location {}/", data.display())
+                }
+                Some("include_dir") => {
+                    swapped += 1;
+                    format!("include_dir {}", conf_d.display())
+                }
+                _ => line.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(swapped, 2, "the shipped config names both paths");
+        std::fs::write(
+            conf_d.join("listener.conf"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+        .unwrap();
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (scripts/test.sh installs it)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let up = wait_for(T, || std::net::TcpStream::connect(addr).ok()).await;
+        assert!(
+            up.is_some(),
+            "mosquitto did not start with the shipped config"
+        );
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for OwnMosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_mosquitto_config_rides_out_a_fleetpipe_outage() {
+    let broker = OwnMosquitto::start().await;
+    let (prefix, group, client_id) = (unique("fpo"), unique("grp"), unique("fp-o"));
+    let configure = |c: &mut fleetpipe::Config| {
+        external(c, &prefix, &group, &client_id);
+        c.ingest.mqtt.broker_url = format!("mqtt://{}", broker.addr);
+    };
+    let mut first = TestPipeline::start(configure).await;
+    let mut pubr = mqtt_client(broker.addr, &unique("pub"), None).await;
+    pubr.wait_connected(T).await;
+    let probes = settle(&pubr, &prefix, &[&first]).await;
+
+    // 400 publishes/s for 14 s from 20 vehicles (20/s each, under the rate
+    // limit); fleetpipe is away for 6 s in the middle, so ~2,400 queue up
+    // at Mosquitto, more than its default queue of 1,000.
+    let (rate, seconds, vehicles) = (400u64, 14u64, 20u64);
+    let publisher = {
+        let client = pubr.client.clone();
+        let prefix = prefix.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+            for seq in 0..rate * seconds {
+                tick.tick().await;
+                let vehicle = format!("veh-{}", seq % vehicles);
+                client
+                    .publish(
+                        format!("{prefix}/{vehicle}/telemetry"),
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        json_ping(&vehicle, seq),
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.stop().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut second = TestPipeline::start(configure).await;
+    publisher.await.unwrap();
+    let sent = (rate * seconds) as usize;
+    pubr.wait_pubacks(probes + sent, T).await;
+
+    // Every publish Mosquitto acknowledged is stored, by one run or the other.
+    let stored = |runs: [&TestPipeline; 2]| {
+        let mut keys: Vec<(String, u64)> = runs
+            .iter()
+            .flat_map(|p| keys(&p.telemetry()))
+            .filter(|(v, _)| v != "probe")
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    };
+    let complete = wait_for(Duration::from_secs(30), || {
+        (stored([&first, &second]).len() >= sent).then_some(())
+    })
+    .await;
+    second.stop().await;
+    let stored = stored([&first, &second]);
+    assert!(
+        complete.is_some(),
+        "{} of {sent} acknowledged publishes stored",
+        stored.len()
+    );
+    let want: Vec<(String, u64)> = {
+        let mut w: Vec<_> = (0..rate * seconds)
+            .map(|s| (format!("veh-{}", s % vehicles), s))
+            .collect();
+        w.sort();
+        w
+    };
+    assert_eq!(stored, want);
+    pubr.client.disconnect().await.ok();
+    drop(broker);
+}

@@ -307,6 +307,123 @@ fn algorithm_confusion_is_refused() {
 }
 
 #[test]
+fn every_asymmetric_algorithm_verifies_with_its_key_type() {
+    use jsonwebtoken::jwk::KeyAlgorithm;
+    let (rsa1, _) = rsa_keys();
+    // One RSA key without alg serves RS* and PS*.
+    let mut rsa_any = rsa1.jwk.clone();
+    rsa_any.common.key_algorithm = None;
+    let ec256 = TestKey::ec("ec-256");
+    let (es384_signing, es384_jwk) = {
+        use p384::pkcs8::EncodePrivateKey as _;
+        let private = p384::ecdsa::SigningKey::random(&mut p384::elliptic_curve::rand_core::OsRng);
+        let signing = EncodingKey::from_ec_der(private.to_pkcs8_der().unwrap().as_bytes());
+        let mut jwk = Jwk::from_encoding_key(&signing, Algorithm::ES384).unwrap();
+        jwk.common.key_id = Some("ec-384".into());
+        (signing, jwk)
+    };
+    let (ed_signing, ed_jwk) = {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        use rsa::rand_core::RngCore as _;
+        let mut seed = [0u8; 32];
+        rsa::rand_core::OsRng.fill_bytes(&mut seed);
+        let private = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let signing = EncodingKey::from_ed_der(private.to_pkcs8_der().unwrap().as_bytes());
+        let jwk: Jwk = serde_json::from_value(json!({
+            "kty": "OKP", "crv": "Ed25519", "kid": "ed", "alg": "EdDSA",
+            "x": URL_SAFE_NO_PAD.encode(private.verifying_key().to_bytes()),
+        }))
+        .unwrap();
+        (signing, jwk)
+    };
+    // No key says its alg: only its type decides what it verifies.
+    let mut keys = [rsa_any, ec256.jwk.clone(), es384_jwk, ed_jwk];
+    for key in &mut keys {
+        key.common.key_algorithm = None;
+    }
+    let setup = Setup::new(&keys.iter().collect::<Vec<_>>());
+    let all = [
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    ];
+    let auth = Authenticator::from_config(&AuthConfig {
+        jwt_algorithms: Some(all.iter().map(|a| (*a).to_owned()).collect()),
+        ..setup.config.clone()
+    })
+    .unwrap();
+    let sign = |alg: Algorithm, kid: &str, key: &EncodingKey| {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, &claims("van-1"), key).unwrap()
+    };
+    for alg in [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+    ] {
+        let token = sign(alg, "rsa-1", &rsa1.signing);
+        assert_eq!(vehicle(&auth, &token), Ok("van-1".into()), "{alg:?}");
+        // The same algorithm named with an EC key's kid: refused.
+        let e = refusal(
+            &auth,
+            &sign(alg, "ec-256", &rsa1.signing),
+            "RSA alg, EC kid",
+        );
+        assert!(e.contains("is not a"), "{alg:?}: {e}");
+    }
+    assert_eq!(vehicle(&auth, &ec256.token("van-1")), Ok("van-1".into()));
+    let es384 = sign(Algorithm::ES384, "ec-384", &es384_signing);
+    assert_eq!(vehicle(&auth, &es384), Ok("van-1".into()));
+    let ed = sign(Algorithm::EdDSA, "ed", &ed_signing);
+    assert_eq!(vehicle(&auth, &ed), Ok("van-1".into()));
+    // The P-256 key does not verify ES384, nor the P-384 key ES256.
+    let e = refusal(
+        &auth,
+        &sign(Algorithm::ES384, "ec-256", &es384_signing),
+        "ES384 on P-256",
+    );
+    assert!(e.contains("is not a ES384 key"), "{e}");
+    let e = refusal(
+        &auth,
+        &sign(Algorithm::ES256, "ec-384", &ec256.signing),
+        "ES256 on P-384",
+    );
+    assert!(e.contains("is not a ES256 key"), "{e}");
+    let e = refusal(
+        &auth,
+        &sign(Algorithm::ES256, "rsa-1", &ec256.signing),
+        "ES256 on RSA",
+    );
+    assert!(e.contains("is not a ES256 key"), "{e}");
+    let e = refusal(
+        &auth,
+        &sign(Algorithm::EdDSA, "ec-256", &ed_signing),
+        "EdDSA on P-256",
+    );
+    assert!(e.contains("is not a EdDSA key"), "{e}");
+    let e = refusal(
+        &auth,
+        &sign(Algorithm::ES256, "ed", &ec256.signing),
+        "ES256 on Ed25519",
+    );
+    assert!(e.contains("is not a ES256 key"), "{e}");
+    // A JWK of the wrong length for its curve is not used.
+    let mut short = ec256.jwk.clone();
+    short.common.key_id = Some("short".into());
+    if let jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(p) = &mut short.algorithm {
+        p.x = URL_SAFE_NO_PAD.encode([7u8; 31]);
+    }
+    short.common.key_algorithm = Some(KeyAlgorithm::ES256);
+    write(&setup.path(), &jwks(&[&short]));
+    let e = Authenticator::from_config(&setup.config)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("wrong length"), "{e}");
+}
+
+#[test]
 fn a_key_whose_alg_differs_from_the_token_is_not_used() {
     let (rsa1, _) = rsa_keys();
     let mut jwk = rsa1.jwk.clone();

@@ -385,6 +385,100 @@ mod tests {
         assert!(load(&external, &[]).is_ok());
     }
 
+    /// A JWKS with one P-256 public key made now.
+    fn jwks_text() -> String {
+        use p256::pkcs8::EncodePrivateKey as _;
+        let private = p256::ecdsa::SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let signing =
+            jsonwebtoken::EncodingKey::from_ec_der(private.to_pkcs8_der().unwrap().as_bytes());
+        let jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&signing, jsonwebtoken::Algorithm::ES256)
+                .unwrap();
+        serde_json::json!({ "keys": [jwk] }).to_string()
+    }
+
+    // figment's Jail API fixes the closure's (large) error type.
+    #[allow(clippy::result_large_err)]
+    /// As [`load`], with `jwks.json` (one usable key) next to the file.
+    fn load_with_jwks(toml: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        let jwks = jwks_text();
+        let mut out = Err(String::new());
+        Jail::expect_with(|jail| {
+            jail.create_file("jwks.json", &jwks)?;
+            jail.create_file("fleetpipe.toml", toml)?;
+            for (k, v) in env {
+                jail.set_env(k, v);
+            }
+            out = Config::load(Path::new("fleetpipe.toml")).map_err(|e| e.to_string());
+            Ok(())
+        });
+        out
+    }
+
+    #[test]
+    fn jwt_settings_that_do_not_fit_are_refused_naming_the_key() {
+        let jwt = format!("{MINIMAL}[ingest.auth]\nmode = \"jwt\"\n");
+        let secret = format!("{jwt}jwt_secret = \"s\"\n");
+        let jwks = format!("{jwt}jwks_file = \"jwks.json\"\n");
+        let cases = [
+            // Neither a secret nor a key set.
+            (jwt.clone(), "ingest.auth.jwks_file"),
+            (jwt.clone(), "ingest.auth.jwt_secret"),
+            (
+                format!("{jwks}jwt_algorithms = [\"RS256\", \"RS257\"]\n"),
+                "ingest.auth.jwt_algorithms: unknown algorithm \"RS257\"",
+            ),
+            (
+                format!("{jwks}jwt_algorithms = [\"HS256\"]\n"),
+                "ingest.auth.jwt_algorithms: HS256 needs ingest.auth.jwt_secret",
+            ),
+            (
+                format!("{secret}jwt_algorithms = [\"HS256\", \"ES256\"]\n"),
+                "ingest.auth.jwt_algorithms: ES256 needs ingest.auth.jwks_file",
+            ),
+            (
+                format!("{secret}jwt_algorithms = []\n"),
+                "ingest.auth.jwt_algorithms: must list",
+            ),
+            (
+                format!("{jwt}jwks_file = \"missing.json\"\n"),
+                "ingest.auth.jwks_file missing.json: cannot read",
+            ),
+            (
+                format!("{jwks}jwks_reload_interval = \"0s\"\n"),
+                "ingest.auth.jwks_reload_interval",
+            ),
+            (
+                format!("{secret}jwt_leeway_s = 100000\n"),
+                "ingest.auth.jwt_leeway_s",
+            ),
+        ];
+        for (toml, needle) in cases {
+            let e = load_with_jwks(&toml, &[]).unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        // What fits loads, also from the environment.
+        let c = load_with_jwks(&jwks, &[]).unwrap();
+        assert_eq!(c.ingest.auth.jwks_file, Some("jwks.json".into()));
+        let c = load_with_jwks(
+            &jwks,
+            &[
+                ("FLEETPIPE_INGEST__AUTH__JWT_ALGORITHMS", "[\"ES256\"]"),
+                ("FLEETPIPE_INGEST__AUTH__JWKS_RELOAD_INTERVAL", "1m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.ingest.auth.jwt_algorithms, Some(vec!["ES256".to_owned()]));
+        assert_eq!(c.ingest.auth.jwks_reload_interval, Duration::from_secs(60));
+        let e = load_with_jwks(
+            &jwks,
+            &[("FLEETPIPE_INGEST__AUTH__JWT_ALGORITHMS", "[\"ES512\"]")],
+        )
+        .unwrap_err();
+        assert!(e.contains("ingest.auth.jwt_algorithms"), "{e}");
+    }
+
     #[test]
     fn missing_file_names_the_path() {
         let e = Config::load(Path::new("/nonexistent/fleetpipe.toml"))

@@ -153,6 +153,10 @@ impl Pipeline {
 
         let failure = Failure::new(shutdown.clone());
         let mut gateways = JoinSet::new();
+        // JWT mode with a JWKS file: its keys are re-read when it changes.
+        if let Some(watcher) = auth.jwks_watcher(shutdown.clone()) {
+            gateways.spawn(watcher);
+        }
         let (mut mqtt_addr, mut mqtt_v5_addr) = (None, None);
         match config.ingest.mqtt.mode {
             MqttMode::Embedded => {

@@ -89,6 +89,14 @@ fn bad_configs_fail_with_one_line_naming_the_key_or_path() {
             "ingest.limits.max_past",
         ),
         ("[enrich]\nh3_resolutions = [16]\n", "enrich.h3_resolutions"),
+        (
+            "[ingest.auth]\nmode = \"jwt\"\njwt_secret = \"s\"\njwt_algorithms = [\"HS256\", \"none\"]\n",
+            "ingest.auth.jwt_algorithms: unknown algorithm \"none\"",
+        ),
+        (
+            "[ingest.auth]\nmode = \"jwt\"\njwt_algorithms = [\"RS256\"]\n",
+            "ingest.auth.jwks_file",
+        ),
     ];
     for (body, needle) in cases {
         // Appending a second [ingest.mqtt] table would be a TOML error; write fresh files.

@@ -217,6 +217,75 @@ async fn jwt_devices_over_http() {
     assert_eq!(keys(&p.telemetry()), vec![("truck-9".to_string(), 3)]);
 }
 
+/// A P-256 key pair made now: the signing half and the public JWK.
+fn ec_key(kid: &str) -> (jsonwebtoken::EncodingKey, jsonwebtoken::jwk::Jwk) {
+    use p256::pkcs8::EncodePrivateKey as _;
+    let private = p256::ecdsa::SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+    let signing =
+        jsonwebtoken::EncodingKey::from_ec_der(private.to_pkcs8_der().unwrap().as_bytes());
+    let mut jwk =
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&signing, jsonwebtoken::Algorithm::ES256)
+            .unwrap();
+    jwk.common.key_id = Some(kid.into());
+    (signing, jwk)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_devices_over_http_and_key_rotation() {
+    let key_dir = tempfile::tempdir().unwrap();
+    let jwks = key_dir.path().join("jwks.json");
+    let (sign_a, jwk_a) = ec_key("key-a");
+    let (sign_b, jwk_b) = ec_key("key-b");
+    std::fs::write(&jwks, json!({ "keys": [jwk_a] }).to_string()).unwrap();
+    let mut p = TestPipeline::start(|c| {
+        c.ingest.auth.mode = AuthMode::Jwt;
+        c.ingest.auth.jwks_file = Some(jwks.clone());
+        c.ingest.auth.jwks_reload_interval = Duration::from_millis(50);
+        c.ingest.auth.jwt_audience = Some("fleetpipe".into());
+    })
+    .await;
+    let token = |kid: &str, key: &jsonwebtoken::EncodingKey, sub: &str| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(kid.into());
+        let claims = json!({"sub": sub, "exp": now_ms() / 1000 + 600, "aud": "fleetpipe"});
+        jsonwebtoken::encode(&header, &claims, key).unwrap()
+    };
+    let (token_a, token_b) = (
+        token("key-a", &sign_a, "van-a"),
+        token("key-b", &sign_b, "van-b"),
+    );
+    let http = reqwest::Client::new();
+    let post = |token: String, vehicle: &'static str, seq: u64| {
+        let req = http
+            .post(p.url("/v1/pings"))
+            .bearer_auth(token)
+            .body(json_ping(vehicle, seq));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post(token_a.clone(), "van-a", 1).await, 200);
+    assert_eq!(post(token_b.clone(), "van-b", 1).await, 401);
+    // The identity provider rotates to key B: the running pipeline picks it up.
+    std::fs::write(&jwks, json!({ "keys": [jwk_b] }).to_string()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seq = 2;
+    loop {
+        let status = post(token_b.clone(), "van-b", seq).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 401);
+        assert!(std::time::Instant::now() < deadline, "key B never accepted");
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(post(token_a.clone(), "van-a", 2).await, 401);
+    p.stop().await;
+    assert_eq!(
+        keys(&p.telemetry()),
+        vec![("van-a".to_string(), 1), ("van-b".to_string(), seq)]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_batches_status_codes_and_ops_endpoints() {
     let mut p = TestPipeline::start(|c| c.ingest.limits.max_payload_bytes = 2048).await;

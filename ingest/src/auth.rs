@@ -3,19 +3,43 @@
 //! Three modes (`ingest.auth.mode`):
 //! - `none`: anonymous access, for development only (a warning is logged at start);
 //! - `token`: per-vehicle tokens from a credentials file;
-//! - `jwt`: HS256 JSON Web Tokens whose `sub` claim is the vehicle id.
+//! - `jwt`: JSON Web Tokens whose `sub` claim is the vehicle id, signed with
+//!   HMAC (`HS*`, the shared `jwt_secret`) or with an identity provider's
+//!   private key (`RS*`, `PS*`, `ES256`, `ES384`, `EdDSA`; the public keys
+//!   come from `jwks_file`, a JSON Web Key Set re-read when it changes, and
+//!   the token header's `kid` selects the key).
 //!
 //! Every gateway asks the same [`Authenticator`]; MQTT presents the vehicle
 //! id as username and the token (or JWT) as password, WebSocket and HTTP
 //! present the token as `Authorization: Bearer <token>`.
+//!
+//! A JWT is checked as follows: its header's `alg` must be one of
+//! `jwt_algorithms` (`none` never is); an `HS*` token is verified with
+//! `jwt_secret` only, any other with a key of `jwks_file` of the type the
+//! algorithm needs (an RSA key for `RS*`/`PS*`, P-256 for `ES256`, ...), so
+//! a token cannot choose to be verified as HMAC with a public key. Headers
+//! that carry or point to keys (`jwk`, `jku`, `x5u`, `x5c`) are ignored.
+//! Then the claims: `sub` is required; `exp` is required unless
+//! `jwt_require_exp = false`, and checked whenever present; `nbf` is checked
+//! whenever present; `iss` and `aud` are required and must match when
+//! `jwt_issuer` / `jwt_audience` are set. `exp` and `nbf` tolerate
+//! `jwt_leeway_s` of clock skew.
+
+mod jwks;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleetpipe_model::VehicleId;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use jwks::{JwksFile, KeyKind};
 
 /// How devices authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -26,9 +50,19 @@ pub enum AuthMode {
     None,
     /// Per-vehicle tokens from `credentials_file`.
     Token,
-    /// HS256 JWTs signed with `jwt_secret`, `sub` = vehicle id.
+    /// JWTs whose `sub` is the vehicle id, signed with `jwt_secret` (HMAC)
+    /// or with a key of `jwks_file`.
     Jwt,
 }
+
+/// Largest `jwt_leeway_s` accepted, seconds (one day).
+pub const MAX_JWT_LEEWAY_S: u64 = 86_400;
+
+/// Every algorithm name `jwt_algorithms` may list.
+pub const JWT_ALGORITHMS: [&str; 12] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
 
 /// `ingest.auth`: device authentication.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -40,16 +74,31 @@ pub struct AuthConfig {
     /// `token` (or `token_sha256`, the hex SHA-256 of the token, so the file
     /// need not hold secrets).
     pub credentials_file: Option<PathBuf>,
-    /// JWT mode: the HS256 shared secret (better set through the environment,
-    /// `FLEETPIPE_INGEST__AUTH__JWT_SECRET`).
+    /// JWT mode: the shared secret of `HS*` tokens (better set through the
+    /// environment, `FLEETPIPE_INGEST__AUTH__JWT_SECRET`).
     pub jwt_secret: Option<String>,
-    /// JWT mode: required `iss` claim, if set.
+    /// JWT mode: a JSON Web Key Set file (RFC 7517, as identity providers
+    /// publish at `/.well-known/jwks.json`) with the public keys of `RS*`,
+    /// `PS*`, `ES256`, `ES384` and `EdDSA` tokens. Re-read when its content
+    /// changes; a bad new content is logged and the previous keys stay.
+    pub jwks_file: Option<PathBuf>,
+    /// JWT mode: how often `jwks_file` is read to see whether it changed.
+    #[serde(with = "humantime_serde")]
+    pub jwks_reload_interval: Duration,
+    /// JWT mode: the `alg` values accepted. Default (unset): `HS256` when
+    /// `jwt_secret` is set, plus `RS256` and `ES256` when `jwks_file` is set.
+    /// `HS*` needs `jwt_secret`, the others `jwks_file`.
+    pub jwt_algorithms: Option<Vec<String>>,
+    /// JWT mode: if set, the `iss` claim is required and must be this.
     pub jwt_issuer: Option<String>,
-    /// JWT mode: required `aud` claim, if set.
+    /// JWT mode: if set, the `aud` claim is required and must be (or, as
+    /// an array, contain) this.
     pub jwt_audience: Option<String>,
-    /// JWT mode: refuse tokens without an `exp` claim.
+    /// JWT mode: refuse tokens without an `exp` claim (an `exp` that is
+    /// present is checked either way).
     pub jwt_require_exp: bool,
-    /// JWT mode: clock skew tolerated on `exp`/`nbf`, seconds.
+    /// JWT mode: clock skew tolerated on `exp`/`nbf`, seconds (at most
+    /// [`MAX_JWT_LEEWAY_S`]).
     pub jwt_leeway_s: u64,
 }
 
@@ -59,6 +108,9 @@ impl Default for AuthConfig {
             mode: AuthMode::None,
             credentials_file: None,
             jwt_secret: None,
+            jwks_file: None,
+            jwks_reload_interval: Duration::from_secs(10),
+            jwt_algorithms: None,
             jwt_issuer: None,
             jwt_audience: None,
             jwt_require_exp: true,
@@ -67,15 +119,34 @@ impl Default for AuthConfig {
     }
 }
 
-/// Why the authenticator could not be built from its configuration.
+/// Why the authenticator could not be built from its configuration. Every
+/// message is one line and names the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
     /// Token mode without `credentials_file`.
     #[error("ingest.auth.credentials_file is required when ingest.auth.mode = \"token\"")]
     MissingCredentialsFile,
-    /// JWT mode without a secret.
-    #[error("ingest.auth.jwt_secret is required when ingest.auth.mode = \"jwt\"")]
-    MissingJwtSecret,
+    /// JWT mode with neither a secret nor a key set.
+    #[error(
+        "ingest.auth.mode = \"jwt\" needs ingest.auth.jwt_secret (HS* tokens) or ingest.auth.jwks_file (RS*/PS*/ES*/EdDSA tokens)"
+    )]
+    MissingJwtKey,
+    /// A JWT setting is invalid or does not fit the others.
+    #[error("ingest.auth.{key}: {message}")]
+    InvalidJwtSetting {
+        /// The key (under `ingest.auth`).
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The JWKS file could not be read or holds no usable key.
+    #[error("ingest.auth.jwks_file {path}: {message}")]
+    Jwks {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The credentials file could not be read.
     #[error("ingest.auth.credentials_file {path}: {source}")]
     Read {
@@ -103,7 +174,7 @@ pub enum AuthError {
     /// The token is not known.
     #[error("unknown token")]
     UnknownToken,
-    /// The JWT is invalid (signature, expiry, claims).
+    /// The JWT is invalid (algorithm, key, signature, expiry, claims).
     #[error("invalid JWT: {0}")]
     InvalidJwt(String),
     /// The credential is valid, but for another vehicle than the one claimed.
@@ -135,6 +206,18 @@ impl Identity {
     }
 }
 
+/// An identity and until when it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// Who the device is.
+    pub identity: Identity,
+    /// The JWT's `exp` plus `jwt_leeway_s` (the leeway it was accepted
+    /// with); `None` for
+    /// tokens, anonymous access, and JWTs without `exp` (or with one too far
+    /// in the future to represent).
+    pub expires_at: Option<SystemTime>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CredentialsFile {
@@ -153,19 +236,21 @@ struct DeviceEntry {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
-    /// Seconds since the epoch.
-    exp: Option<u64>,
+    /// Checked by jsonwebtoken (a number, possibly fractional); read here
+    /// for [`Authenticated::expires_at`].
+    #[serde(default)]
+    exp: Option<serde_json::Number>,
 }
 
-/// An identity and until when it holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authenticated {
-    /// Who the device is.
-    pub identity: Identity,
-    /// When its credential stops being valid (a JWT's `exp` plus the
-    /// configured leeway); `None` for
-    /// credentials that do not expire.
-    pub expires_at: Option<std::time::SystemTime>,
+/// JWT mode's keys and rules.
+struct Jwt {
+    /// The key of `HS*` tokens.
+    secret: Option<DecodingKey>,
+    /// The keys of the other algorithms.
+    jwks: Option<Arc<JwksFile>>,
+    /// One validation per accepted algorithm (jsonwebtoken checks that the
+    /// header's `alg` is the one given and fits the key's family).
+    validations: Vec<(Algorithm, Validation)>,
 }
 
 enum Backend {
@@ -173,25 +258,26 @@ enum Backend {
     /// SHA-256 of the token → vehicle. Hashing first means the lookup does
     /// not compare secrets byte by byte, and the file may hold hashes only.
     Tokens(HashMap<[u8; 32], VehicleId>),
-    Jwt {
-        key: DecodingKey,
-        validation: Box<Validation>,
-    },
+    Jwt(Box<Jwt>),
 }
 
-/// Checks device credentials. Cheap to share (`Arc`) across gateways.
+/// Checks device credentials. Cheap to share (`Arc`) across gateways; in
+/// JWT mode with `jwks_file`, run [`Authenticator::jwks_watcher`] to pick up
+/// new keys.
 pub struct Authenticator {
     backend: Backend,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mode = match &self.backend {
-            Backend::Anonymous => "none",
-            Backend::Tokens(t) => return write!(f, "Authenticator(token, {} devices)", t.len()),
-            Backend::Jwt { .. } => "jwt",
-        };
-        write!(f, "Authenticator({mode})")
+        match &self.backend {
+            Backend::Anonymous => write!(f, "Authenticator(none)"),
+            Backend::Tokens(t) => write!(f, "Authenticator(token, {} devices)", t.len()),
+            Backend::Jwt(jwt) => {
+                let algs: Vec<Algorithm> = jwt.validations.iter().map(|(a, _)| *a).collect();
+                write!(f, "Authenticator(jwt, {algs:?}, {:?})", jwt.jwks)
+            }
+        }
     }
 }
 
@@ -211,8 +297,224 @@ fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+fn jwt_setting(key: &'static str, message: impl Into<String>) -> AuthSetupError {
+    AuthSetupError::InvalidJwtSetting {
+        key,
+        message: message.into(),
+    }
+}
+
+/// The algorithms JWT mode accepts, checked against the keys configured.
+fn algorithms(
+    config: &AuthConfig,
+    secret: bool,
+    jwks: bool,
+) -> Result<Vec<Algorithm>, AuthSetupError> {
+    let Some(names) = &config.jwt_algorithms else {
+        let mut algs = Vec::new();
+        if secret {
+            algs.push(Algorithm::HS256);
+        }
+        if jwks {
+            algs.extend([Algorithm::RS256, Algorithm::ES256]);
+        }
+        return Ok(algs);
+    };
+    if names.is_empty() {
+        return Err(jwt_setting(
+            "jwt_algorithms",
+            "must list at least one algorithm",
+        ));
+    }
+    let mut algs = Vec::with_capacity(names.len());
+    for name in names {
+        let alg = JWT_ALGORITHMS
+            .contains(&name.as_str())
+            .then(|| name.parse::<Algorithm>().ok())
+            .flatten()
+            .ok_or_else(|| {
+                jwt_setting(
+                    "jwt_algorithms",
+                    format!(
+                        "unknown algorithm {name:?} (known: {})",
+                        JWT_ALGORITHMS.join(", ")
+                    ),
+                )
+            })?;
+        let hmac = KeyKind::for_alg(alg).is_none();
+        if hmac && !secret {
+            return Err(jwt_setting(
+                "jwt_algorithms",
+                format!("{name} needs ingest.auth.jwt_secret, which is not set"),
+            ));
+        }
+        if !hmac && !jwks {
+            return Err(jwt_setting(
+                "jwt_algorithms",
+                format!("{name} needs ingest.auth.jwks_file, which is not set"),
+            ));
+        }
+        if !algs.contains(&alg) {
+            algs.push(alg);
+        }
+    }
+    if secret && !algs.iter().any(|&a| KeyKind::for_alg(a).is_none()) {
+        return Err(jwt_setting(
+            "jwt_algorithms",
+            "lists no HS* algorithm, so ingest.auth.jwt_secret would never be used (unset it or list HS256)",
+        ));
+    }
+    if jwks && algs.iter().all(|&a| KeyKind::for_alg(a).is_none()) {
+        return Err(jwt_setting(
+            "jwt_algorithms",
+            "lists only HS* algorithms, so ingest.auth.jwks_file would never be used (unset it or list e.g. RS256)",
+        ));
+    }
+    Ok(algs)
+}
+
+impl Jwt {
+    fn from_config(config: &AuthConfig) -> Result<Self, AuthSetupError> {
+        let secret = config.jwt_secret.as_deref().filter(|s| !s.is_empty());
+        if secret.is_none() && config.jwks_file.is_none() {
+            return Err(AuthSetupError::MissingJwtKey);
+        }
+        let algs = algorithms(config, secret.is_some(), config.jwks_file.is_some())?;
+        if config.jwt_leeway_s > MAX_JWT_LEEWAY_S {
+            return Err(jwt_setting(
+                "jwt_leeway_s",
+                format!("{} is more than {MAX_JWT_LEEWAY_S}", config.jwt_leeway_s),
+            ));
+        }
+        if config.jwt_issuer.as_deref() == Some("") {
+            return Err(jwt_setting(
+                "jwt_issuer",
+                "must not be empty (unset it instead)",
+            ));
+        }
+        if config.jwt_audience.as_deref() == Some("") {
+            return Err(jwt_setting(
+                "jwt_audience",
+                "must not be empty (unset it instead)",
+            ));
+        }
+        let jwks = match &config.jwks_file {
+            Some(path) => {
+                if config.jwks_reload_interval.is_zero() {
+                    return Err(jwt_setting("jwks_reload_interval", "must be more than 0"));
+                }
+                let asymmetric: Vec<Algorithm> = algs
+                    .iter()
+                    .copied()
+                    .filter(|&a| KeyKind::for_alg(a).is_some())
+                    .collect();
+                let file = JwksFile::load(path, config.jwks_reload_interval, asymmetric).map_err(
+                    |message| AuthSetupError::Jwks {
+                        path: path.clone(),
+                        message,
+                    },
+                )?;
+                if config.jwt_audience.is_none() {
+                    tracing::warn!(
+                        "ingest.auth.jwks_file is set without ingest.auth.jwt_audience: any token the identity provider signs with a valid sub is accepted, whatever application it was issued for"
+                    );
+                }
+                Some(Arc::new(file))
+            }
+            None => None,
+        };
+        let mut required = vec!["sub"];
+        if config.jwt_require_exp {
+            required.push("exp");
+        }
+        if config.jwt_issuer.is_some() {
+            required.push("iss");
+        }
+        if config.jwt_audience.is_some() {
+            required.push("aud");
+        }
+        let validations = algs
+            .iter()
+            .map(|&alg| {
+                let mut v = Validation::new(alg);
+                v.leeway = config.jwt_leeway_s;
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.set_required_spec_claims(&required);
+                if let Some(iss) = &config.jwt_issuer {
+                    v.set_issuer(&[iss]);
+                }
+                match &config.jwt_audience {
+                    Some(aud) => v.set_audience(&[aud]),
+                    None => v.validate_aud = false,
+                }
+                (alg, v)
+            })
+            .collect();
+        Ok(Self {
+            secret: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
+            jwks,
+            validations,
+        })
+    }
+
+    /// Verifies `token` and returns its vehicle and `exp`.
+    fn verify(&self, token: &str) -> Result<(VehicleId, Option<SystemTime>), AuthError> {
+        let invalid = |e: String| AuthError::InvalidJwt(e);
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.to_string()))?;
+        let alg = header.alg;
+        let validation = self
+            .validations
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v)
+            .ok_or_else(|| invalid(format!("algorithm {alg:?} is not accepted")))?;
+        let data = match KeyKind::for_alg(alg) {
+            // HMAC: the secret, and nothing else.
+            None => {
+                let key = self
+                    .secret
+                    .as_ref()
+                    .ok_or_else(|| invalid(format!("algorithm {alg:?} is not accepted")))?;
+                jsonwebtoken::decode::<Claims>(token, key, validation)
+            }
+            Some(_) => {
+                let jwks = self
+                    .jwks
+                    .as_ref()
+                    .ok_or_else(|| invalid(format!("algorithm {alg:?} is not accepted")))?;
+                let keys = jwks.keys();
+                let key = keys.select(alg, header.kid.as_deref()).map_err(invalid)?;
+                jsonwebtoken::decode::<Claims>(token, key, validation)
+            }
+        }
+        .map_err(|e| invalid(e.to_string()))?;
+        let vehicle =
+            VehicleId::parse(&data.claims.sub).map_err(|e| invalid(format!("sub: {e}")))?;
+        // With the same leeway as at authentication: a token accepted
+        // within it must not be refused at the session's next packet.
+        let expires_at = data
+            .claims
+            .exp
+            .as_ref()
+            .and_then(exp_time)
+            .and_then(|t| t.checked_add(Duration::from_secs(validation.leeway)));
+        Ok((vehicle, expires_at))
+    }
+}
+
+/// A numeric `exp` as a time; `None` if it cannot be represented.
+fn exp_time(exp: &serde_json::Number) -> Option<SystemTime> {
+    let secs = match exp.as_u64() {
+        Some(s) => Duration::from_secs(s),
+        None => Duration::try_from_secs_f64(exp.as_f64()?).ok()?,
+    };
+    UNIX_EPOCH.checked_add(secs)
+}
+
 impl Authenticator {
-    /// Builds the authenticator for `config` (reads the credentials file).
+    /// Builds the authenticator for `config` (reads the credentials file or
+    /// the JWKS file, checks the JWT settings).
     pub fn from_config(config: &AuthConfig) -> Result<Self, AuthSetupError> {
         let backend = match config.mode {
             AuthMode::None => Backend::Anonymous,
@@ -223,32 +525,7 @@ impl Authenticator {
                     .ok_or(AuthSetupError::MissingCredentialsFile)?;
                 Backend::Tokens(load_tokens(path)?)
             }
-            AuthMode::Jwt => {
-                let secret = config
-                    .jwt_secret
-                    .as_deref()
-                    .filter(|s| !s.is_empty())
-                    .ok_or(AuthSetupError::MissingJwtSecret)?;
-                let mut validation = Validation::new(Algorithm::HS256);
-                validation.leeway = config.jwt_leeway_s;
-                validation.validate_exp = config.jwt_require_exp;
-                validation.required_spec_claims.clear();
-                validation.required_spec_claims.insert("sub".into());
-                if config.jwt_require_exp {
-                    validation.required_spec_claims.insert("exp".into());
-                }
-                if let Some(iss) = &config.jwt_issuer {
-                    validation.set_issuer(&[iss]);
-                }
-                match &config.jwt_audience {
-                    Some(aud) => validation.set_audience(&[aud]),
-                    None => validation.validate_aud = false,
-                }
-                Backend::Jwt {
-                    key: DecodingKey::from_secret(secret.as_bytes()),
-                    validation: Box::new(validation),
-                }
-            }
+            AuthMode::Jwt => Backend::Jwt(Box::new(Jwt::from_config(config)?)),
         };
         Ok(Self { backend })
     }
@@ -256,6 +533,24 @@ impl Authenticator {
     /// Whether anonymous access is on.
     pub fn is_anonymous(&self) -> bool {
         matches!(self.backend, Backend::Anonymous)
+    }
+
+    /// The task that keeps the JWKS keys current: it reads `jwks_file` every
+    /// `jwks_reload_interval` and, when the content changed, swaps the new
+    /// keys in (tokens being checked meanwhile use the old or the new set,
+    /// never a mix). A content that does not parse, or holds no usable key,
+    /// is logged as an error and counted in
+    /// `fleetpipe_auth_jwks_reload_errors_total`, and the previous keys stay.
+    /// The future ends when `stop` is cancelled. `None` when there is no
+    /// JWKS file (nothing to watch).
+    pub fn jwks_watcher(
+        &self,
+        stop: CancellationToken,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        match &self.backend {
+            Backend::Jwt(jwt) => jwt.jwks.as_ref().map(|f| Arc::clone(f).watch(stop)),
+            _ => None,
+        }
     }
 
     /// Authenticates a credential. `claimed` is the vehicle the device says
@@ -269,44 +564,35 @@ impl Authenticator {
             .map(|a| a.identity)
     }
 
-    /// Like [`authenticate`](Self::authenticate), with the credential's
-    /// expiry, for sessions that outlive the moment of authentication.
+    /// As [`Authenticator::authenticate`], with until when the identity
+    /// holds: the JWT's `exp` (for long-lived sessions such as MQTT's).
     pub fn authenticate_session(
         &self,
         credential: Option<&str>,
         claimed: Option<&str>,
     ) -> Result<Authenticated, AuthError> {
-        let mut expires_at = None;
-        let vehicle = match &self.backend {
+        let (vehicle, expires_at) = match &self.backend {
             Backend::Anonymous => {
                 return Ok(Authenticated {
                     identity: Identity::Anonymous,
-                    expires_at,
+                    expires_at: None,
                 });
             }
             Backend::Tokens(tokens) => {
                 let token = credential
                     .filter(|t| !t.is_empty())
                     .ok_or(AuthError::Missing)?;
-                tokens
+                let vehicle = tokens
                     .get(&sha256(token))
                     .cloned()
-                    .ok_or(AuthError::UnknownToken)?
+                    .ok_or(AuthError::UnknownToken)?;
+                (vehicle, None)
             }
-            Backend::Jwt { key, validation } => {
+            Backend::Jwt(jwt) => {
                 let token = credential
                     .filter(|t| !t.is_empty())
                     .ok_or(AuthError::Missing)?;
-                let data = jsonwebtoken::decode::<Claims>(token, key, validation)
-                    .map_err(|e| AuthError::InvalidJwt(e.to_string()))?;
-                // With the same leeway as at authentication, so a token
-                // accepted within it is not refused at the next packet.
-                expires_at = data.claims.exp.map(|s| {
-                    std::time::UNIX_EPOCH
-                        + std::time::Duration::from_secs(s.saturating_add(validation.leeway))
-                });
-                VehicleId::parse(&data.claims.sub)
-                    .map_err(|e| AuthError::InvalidJwt(format!("sub: {e}")))?
+                jwt.verify(token)?
             }
         };
         match claimed.filter(|c| !c.is_empty()) {
@@ -478,12 +764,103 @@ mod tests {
     }
 
     #[test]
+    fn sessions_carry_the_jwt_expiry() {
+        let auth = Authenticator::from_config(&AuthConfig {
+            mode: AuthMode::Jwt,
+            jwt_secret: Some("k".into()),
+            jwt_require_exp: false,
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let token = jwt("k", "truck-7", 600);
+        let exp = jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(&token)
+            .unwrap()
+            .claims["exp"]
+            .as_u64()
+            .unwrap();
+        let session = auth
+            .authenticate_session(Some(&token), Some("truck-7"))
+            .unwrap();
+        assert_eq!(
+            session,
+            Authenticated {
+                identity: Identity::Vehicle(VehicleId::parse("truck-7").unwrap()),
+                expires_at: Some(UNIX_EPOCH + Duration::from_secs(exp + 60)),
+            }
+        );
+        // `authenticate` is the same answer without the expiry.
+        assert_eq!(
+            auth.authenticate(Some(&token), Some("truck-7")),
+            Ok(session.identity)
+        );
+        // A fractional exp (allowed by RFC 7519) is read too.
+        let fractional = encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "truck-7", "exp": exp as f64 + 0.25}),
+            &EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        assert_eq!(
+            auth.authenticate_session(Some(&fractional), None)
+                .unwrap()
+                .expires_at,
+            Some(UNIX_EPOCH + Duration::from_millis((exp + 60) * 1000 + 250))
+        );
+        // No exp (allowed here by jwt_require_exp = false): no expiry.
+        let no_exp = encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "truck-7"}),
+            &EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        assert_eq!(
+            auth.authenticate_session(Some(&no_exp), None)
+                .unwrap()
+                .expires_at,
+            None
+        );
+        // Refusals are the same as authenticate's.
+        assert!(matches!(
+            auth.authenticate_session(Some(&token), Some("truck-8")),
+            Err(AuthError::WrongVehicle { .. })
+        ));
+        assert_eq!(
+            auth.authenticate_session(None, None),
+            Err(AuthError::Missing)
+        );
+    }
+
+    #[test]
+    fn tokens_and_anonymous_sessions_do_not_expire() {
+        let anonymous = Authenticator::from_config(&AuthConfig::default()).unwrap();
+        assert_eq!(
+            anonymous.authenticate_session(None, Some("van-1")),
+            Ok(Authenticated {
+                identity: Identity::Anonymous,
+                expires_at: None
+            })
+        );
+        let tokens = token_auth("[[device]]\nvehicle_id = \"van-1\"\ntoken = \"t1\"\n").unwrap();
+        assert_eq!(
+            tokens.authenticate_session(Some("t1"), Some("van-1")),
+            Ok(Authenticated {
+                identity: Identity::Vehicle(VehicleId::parse("van-1").unwrap()),
+                expires_at: None
+            })
+        );
+        assert_eq!(
+            tokens.authenticate_session(Some("t2"), None),
+            Err(AuthError::UnknownToken)
+        );
+    }
+
+    #[test]
     fn missing_settings_are_reported() {
         let e = Authenticator::from_config(&AuthConfig {
             mode: AuthMode::Jwt,
             ..AuthConfig::default()
         });
-        assert!(matches!(e, Err(AuthSetupError::MissingJwtSecret)));
+        assert!(matches!(e, Err(AuthSetupError::MissingJwtKey)));
         let e = Authenticator::from_config(&AuthConfig {
             mode: AuthMode::Token,
             ..AuthConfig::default()

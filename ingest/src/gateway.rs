@@ -475,6 +475,14 @@ pub fn describe_metrics() {
         "fleetpipe_ingest_bytes_total",
         "Payload bytes received, by gateway"
     );
+    metrics::describe_counter!(
+        "fleetpipe_auth_jwks_reloads_total",
+        "New contents of ingest.auth.jwks_file loaded at run time"
+    );
+    metrics::describe_counter!(
+        "fleetpipe_auth_jwks_reload_errors_total",
+        "Failed reloads of ingest.auth.jwks_file (unreadable, not a JWKS, no usable key); the previous keys stay"
+    );
     for gateway in Gateway::ALL {
         for reason in RejectReason::ALL {
             metrics::counter!("fleetpipe_rejected_total", "reason" => reason.as_str(), "gateway" => gateway.as_str())

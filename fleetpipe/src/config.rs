@@ -217,6 +217,14 @@ impl Config {
                 }
             }
         }
+        if mqtt.mode == MqttMode::Embedded
+            && let Some(tls) = &mqtt.tls
+        {
+            // Reads the certificate, key and client CA files, so that
+            // `config check` catches what would otherwise fail at start.
+            fleetpipe_ingest::mqtt::tls::ServerTls::load(tls)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         let limits = &self.ingest.limits;
         if limits.max_payload_bytes == 0 || limits.max_batch == 0 {
             return invalid(

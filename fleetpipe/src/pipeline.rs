@@ -91,6 +91,7 @@ pub struct Pipeline {
     http_addr: SocketAddr,
     mqtt_addr: Option<SocketAddr>,
     mqtt_v5_addr: Option<SocketAddr>,
+    mqtt_tls_addrs: (Option<SocketAddr>, Option<SocketAddr>),
     kafka_bootstrap: Option<String>,
     embedded_kafka: Option<EmbeddedKafka>,
     inflight: InflightProbe,
@@ -158,6 +159,7 @@ impl Pipeline {
             gateways.spawn(watcher);
         }
         let (mut mqtt_addr, mut mqtt_v5_addr) = (None, None);
+        let mut mqtt_tls_addrs = (None, None);
         match config.ingest.mqtt.mode {
             MqttMode::Embedded => {
                 let broker = EmbeddedBroker::start(
@@ -170,6 +172,7 @@ impl Pipeline {
                 .map_err(start_err)?;
                 mqtt_addr = Some(broker.local_addr());
                 mqtt_v5_addr = broker.local_addr_v5();
+                mqtt_tls_addrs = (broker.addrs().v311_tls, broker.addrs().v5_tls);
                 let failure = failure.clone();
                 gateways.spawn(async move {
                     if let Err(e) = broker.join().await {
@@ -294,6 +297,7 @@ impl Pipeline {
             http_addr,
             mqtt_addr,
             mqtt_v5_addr,
+            mqtt_tls_addrs,
             kafka_bootstrap,
             embedded_kafka,
             inflight,
@@ -319,6 +323,16 @@ impl Pipeline {
     /// Address of the embedded broker's MQTT 5 listener.
     pub fn mqtt_v5_addr(&self) -> Option<SocketAddr> {
         self.mqtt_v5_addr
+    }
+
+    /// Address of the embedded broker's MQTT 3.1.1 over TLS listener.
+    pub fn mqtt_tls_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_tls_addrs.0
+    }
+
+    /// Address of the embedded broker's MQTT 5 over TLS listener.
+    pub fn mqtt_v5_tls_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_tls_addrs.1
     }
 
     /// Bootstrap servers of the Kafka sink (the mock cluster's address with

@@ -18,6 +18,10 @@ pub struct TestPipeline {
     pub http: SocketAddr,
     pub mqtt: Option<SocketAddr>,
     pub mqtt_v5: Option<SocketAddr>,
+    /// MQTT 3.1.1 over TLS, when `ingest.mqtt.tls` is configured.
+    pub mqtt_tls: Option<SocketAddr>,
+    /// MQTT 5 over TLS, when `ingest.mqtt.tls` is configured.
+    pub mqtt_v5_tls: Option<SocketAddr>,
 }
 
 pub mod raw_mqtt;
@@ -54,6 +58,8 @@ impl TestPipeline {
             http: pipeline.http_addr(),
             mqtt: pipeline.mqtt_addr(),
             mqtt_v5: pipeline.mqtt_v5_addr(),
+            mqtt_tls: pipeline.mqtt_tls_addr(),
+            mqtt_v5_tls: pipeline.mqtt_v5_tls_addr(),
             pipeline: Some(pipeline),
             shutdown,
             dir,

@@ -1,5 +1,6 @@
 //! A raw MQTT connection: packets built by hand (with rumqttc's codecs)
-//! and written to a plain TCP socket, so tests can send what no
+//! and written to a plain TCP socket (or a TLS stream over one), so tests
+//! can send what no
 //! well-behaved client would (a second CONNECT, a forged will, someone
 //! else's client id) and see exactly what the broker answers.
 #![allow(dead_code)]
@@ -10,7 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// What the broker did next.
@@ -24,9 +25,13 @@ pub enum Next<P> {
     Quiet,
 }
 
-/// A plain socket speaking MQTT 3.1.1 or 5 as the test tells it to.
+/// A byte stream MQTT can run over: TCP, or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A socket speaking MQTT 3.1.1 or 5 as the test tells it to.
 pub struct RawMqtt {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     read: BytesMut,
 }
 
@@ -44,8 +49,13 @@ impl RawMqtt {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
+        Self::over(stream)
+    }
+
+    /// MQTT over an established stream (a TLS session, say).
+    pub fn over(stream: impl Stream + 'static) -> Self {
         Self {
-            stream,
+            stream: Box::new(stream),
             read: BytesMut::new(),
         }
     }

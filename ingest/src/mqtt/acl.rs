@@ -4,7 +4,9 @@
 //! password) at CONNECT. But its `Protocol` codec is cloned for every
 //! connection and sees every packet, so a wrapper around it can remember who
 //! connected and refuse, before rumqttd acts on it (and before any PUBACK):
-//! - a CONNECT whose credentials are bad (authenticated modes), whose client
+//! - a CONNECT whose credentials are bad (authenticated modes; on a mutual
+//!   TLS listener the client certificate is the credential, see
+//!   [`certificate_session`]), whose client
 //!   id is not the device's own (`{vehicle}` or `{vehicle}@{suffix}`), or
 //!   that claims fleetpipe's internal link's id (every mode), so no device
 //!   can take over another's session or displace fleetpipe's own link;
@@ -81,6 +83,9 @@ pub enum Refusal {
     /// Bad or missing credentials.
     #[error("authentication failed: {0}")]
     Auth(#[from] AuthError),
+    /// The client certificate (mutual TLS) names no valid vehicle.
+    #[error("client certificate: {0}")]
+    Certificate(String),
     /// A client id the device may not use.
     #[error("client id {client_id:?} is not allowed for {who}")]
     ClientId {
@@ -160,18 +165,19 @@ impl ConnectionRules {
     }
 
     /// Applies a CONNECT: `verdict` is the authenticator's answer for its
-    /// credentials, `will_topic` the topic of its will, if any.
+    /// credentials (or [`certificate_session`]'s on a mutual TLS
+    /// connection), `will_topic` the topic of its will, if any.
     pub fn connect(
         &mut self,
         prefix: &str,
         client_id: &str,
         will_topic: Option<&str>,
-        verdict: Result<Authenticated, AuthError>,
+        verdict: Result<Authenticated, impl Into<Refusal>>,
     ) -> Result<(), Refusal> {
         if self.session.is_some() {
             return Err(Refusal::SecondConnect);
         }
-        let session = verdict?;
+        let session = verdict.map_err(Into::into)?;
         if !client_id_allowed(&session.identity, client_id) {
             let who = session
                 .identity
@@ -240,6 +246,31 @@ impl ConnectionRules {
     }
 }
 
+/// The session of a CONNECT on a mutual TLS connection: the verified client
+/// certificate is the credential, and names the vehicle (`certificate`, as
+/// read by [`super::tls::certificate_vehicle`], or why it names none). The
+/// CONNECT's username, when given and not empty, must be that vehicle; its
+/// password is ignored. The session does not expire (a certificate's
+/// validity is checked at the handshake).
+pub fn certificate_session(
+    certificate: Result<&VehicleId, &str>,
+    username: Option<&str>,
+) -> Result<Authenticated, Refusal> {
+    let vehicle = certificate.map_err(|e| Refusal::Certificate(e.to_owned()))?;
+    match username.filter(|u| !u.is_empty()) {
+        Some(claimed) if claimed != vehicle.as_str() => {
+            Err(Refusal::Auth(AuthError::WrongVehicle {
+                actual: vehicle.to_string(),
+                claimed: claimed.to_owned(),
+            }))
+        }
+        _ => Ok(Authenticated {
+            identity: Identity::Vehicle(vehicle.clone()),
+            expires_at: None,
+        }),
+    }
+}
+
 /// Whether `vehicle` may publish to `topic`: its own telemetry topics only.
 fn publish_allowed(prefix: &str, vehicle: &VehicleId, topic: &str) -> bool {
     parse_topic(prefix, topic).is_some_and(|t| t.vehicle == vehicle.as_str())
@@ -252,6 +283,9 @@ pub(crate) struct DeviceProtocol<P> {
     shared: Arc<AclShared>,
     client_id: String,
     rules: ConnectionRules,
+    /// On a mutual TLS connection, the vehicle its verified client
+    /// certificate names (or why it names none): the credential at CONNECT.
+    certificate: Option<Result<VehicleId, String>>,
 }
 
 impl<P> DeviceProtocol<P> {
@@ -261,7 +295,14 @@ impl<P> DeviceProtocol<P> {
             shared,
             client_id: String::new(),
             rules: ConnectionRules::default(),
+            certificate: None,
         }
+    }
+
+    /// This codec for a connection authenticated by a client certificate.
+    pub fn with_certificate(mut self, certificate: Result<VehicleId, String>) -> Self {
+        self.certificate = Some(certificate);
+        self
     }
 
     /// Logs and counts a refusal; returns the error that makes rumqttd
@@ -299,7 +340,16 @@ impl<P> DeviceProtocol<P> {
             let (user, pass) = login.as_ref().map_or((None, None), |l| {
                 (Some(l.username.as_str()), Some(l.password.as_str()))
             });
-            let verdict = self.shared.auth.authenticate_session(pass, user);
+            let verdict = match &self.certificate {
+                Some(certificate) => {
+                    certificate_session(certificate.as_ref().map_err(String::as_str), user)
+                }
+                None => self
+                    .shared
+                    .auth
+                    .authenticate_session(pass, user)
+                    .map_err(Refusal::from),
+            };
             if verdict.is_err() {
                 metrics::counter!("fleetpipe_rejected_total", "reason" => fleetpipe_model::RejectReason::Unauthorized.as_str(), "gateway" => "mqtt")
                     .increment(1);

@@ -1,12 +1,20 @@
 //! The embedded MQTT broker: rumqttd inside fleetpipe.
 //!
-//! Devices connect to rumqttd's listeners; fleetpipe reads their publishes
+//! fleetpipe binds the listeners and accepts connections itself (plaintext,
+//! and TLS with [`super::tls`]), and hands each connection to rumqttd's
+//! per-connection handler (a patch of the vendored rumqttd, see
+//! `rumqttd/FLEETPIPE_PATCHES.md`); fleetpipe reads the devices' publishes
 //! through a local link subscribed to the telemetry topics. Designed around
 //! rumqttd's limits:
-//! - there is no stop API: the listener tasks run on fleetpipe's runtime and
-//!   are aborted at shutdown, and the per-connection [`DeviceProtocol`] codec
-//!   refuses every packet once fleetpipe is closing, so no publish is
-//!   acknowledged that fleetpipe will not read;
+//! - rumqttd's own accept loop does the TLS handshake inline (one silent
+//!   client stalls every new connection) and re-reads its PEM files per
+//!   connection, so it is not used: fleetpipe's accept loop hands each
+//!   connection to a task of its own, which does the handshake with a
+//!   timeout and then runs rumqttd's handling;
+//! - there is no stop API: the accept loops stop at shutdown, and the
+//!   per-connection [`DeviceProtocol`] codec refuses every packet once
+//!   fleetpipe is closing, so no publish is acknowledged that fleetpipe
+//!   will not read;
 //! - `Broker::start()` blocks and owns its servers, so fleetpipe builds the
 //!   router and the servers itself (`Router::spawn` runs the router on its
 //!   own thread, which lives until the process exits);
@@ -28,16 +36,18 @@ use fleetpipe_model::{AckStatus, BatchAck};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{Packet, Publish, v4::V4, v5::V5};
+use rumqttd::protocol::{Packet, Protocol, Publish, v4::V4, v5::V5};
 use rumqttd::{
-    ConnectionSettings, LinkType, Notification, Router, RouterConfig, SegmentConfig, Server,
-    ServerSettings,
+    ConnectionHandler, ConnectionSettings, Notification, Router, RouterConfig, SegmentConfig,
+    Server, ServerSettings,
 };
-use tokio::sync::mpsc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::{AclShared, DeviceProtocol, INTERNAL_CLIENT_ID, RefusedPublish};
+use super::tls::{ServerTls, TlsError, certificate_vehicle};
 use super::watermark::{MessageTicket, Watermarks};
 use super::{MqttConfig, ack_topic, hard_packet_limit, parse_topic, telemetry_filters};
 use crate::auth::Authenticator;
@@ -60,6 +70,9 @@ pub enum EmbeddedBrokerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The TLS certificate, key or client CA does not load.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     /// The local link to the router failed.
     #[error("embedded broker: local link: {0}")]
     Link(String),
@@ -72,55 +85,138 @@ pub enum EmbeddedBrokerError {
 /// A running embedded broker.
 #[derive(Debug)]
 pub struct EmbeddedBroker {
-    local_addr: SocketAddr,
-    local_addr_v5: Option<SocketAddr>,
+    addrs: ListenAddrs,
     reader: JoinHandle<Result<(), EmbeddedBrokerError>>,
 }
 
-/// Binds `addr` once to fail early with a clear error and to resolve port 0,
-/// then frees it for rumqttd, which binds by address itself.
-fn reserve(key: &'static str, addr: SocketAddr) -> Result<SocketAddr, EmbeddedBrokerError> {
-    let bind_err = |source| EmbeddedBrokerError::Bind { key, addr, source };
-    let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
-    listener.local_addr().map_err(bind_err)
+/// Where the broker listens (port 0 resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddrs {
+    /// MQTT 3.1.1.
+    pub v311: SocketAddr,
+    /// MQTT 5.
+    pub v5: Option<SocketAddr>,
+    /// MQTT 3.1.1 over TLS.
+    pub v311_tls: Option<SocketAddr>,
+    /// MQTT 5 over TLS.
+    pub v5_tls: Option<SocketAddr>,
 }
 
-/// How long rumqttd has to bind a listener.
-const LISTEN_WAIT: Duration = Duration::from_secs(10);
-
-/// Waits until rumqttd's listener at `addr` accepts connections (probed
-/// with a TCP connect, which rumqttd drops when no CONNECT follows), or
-/// fails if its task ended (it could not bind) or it took too long.
-async fn wait_listening(
+/// Binds `addr` (the value of config key `key`): the only bind, so an
+/// error names the key and port 0 is resolved from the bound socket.
+async fn bind(
     key: &'static str,
     addr: SocketAddr,
-    listener: &JoinHandle<()>,
-) -> Result<(), EmbeddedBrokerError> {
-    let mut probe = addr;
-    if probe.ip().is_unspecified() {
-        probe.set_ip(match addr {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+) -> Result<(TcpListener, SocketAddr), EmbeddedBrokerError> {
+    let bind_err = |source| EmbeddedBrokerError::Bind { key, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let local = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, local))
+}
+
+/// What every accept loop shares.
+#[derive(Clone)]
+struct Acceptance {
+    /// One permit per open device connection (`ingest.mqtt.max_connections`).
+    permits: Arc<Semaphore>,
+    /// Time for the TLS handshake (`ingest.mqtt.connect_timeout`).
+    handshake_timeout: Duration,
+    /// Stops the accept loops.
+    stop: CancellationToken,
+}
+
+/// Accepts connections on `listener` until `acceptance.stop` fires; each
+/// gets a task of its own (TLS handshake, then rumqttd's handling), so no
+/// connection waits for another. Over `max_connections`, a new connection
+/// is closed at once.
+async fn accept_loop<P: Protocol + Clone + Send + 'static>(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    handler: ConnectionHandler<DeviceProtocol<P>>,
+    protocol: DeviceProtocol<P>,
+    acceptance: Acceptance,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = acceptance.stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: not this listener's
+                // end. A pause keeps the loop from spinning on it.
+                tracing::warn!(listener = name, error = %e, "cannot accept an MQTT connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&acceptance.permits).try_acquire_owned() else {
+            metrics::counter!("fleetpipe_mqtt_connections_refused_total", "reason" => "max_connections").increment(1);
+            tracing::debug!(listener = name, %peer, "MQTT connection over ingest.mqtt.max_connections closed");
+            drop(stream);
+            continue;
+        };
+        let tls = tls.clone();
+        let handler = handler.clone();
+        let protocol = protocol.clone();
+        let timeout = acceptance.handshake_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => handler.handle(Box::new(stream), protocol).await,
+                Some(tls) => {
+                    if let Some((stream, protocol)) =
+                        handshake(name, peer, stream, &tls, protocol, timeout).await
+                    {
+                        handler.handle(stream, protocol).await;
+                    }
+                }
+            }
         });
     }
-    let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
-    loop {
-        if listener.is_finished() {
-            let source = std::io::Error::other("the listener stopped at start (see the log)");
-            return Err(EmbeddedBrokerError::Bind { key, addr, source });
+}
+
+/// The TLS handshake of one connection, within `timeout`; with client
+/// certificates, the codec learns the vehicle the certificate names.
+async fn handshake<P>(
+    name: &'static str,
+    peer: SocketAddr,
+    stream: TcpStream,
+    tls: &ServerTls,
+    protocol: DeviceProtocol<P>,
+    timeout: Duration,
+) -> Option<(Box<dyn rumqttd::N>, DeviceProtocol<P>)> {
+    let failed = |reason: &'static str, error: &dyn std::fmt::Display| {
+        metrics::counter!("fleetpipe_mqtt_tls_handshake_failures_total", "reason" => reason)
+            .increment(1);
+        tracing::info!(listener = name, %peer, reason, error = %error, "MQTT TLS handshake failed");
+    };
+    let stream = match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            failed("error", &e);
+            return None;
         }
-        if tokio::net::TcpStream::connect(probe).await.is_ok() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            let source = std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("not listening after {LISTEN_WAIT:?}"),
+        Err(_) => {
+            failed(
+                "timeout",
+                &"no handshake within ingest.mqtt.connect_timeout",
             );
-            return Err(EmbeddedBrokerError::Bind { key, addr, source });
+            return None;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    if !tls.requires_client_certificate() {
+        return Some((Box::new(stream), protocol));
     }
+    // The verifier requires a certificate; without one the handshake failed.
+    let vehicle = match stream.get_ref().1.peer_certificates() {
+        Some([leaf, ..]) => certificate_vehicle(leaf),
+        _ => Err("no client certificate".to_owned()),
+    };
+    Some((Box::new(stream), protocol.with_certificate(vehicle)))
 }
 
 /// The rumqttd router configuration the embedded broker runs with.
@@ -161,11 +257,33 @@ impl EmbeddedBroker {
         ingestor: Ingestor,
         shutdown: CancellationToken,
     ) -> Result<Self, EmbeddedBrokerError> {
-        let local_addr = reserve("ingest.mqtt.listen", config.listen)?;
-        let local_addr_v5 = config
-            .listen_v5
-            .map(|a| reserve("ingest.mqtt.listen_v5", a))
+        // Every listener and the TLS files first: a start error leaves
+        // nothing running behind.
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|c| ServerTls::load(c).map(Arc::new))
             .transpose()?;
+        let (listen, local_addr) = bind("ingest.mqtt.listen", config.listen).await?;
+        let listen_v5 = match config.listen_v5 {
+            Some(addr) => Some(bind("ingest.mqtt.listen_v5", addr).await?),
+            None => None,
+        };
+        let (mut listen_tls, mut listen_v5_tls) = (None, None);
+        if let Some(c) = &config.tls {
+            if let Some(addr) = c.listen {
+                listen_tls = Some(bind("ingest.mqtt.tls.listen", addr).await?);
+            }
+            if let Some(addr) = c.listen_v5 {
+                listen_v5_tls = Some(bind("ingest.mqtt.tls.listen_v5", addr).await?);
+            }
+        }
+        let addrs = ListenAddrs {
+            v311: local_addr,
+            v5: listen_v5.as_ref().map(|(_, a)| *a),
+            v311_tls: listen_tls.as_ref().map(|(_, a)| *a),
+            v5_tls: listen_v5_tls.as_ref().map(|(_, a)| *a),
+        };
 
         let router = Router::new(0, router_config(config));
         let router_tx = router.spawn();
@@ -208,44 +326,78 @@ impl EmbeddedBroker {
             external_auth: None,
             dynamic_filters: true,
         };
-        let settings = |name: &str, listen| ServerSettings {
-            name: name.into(),
-            listen,
+        // rumqttd's `Server` only supplies the per-connection handler: its
+        // own accept loop is never started (`listen` is only a name there).
+        let settings = || ServerSettings {
+            name: "fleetpipe".into(),
+            listen: local_addr,
             tls: None,
             next_connection_delay_ms: 0,
             connections: connections.clone(),
         };
-        let mut listeners = vec![tokio::spawn({
-            let mut server = Server::new(
-                settings("mqtt-v311", local_addr),
-                router_tx.clone(),
-                DeviceProtocol::new(V4, Arc::clone(&shared)),
-            );
-            async move {
-                if let Err(e) = server.start(LinkType::Remote).await {
-                    tracing::error!(error = %e, "embedded MQTT 3.1.1 listener stopped");
-                }
-            }
-        })];
-        if let Some(addr) = local_addr_v5 {
-            let mut server = Server::new(
-                settings("mqtt-v5", addr),
-                router_tx.clone(),
-                DeviceProtocol::new(V5, Arc::clone(&shared)),
-            );
-            listeners.push(tokio::spawn(async move {
-                if let Err(e) = server.start(LinkType::Remote).await {
-                    tracing::error!(error = %e, "embedded MQTT 5 listener stopped");
-                }
-            }));
+        let v4 = DeviceProtocol::new(V4, Arc::clone(&shared));
+        let v5 = DeviceProtocol::new(V5, Arc::clone(&shared));
+        let v4_handler =
+            Server::new(settings(), router_tx.clone(), v4.clone()).connection_handler();
+        let v5_handler =
+            Server::new(settings(), router_tx.clone(), v5.clone()).connection_handler();
+        let stop_accepting = shutdown.child_token();
+        let acceptance = Acceptance {
+            permits: Arc::new(Semaphore::new(
+                config.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            handshake_timeout: config.connect_timeout,
+            stop: stop_accepting.clone(),
+        };
+        let mut listeners = vec![tokio::spawn(accept_loop(
+            "mqtt",
+            listen,
+            None,
+            v4_handler.clone(),
+            v4.clone(),
+            acceptance.clone(),
+        ))];
+        if let Some((listener, _)) = listen_v5 {
+            listeners.push(tokio::spawn(accept_loop(
+                "mqtt-v5",
+                listener,
+                None,
+                v5_handler.clone(),
+                v5.clone(),
+                acceptance.clone(),
+            )));
         }
-        // rumqttd binds by address in its own task: the start is done when
-        // every listener accepts, and fails if one cannot.
-        wait_listening("ingest.mqtt.listen", local_addr, &listeners[0]).await?;
-        if let (Some(addr), Some(listener)) = (local_addr_v5, listeners.get(1)) {
-            wait_listening("ingest.mqtt.listen_v5", addr, listener).await?;
+        if let Some((listener, _)) = listen_tls {
+            listeners.push(tokio::spawn(accept_loop(
+                "mqtt-tls",
+                listener,
+                tls.clone(),
+                v4_handler,
+                v4,
+                acceptance.clone(),
+            )));
         }
-        tracing::info!(listen = %local_addr, listen_v5 = ?local_addr_v5, prefix = %config.topic_prefix, "embedded MQTT broker listening");
+        if let Some((listener, _)) = listen_v5_tls {
+            listeners.push(tokio::spawn(accept_loop(
+                "mqtt-v5-tls",
+                listener,
+                tls.clone(),
+                v5_handler,
+                v5,
+                acceptance,
+            )));
+        }
+        if let Some(tls) = tls {
+            tokio::spawn(tls.watch(shutdown.clone()));
+        }
+        tracing::info!(
+            listen = %local_addr,
+            listen_v5 = ?addrs.v5,
+            listen_tls = ?addrs.v311_tls,
+            listen_v5_tls = ?addrs.v5_tls,
+            prefix = %config.topic_prefix,
+            "embedded MQTT broker listening"
+        );
 
         tokio::spawn(record_refusals(
             refused_rx,
@@ -269,6 +421,7 @@ impl EmbeddedBroker {
             let end = reader.read(&mut link_rx, Some(&shutdown)).await;
             // From here on every connection's next packet closes it unacknowledged.
             shared.closing.store(true, Ordering::SeqCst);
+            stop_accepting.cancel();
             for listener in &listeners {
                 listener.abort();
             }
@@ -286,21 +439,22 @@ impl EmbeddedBroker {
             tracing::info!("embedded MQTT broker drained");
             Ok(())
         });
-        Ok(Self {
-            local_addr,
-            local_addr_v5,
-            reader,
-        })
+        Ok(Self { addrs, reader })
     }
 
     /// The MQTT 3.1.1 listener's address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.addrs.v311
     }
 
     /// The MQTT 5 listener's address, if enabled.
     pub fn local_addr_v5(&self) -> Option<SocketAddr> {
-        self.local_addr_v5
+        self.addrs.v5
+    }
+
+    /// Every listener's address.
+    pub fn addrs(&self) -> ListenAddrs {
+        self.addrs
     }
 
     /// Waits until the broker has stopped and drained. An error means it

@@ -15,11 +15,13 @@ use crate::codec::Encoding;
 pub mod acl;
 pub mod embedded;
 pub mod external;
+pub mod tls;
 pub mod watermark;
 
 pub use acl::INTERNAL_CLIENT_ID;
-pub use embedded::{EmbeddedBroker, EmbeddedBrokerError};
+pub use embedded::{EmbeddedBroker, EmbeddedBrokerError, ListenAddrs};
 pub use external::{ExternalConsumer, ExternalConsumerError};
+pub use tls::MqttTlsConfig;
 
 /// Where fleetpipe gets MQTT traffic from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -55,9 +57,15 @@ pub struct MqttConfig {
     /// ping of the vehicle with `seq <= N` is durable (rumqttd's own PUBACK
     /// only means "received"). Devices subscribe to their own ack topic.
     pub ack_topic: bool,
-    /// Embedded: most simultaneous device connections.
+    /// Embedded: TLS listeners (`[ingest.mqtt.tls]`), with device
+    /// authentication by client certificate when `client_ca_file` is set.
+    /// Unset: no TLS listener.
+    pub tls: Option<MqttTlsConfig>,
+    /// Embedded: most simultaneous device connections, on all listeners
+    /// together; a connection over the limit is closed at once.
     pub max_connections: usize,
-    /// Embedded: time a new connection has to send CONNECT.
+    /// Embedded: time a new connection has for its TLS handshake (TLS
+    /// listeners), and then again to send CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Embedded: unacknowledged QoS 1 publishes per connection.
@@ -112,6 +120,7 @@ impl MqttConfig {
             listen_v5: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
             topic_prefix: "fleet".into(),
             ack_topic: true,
+            tls: None,
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(10),
             max_inflight: 100,

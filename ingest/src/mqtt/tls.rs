@@ -1,0 +1,356 @@
+//! TLS on the embedded broker's listeners, and device certificates.
+//!
+//! fleetpipe accepts every connection itself (see `embedded.rs`) and, on a
+//! TLS listener, runs the rustls handshake in the connection's own task,
+//! bounded by `ingest.mqtt.connect_timeout`, so a client that never sends
+//! its ClientHello holds up nobody else. Each handshake takes the current
+//! [`ServerConfig`] from an [`ArcSwap`]; [`ServerTls::watch`] re-reads the
+//! certificate, key and client CA files and swaps a new config in when
+//! their content changes (a set of files that does not load is logged and
+//! counted, and the previous config stays).
+//!
+//! With `client_ca_file` set, every client must present a certificate that
+//! chains to one of its CAs (rustls' `WebPkiClientVerifier`), and the
+//! certificate names the device's vehicle: its first DNS subject
+//! alternative name if it has one, else its subject common name
+//! ([`certificate_vehicle`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use fleetpipe_model::VehicleId;
+use rustls::RootCertStore;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+/// Largest certificate, key or CA file read, bytes.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+/// `ingest.mqtt.tls`: TLS listeners of the embedded broker, in addition to
+/// the plaintext ones (`ingest.mqtt.listen` / `listen_v5`, which can be
+/// turned `"off"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTlsConfig {
+    /// The server's certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) for device certificates. When set, every TLS
+    /// client must present a certificate issued by one of them, and the
+    /// device is authenticated by it (mutual TLS): the certificate's first
+    /// DNS subject alternative name, else its subject common name, is the
+    /// vehicle id. Unset: no client certificates; devices authenticate as
+    /// on the plaintext listeners (`ingest.auth`).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// MQTT 3.1.1 over TLS listener; `"off"` disables it.
+    #[serde(default = "default_listen", deserialize_with = "super::address_or_off")]
+    pub listen: Option<SocketAddr>,
+    /// MQTT 5 over TLS listener; `"off"` disables it.
+    #[serde(
+        default = "default_listen_v5",
+        deserialize_with = "super::address_or_off"
+    )]
+    pub listen_v5: Option<SocketAddr>,
+    /// How often the three files are read again; a change in any of them
+    /// (by content) loads a new TLS configuration for new connections.
+    #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn default_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([0, 0, 0, 0], 8883)))
+}
+
+fn default_listen_v5() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([0, 0, 0, 0], 8884)))
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl MqttTlsConfig {
+    /// A configuration with these files and the default listeners.
+    pub fn new(cert_file: PathBuf, key_file: PathBuf, client_ca_file: Option<PathBuf>) -> Self {
+        Self {
+            cert_file,
+            key_file,
+            client_ca_file,
+            listen: default_listen(),
+            listen_v5: default_listen_v5(),
+            reload_interval: default_reload_interval(),
+        }
+    }
+}
+
+/// Why the TLS files do not load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    /// One file cannot be read or holds nothing usable.
+    #[error("{key} = {path}: {detail}")]
+    File {
+        /// Config key of the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// The files load but do not make a TLS configuration (for example the
+    /// key does not belong to the certificate).
+    #[error("ingest.mqtt.tls: {0}")]
+    Config(String),
+    /// `reload_interval` is zero.
+    #[error("ingest.mqtt.tls.reload_interval must be more than 0")]
+    ReloadInterval,
+}
+
+/// The TLS configuration new connections are accepted with, kept current.
+#[derive(Debug)]
+pub struct ServerTls {
+    config: MqttTlsConfig,
+    current: ArcSwap<ServerConfig>,
+    /// Content hash of the files the current configuration came from.
+    loaded: [u8; 32],
+}
+
+impl ServerTls {
+    /// Reads the files and builds the first configuration.
+    pub fn load(config: &MqttTlsConfig) -> Result<Self, TlsError> {
+        if config.reload_interval.is_zero() {
+            return Err(TlsError::ReloadInterval);
+        }
+        let files = Files::read(config)?;
+        let server = files.server_config(config)?;
+        Ok(Self {
+            config: config.clone(),
+            current: ArcSwap::from_pointee(server),
+            loaded: files.digest(),
+        })
+    }
+
+    /// Whether clients must present a certificate (mutual TLS).
+    pub fn requires_client_certificate(&self) -> bool {
+        self.config.client_ca_file.is_some()
+    }
+
+    /// The acceptor for the next handshake: the configuration current now.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    }
+
+    /// Re-reads the files every `reload_interval` until `stop` fires; when
+    /// their content changed, builds a new configuration and swaps it in
+    /// (handshakes under way finish with the one they started with). Files
+    /// that do not load are logged once per distinct problem and counted in
+    /// `fleetpipe_mqtt_tls_reload_errors_total`; the previous configuration
+    /// stays until the files change again.
+    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.reload_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the files were just read.
+        tick.tick().await;
+        let mut last = self.loaded;
+        let mut last_error: Option<TlsError> = None;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match self.poll(&mut last).await {
+                Ok(()) => last_error = None,
+                Err(e) => {
+                    if last_error.as_ref() != Some(&e) {
+                        metrics::counter!("fleetpipe_mqtt_tls_reload_errors_total").increment(1);
+                        tracing::error!(error = %e, "ingest.mqtt.tls: reload failed; the previous certificate and key stay in use");
+                        last_error = Some(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the files and, if their content is not `last`, loads them.
+    async fn poll(&self, last: &mut [u8; 32]) -> Result<(), TlsError> {
+        let config = self.config.clone();
+        // Small files, but blocking reads: off the async workers.
+        let files = tokio::task::spawn_blocking(move || Files::read(&config))
+            .await
+            .map_err(|e| TlsError::Config(format!("reading the files: {e}")))??;
+        let hash = files.digest();
+        if hash == *last {
+            return Ok(());
+        }
+        // A bad set of files is not tried again until it changes.
+        *last = hash;
+        let server = files.server_config(&self.config)?;
+        self.current.store(Arc::new(server));
+        metrics::counter!("fleetpipe_mqtt_tls_reloads_total").increment(1);
+        tracing::info!(cert_file = %self.config.cert_file.display(), "ingest.mqtt.tls reloaded");
+        Ok(())
+    }
+}
+
+/// The three files' contents.
+struct Files {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+}
+
+impl Files {
+    fn read(config: &MqttTlsConfig) -> Result<Self, TlsError> {
+        Ok(Self {
+            cert: read_bounded("ingest.mqtt.tls.cert_file", &config.cert_file)?,
+            key: read_bounded("ingest.mqtt.tls.key_file", &config.key_file)?,
+            client_ca: config
+                .client_ca_file
+                .as_deref()
+                .map(|p| read_bounded("ingest.mqtt.tls.client_ca_file", p))
+                .transpose()?,
+        })
+    }
+
+    fn digest(&self) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        for part in [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()] {
+            match part {
+                Some(bytes) => {
+                    hash.update((bytes.len() as u64).to_le_bytes());
+                    hash.update(bytes);
+                }
+                None => hash.update(u64::MAX.to_le_bytes()),
+            }
+        }
+        hash.finalize().into()
+    }
+
+    fn server_config(&self, config: &MqttTlsConfig) -> Result<ServerConfig, TlsError> {
+        let file_err = |key: &'static str, path: &Path, detail: String| TlsError::File {
+            key,
+            path: path.to_owned(),
+            detail,
+        };
+        let certs = CertificateDer::pem_slice_iter(&self.cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                file_err(
+                    "ingest.mqtt.tls.cert_file",
+                    &config.cert_file,
+                    format!("not PEM certificates: {e}"),
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(file_err(
+                "ingest.mqtt.tls.cert_file",
+                &config.cert_file,
+                "no certificate in the file".into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| {
+            file_err(
+                "ingest.mqtt.tls.key_file",
+                &config.key_file,
+                format!("no PEM private key: {e}"),
+            )
+        })?;
+        let provider = Arc::new(provider());
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = match (&self.client_ca, &config.client_ca_file) {
+            (Some(pem), Some(path)) => {
+                let ca_err =
+                    |detail: String| file_err("ingest.mqtt.tls.client_ca_file", path, detail);
+                let mut roots = RootCertStore::empty();
+                for ca in CertificateDer::pem_slice_iter(pem) {
+                    let ca = ca.map_err(|e| ca_err(format!("not PEM certificates: {e}")))?;
+                    roots
+                        .add(ca)
+                        .map_err(|e| ca_err(format!("not a usable CA certificate: {e}")))?;
+                }
+                if roots.is_empty() {
+                    return Err(ca_err("no certificate in the file".into()));
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| ca_err(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        builder
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError::Config(format!("certificate and key: {e}")))
+    }
+}
+
+/// The cryptography fleetpipe's TLS uses: rustls' ring provider (its
+/// default cipher suites and key exchange groups). rustls 0.23.48 deprecates
+/// it for having no post-quantum key exchange; the alternative, aws-lc-rs,
+/// needs cmake and a long C build, so ring stays until that changes.
+#[allow(deprecated)]
+pub fn provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+fn read_bounded(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read as _;
+    let err = |detail: String| TlsError::File {
+        key,
+        path: path.to_owned(),
+        detail,
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(err(format!("larger than {MAX_PEM_BYTES} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// The vehicle a device certificate (DER) names: its first DNS subject
+/// alternative name if it has any, else its subject common name; it must be
+/// a valid vehicle id. The certificate was verified by the handshake; this
+/// only reads the name.
+pub fn certificate_vehicle(der: &[u8]) -> Result<VehicleId, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("subject alternative name: {e}"))?
+        .and_then(|ext| {
+            ext.value.general_names.iter().find_map(|name| match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => Some(*dns),
+                _ => None,
+            })
+        });
+    let name = match san {
+        Some(dns) => dns.to_owned(),
+        None => cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .ok_or("the certificate names no vehicle (no DNS subject alternative name, no common name)")?
+            .as_str()
+            .map_err(|e| format!("common name: {e}"))?
+            .to_owned(),
+    };
+    VehicleId::parse(&name)
+        .map_err(|e| format!("certificate name {name:?} is not a vehicle id: {e}"))
+}

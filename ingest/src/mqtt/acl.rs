@@ -172,12 +172,12 @@ impl ConnectionRules {
         prefix: &str,
         client_id: &str,
         will_topic: Option<&str>,
-        verdict: Result<Authenticated, impl Into<Refusal>>,
+        verdict: Result<Authenticated, Refusal>,
     ) -> Result<(), Refusal> {
         if self.session.is_some() {
             return Err(Refusal::SecondConnect);
         }
-        let session = verdict.map_err(Into::into)?;
+        let session = verdict?;
         if !client_id_allowed(&session.identity, client_id) {
             let who = session
                 .identity
@@ -447,7 +447,7 @@ mod tests {
             Err(Refusal::NotConnected)
         );
         assert_eq!(
-            rules.connect("fleet", "van-1", None, Err(AuthError::Missing)),
+            rules.connect("fleet", "van-1", None, Err(AuthError::Missing.into())),
             Err(Refusal::Auth(AuthError::Missing))
         );
         assert_eq!(
@@ -464,6 +464,42 @@ mod tests {
             "a second CONNECT never replaces the first identity"
         );
         assert_eq!(rules.vehicle().map(VehicleId::as_str), Some("van-1"));
+    }
+
+    #[test]
+    fn a_client_certificate_is_the_credential_and_names_the_vehicle() {
+        let van = VehicleId::parse("van-1").expect("valid id");
+        for username in [None, Some(""), Some("van-1")] {
+            let session = certificate_session(Ok(&van), username).expect("own vehicle");
+            assert_eq!(session.identity.vehicle(), Some(&van));
+            assert_eq!(session.expires_at, None);
+        }
+        assert!(matches!(
+            certificate_session(Ok(&van), Some("van-2")),
+            Err(Refusal::Auth(AuthError::WrongVehicle { .. }))
+        ));
+        assert_eq!(
+            certificate_session(Err("no name"), Some("van-1")),
+            Err(Refusal::Certificate("no name".into()))
+        );
+        // The client id and topic rules then apply to the certificate's vehicle.
+        let mut rules = ConnectionRules::default();
+        assert!(matches!(
+            rules
+                .clone()
+                .connect("fleet", "van-2", None, certificate_session(Ok(&van), None)),
+            Err(Refusal::ClientId { .. })
+        ));
+        rules
+            .connect(
+                "fleet",
+                "van-1@x",
+                None,
+                certificate_session(Ok(&van), None),
+            )
+            .expect("own client id");
+        assert!(rules.publish("fleet", "fleet/van-1/telemetry").is_ok());
+        assert!(rules.publish("fleet", "fleet/van-2/telemetry").is_err());
     }
 
     #[test]

@@ -354,3 +354,79 @@ pub fn certificate_vehicle(der: &[u8]) -> Result<VehicleId, String> {
     VehicleId::parse(&name)
         .map_err(|e| format!("certificate name {name:?} is not a vehicle id: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+
+    use super::*;
+
+    fn cert(cn: Option<&str>, sans: &[&str]) -> Vec<u8> {
+        let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
+        let mut params = CertificateParams::new(sans).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        let key = KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("cert").der().to_vec()
+    }
+
+    #[test]
+    fn the_first_dns_name_else_the_common_name_is_the_vehicle() {
+        let vehicle = |der: &[u8]| certificate_vehicle(der).map(|v| v.as_str().to_owned());
+        assert_eq!(vehicle(&cert(Some("van-1"), &[])), Ok("van-1".into()));
+        assert_eq!(
+            vehicle(&cert(Some("van-1"), &["van-2", "van-3"])),
+            Ok("van-2".into())
+        );
+        // An IP address is no DNS name: the common name counts.
+        assert_eq!(
+            vehicle(&cert(Some("van-1"), &["10.0.0.1"])),
+            Ok("van-1".into())
+        );
+        for (cn, sans) in [
+            (None, &[][..]),
+            (Some("van 1"), &[][..]),
+            (Some("van-1"), &["van/1"][..]),
+        ] {
+            assert!(vehicle(&cert(cn, sans)).is_err(), "{cn:?} {sans:?}");
+        }
+        assert!(certificate_vehicle(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn files_that_do_not_load_name_their_key() {
+        let dir = tempfile::tempdir().expect("dir");
+        let key = KeyPair::generate().expect("key");
+        let params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        let pem = params.self_signed(&key).expect("cert").pem();
+        let (cert_file, key_file) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_file, &pem).expect("write");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write");
+        let good = MqttTlsConfig::new(cert_file.clone(), key_file.clone(), None);
+        let tls = ServerTls::load(&good).expect("loads");
+        assert!(!tls.requires_client_certificate());
+        // A key of another certificate.
+        let other = KeyPair::generate().expect("key");
+        let other_file = dir.path().join("other.pem");
+        std::fs::write(&other_file, other.serialize_pem()).expect("write");
+        let mismatched = MqttTlsConfig::new(cert_file.clone(), other_file, None);
+        assert!(matches!(
+            ServerTls::load(&mismatched),
+            Err(TlsError::Config(_))
+        ));
+        let zero = MqttTlsConfig {
+            reload_interval: Duration::ZERO,
+            ..good.clone()
+        };
+        assert_eq!(
+            ServerTls::load(&zero).unwrap_err(),
+            TlsError::ReloadInterval
+        );
+        // The CA file holds the server key: no certificate in it.
+        let ca = MqttTlsConfig::new(cert_file, key_file.clone(), Some(key_file));
+        let err = ServerTls::load(&ca).unwrap_err().to_string();
+        assert!(err.starts_with("ingest.mqtt.tls.client_ca_file"), "{err}");
+    }
+}

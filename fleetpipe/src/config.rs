@@ -218,6 +218,18 @@ impl Config {
             }
         }
         if mqtt.mode == MqttMode::Embedded
+            && mqtt.listen.is_none()
+            && mqtt.listen_v5.is_none()
+            && mqtt
+                .tls
+                .as_ref()
+                .is_none_or(|t| t.listen.is_none() && t.listen_v5.is_none())
+        {
+            return invalid(
+                "ingest.mqtt: the embedded broker has no listener (listen, listen_v5, tls.listen and tls.listen_v5 are all off); use mode = \"off\" for no MQTT",
+            );
+        }
+        if mqtt.mode == MqttMode::Embedded
             && let Some(tls) = &mqtt.tls
         {
             // Reads the certificate, key and client CA files, so that
@@ -283,7 +295,7 @@ mod tests {
     fn minimal_file_gets_defaults() {
         let c = load(MINIMAL, &[]).unwrap();
         assert_eq!(c.ingest.mqtt.mode, MqttMode::Embedded);
-        assert_eq!(c.ingest.mqtt.listen.port(), 1883);
+        assert_eq!(c.ingest.mqtt.listen.map(|a| a.port()), Some(1883));
         assert_eq!(c.ingest.http.listen.port(), 8080);
         assert_eq!(c.ingest.limits.max_past, Duration::from_secs(7 * 86_400));
     }
@@ -301,7 +313,7 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(c.ingest.mqtt.listen.port(), 2000);
+        assert_eq!(c.ingest.mqtt.listen.map(|a| a.port()), Some(2000));
         assert_eq!(c.ingest.auth.mode, fleetpipe_ingest::auth::AuthMode::Jwt);
         assert_eq!(c.ingest.limits.max_future, Duration::from_secs(60));
         assert_eq!(c.pipeline.ping_queue, 7);
@@ -485,6 +497,63 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("ingest.auth.jwt_algorithms"), "{e}");
+    }
+
+    #[test]
+    fn the_commented_mqtt_tls_table_documents_its_defaults_and_is_checked() {
+        use fleetpipe_ingest::mqtt::MqttTlsConfig;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let block: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "# [ingest.mqtt.tls]")
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.strip_prefix("# "))
+            .collect();
+        assert_eq!(block.first(), Some(&"[ingest.mqtt.tls]"), "{block:?}");
+        let body = block[1..].join("\n");
+        let tls: MqttTlsConfig = toml::from_str(&body).unwrap();
+        assert_eq!(
+            tls,
+            MqttTlsConfig::new(
+                tls.cert_file.clone(),
+                tls.key_file.clone(),
+                tls.client_ca_file.clone()
+            )
+        );
+        assert!(tls.client_ca_file.is_some());
+        // As a config, its files are read: the example paths do not exist here.
+        let e = load(&format!("{MINIMAL}{}\n", block.join("\n")), &[]).unwrap_err();
+        assert!(e.contains("ingest.mqtt.tls.cert_file"), "{e}");
+        // Unknown keys are refused; listeners can be turned off.
+        let e = toml::from_str::<MqttTlsConfig>(&format!("{body}\ncertfile = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("certfile"), "{e}");
+        let off: MqttTlsConfig = toml::from_str(&format!(
+            "cert_file = \"c\"\nkey_file = \"k\"\nlisten = \"off\"\n"
+        ))
+        .unwrap();
+        assert_eq!((off.listen, off.client_ca_file), (None, None));
+        assert!(off.listen_v5.is_some());
+    }
+
+    #[test]
+    fn an_embedded_broker_needs_a_listener() {
+        let e = load(
+            &format!("{MINIMAL}[ingest.mqtt]\nlisten = \"off\"\nlisten_v5 = \"off\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("no listener"), "{e}");
+        let off = load(
+            &format!(
+                "{MINIMAL}[ingest.mqtt]\nmode = \"off\"\nlisten = \"off\"\nlisten_v5 = \"off\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(off.ingest.mqtt.listen, None);
     }
 
     #[test]

@@ -170,7 +170,7 @@ impl Pipeline {
                 )
                 .await
                 .map_err(start_err)?;
-                mqtt_addr = Some(broker.local_addr());
+                mqtt_addr = broker.local_addr();
                 mqtt_v5_addr = broker.local_addr_v5();
                 mqtt_tls_addrs = (broker.addrs().v311_tls, broker.addrs().v5_tls);
                 let failure = failure.clone();

@@ -375,7 +375,14 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_device_ca() {
     let ca = Ca::new("broker CA");
     let devices = Ca::new("device CA");
     let tls = write_tls_files(dir.path(), &ca.server(), Some(&devices));
-    let mut p = tls_pipeline(dir.path(), tls).await;
+    // TLS only: the plaintext listeners are off.
+    let mut p = TestPipeline::start(|c| {
+        c.ingest.mqtt.listen = None;
+        c.ingest.mqtt.listen_v5 = None;
+        c.ingest.mqtt.tls = Some(tls);
+    })
+    .await;
+    assert_eq!((p.mqtt, p.mqtt_v5), (None, None));
     let (tls_v4, tls_v5) = (p.mqtt_tls.unwrap(), p.mqtt_v5_tls.unwrap());
 
     // No certificate, and certificates for van-1 from another CA (the
@@ -392,7 +399,8 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_device_ca() {
     for (what, client) in &clients {
         assert!(refused_at_handshake(tls_v4, client).await, "{what}");
         assert!(refused_at_handshake(tls_v5, client).await, "{what} (5)");
-        // Nor does a token help.
+        // Nor does a CONNECT over it get anywhere (ingest.auth.mode is
+        // "none": only the certificate stands between anyone and a session).
         if let Ok(mut c) = open_tls(tls_v4, client).await {
             let answer = c
                 .connect_v4("van-1", Some(("van-1", "tok-1")), None, true)

@@ -21,12 +21,12 @@ use tracing_subscriber::{
 pub use link::alerts;
 pub use link::local;
 pub use link::meters;
-pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
-use segments::Storage;
-pub use server::{Broker, ConnectionHandler, LinkType, Server};
 /// A stream rumqttd can serve MQTT on (fleetpipe patch: public, for
 /// [`ConnectionHandler::handle`]).
 pub use link::network::N;
+pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
+use segments::Storage;
+pub use server::{Broker, ConnectionHandler, LinkType, Server};
 
 pub use self::router::shared_subs::Strategy;
 

@@ -29,7 +29,7 @@ pub mod raw_mqtt;
 /// A config with every listener on 127.0.0.1:0 and the file sink in `dir`.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::default();
-    config.ingest.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    config.ingest.mqtt.listen = Some("127.0.0.1:0".parse().unwrap());
     config.ingest.mqtt.listen_v5 = Some("127.0.0.1:0".parse().unwrap());
     config.ingest.http.listen = "127.0.0.1:0".parse().unwrap();
     config.sink.file = Some(FileSinkConfig {

@@ -93,7 +93,7 @@ pub struct EmbeddedBroker {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenAddrs {
     /// MQTT 3.1.1.
-    pub v311: SocketAddr,
+    pub v311: Option<SocketAddr>,
     /// MQTT 5.
     pub v5: Option<SocketAddr>,
     /// MQTT 3.1.1 over TLS.
@@ -264,7 +264,10 @@ impl EmbeddedBroker {
             .as_ref()
             .map(|c| ServerTls::load(c).map(Arc::new))
             .transpose()?;
-        let (listen, local_addr) = bind("ingest.mqtt.listen", config.listen).await?;
+        let listen = match config.listen {
+            Some(addr) => Some(bind("ingest.mqtt.listen", addr).await?),
+            None => None,
+        };
         let listen_v5 = match config.listen_v5 {
             Some(addr) => Some(bind("ingest.mqtt.listen_v5", addr).await?),
             None => None,
@@ -279,7 +282,7 @@ impl EmbeddedBroker {
             }
         }
         let addrs = ListenAddrs {
-            v311: local_addr,
+            v311: listen.as_ref().map(|(_, a)| *a),
             v5: listen_v5.as_ref().map(|(_, a)| *a),
             v311_tls: listen_tls.as_ref().map(|(_, a)| *a),
             v5_tls: listen_v5_tls.as_ref().map(|(_, a)| *a),
@@ -330,7 +333,7 @@ impl EmbeddedBroker {
         // own accept loop is never started (`listen` is only a name there).
         let settings = || ServerSettings {
             name: "fleetpipe".into(),
-            listen: local_addr,
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             tls: None,
             next_connection_delay_ms: 0,
             connections: connections.clone(),
@@ -349,14 +352,17 @@ impl EmbeddedBroker {
             handshake_timeout: config.connect_timeout,
             stop: stop_accepting.clone(),
         };
-        let mut listeners = vec![tokio::spawn(accept_loop(
-            "mqtt",
-            listen,
-            None,
-            v4_handler.clone(),
-            v4.clone(),
-            acceptance.clone(),
-        ))];
+        let mut listeners = Vec::new();
+        if let Some((listener, _)) = listen {
+            listeners.push(tokio::spawn(accept_loop(
+                "mqtt",
+                listener,
+                None,
+                v4_handler.clone(),
+                v4.clone(),
+                acceptance.clone(),
+            )));
+        }
         if let Some((listener, _)) = listen_v5 {
             listeners.push(tokio::spawn(accept_loop(
                 "mqtt-v5",
@@ -391,7 +397,7 @@ impl EmbeddedBroker {
             tokio::spawn(tls.watch(shutdown.clone()));
         }
         tracing::info!(
-            listen = %local_addr,
+            listen = ?addrs.v311,
             listen_v5 = ?addrs.v5,
             listen_tls = ?addrs.v311_tls,
             listen_v5_tls = ?addrs.v5_tls,
@@ -442,8 +448,8 @@ impl EmbeddedBroker {
         Ok(Self { addrs, reader })
     }
 
-    /// The MQTT 3.1.1 listener's address.
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The MQTT 3.1.1 listener's address, if enabled.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.addrs.v311
     }
 

@@ -45,8 +45,10 @@ pub const MIN_SEGMENT_BYTES: usize = 1024;
 pub struct MqttConfig {
     /// `embedded`, `external` or `off`.
     pub mode: MqttMode,
-    /// Embedded: MQTT 3.1.1 listener.
-    pub listen: SocketAddr,
+    /// Embedded: MQTT 3.1.1 listener; `"off"` disables it (for example
+    /// when devices must use the TLS listeners only).
+    #[serde(deserialize_with = "address_or_off")]
+    pub listen: Option<SocketAddr>,
     /// Embedded: MQTT 5 listener (rumqttd serves each protocol version on its
     /// own port); `"off"` disables it.
     #[serde(deserialize_with = "address_or_off")]
@@ -116,7 +118,7 @@ impl MqttConfig {
     fn defaults() -> Self {
         Self {
             mode: MqttMode::Embedded,
-            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
             listen_v5: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
             topic_prefix: "fleet".into(),
             ack_topic: true,

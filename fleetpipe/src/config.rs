@@ -417,6 +417,41 @@ mod tests {
     }
 
     #[test]
+    fn http_edge_and_ops_keys_have_defaults_and_are_checked() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.ops.listen, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(c.ops.admin_token, None);
+        assert_eq!(c.ops.reload_min_interval, Duration::from_secs(10));
+        assert_eq!(c.ingest.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.ingest.http.max_connections, 20_000);
+        let c = load(
+            &format!("{MINIMAL}[ingest.http]\nidle_timeout = \"250ms\"\n[ops]\nreload_min_interval = \"0s\"\n"),
+            &[("FLEETPIPE_OPS__ADMIN_TOKEN", "t0ken")],
+        )
+        .unwrap();
+        assert_eq!(c.ingest.http.idle_timeout, Duration::from_millis(250));
+        assert_eq!(c.ops.reload_min_interval, Duration::ZERO);
+        assert_eq!(c.ops.admin_token.as_deref(), Some("t0ken"));
+        for (body, needle) in [
+            (
+                "[ingest.http]\nbody_timeout = \"0s\"\n",
+                "ingest.http.idle_timeout",
+            ),
+            (
+                "[ingest.http]\nmax_connections = 0\n",
+                "ingest.http.max_connections",
+            ),
+            ("[ops]\nmax_connections = 0\n", "ops.max_connections"),
+            ("[ops]\nadmin_token = \" \"\n", "ops.admin_token"),
+            ("[ops]\nlisten = \"loopback\"\n", "ops.listen"),
+            ("[ops]\nport = 1\n", "ops"),
+        ] {
+            let e = load(&format!("{MINIMAL}{body}"), &[]).unwrap_err();
+            assert!(e.contains(needle), "{body}: {e}");
+        }
+    }
+
+    #[test]
     fn missing_file_names_the_path() {
         let e = Config::load(Path::new("/nonexistent/fleetpipe.toml"))
             .unwrap_err()

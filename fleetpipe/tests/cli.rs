@@ -218,16 +218,17 @@ fn run_json(
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let running = loop {
         assert!(Instant::now() < deadline, "fleetpipe did not start");
         let line = lines.next().unwrap().unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         if v["fields"]["message"] == "fleetpipe is running" {
-            let http = v["fields"]["http"].as_str().unwrap().to_owned();
-            let ops = v["fields"]["ops"].as_str().unwrap().to_owned();
-            return (child, lines, http, ops);
+            break v;
         }
-    }
+    };
+    let http = running["fields"]["http"].as_str().unwrap().to_owned();
+    let ops = running["fields"]["ops"].as_str().unwrap().to_owned();
+    (child, lines, http, ops)
 }
 
 /// Waits for the child to exit, killing it after `limit`.

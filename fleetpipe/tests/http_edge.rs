@@ -493,3 +493,48 @@ async fn shutdown_closes_unfinished_connections_at_once_and_drains() {
     }
     assert_eq!(keys(&p.telemetry()), [("van-d".to_string(), 1)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_hand_at_shutdown_is_answered() {
+    let mut p = TestPipeline::start(|c| {
+        c.sink.kafka = Some(fleetpipe_sink::KafkaConfig {
+            librdkafka: [("reconnect.backoff.max.ms".to_owned(), "250".to_owned())].into(),
+            ..fleetpipe_sink::KafkaConfig::new("embedded")
+        });
+    })
+    .await;
+    let kafka = p
+        .pipeline
+        .as_ref()
+        .unwrap()
+        .embedded_kafka()
+        .unwrap()
+        .clone();
+    // Kafka is down: the request is read and its ping written to the file
+    // sink, but its answer waits for Kafka.
+    kafka.set_brokers_up(false).await.unwrap();
+    let url = p.url("/v1/pings");
+    let request = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(url)
+            .body(json_ping("van-h", 7))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    });
+    p.wait_telemetry(1, SOON).await;
+    assert!(!request.is_finished());
+
+    // Shutdown while it waits, for longer than the drain's idle grace.
+    p.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!request.is_finished());
+    kafka.set_brokers_up(true).await.unwrap();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(30), request)
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert_eq!((status, body), (200, serde_json::json!({ "ack": 7 })));
+    p.stop().await;
+}

@@ -160,9 +160,10 @@ async fn connection(
             Phase::Body | Phase::Handling => None,
         };
         // Draining, hyper closes an idle connection itself once its last
-        // answer is flushed; this is only the backstop.
+        // answer is flushed; this is only the backstop, counted from when
+        // the connection became idle so that an answer just given is not cut.
         let limit = match (now, draining) {
-            (Phase::Idle, Some(at)) => Some((at + DRAIN_IDLE_GRACE, "shutdown")),
+            (Phase::Idle, Some(at)) => Some((at.max(since) + DRAIN_IDLE_GRACE, "shutdown")),
             _ => limit,
         };
         let expiry = async {

@@ -291,11 +291,19 @@ async fn http_batches_status_codes_and_ops_endpoints() {
     let mut p = TestPipeline::start(|c| c.ingest.limits.max_payload_bytes = 2048).await;
     let http = reqwest::Client::new();
     assert_eq!(
-        http.get(p.url("/healthz")).send().await.unwrap().status(),
+        http.get(p.ops_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
     assert_eq!(
-        http.get(p.url("/readyz")).send().await.unwrap().status(),
+        http.get(p.ops_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
 
@@ -364,7 +372,7 @@ async fn http_batches_status_codes_and_ops_endpoints() {
 
     p.shutdown.cancel();
     // Not ready any more while draining; the listener closes after.
-    let ready = http.get(p.url("/readyz")).send().await;
+    let ready = http.get(p.ops_url("/readyz")).send().await;
     assert!(ready.map(|r| r.status() != 200).unwrap_or(true));
     p.stop().await;
     assert_eq!(p.telemetry().len(), 12);

@@ -381,3 +381,51 @@ async fn http_batches_status_codes_and_ops_endpoints() {
         vec!["oversize", "schema_invalid", "vehicle_mismatch"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_session_ends_when_its_jwt_expires() {
+    let mut p = TestPipeline::start(|c| {
+        c.ingest.auth.mode = AuthMode::Jwt;
+        c.ingest.auth.jwt_secret = Some("test-secret".into());
+        c.ingest.auth.jwt_leeway_s = 0;
+    })
+    .await;
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: i64,
+    }
+    let exp = now_ms() / 1000 + 2;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims {
+            sub: "truck-9",
+            exp,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
+    )
+    .unwrap();
+    let mut ws = ws_connect(&p, Some(&token), "").await.unwrap();
+    let answer = send_and_answer(&mut ws, Ws::text(json_ping("truck-9", 1))).await;
+    assert_eq!(answer, json!({ "ack": 1 }));
+    // At exp the server closes the session with 1008, unprompted.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Ws::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the session outlived its token");
+    let frame = closed.expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), 1008);
+    assert!(now_ms() / 1000 >= exp, "closed before exp");
+    // Nothing sent after that is taken.
+    let _ = ws.send(Ws::text(json_ping("truck-9", 2))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.stop().await;
+    assert_eq!(keys(&p.telemetry()), vec![("truck-9".to_string(), 1)]);
+}

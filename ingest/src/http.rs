@@ -19,7 +19,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Authenticator, Identity};
+use crate::auth::{Authenticated, Authenticator, Identity};
 use crate::codec::{Encoding, Rejection, VehicleScope};
 use crate::gateway::{Ingestor, Message, Outcome};
 
@@ -237,9 +237,9 @@ fn authenticate(
     headers: &HeaderMap,
     query_token: Option<&str>,
     gateway: Gateway,
-) -> Result<Identity, Box<Response>> {
+) -> Result<Authenticated, Box<Response>> {
     let credential = bearer(headers).or(query_token);
-    state.auth.authenticate(credential, None).map_err(|e| {
+    state.auth.authenticate_session(credential, None).map_err(|e| {
         metrics::counter!("fleetpipe_rejected_total", "reason" => RejectReason::Unauthorized.as_str(), "gateway" => gateway.as_str())
             .increment(1);
         tracing::info!(gateway = gateway.as_str(), error = %e, "device refused");
@@ -290,7 +290,7 @@ async fn post_pings(
     body: Body,
 ) -> Response {
     let identity = match authenticate(&state, &headers, query.token.as_deref(), Gateway::Http) {
-        Ok(i) => i,
+        Ok(session) => session.identity,
         Err(response) => return *response,
     };
     let limit = state.ingestor.validator().config().max_payload_bytes;
@@ -347,9 +347,8 @@ async fn ws_upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let identity = match authenticate(&state, &headers, query.token.as_deref(), Gateway::Websocket)
-    {
-        Ok(i) => i,
+    let session = match authenticate(&state, &headers, query.token.as_deref(), Gateway::Websocket) {
+        Ok(session) => session,
         Err(response) => return *response,
     };
     // Frames up to the hard limit reach the validator, which refuses the
@@ -358,17 +357,41 @@ async fn ws_upgrade(
         crate::mqtt::hard_packet_limit(state.ingestor.validator().config().max_payload_bytes);
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| ws_session(socket, state, identity))
+        .on_upgrade(move |socket| ws_session(socket, state, session))
 }
 
-async fn ws_session(mut socket: WebSocket, state: HttpState, identity: Identity) {
+async fn ws_session(mut socket: WebSocket, state: HttpState, session: Authenticated) {
     metrics::gauge!("fleetpipe_ws_sessions").increment(1.0);
+    let identity = session.identity;
+    // A session lives as long as its credential: at its expiry (a JWT's
+    // `exp` plus the leeway) it is closed, and the device reconnects with
+    // a fresh token.
+    let expired = async {
+        match session.expires_at {
+            Some(at) => {
+                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                tokio::time::sleep(left).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expired);
     loop {
         let frame = tokio::select! {
             biased;
             () = state.shutdown.cancelled() => {
                 let close = CloseFrame { code: 1001, reason: "fleetpipe is shutting down".into() };
                 let _ = socket.send(WsMessage::Close(Some(close))).await;
+                break;
+            }
+            () = &mut expired => {
+                tracing::info!(vehicle_id = ?identity.vehicle(), "websocket session closed: credential expired");
+                let close = CloseFrame { code: 1008, reason: "credential expired".into() };
+                let _ = tokio::time::timeout(
+                    state.ws_idle_timeout,
+                    socket.send(WsMessage::Close(Some(close))),
+                )
+                .await;
                 break;
             }
             frame = tokio::time::timeout(state.ws_idle_timeout, socket.recv()) => match frame {

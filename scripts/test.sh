@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=lib/services.sh
 source scripts/lib/services.sh
 
+ensure_build_deps
 ensure_postgres
 ensure_postgis
 ensure_mosquitto

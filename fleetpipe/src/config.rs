@@ -18,6 +18,8 @@ use fleetpipe_ingest::{AuthConfig, RateLimitConfig, ValidationConfig};
 use fleetpipe_sink::{FileSinkConfig, KafkaConfig, TimescaleConfig};
 use serde::Deserialize;
 
+use crate::ops::OpsConfig;
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +39,9 @@ pub struct Config {
     /// Queues between the stages, shutdown.
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// The operations listener: health, readiness, metrics, admin.
+    #[serde(default)]
+    pub ops: OpsConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -49,7 +54,7 @@ pub struct IngestConfig {
     /// MQTT gateway (embedded broker or external broker).
     #[serde(default)]
     pub mqtt: MqttConfig,
-    /// HTTP listener: WebSocket, HTTP ingest, health, metrics.
+    /// The devices' HTTP listener: WebSocket and HTTP ingest.
     #[serde(default)]
     pub http: HttpConfig,
     /// Device authentication.
@@ -236,6 +241,32 @@ impl Config {
             // `config check` catches what would otherwise fail at start.
             fleetpipe_ingest::mqtt::tls::ServerTls::load(tls)
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        let http = &self.ingest.http;
+        if [
+            http.idle_timeout,
+            http.header_read_timeout,
+            http.body_timeout,
+            http.ws_idle_timeout,
+        ]
+        .contains(&Duration::ZERO)
+        {
+            return invalid(
+                "ingest.http.idle_timeout, header_read_timeout, body_timeout and ws_idle_timeout must be longer than 0",
+            );
+        }
+        if http.max_connections == 0 || self.ops.max_connections == 0 {
+            return invalid(
+                "ingest.http.max_connections and ops.max_connections must be at least 1",
+            );
+        }
+        if self
+            .ops
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return invalid("ops.admin_token must not be empty (leave it out for no token)");
         }
         let limits = &self.ingest.limits;
         if limits.max_payload_bytes == 0 || limits.max_batch == 0 {
@@ -530,10 +561,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("certfile"), "{e}");
-        let off: MqttTlsConfig = toml::from_str(&format!(
-            "cert_file = \"c\"\nkey_file = \"k\"\nlisten = \"off\"\n"
-        ))
-        .unwrap();
+        let off: MqttTlsConfig =
+            toml::from_str("cert_file = \"c\"\nkey_file = \"k\"\nlisten = \"off\"\n").unwrap();
         assert_eq!((off.listen, off.client_ca_file), (None, None));
         assert!(off.listen_v5.is_some());
     }
@@ -554,6 +583,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(off.ingest.mqtt.listen, None);
+    }
+
+    #[test]
+    fn http_edge_and_ops_keys_have_defaults_and_are_checked() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.ops.listen, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(c.ops.admin_token, None);
+        assert_eq!(c.ops.reload_min_interval, Duration::from_secs(10));
+        assert_eq!(c.ingest.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.ingest.http.max_connections, 20_000);
+        let c = load(
+            &format!("{MINIMAL}[ingest.http]\nidle_timeout = \"250ms\"\n[ops]\nreload_min_interval = \"0s\"\n"),
+            &[("FLEETPIPE_OPS__ADMIN_TOKEN", "t0ken")],
+        )
+        .unwrap();
+        assert_eq!(c.ingest.http.idle_timeout, Duration::from_millis(250));
+        assert_eq!(c.ops.reload_min_interval, Duration::ZERO);
+        assert_eq!(c.ops.admin_token.as_deref(), Some("t0ken"));
+        for (body, needle) in [
+            (
+                "[ingest.http]\nbody_timeout = \"0s\"\n",
+                "ingest.http.idle_timeout",
+            ),
+            (
+                "[ingest.http]\nmax_connections = 0\n",
+                "ingest.http.max_connections",
+            ),
+            ("[ops]\nmax_connections = 0\n", "ops.max_connections"),
+            ("[ops]\nadmin_token = \" \"\n", "ops.admin_token"),
+            ("[ops]\nlisten = \"loopback\"\n", "ops.listen"),
+            ("[ops]\nport = 1\n", "ops"),
+        ] {
+            let e = load(&format!("{MINIMAL}{body}"), &[]).unwrap_err();
+            assert!(e.contains(needle), "{body}: {e}");
+        }
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub async fn run(
          metrics at http://{}/metrics{}",
         options.vehicles,
         path.display(),
-        pipeline.http_addr(),
+        pipeline.ops_addr(),
         pipeline
             .kafka_bootstrap()
             .map(|b| format!("; events: kcat -b {b} -t fleet.events.v1 -C"))

@@ -1,18 +1,58 @@
-//! Operational endpoints on the HTTP listener: `/healthz`, `/readyz`,
-//! `/metrics` (Prometheus text format), and `POST /admin/geofences/reload`.
+//! The operations listener (`[ops]`), apart from the devices' one:
+//! `/healthz`, `/readyz`, `/metrics` (Prometheus text format), and
+//! `POST /admin/geofences/reload`. For operators only: it listens on
+//! loopback by default, and `/admin/*` can require a bearer token.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::fences::FenceReloader;
+
+/// `ops`: the operations listener (health, readiness, metrics, admin).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Address of the listener. Loopback by default: only processes on the
+    /// host (a health checker, a local Prometheus agent) reach it.
+    pub listen: SocketAddr,
+    /// When set, `/admin/*` requires `Authorization: Bearer <admin_token>`
+    /// (else `401`).
+    pub admin_token: Option<String>,
+    /// Most connections open at once on this listener; one more is answered
+    /// `503` and closed. Timeouts are those of `ingest.http`.
+    pub max_connections: usize,
+    /// Least time between the end of one `POST /admin/geofences/reload` and
+    /// the start of the next; sooner is `429` with `Retry-After`. Reloads
+    /// run one at a time: a request arriving during one waits for it.
+    #[serde(with = "humantime_serde")]
+    pub reload_min_interval: Duration,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            admin_token: None,
+            max_connections: 64,
+            reload_min_interval: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Whether the pipeline takes traffic: set once every stage runs, and false
 /// from the moment shutdown is requested (so load balancers stop sending
@@ -59,6 +99,22 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// Every route of the operations listener: `/healthz`, `/readyz`,
+/// `/metrics`, and `/admin/*` (behind `config.admin_token` when set).
+pub fn router(readiness: Readiness, reloader: FenceReloader, config: &OpsConfig) -> Router {
+    let admin = geofence_routes(reloader, config.reload_min_interval);
+    let admin = match &config.admin_token {
+        Some(token) => {
+            let expected: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+            admin.layer(axum::middleware::from_fn(move |request, next| {
+                require_token(expected, request, next)
+            }))
+        }
+        None => admin,
+    };
+    routes(readiness).merge(admin)
+}
+
 /// `/healthz`, `/readyz` and `/metrics`.
 pub fn routes(readiness: Readiness) -> Router {
     let handle = prometheus();
@@ -80,24 +136,84 @@ pub fn routes(readiness: Readiness) -> Router {
         .route("/metrics", get(move || std::future::ready(handle.render())))
 }
 
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// `401` unless the request bears the admin token. Compared as SHA-256
+/// digests in constant time: neither the token's bytes nor its length leak
+/// through timing.
+async fn require_token(expected: [u8; 32], request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| Sha256::digest(token.trim().as_bytes()));
+    let authorized = given.is_some_and(|g| bool::from(g.as_slice().ct_eq(&expected)));
+    if !authorized {
+        tracing::warn!(
+            path = request.uri().path(),
+            "admin request without the admin token refused"
+        );
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint requires Authorization: Bearer <ops.admin_token>".into(),
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    next.run(request).await
+}
+
 /// `POST /admin/geofences/reload`: reloads the fences from every configured
 /// source and answers when done: 200 with `{"fences": N, "cell_size_m": C,
 /// "took_ms": T}`, or 422 with `{"error": "..."}` (the previous fences stay
-/// in use). Reloads are serialized; the reload finishes even if the client
-/// goes away.
-pub fn geofence_routes(reloader: FenceReloader) -> Router {
+/// in use). Reloads run one at a time (a request arriving during one waits
+/// for it), and one may start only `min_interval` after the previous one
+/// ended, else 429 with `Retry-After` (seconds). The reload finishes even if
+/// the client goes away.
+pub fn geofence_routes(reloader: FenceReloader, min_interval: Duration) -> Router {
+    // When the last reload requested here ended; held for a whole reload.
+    let last = Arc::new(tokio::sync::Mutex::new(None::<Instant>));
     Router::new().route(
         "/admin/geofences/reload",
         post(move || {
             let reloader = reloader.clone();
+            let last = Arc::clone(&last);
             async move {
-                let reload = tokio::spawn(async move { reloader.reload().await });
-                let error = |status: StatusCode, message: String| {
-                    (status, Json(serde_json::json!({ "error": message }))).into_response()
-                };
+                let reload = tokio::spawn(async move {
+                    let mut last = last.lock().await;
+                    if let Some(ended) = *last {
+                        let wait = (ended + min_interval).saturating_duration_since(Instant::now());
+                        if !wait.is_zero() {
+                            return Err(wait);
+                        }
+                    }
+                    let result = reloader.reload().await;
+                    *last = Some(Instant::now());
+                    Ok(result)
+                });
                 let response: Response = match reload.await {
-                    Ok(Ok(report)) => (StatusCode::OK, Json(report)).into_response(),
-                    Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+                    Ok(Ok(Ok(report))) => (StatusCode::OK, Json(report)).into_response(),
+                    Ok(Ok(Err(e))) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+                    Ok(Err(wait)) => {
+                        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                        let mut response = error(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            format!(
+                                "geofences were reloaded less than ops.reload_min_interval ({}) ago; retry in {seconds} s",
+                                humantime::format_duration(min_interval)
+                            ),
+                        );
+                        response
+                            .headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                        response
+                    }
                     Err(e) => error(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         format!("geofence reload task failed: {e}"),

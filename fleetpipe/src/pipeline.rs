@@ -5,7 +5,9 @@
 //! Shutdown is one [`CancellationToken`]: the gateways stop accepting and
 //! finish what they took; dropping their queue senders lets enrichment drain
 //! and close its output, which lets the sinks drain, flush and return. Only
-//! then is the pipeline done, so nothing accepted is lost.
+//! then is the pipeline done, so nothing accepted is lost. The operations
+//! listener stays up through the drain (`/readyz` answers 503, `/metrics`
+//! shows the drain) and closes last.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,18 +15,22 @@ use std::time::Duration;
 
 use fleetpipe_enrich::{EnrichService, StageSetup, StateStore};
 use fleetpipe_ingest::gateway::InflightProbe;
-use fleetpipe_ingest::http::routes as ingest_routes;
+use fleetpipe_ingest::http::{routes as ingest_routes, serve};
 use fleetpipe_ingest::mqtt::{EmbeddedBroker, ExternalConsumer, MqttMode};
 use fleetpipe_ingest::{Authenticator, IngestOutput, Ingestor, RateLimiter, Validator};
 use fleetpipe_model::{Accepted, SinkRecord};
 use fleetpipe_sink::{EmbeddedKafka, FileSink, KafkaSink, TimescaleSink};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::Config;
 use crate::fences::FenceService;
 use crate::ops::{self, Readiness};
+
+/// Longest the operations listener may take to answer its requests in hand
+/// once the pipeline has drained (a geofence reload takes seconds).
+const OPS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often idle vehicles are dropped from the rate limiter.
 const RATE_LIMIT_SWEEP: Duration = Duration::from_secs(60);
@@ -89,6 +95,9 @@ fn sink_failed(name: &str, e: impl std::fmt::Display) -> PipelineError {
 #[derive(Debug)]
 pub struct Pipeline {
     http_addr: SocketAddr,
+    ops_addr: SocketAddr,
+    ops: JoinHandle<()>,
+    ops_stop: DropGuard,
     mqtt_addr: Option<SocketAddr>,
     mqtt_v5_addr: Option<SocketAddr>,
     mqtt_tls_addrs: (Option<SocketAddr>, Option<SocketAddr>),
@@ -113,6 +122,7 @@ impl Pipeline {
         // Stages create their metric handles at start: the recorder must exist first.
         ops::prometheus();
         fleetpipe_ingest::gateway::describe_metrics();
+        fleetpipe_ingest::http::describe_metrics();
         let auth = Arc::new(Authenticator::from_config(&config.ingest.auth).map_err(start_err)?);
         // Everything that can fail on configuration or a taken port comes
         // first, so a failed start prints one error and nothing else.
@@ -132,6 +142,15 @@ impl Pipeline {
                 ))
             })?;
         let http_addr = http_listener.local_addr().map_err(start_err)?;
+        let ops_listener = tokio::net::TcpListener::bind(config.ops.listen)
+            .await
+            .map_err(|e| {
+                PipelineError::Start(format!(
+                    "ops.listen = {}: cannot listen: {e}",
+                    config.ops.listen
+                ))
+            })?;
+        let ops_addr = ops_listener.local_addr().map_err(start_err)?;
         // Loaded and indexed before any gateway accepts: a bad fence file is
         // a failed start. Reloaded at run time, until `shutdown`.
         let fences = FenceService::start(&config.geofence, shutdown.clone())
@@ -252,17 +271,29 @@ impl Pipeline {
         let readiness = Readiness::new(shutdown.clone());
         let inflight = ingestor.inflight_probe();
         let probe = inflight.clone();
-        let app =
-            ingest_routes(ingestor, auth, shutdown.clone()).merge(ops::routes(readiness.clone()));
-        let app = app.merge(ops::geofence_routes(fences.reloader()));
-        let http_shutdown = shutdown.clone();
-        gateways.spawn(async move {
-            let serve = axum::serve(http_listener, app)
-                .with_graceful_shutdown(http_shutdown.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP listener failed");
-            }
-        });
+        let http = &config.ingest.http;
+        let app = ingest_routes(ingestor, auth, http, shutdown.clone());
+        gateways.spawn(serve(
+            http_listener,
+            app,
+            http.limits("device"),
+            shutdown.clone(),
+        ));
+        // The operations listener outlives `shutdown`: it stops when the
+        // drain is over (or this pipeline is dropped).
+        let ops_stop = CancellationToken::new();
+        let ops_app = ops::router(readiness.clone(), fences.reloader(), &config.ops);
+        let ops_limits = fleetpipe_ingest::http::ServeLimits {
+            max_connections: config.ops.max_connections,
+            ..http.limits("ops")
+        };
+        let ops = tokio::spawn(serve(ops_listener, ops_app, ops_limits, ops_stop.clone()));
+        if config.ops.admin_token.is_none() && !config.ops.listen.ip().is_loopback() {
+            tracing::warn!(
+                ops = %ops_addr,
+                "ops.listen is not loopback and ops.admin_token is not set: anyone who reaches it can reload geofences"
+            );
+        }
         let sweep_shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(RATE_LIMIT_SWEEP);
@@ -292,9 +323,12 @@ impl Pipeline {
         }
         fences.log_loaded();
         readiness.set(true);
-        tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, mqtt_v5 = ?mqtt_v5_addr, "fleetpipe is running");
+        tracing::info!(http = %http_addr, ops = %ops_addr, mqtt = ?mqtt_addr, mqtt_v5 = ?mqtt_v5_addr, "fleetpipe is running");
         Ok(Self {
             http_addr,
+            ops_addr,
+            ops,
+            ops_stop: ops_stop.drop_guard(),
             mqtt_addr,
             mqtt_v5_addr,
             mqtt_tls_addrs,
@@ -310,9 +344,14 @@ impl Pipeline {
         })
     }
 
-    /// Address of the HTTP listener (WebSocket, HTTP ingest, health, metrics).
+    /// Address of the devices' HTTP listener (WebSocket, HTTP ingest).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Address of the operations listener (health, readiness, metrics, admin).
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
     }
 
     /// Address of the embedded broker's MQTT 3.1.1 listener.
@@ -381,7 +420,11 @@ impl Pipeline {
             }
             result
         };
-        match tokio::time::timeout(self.shutdown_timeout, drain).await {
+        let drained = tokio::time::timeout(self.shutdown_timeout, drain).await;
+        // The operations listener last: it answers the requests in hand.
+        drop(self.ops_stop);
+        let _ = tokio::time::timeout(OPS_STOP_TIMEOUT, self.ops).await;
+        match drained {
             Ok(result) => {
                 tracing::info!("fleetpipe stopped");
                 match self.failure.take() {

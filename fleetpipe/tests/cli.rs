@@ -33,7 +33,7 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[ingest.mqtt]\nlisten = \"127.0.0.1:0\"\nlisten_v5 = \"127.0.0.1:0\"\n[ingest.http]\nlisten = \"127.0.0.1:0\"\n[sink.file]\ndir = {data:?}\n[enrich]\nstate_dir = {state:?}\n{extra}"
+            "[ingest.mqtt]\nlisten = \"127.0.0.1:0\"\nlisten_v5 = \"127.0.0.1:0\"\n[ingest.http]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n[sink.file]\ndir = {data:?}\n[enrich]\nstate_dir = {state:?}\n{extra}"
         ),
     )
     .unwrap();
@@ -133,6 +133,7 @@ fn a_taken_port_fails_fast_naming_the_key() {
     for (var, key) in [
         ("FLEETPIPE_INGEST__HTTP__LISTEN", "ingest.http.listen"),
         ("FLEETPIPE_INGEST__MQTT__LISTEN", "ingest.mqtt.listen"),
+        ("FLEETPIPE_OPS__LISTEN", "ops.listen"),
     ] {
         let out = fleetpipe()
             .args(["run", "--config"])
@@ -205,6 +206,118 @@ fn sigterm_drains_and_exits_zero() {
         "{rest:?}"
     );
     assert_eq!(read_stream(&dir.path().join("data"), "telemetry").len(), 50);
+}
+
+/// Starts `fleetpipe run` with `config` (JSON logs) and returns the child,
+/// the rest of its log, and its device and ops listeners' addresses.
+fn run_json(
+    config: &Path,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+    String,
+    String,
+) {
+    let mut child = fleetpipe()
+        .args(["run", "--config"])
+        .arg(config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let running = loop {
+        assert!(Instant::now() < deadline, "fleetpipe did not start");
+        let line = lines.next().unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["fields"]["message"] == "fleetpipe is running" {
+            break v;
+        }
+    };
+    let http = running["fields"]["http"].as_str().unwrap().to_owned();
+    let ops = running["fields"]["ops"].as_str().unwrap().to_owned();
+    (child, lines, http, ops)
+}
+
+/// Waits for the child to exit, killing it after `limit`.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("fleetpipe did not exit within {limit:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_closes_idle_and_partial_connections_and_checkpoints() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    // No periodic checkpoint: the file can only come from the final one.
+    // Header and idle timeouts far beyond the test: only shutdown closes.
+    let config = write_config(
+        dir.path(),
+        "snapshot_interval = \"1h\"\n[log]\nformat = \"json\"\n[pipeline]\nshutdown_timeout = \"30s\"\n",
+    );
+    let (mut child, lines, http, ops) = run_json(&config);
+    let body = format!(
+        "[{}]",
+        (0..20)
+            .map(|s| json_ping("van-c", s))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://{http}/v1/pings"))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    let checkpoint = dir.path().join("state").join("vehicle-state.jsonl");
+    assert!(!checkpoint.exists(), "no checkpoint before shutdown");
+
+    // A request head that never ends, and connections that never send, on
+    // both listeners.
+    let mut partial = std::net::TcpStream::connect(&http).unwrap();
+    partial
+        .write_all(b"POST /v1/pings HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let idle = std::net::TcpStream::connect(&http).unwrap();
+    let ops_idle = std::net::TcpStream::connect(&ops).unwrap();
+    // Let the server take them in before the signal.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Well before shutdown_timeout (30 s), or the connections held it up.
+    let exit = wait_exit(&mut child, Duration::from_secs(20));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(exit.success(), "exit {exit:?}; log: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("fleetpipe stopped")),
+        "{rest:?}"
+    );
+    let state = std::fs::read_to_string(&checkpoint).unwrap();
+    assert!(state.contains("van-c"), "{state}");
+    assert_eq!(read_stream(&dir.path().join("data"), "telemetry").len(), 20);
+    // Held open by this side until the process was gone.
+    drop((partial, idle, ops_idle));
 }
 
 #[test]

@@ -86,7 +86,7 @@ async fn wait_ids(p: &TestPipeline, expected: &[&str]) {
 
 async fn post_reload(p: &TestPipeline) -> (u16, Value) {
     let response = reqwest::Client::new()
-        .post(p.url("/admin/geofences/reload"))
+        .post(p.ops_url("/admin/geofences/reload"))
         .send()
         .await
         .unwrap();
@@ -258,7 +258,7 @@ async fn the_admin_endpoint_reloads_and_answers_counts_or_422() {
     }
     assert_eq!(ids(&p), ["d"]);
 
-    let get = reqwest::get(p.url("/admin/geofences/reload"))
+    let get = reqwest::get(p.ops_url("/admin/geofences/reload"))
         .await
         .unwrap();
     assert_eq!(get.status().as_u16(), 405);
@@ -497,7 +497,7 @@ fn write_config(dir: &Path, geofence: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[ingest.mqtt]\nlisten = \"127.0.0.1:0\"\nlisten_v5 = \"127.0.0.1:0\"\n[ingest.http]\nlisten = \"127.0.0.1:0\"\n[sink.file]\ndir = {data:?}\n[geofence]\n{geofence}"
+            "[ingest.mqtt]\nlisten = \"127.0.0.1:0\"\nlisten_v5 = \"127.0.0.1:0\"\n[ingest.http]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n[sink.file]\ndir = {data:?}\n[geofence]\n{geofence}"
         ),
     )
     .unwrap();

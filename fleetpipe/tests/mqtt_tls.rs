@@ -572,7 +572,8 @@ async fn tls_start_errors_name_the_key() {
     std::fs::write(&not_pem, "hello").unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut MqttTlsConfig)>)> = vec![
+    type Tweak<'a> = Box<dyn Fn(&mut MqttTlsConfig) + 'a>;
+    let cases: Vec<(&str, Tweak)> = vec![
         (
             "ingest.mqtt.tls.cert_file",
             Box::new(|c| c.cert_file = missing.clone()),

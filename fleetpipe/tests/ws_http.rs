@@ -291,11 +291,19 @@ async fn http_batches_status_codes_and_ops_endpoints() {
     let mut p = TestPipeline::start(|c| c.ingest.limits.max_payload_bytes = 2048).await;
     let http = reqwest::Client::new();
     assert_eq!(
-        http.get(p.url("/healthz")).send().await.unwrap().status(),
+        http.get(p.ops_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
     assert_eq!(
-        http.get(p.url("/readyz")).send().await.unwrap().status(),
+        http.get(p.ops_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
 
@@ -364,7 +372,7 @@ async fn http_batches_status_codes_and_ops_endpoints() {
 
     p.shutdown.cancel();
     // Not ready any more while draining; the listener closes after.
-    let ready = http.get(p.url("/readyz")).send().await;
+    let ready = http.get(p.ops_url("/readyz")).send().await;
     assert!(ready.map(|r| r.status() != 200).unwrap_or(true));
     p.stop().await;
     assert_eq!(p.telemetry().len(), 12);
@@ -372,4 +380,52 @@ async fn http_batches_status_codes_and_ops_endpoints() {
         reasons(&p.dead_letters()),
         vec!["oversize", "schema_invalid", "vehicle_mismatch"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_session_ends_when_its_jwt_expires() {
+    let mut p = TestPipeline::start(|c| {
+        c.ingest.auth.mode = AuthMode::Jwt;
+        c.ingest.auth.jwt_secret = Some("test-secret".into());
+        c.ingest.auth.jwt_leeway_s = 0;
+    })
+    .await;
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: i64,
+    }
+    let exp = now_ms() / 1000 + 2;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims {
+            sub: "truck-9",
+            exp,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
+    )
+    .unwrap();
+    let mut ws = ws_connect(&p, Some(&token), "").await.unwrap();
+    let answer = send_and_answer(&mut ws, Ws::text(json_ping("truck-9", 1))).await;
+    assert_eq!(answer, json!({ "ack": 1 }));
+    // At exp the server closes the session with 1008, unprompted.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Ws::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the session outlived its token");
+    let frame = closed.expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), 1008);
+    assert!(now_ms() / 1000 >= exp, "closed before exp");
+    // Nothing sent after that is taken.
+    let _ = ws.send(Ws::text(json_ping("truck-9", 2))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.stop().await;
+    assert_eq!(keys(&p.telemetry()), vec![("truck-9".to_string(), 1)]);
 }

@@ -10,9 +10,16 @@
 //!   a buffered backlog, backfill).
 //!
 //! Credentials: `Authorization: Bearer <token>`, or `?token=` for browsers.
+//!
+//! The listener ([`serve`]) closes connections that idle, send their head or
+//! body too slowly, or exceed `max_connections`; a WebSocket session with no
+//! frame from the device for `ws_idle_timeout` is closed. Operations
+//! endpoints (health, metrics, admin) are not here: they have a listener of
+//! their own (`[ops]`), for operators only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -27,22 +34,62 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Authenticator, Identity};
+use crate::auth::{Authenticated, Authenticator, Identity};
 use crate::codec::{Encoding, Rejection, VehicleScope};
 use crate::gateway::{Ingestor, Message, Outcome};
 
-/// `ingest.http`: the HTTP listener (WebSocket, HTTP ingest, health, metrics).
+mod serve;
+
+pub use serve::{ServeLimits, describe_metrics, serve};
+
+/// `ingest.http`: the devices' HTTP listener (WebSocket and HTTP ingest).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the listener.
     pub listen: SocketAddr,
+    /// Longest a connection may wait for the first byte of a request (a new
+    /// connection, or one kept alive after an answer) before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest from a request's first byte until its whole head (request
+    /// line and headers) has arrived; then the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest reading the body of `POST /v1/pings` may take, from the end
+    /// of its head; then the answer is `408` and the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A WebSocket session with no frame from the device (data, ping or
+    /// pong) for this long is closed (close code 1001).
+    #[serde(with = "humantime_serde")]
+    pub ws_idle_timeout: Duration,
+    /// Most connections open at once, WebSocket sessions included; one more
+    /// is answered `503` and closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            idle_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            ws_idle_timeout: Duration::from_secs(120),
+            max_connections: 20_000,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The listener's limits, labelled `name`.
+    pub fn limits(&self, name: &'static str) -> ServeLimits {
+        ServeLimits {
+            name,
+            idle_timeout: self.idle_timeout,
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
         }
     }
 }
@@ -52,6 +99,8 @@ struct HttpState {
     ingestor: Ingestor,
     auth: Arc<Authenticator>,
     shutdown: CancellationToken,
+    body_timeout: Duration,
+    ws_idle_timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -59,9 +108,15 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-/// The ingest routes (`/v1/ws`, `/v1/pings`). WebSocket sessions close
-/// (after answering the frame in hand) when `shutdown` fires.
-pub fn routes(ingestor: Ingestor, auth: Arc<Authenticator>, shutdown: CancellationToken) -> Router {
+/// The ingest routes (`/v1/ws`, `/v1/pings`), with `config`'s body and
+/// WebSocket idle timeouts. WebSocket sessions close (after answering the
+/// frame in hand) when `shutdown` fires.
+pub fn routes(
+    ingestor: Ingestor,
+    auth: Arc<Authenticator>,
+    config: &HttpConfig,
+    shutdown: CancellationToken,
+) -> Router {
     Router::new()
         .route("/v1/ws", get(ws_upgrade))
         .route("/v1/pings", post(post_pings))
@@ -69,6 +124,8 @@ pub fn routes(ingestor: Ingestor, auth: Arc<Authenticator>, shutdown: Cancellati
             ingestor,
             auth,
             shutdown,
+            body_timeout: config.body_timeout,
+            ws_idle_timeout: config.ws_idle_timeout,
         })
 }
 
@@ -180,9 +237,9 @@ fn authenticate(
     headers: &HeaderMap,
     query_token: Option<&str>,
     gateway: Gateway,
-) -> Result<Identity, Box<Response>> {
+) -> Result<Authenticated, Box<Response>> {
     let credential = bearer(headers).or(query_token);
-    state.auth.authenticate(credential, None).map_err(|e| {
+    state.auth.authenticate_session(credential, None).map_err(|e| {
         metrics::counter!("fleetpipe_rejected_total", "reason" => RejectReason::Unauthorized.as_str(), "gateway" => gateway.as_str())
             .increment(1);
         tracing::info!(gateway = gateway.as_str(), error = %e, "device refused");
@@ -233,13 +290,31 @@ async fn post_pings(
     body: Body,
 ) -> Response {
     let identity = match authenticate(&state, &headers, query.token.as_deref(), Gateway::Http) {
-        Ok(i) => i,
+        Ok(session) => session.identity,
         Err(response) => return *response,
     };
     let limit = state.ingestor.validator().config().max_payload_bytes;
-    let payload = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
+    let read = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, limit)).await;
+    let payload = match read {
+        Ok(Ok(b)) => b,
         Err(_) => {
+            metrics::counter!("fleetpipe_http_timeouts_total", "listener" => "device", "kind" => "body")
+                .increment(1);
+            tracing::debug!(timeout = ?state.body_timeout, "request body too slow");
+            let detail = format!(
+                "request body not received within {}",
+                humantime::format_duration(state.body_timeout)
+            );
+            let body = error_body("timeout", &detail);
+            // The rest of the body is not read: the connection cannot be reused.
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONNECTION, "close")],
+                axum::Json(body),
+            )
+                .into_response();
+        }
+        Ok(Err(_)) => {
             // Larger than the limit (or the body broke off): refuse without
             // reading the rest; nothing but the fact can be dead-lettered.
             let detail = format!("request body is larger than {limit} bytes");
@@ -272,9 +347,8 @@ async fn ws_upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let identity = match authenticate(&state, &headers, query.token.as_deref(), Gateway::Websocket)
-    {
-        Ok(i) => i,
+    let session = match authenticate(&state, &headers, query.token.as_deref(), Gateway::Websocket) {
+        Ok(session) => session,
         Err(response) => return *response,
     };
     // Frames up to the hard limit reach the validator, which refuses the
@@ -283,11 +357,25 @@ async fn ws_upgrade(
         crate::mqtt::hard_packet_limit(state.ingestor.validator().config().max_payload_bytes);
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| ws_session(socket, state, identity))
+        .on_upgrade(move |socket| ws_session(socket, state, session))
 }
 
-async fn ws_session(mut socket: WebSocket, state: HttpState, identity: Identity) {
+async fn ws_session(mut socket: WebSocket, state: HttpState, session: Authenticated) {
     metrics::gauge!("fleetpipe_ws_sessions").increment(1.0);
+    let identity = session.identity;
+    // A session lives as long as its credential: at its expiry (a JWT's
+    // `exp` plus the leeway) it is closed, and the device reconnects with
+    // a fresh token.
+    let expired = async {
+        match session.expires_at {
+            Some(at) => {
+                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                tokio::time::sleep(left).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expired);
     loop {
         let frame = tokio::select! {
             biased;
@@ -296,7 +384,31 @@ async fn ws_session(mut socket: WebSocket, state: HttpState, identity: Identity)
                 let _ = socket.send(WsMessage::Close(Some(close))).await;
                 break;
             }
-            frame = socket.recv() => frame,
+            () = &mut expired => {
+                tracing::info!(vehicle_id = ?identity.vehicle(), "websocket session closed: credential expired");
+                let close = CloseFrame { code: 1008, reason: "credential expired".into() };
+                let _ = tokio::time::timeout(
+                    state.ws_idle_timeout,
+                    socket.send(WsMessage::Close(Some(close))),
+                )
+                .await;
+                break;
+            }
+            frame = tokio::time::timeout(state.ws_idle_timeout, socket.recv()) => match frame {
+                Ok(frame) => frame,
+                Err(_) => {
+                    metrics::counter!("fleetpipe_http_timeouts_total", "listener" => "device", "kind" => "ws_idle")
+                        .increment(1);
+                    let close = CloseFrame { code: 1001, reason: "idle timeout".into() };
+                    // Bounded: a device that reads nothing must not hold the session.
+                    let _ = tokio::time::timeout(
+                        state.ws_idle_timeout,
+                        socket.send(WsMessage::Close(Some(close))),
+                    )
+                    .await;
+                    break;
+                }
+            },
         };
         let (payload, encoding) = match frame {
             Some(Ok(WsMessage::Text(text))) => (Bytes::from(text), Encoding::Json),

@@ -87,3 +87,16 @@ ensure_kcat() {
     fi
 }
 
+
+# Headers and libraries the build links against: OpenSSL for librdkafka's
+# TLS/SASL (rdkafka's `ssl` feature), and pkg-config to find it.
+ensure_build_deps() {
+    local missing=()
+    for package in libssl-dev pkg-config; do
+        installed "$package" || missing+=("$package")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]}"
+        apt_install "${missing[@]}"
+    fi
+}

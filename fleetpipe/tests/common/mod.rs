@@ -16,6 +16,8 @@ pub struct TestPipeline {
     pub shutdown: CancellationToken,
     pub dir: tempfile::TempDir,
     pub http: SocketAddr,
+    /// The operations listener (health, readiness, metrics, admin).
+    pub ops: SocketAddr,
     pub mqtt: Option<SocketAddr>,
     pub mqtt_v5: Option<SocketAddr>,
     /// MQTT 3.1.1 over TLS, when `ingest.mqtt.tls` is configured.
@@ -32,6 +34,9 @@ pub fn test_config(dir: &Path) -> Config {
     config.ingest.mqtt.listen = Some("127.0.0.1:0".parse().unwrap());
     config.ingest.mqtt.listen_v5 = Some("127.0.0.1:0".parse().unwrap());
     config.ingest.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.ops.listen = "127.0.0.1:0".parse().unwrap();
+    // Tests reload as often as they need.
+    config.ops.reload_min_interval = Duration::ZERO;
     config.sink.file = Some(FileSinkConfig {
         dir: dir.to_path_buf(),
         ..toml_file_sink()
@@ -56,6 +61,7 @@ impl TestPipeline {
             .unwrap_or_else(|e| panic!("pipeline failed to start: {e}"));
         Self {
             http: pipeline.http_addr(),
+            ops: pipeline.ops_addr(),
             mqtt: pipeline.mqtt_addr(),
             mqtt_v5: pipeline.mqtt_v5_addr(),
             mqtt_tls: pipeline.mqtt_tls_addr(),
@@ -108,13 +114,19 @@ impl TestPipeline {
         .unwrap_or_else(|| panic!("expected {n} dead letters, have {:?}", self.dead_letters()))
     }
 
+    /// A URL on the devices' listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
     }
 
+    /// A URL on the operations listener.
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ops)
+    }
+
     /// The text of the pipeline's `/metrics`.
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics"))
+        reqwest::get(self.ops_url("/metrics"))
             .await
             .unwrap()
             .text()

@@ -801,6 +801,60 @@ mod tests {
         );
     }
 
+    /// Settles every ticket of `message`: the accepted part `delivered`,
+    /// the refused part as the acker does (failed); returns the acks.
+    fn settle(watermarks: &mut Watermarks, message: PendingMessage) -> Vec<(String, u64)> {
+        let outcomes: Vec<_> = tickets(watermarks, message)
+            .into_iter()
+            .map(|(ticket, batch)| {
+                let status = match batch {
+                    Some(_) => AckStatus::Delivered,
+                    None => AckStatus::Failed,
+                };
+                (ticket, status)
+            })
+            .collect();
+        watermarks.settled_together(outcomes)
+    }
+
+    fn message(accepted: Option<(u64, u64)>, retry_from: Option<u64>) -> PendingMessage {
+        PendingMessage {
+            vehicle: "van".to_owned(),
+            accepted,
+            retry_from,
+            batch: BatchAck::new(),
+        }
+    }
+
+    #[test]
+    fn rate_limited_pings_hold_the_ack_until_they_are_sent_again() {
+        let mut w = Watermarks::default();
+        assert_eq!(
+            settle(&mut w, message(Some((1, 5)), None)),
+            [("van".to_owned(), 5)]
+        );
+        // 6..=10 accepted, 11..=20 rate limited: the ack stops at 10.
+        assert_eq!(
+            settle(&mut w, message(Some((6, 10)), Some(11))),
+            [("van".to_owned(), 10)]
+        );
+        // Later pings are accepted, but 11 is missing: no ack moves.
+        assert_eq!(settle(&mut w, message(Some((21, 21)), None)), []);
+        // Refused entirely, with an accepted ping above the refused one.
+        assert_eq!(settle(&mut w, message(Some((23, 23)), Some(22))), []);
+        // The device resends from its last ack: the ack moves again.
+        assert_eq!(
+            settle(&mut w, message(Some((11, 20)), None)),
+            [("van".to_owned(), 20)]
+        );
+        assert_eq!(
+            settle(&mut w, message(Some((21, 23)), None)),
+            [("van".to_owned(), 23)]
+        );
+        // A message with nothing to track registers nothing.
+        assert!(tickets(&mut w, message(None, None)).is_empty());
+    }
+
     /// A router with a link for the acker and a device-side link subscribed
     /// to every vehicle's ack topic.
     fn router_links() -> (LinkTx, LinkRx) {

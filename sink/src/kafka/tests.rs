@@ -1383,3 +1383,48 @@ fn metrics_follow_the_contract() {
         other => panic!("inflight: {other:?}"),
     }
 }
+
+/// A self-signed CA certificate in PEM, made for the test.
+fn ca_certificate_pem() -> String {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).expect("certificate").pem()
+}
+
+#[test]
+fn tls_and_sasl_settings_reach_librdkafka() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_certificate_pem()).expect("write CA");
+    let mut config = KafkaConfig::new("127.0.0.1:9093");
+    config.librdkafka = [
+        ("security.protocol", "SASL_SSL"),
+        ("sasl.mechanisms", "SCRAM-SHA-512"),
+        ("sasl.username", "fleetpipe"),
+        ("sasl.password", "secret"),
+        ("ssl.ca.location", ca.to_str().expect("utf-8 path")),
+        ("ssl.endpoint.identification.algorithm", "https"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    // librdkafka built with TLS takes them (and loads the CA now).
+    let producer: Result<rdkafka::producer::BaseProducer, _> =
+        service::producer_config(&config, &config.brokers).create();
+    assert!(producer.is_ok(), "{:?}", producer.err());
+    // They are librdkafka's own settings: a CA file that is not there is
+    // refused when the client is made, with librdkafka's reason.
+    let missing = dir.path().join("missing.pem");
+    config.librdkafka.insert(
+        "ssl.ca.location".to_owned(),
+        missing.to_str().expect("utf-8 path").to_owned(),
+    );
+    let refused: Result<rdkafka::producer::BaseProducer, _> =
+        service::producer_config(&config, &config.brokers).create();
+    let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        error.contains("ssl.ca.location") || error.contains("missing.pem"),
+        "{error}"
+    );
+}

@@ -246,7 +246,7 @@ async fn fleetpipe_runs(
     std::fs::write(&config, run_cfg.to_toml())?;
     progress.set_message("starting fleetpipe");
     let fp = Fleetpipe::start(&args.fleetpipe, &config, &args.out.join("fleetpipe.log")).await?;
-    let mut sampler = Sampler::new(fp.pid, fp.http);
+    let mut sampler = Sampler::new(fp.pid, fp.ops);
 
     // Each phase has its own vehicles (id prefix), so no phase's sequence
     // numbers or device times collide with another's.

@@ -21,8 +21,8 @@ pub struct Fleetpipe {
     pub pid: u32,
     /// Embedded MQTT 3.1.1 listener.
     pub mqtt: SocketAddr,
-    /// HTTP listener (`/metrics`).
-    pub http: SocketAddr,
+    /// Operations listener (`/metrics`).
+    pub ops: SocketAddr,
     /// The embedded Kafka mock cluster's bootstrap servers.
     pub kafka: String,
 }
@@ -41,7 +41,7 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// fleetpipe's TOML: embedded MQTT and HTTP on port 0, the TimescaleDB
+    /// fleetpipe's TOML: embedded MQTT, HTTP and operations on port 0, the TimescaleDB
     /// sink and the Kafka sink (embedded mock cluster), no file sink, JSON
     /// logs.
     pub fn to_toml(&self) -> String {
@@ -50,6 +50,8 @@ impl RunConfig {
 listen = "127.0.0.1:0"
 listen_v5 = "127.0.0.1:0"
 [ingest.http]
+listen = "127.0.0.1:0"
+[ops]
 listen = "127.0.0.1:0"
 [enrich]
 state_dir = {state:?}
@@ -112,26 +114,26 @@ impl Fleetpipe {
                     kafka = Some(b.to_owned());
                 }
                 if fields["message"] == "fleetpipe is running"
-                    && let (Some(http), Some(mqtt)) = (addr(&fields["http"]), addr(&fields["mqtt"]))
+                    && let (Some(ops), Some(mqtt)) = (addr(&fields["ops"]), addr(&fields["mqtt"]))
                     && let Some(tx) = ready_tx.take()
                 {
-                    let _ = tx.send((mqtt, http, kafka.clone().unwrap_or_default()));
+                    let _ = tx.send((mqtt, ops, kafka.clone().unwrap_or_default()));
                 }
             }
             let _ = file.flush().await;
         });
 
-        let (mqtt, http, kafka) =
-            match tokio::time::timeout(Duration::from_secs(60), ready_rx).await {
-                Ok(Ok(ready)) => ready,
-                _ => {
-                    let status = child.try_wait().ok().flatten();
-                    bail!(
-                        "fleetpipe did not report running within 60 s (exit: {status:?}); see {}",
-                        log.display()
-                    )
-                }
-            };
+        let (mqtt, ops, kafka) = match tokio::time::timeout(Duration::from_secs(60), ready_rx).await
+        {
+            Ok(Ok(ready)) => ready,
+            _ => {
+                let status = child.try_wait().ok().flatten();
+                bail!(
+                    "fleetpipe did not report running within 60 s (exit: {status:?}); see {}",
+                    log.display()
+                )
+            }
+        };
         if kafka.is_empty() {
             bail!(
                 "fleetpipe logged no Kafka bootstrap address; see {}",
@@ -142,7 +144,7 @@ impl Fleetpipe {
             child,
             pid,
             mqtt,
-            http,
+            ops,
             kafka,
         })
     }

@@ -1,0 +1,461 @@
+//! The accept loop of fleetpipe's HTTP listeners (the devices' and the
+//! operators'), in place of `axum::serve`, which has no timeouts and no
+//! connection cap.
+//!
+//! Every connection is in one phase at a time, and the phase decides how long
+//! it may stay there:
+//!
+//! | phase | from | until | limit |
+//! | --- | --- | --- | --- |
+//! | idle | accepted, or the previous answer sent | first byte of a request | `idle_timeout` |
+//! | header | that first byte | the request head is complete | `header_read_timeout` |
+//! | body | the head, when a body follows | the body's last byte | the handler's (`ingest.http.body_timeout` for `POST /v1/pings`) |
+//! | handling | the whole request read | the answer sent | none (the pipeline's own backpressure) |
+//!
+//! Past its limit a connection is closed without an answer. At most
+//! `max_connections` connections (WebSocket sessions included) are open at
+//! once per listener; one more is answered `503` and closed at once.
+//!
+//! On shutdown the listener stops accepting, connections that are idle, in
+//! their head or in their body are closed at once, and requests already read
+//! are answered (then their connections close); [`serve`] returns when every
+//! connection is done. WebSocket sessions, once upgraded, are not connections
+//! of this loop any more: they end on the same token (see [`super::routes`]),
+//! still holding their place under the cap until then.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+
+/// What a listener allows its connections (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Label of the listener in metrics and logs (`device`, `ops`).
+    pub name: &'static str,
+    /// Longest wait for the first byte of a request.
+    pub idle_timeout: Duration,
+    /// Longest time from a request's first byte to the end of its head.
+    pub header_read_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+/// The answer to a connection over the cap, written without waiting.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 83\r\nretry-after: 1\r\n\r\n{\"error\":{\"code\":\"unavailable\",\"message\":\"too many connections; connect again later\"}}";
+
+/// Draining, the longest an idle connection is left for hyper to close.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long to pause after a failed `accept` (out of file descriptors, ...)
+/// before trying again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Registers the listeners' metric descriptions.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "fleetpipe_http_connections",
+        "Open connections (WebSocket sessions included), by listener"
+    );
+    metrics::describe_counter!(
+        "fleetpipe_http_connections_refused_total",
+        "Connections closed at once because the listener was at max_connections, by listener"
+    );
+    metrics::describe_counter!(
+        "fleetpipe_http_timeouts_total",
+        "Connections closed for a timeout, by listener and kind (idle, header, body, ws_idle)"
+    );
+}
+
+/// Serves `router` on `listener` until `shutdown`, then drains (see the
+/// module docs). Returns when the last connection is closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServeLimits,
+    shutdown: CancellationToken,
+) {
+    let limits = Arc::new(limits);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let refused =
+        metrics::counter!("fleetpipe_http_connections_refused_total", "listener" => limits.name);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(listener = limits.name, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            refused.increment(1);
+            tracing::debug!(listener = limits.name, %peer, "connection refused: max_connections reached");
+            // Best effort: a full send buffer just means no answer.
+            let _ = stream.try_write(OVER_CAPACITY);
+            continue;
+        };
+        let io = TrackedIo::new(stream, permit, limits.name);
+        connections.spawn(connection(
+            io,
+            router.clone(),
+            Arc::clone(&limits),
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Serves one connection until it ends, times out, or is closed by shutdown.
+async fn connection(
+    io: TrackedIo,
+    router: Router,
+    limits: Arc<ServeLimits>,
+    shutdown: CancellationToken,
+) {
+    let phase = Arc::clone(&io.phase);
+    let service = ConnService {
+        router,
+        phase: Arc::clone(&phase),
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    // When shutdown was requested.
+    let mut draining: Option<Instant> = None;
+    loop {
+        let (now, since) = phase.load();
+        if draining.is_some() && matches!(now, Phase::Header | Phase::Body) {
+            // A request not fully read was not taken: close at once.
+            return;
+        }
+        let limit = match now {
+            Phase::Idle => Some((since + limits.idle_timeout, "idle")),
+            Phase::Header => Some((since + limits.header_read_timeout, "header")),
+            Phase::Body | Phase::Handling => None,
+        };
+        // Draining, hyper closes an idle connection itself once its last
+        // answer is flushed; this is only the backstop, counted from when
+        // the connection became idle so that an answer just given is not cut.
+        let limit = match (now, draining) {
+            (Phase::Idle, Some(at)) => Some((at.max(since) + DRAIN_IDLE_GRACE, "shutdown")),
+            _ => limit,
+        };
+        let expiry = async {
+            match limit {
+                Some((at, _)) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    tracing::debug!(listener = limits.name, error = %e, "connection ended by error");
+                }
+                return;
+            }
+            () = expiry => {
+                // Only if the phase did not move on meanwhile.
+                if phase.load() == (now, since)
+                    && let Some((_, kind)) = limit
+                {
+                    if kind != "shutdown" {
+                        metrics::counter!("fleetpipe_http_timeouts_total", "listener" => limits.name, "kind" => kind)
+                            .increment(1);
+                    }
+                    tracing::debug!(listener = limits.name, kind, "connection closed");
+                    return;
+                }
+            }
+            () = phase.changed.notified() => {}
+            () = shutdown.cancelled(), if draining.is_none() => {
+                draining = Some(Instant::now());
+                // hyper answers the request in hand, closes idle connections
+                // (after flushing), and keeps no connection alive.
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Where a connection is (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Header,
+    Body,
+    Handling,
+}
+
+impl Phase {
+    fn code(self) -> u64 {
+        match self {
+            Phase::Idle => 0,
+            Phase::Header => 1,
+            Phase::Body => 2,
+            Phase::Handling => 3,
+        }
+    }
+
+    fn from_code(code: u64) -> Self {
+        match code {
+            1 => Phase::Header,
+            2 => Phase::Body,
+            3 => Phase::Handling,
+            _ => Phase::Idle,
+        }
+    }
+}
+
+/// A connection's phase and since when, shared by its socket, its requests
+/// and its watchdog.
+#[derive(Debug)]
+struct PhaseCell {
+    /// Phase in the top 8 bits, microseconds since `epoch` below: one
+    /// atomic, so the watchdog never sees one without the other.
+    state: AtomicU64,
+    epoch: Instant,
+    changed: Notify,
+}
+
+impl PhaseCell {
+    fn new() -> Self {
+        Self {
+            state: AtomicU64::new(Phase::Idle.code() << 56),
+            epoch: Instant::now(),
+            changed: Notify::new(),
+        }
+    }
+
+    fn pack(&self, phase: Phase) -> u64 {
+        let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        (phase.code() << 56) | (micros & ((1 << 56) - 1))
+    }
+
+    fn load(&self) -> (Phase, Instant) {
+        let state = self.state.load(Ordering::Acquire);
+        let since = self.epoch + Duration::from_micros(state & ((1 << 56) - 1));
+        (Phase::from_code(state >> 56), since)
+    }
+
+    fn set(&self, phase: Phase) {
+        self.state.store(self.pack(phase), Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// Idle -> header, on the first byte of a request.
+    fn bytes_read(&self) {
+        let current = self.state.load(Ordering::Acquire);
+        if Phase::from_code(current >> 56) == Phase::Idle {
+            let next = self.pack(Phase::Header);
+            if self
+                .state
+                .compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.changed.notify_one();
+            }
+        }
+    }
+}
+
+/// The accepted socket: reports reads to the phase, holds the connection's
+/// place under the cap until it is dropped (after a WebSocket session too).
+#[derive(Debug)]
+struct TrackedIo {
+    stream: TcpStream,
+    phase: Arc<PhaseCell>,
+    gauge: metrics::Gauge,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl TrackedIo {
+    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, listener: &'static str) -> Self {
+        let gauge = metrics::gauge!("fleetpipe_http_connections", "listener" => listener);
+        gauge.increment(1.0);
+        Self {
+            stream,
+            phase: Arc::new(PhaseCell::new()),
+            gauge,
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for TrackedIo {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+    }
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.phase.bytes_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// The router, as hyper calls it for each request of one connection.
+#[derive(Debug, Clone)]
+struct ConnService {
+    router: Router,
+    phase: Arc<PhaseCell>,
+}
+
+type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let phase = Arc::clone(&self.phase);
+        let has_body = !http_body::Body::is_end_stream(request.body());
+        phase.set(if has_body {
+            Phase::Body
+        } else {
+            Phase::Handling
+        });
+        let request: Request = request.map(|body| {
+            Body::new(TrackedBody {
+                inner: Body::new(body),
+                on_end: has_body.then(|| Arc::clone(&phase)),
+                _idle_on_drop: None,
+            })
+        });
+        let router = self.router.clone();
+        Box::pin(async move {
+            let response = match router.oneshot(request).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            // The connection is idle again once the answer is written
+            // (hyper drops its body then).
+            Ok(response.map(|inner| TrackedBody {
+                inner,
+                on_end: None,
+                _idle_on_drop: Some(IdleOnDrop(phase)),
+            }))
+        })
+    }
+}
+
+/// Sets the connection idle when dropped.
+#[derive(Debug)]
+struct IdleOnDrop(Arc<PhaseCell>);
+
+impl Drop for IdleOnDrop {
+    fn drop(&mut self) {
+        self.0.set(Phase::Idle);
+    }
+}
+
+/// A request body that moves its connection from `body` to `handling` when
+/// read to its end, or a response body that sets it idle when dropped.
+#[derive(Debug)]
+struct TrackedBody {
+    inner: Body,
+    on_end: Option<Arc<PhaseCell>>,
+    _idle_on_drop: Option<IdleOnDrop>,
+}
+
+impl TrackedBody {
+    fn ended(&mut self) {
+        if let Some(phase) = self.on_end.take() {
+            phase.set(Phase::Handling);
+        }
+    }
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.ended(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.ended(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -489,23 +489,60 @@ async fn connections_over_max_connections_are_closed_at_once() {
     }
     // A closed connection frees its place.
     drop(first);
+    let lingering = wait_for_place(p.mqtt_v5.unwrap(), || lingering_connect("van-1@w1")).await;
+    // Also one whose MQTT 5 will rumqttd holds back for an hour after the
+    // connection closed: the place is the connection's, not the will's.
+    drop(lingering);
+    let again = wait_for_place(p.mqtt_v5.unwrap(), || lingering_connect("van-1@w2")).await;
+    drop((again, second));
+    p.stop().await;
+}
+
+/// MQTT 5 CONNECT of van-1 (token) with a session and a will on its own
+/// telemetry topic, both held for an hour after the connection closes.
+fn lingering_connect(client_id: &str) -> v5::Packet {
+    let properties = v5::ConnectProperties {
+        session_expiry_interval: Some(3600),
+        ..v5::ConnectProperties::new()
+    };
+    let will_properties = v5::LastWillProperties {
+        delay_interval: Some(3600),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    };
+    let will = v5::LastWill::new(
+        "fleet/van-1/telemetry",
+        json_ping("van-1", 99),
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        Some(will_properties),
+    );
+    let connect = v5::Connect {
+        keep_alive: 30,
+        client_id: client_id.to_owned(),
+        clean_start: false,
+        properties: Some(properties),
+    };
+    v5::Packet::Connect(connect, Some(will), Some(v5::Login::new("van-1", "tok-1")))
+}
+
+/// Connects to `addr` with `connect()` until the broker accepts (a place
+/// under max_connections is free), within 10 s.
+async fn wait_for_place(addr: SocketAddr, connect: impl Fn() -> v5::Packet) -> RawMqtt {
     let deadline = Instant::now() + T;
     loop {
-        let mut c = RawMqtt::open(p.mqtt.unwrap()).await;
-        if accepted_v4(
-            &c.connect_v4("van-1", Some(("van-1", "tok-1")), None, true)
-                .await,
-        ) {
-            break;
+        let mut c = RawMqtt::open(addr).await;
+        c.send_v5(connect()).await;
+        if accepted_v5(&c.next_v5(CLOSE).await) {
+            return c;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the freed place was never reused"
-        );
+        assert!(Instant::now() < deadline, "no place became free");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    drop(second);
-    p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

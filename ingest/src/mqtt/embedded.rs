@@ -25,9 +25,10 @@
 //!   has it: durability starts later (see ARCHITECTURE.md).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,8 +42,9 @@ use rumqttd::{
     ConnectionHandler, ConnectionSettings, Notification, Router, RouterConfig, SegmentConfig,
     Server, ServerSettings,
 };
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -164,18 +166,81 @@ async fn accept_loop<P: Protocol + Clone + Send + 'static>(
         let protocol = protocol.clone();
         let timeout = acceptance.handshake_timeout;
         tokio::spawn(async move {
-            let _permit = permit;
             match tls {
-                None => handler.handle(Box::new(stream), protocol).await,
+                None => {
+                    handler
+                        .handle(Permitted::boxed(stream, permit), protocol)
+                        .await;
+                }
                 Some(tls) => {
                     if let Some((stream, protocol)) =
                         handshake(name, peer, stream, &tls, protocol, timeout).await
                     {
-                        handler.handle(stream, protocol).await;
+                        handler
+                            .handle(Permitted::boxed(stream, permit), protocol)
+                            .await;
                     }
                 }
             }
         });
+    }
+}
+
+/// A connection's stream with its place under `max_connections`: the place
+/// is free again when rumqttd drops the stream (the connection closed),
+/// not when its task ends, which with an MQTT 5 will delay can be much
+/// later (rumqttd waits out the delay after the connection closed).
+struct Permitted<S> {
+    stream: S,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Permitted<S> {
+    fn boxed(stream: S, permit: OwnedSemaphorePermit) -> Box<dyn rumqttd::N> {
+        Box::new(Self {
+            stream,
+            _permit: permit,
+        })
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Permitted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Permitted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -188,7 +253,10 @@ async fn handshake<P>(
     tls: &ServerTls,
     protocol: DeviceProtocol<P>,
     timeout: Duration,
-) -> Option<(Box<dyn rumqttd::N>, DeviceProtocol<P>)> {
+) -> Option<(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    DeviceProtocol<P>,
+)> {
     let failed = |reason: &'static str, error: &dyn std::fmt::Display| {
         metrics::counter!("fleetpipe_mqtt_tls_handshake_failures_total", "reason" => reason)
             .increment(1);
@@ -209,14 +277,14 @@ async fn handshake<P>(
         }
     };
     if !tls.requires_client_certificate() {
-        return Some((Box::new(stream), protocol));
+        return Some((stream, protocol));
     }
     // The verifier requires a certificate; without one the handshake failed.
     let vehicle = match stream.get_ref().1.peer_certificates() {
         Some([leaf, ..]) => certificate_vehicle(leaf),
         _ => Err("no client certificate".to_owned()),
     };
-    Some((Box::new(stream), protocol.with_certificate(vehicle)))
+    Some((stream, protocol.with_certificate(vehicle)))
 }
 
 /// The rumqttd router configuration the embedded broker runs with.

@@ -182,15 +182,13 @@ impl ConnectionRules {
                 who,
             });
         }
-        if let (Some(topic), Some(vehicle)) = (will_topic, session.identity.vehicle()) {
-            if !publish_allowed(prefix, vehicle, topic) {
-                return Err(Refusal::Will {
-                    topic: topic.to_owned(),
-                    detail: format!(
-                        "device {vehicle} may publish only to its own telemetry topics"
-                    ),
-                });
-            }
+        if let (Some(topic), Some(vehicle)) = (will_topic, session.identity.vehicle())
+            && !publish_allowed(prefix, vehicle, topic)
+        {
+            return Err(Refusal::Will {
+                topic: topic.to_owned(),
+                detail: format!("device {vehicle} may publish only to its own telemetry topics"),
+            });
         }
         self.session = Some(session);
         Ok(())

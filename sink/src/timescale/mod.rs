@@ -46,4 +46,4 @@ pub use config::{TimescaleConfig, TimescaleMode};
 pub use error::TimescaleError;
 pub use migrate::{StorageMode, migrate};
 pub use service::TimescaleSink;
-pub use writer::{TELEMETRY_COPY_COLUMNS, TELEMETRY_COPY_TYPES};
+pub use writer::{SEQ_NONE, TELEMETRY_COPY_COLUMNS, TELEMETRY_COPY_TYPES};

@@ -793,7 +793,7 @@ fn migration_sql_renders_every_placeholder() {
         &config,
     );
     assert!(
-        policies.contains("compress_after => INTERVAL '604800 seconds'"),
+        policies.contains("compress_after => INTERVAL '691200 seconds'"),
         "{policies}"
     );
     assert!(
@@ -2139,7 +2139,7 @@ fn config_defaults_match_the_documentation() {
     assert_eq!(config.batch_max_wait, Duration::from_millis(50));
     assert_eq!(config.timescaledb, TimescaleMode::Auto);
     assert_eq!(config.retention, Duration::from_secs(90 * 86_400));
-    assert_eq!(config.compress_after, Duration::from_secs(7 * 86_400));
+    assert_eq!(config.compress_after, Duration::from_secs(8 * 86_400));
     assert_eq!(config.retry_initial, Duration::from_millis(100));
     assert_eq!(config.retry_max, Duration::from_secs(10));
     assert!(config.validate().is_ok());

@@ -430,7 +430,7 @@ async fn a_mixed_case_schema_holds_the_telemetry_and_the_state_checkpoints() {
     for v in 0..3 {
         let body: Vec<String> = (0..10u64)
             .map(|i| {
-                let seq = if i % 2 == 0 {
+                let seq = if i.is_multiple_of(2) {
                     format!(r#""seq":{i},"#)
                 } else {
                     String::new()

@@ -9,7 +9,11 @@
 //!
 //! Some migrations apply only to one storage mode: `0002_plain_indexes`
 //! only without TimescaleDB, `0003_timescaledb` only with it. Once
-//! `0003_timescaledb` is applied the schema stays in TimescaleDB mode.
+//! `0003_timescaledb` is applied the schema stays in TimescaleDB mode. A
+//! migration of both modes may carry TimescaleDB-only statements
+//! (`NNNN_name.timescaledb.sql`), run first in the same transaction in that
+//! mode only: `0007_telemetry_seq_not_null` decompresses the chunks there
+//! before it changes `seq`.
 //!
 //! Everything runs under a session advisory lock keyed by the schema, so
 //! several fleetpipe instances can start at once: the first migrates, the

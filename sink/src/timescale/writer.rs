@@ -9,7 +9,9 @@
 //!    dedupe key and is written again the slow way: binary COPY into the
 //!    connection's TEMP staging table `pg_temp.telemetry_stage` (created once
 //!    per connection, emptied at every commit), then `INSERT … SELECT … ON
-//!    CONFLICT DO NOTHING` into `telemetry`, so a replay adds nothing. The
+//!    CONFLICT (vehicle_id, ts, seq) DO NOTHING` into `telemetry`, so a
+//!    replay adds nothing (a ping without `seq` has `seq` = [`SEQ_NONE`]:
+//!    no key column is NULL). The
 //!    fast path costs PostgreSQL about half as much per row (no staging
 //!    table written, truncated and read back, no speculative insertion per
 //!    row);
@@ -608,7 +610,8 @@ pub(crate) async fn write_rows(
 enum TelemetryPath {
     /// COPY into `telemetry`: fails on a row that is already stored.
     Direct,
-    /// COPY into the staging table, then `INSERT … ON CONFLICT DO NOTHING`.
+    /// COPY into the staging table, then `INSERT … ON CONFLICT (vehicle_id,
+    /// ts, seq) DO NOTHING`.
     Staged,
 }
 

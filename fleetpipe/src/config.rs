@@ -264,6 +264,42 @@ impl Config {
         // Parses the fence file (without indexing it) for the same reason.
         crate::fences::check_config(&self.geofence)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.check_sinks()
+    }
+
+    /// Each configured sink's own validation, the one it runs at start (so
+    /// `config check` accepts exactly what starts), and the rules between a
+    /// sink and the other sections.
+    fn check_sinks(&self) -> Result<(), ConfigError> {
+        let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
+        if let Some(file) = &self.sink.file {
+            file.validate().map_err(|e| invalid(&e))?;
+        }
+        if let Some(kafka) = &self.sink.kafka {
+            kafka.validate().map_err(|e| invalid(&e))?;
+        }
+        if let Some(timescale) = &self.sink.timescale {
+            timescale.validate().map_err(|e| invalid(&e))?;
+            // TimescaleDB's policy compresses every chunk that ends more than
+            // compress_after ago; a ping is accepted up to max_past old, and
+            // its chunk ends after its device time. So with compress_after
+            // longer than max_past no accepted ping belongs to a chunk the
+            // policy may already have compressed, as long as it is written
+            // within (compress_after - max_past) of its acceptance. Applies
+            // whatever `timescaledb` says: a schema once in TimescaleDB mode
+            // keeps its policies even with `off`.
+            let max_past = self.ingest.limits.max_past;
+            if timescale.compress_after <= max_past {
+                return Err(ConfigError::Invalid(format!(
+                    "sink.timescale.compress_after ({}) must be longer than \
+                     ingest.limits.max_past ({}): pings up to max_past old are accepted, and \
+                     TimescaleDB compresses chunks older than compress_after, so late pings \
+                     would be written into compressed chunks",
+                    humantime::format_duration(timescale.compress_after),
+                    humantime::format_duration(max_past),
+                )));
+            }
+        }
         Ok(())
     }
 }

@@ -326,8 +326,21 @@ mod tests {
     /// Loads `toml` as a file inside a figment Jail (isolated cwd and
     /// environment), with `env` set, and returns the result as a string error.
     fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        load_beside(&[], toml, env)
+    }
+
+    /// [`load`] with more `(name, content)` files beside the config.
+    #[allow(clippy::result_large_err)]
+    fn load_beside(
+        files: &[(&str, &str)],
+        toml: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Config, String> {
         let mut out = Err(String::new());
         Jail::expect_with(|jail| {
+            for (name, content) in files {
+                jail.create_file(name, content)?;
+            }
             jail.create_file("fleetpipe.toml", toml)?;
             for (k, v) in env {
                 jail.set_env(k, v);
@@ -464,22 +477,9 @@ mod tests {
         serde_json::json!({ "keys": [jwk] }).to_string()
     }
 
-    // figment's Jail API fixes the closure's (large) error type.
-    #[allow(clippy::result_large_err)]
     /// As [`load`], with `jwks.json` (one usable key) next to the file.
     fn load_with_jwks(toml: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let jwks = jwks_text();
-        let mut out = Err(String::new());
-        Jail::expect_with(|jail| {
-            jail.create_file("jwks.json", &jwks)?;
-            jail.create_file("fleetpipe.toml", toml)?;
-            for (k, v) in env {
-                jail.set_env(k, v);
-            }
-            out = Config::load(Path::new("fleetpipe.toml")).map_err(|e| e.to_string());
-            Ok(())
-        });
-        out
+        load_beside(&[("jwks.json", &jwks_text())], toml, env)
     }
 
     #[test]

@@ -228,23 +228,7 @@ fn a_taken_port_fails_fast_naming_the_key() {
 fn sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "[log]\nformat = \"json\"\n");
-    let mut child = fleetpipe()
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Learn the HTTP address from the structured start-up log.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let http = loop {
-        assert!(Instant::now() < deadline, "fleetpipe did not start");
-        let line = lines.next().unwrap().unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["fields"]["message"] == "fleetpipe is running" {
-            break v["fields"]["http"].as_str().unwrap().to_owned();
-        }
-    };
+    let (mut child, lines, http, _ops) = run_json(&config);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {
         let body = format!(

@@ -149,8 +149,8 @@ async fn copy_ceiling_skips_duplicates_of_the_dedupe_key() {
     // batches (and on the other connection) than the originals.
     let replays: Vec<Ping> = pings.iter().step_by(3).take(30).cloned().collect();
     pings.extend(replays);
-    // Two pings without seq at the same device time: one key under NULLS
-    // NOT DISTINCT. A third without seq at another time is a new row.
+    // Two pings without seq at the same device time: one key (both have
+    // seq = -1). A third without seq at another time is a new row.
     let mut no_seq = pings[0].clone();
     no_seq.seq = None;
     let mut later = no_seq.clone();
@@ -163,7 +163,7 @@ async fn copy_ceiling_skips_duplicates_of_the_dedupe_key() {
     assert_eq!(result.rows, 102, "100 distinct pings + 2 without seq");
     assert_eq!(result.duplicates_skipped, 31);
     assert_eq!(schema.count("telemetry").await, 102);
-    assert_eq!(schema.count("telemetry WHERE seq IS NULL").await, 2);
+    assert_eq!(schema.count("telemetry WHERE seq = -1").await, 2);
 }
 
 #[tokio::test]

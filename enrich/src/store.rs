@@ -12,6 +12,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use fleetpipe_model::VehicleId;
+use fleetpipe_model::sql::{describe_pg_error, quote_ident};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::NoTls;
 
@@ -33,9 +34,25 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    /// PostgreSQL error.
-    #[error("state checkpoint in PostgreSQL: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    /// PostgreSQL error: which step failed, and PostgreSQL's own
+    /// SQLSTATE, message and detail (not just `db error`).
+    #[error("state checkpoint in PostgreSQL: {step} failed: {}", describe_pg_error(.source))]
+    Postgres {
+        /// What was attempted, naming the statement's table, e.g.
+        /// `read "Fleet".vehicle_state`.
+        step: String,
+        /// PostgreSQL's answer.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl StoreError {
+    /// A `map_err` for a PostgreSQL step.
+    fn pg(step: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let step = step.into();
+        move |source| StoreError::Postgres { step, source }
+    }
 }
 
 /// A checkpoint store. See the module docs.
@@ -47,7 +64,9 @@ pub enum StateStore {
     Postgres {
         /// Connection URL.
         url: String,
-        /// Schema holding `vehicle_state`.
+        /// Schema holding `vehicle_state`, as configured (unquoted): it is
+        /// quoted in SQL exactly as the sink's migrations quote it, so a
+        /// mixed-case name such as `Fleet` names the same schema.
         schema: String,
     },
 }
@@ -96,12 +115,11 @@ impl StateStore {
             }
             StateStore::Postgres { url, schema } => {
                 let client = connect(url).await?;
+                let table = state_table(schema);
                 let rows = client
-                    .query(
-                        &format!("SELECT vehicle_id, state::text FROM {schema}.vehicle_state"),
-                        &[],
-                    )
-                    .await?;
+                    .query(&format!("SELECT vehicle_id, state::text FROM {table}"), &[])
+                    .await
+                    .map_err(StoreError::pg(format!("read {table}")))?;
                 Ok(rows
                     .iter()
                     .filter_map(|row| {
@@ -136,16 +154,24 @@ impl StateStore {
                     return Ok(());
                 }
                 let client = connect(url).await?;
+                let table = state_table(schema);
                 let sql = format!(
-                    "INSERT INTO {schema}.vehicle_state (vehicle_id, state, updated_at) \
+                    "INSERT INTO {table} (vehicle_id, state, updated_at) \
                      SELECT v, s::jsonb, now() FROM UNNEST($1::text[], $2::text[]) AS t(v, s) \
                      ON CONFLICT (vehicle_id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at"
                 );
-                let statement = client.prepare(&sql).await?;
+                let step = format!("upsert into {table}");
+                let statement = client
+                    .prepare(&sql)
+                    .await
+                    .map_err(StoreError::pg(step.clone()))?;
                 for chunk in entries.chunks(PG_CHUNK) {
                     let ids: Vec<&str> = chunk.iter().map(|(v, _)| v.as_str()).collect();
                     let states: Vec<&str> = chunk.iter().map(|(_, s)| s.as_str()).collect();
-                    client.execute(&statement, &[&ids, &states]).await?;
+                    client
+                        .execute(&statement, &[&ids, &states])
+                        .await
+                        .map_err(StoreError::pg(step.clone()))?;
                 }
                 Ok(())
             }
@@ -153,11 +179,19 @@ impl StateStore {
     }
 }
 
+/// `schema.vehicle_state`, the schema quoted as the sink's migrations quote
+/// it.
+fn state_table(schema: &str) -> String {
+    format!("{}.vehicle_state", quote_ident(schema))
+}
+
 async fn connect(url: &str) -> Result<tokio_postgres::Client, StoreError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(StoreError::pg("connect"))?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
-            tracing::warn!(error = %err, "state checkpoint connection ended");
+            tracing::warn!(error = %describe_pg_error(&err), "state checkpoint connection ended");
         }
     });
     Ok(client)

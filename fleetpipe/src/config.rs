@@ -284,6 +284,42 @@ impl Config {
         // Parses the fence file (without indexing it) for the same reason.
         crate::fences::check_config(&self.geofence)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.check_sinks()
+    }
+
+    /// Each configured sink's own validation, the one it runs at start (so
+    /// `config check` accepts exactly what starts), and the rules between a
+    /// sink and the other sections.
+    fn check_sinks(&self) -> Result<(), ConfigError> {
+        let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
+        if let Some(file) = &self.sink.file {
+            file.validate().map_err(|e| invalid(&e))?;
+        }
+        if let Some(kafka) = &self.sink.kafka {
+            kafka.validate().map_err(|e| invalid(&e))?;
+        }
+        if let Some(timescale) = &self.sink.timescale {
+            timescale.validate().map_err(|e| invalid(&e))?;
+            // TimescaleDB's policy compresses every chunk that ends more than
+            // compress_after ago; a ping is accepted up to max_past old, and
+            // its chunk ends after its device time. So with compress_after
+            // longer than max_past no accepted ping belongs to a chunk the
+            // policy may already have compressed, as long as it is written
+            // within (compress_after - max_past) of its acceptance. Applies
+            // whatever `timescaledb` says: a schema once in TimescaleDB mode
+            // keeps its policies even with `off`.
+            let max_past = self.ingest.limits.max_past;
+            if timescale.compress_after <= max_past {
+                return Err(ConfigError::Invalid(format!(
+                    "sink.timescale.compress_after ({}) must be longer than \
+                     ingest.limits.max_past ({}): pings up to max_past old are accepted, and \
+                     TimescaleDB compresses chunks older than compress_after, so late pings \
+                     would be written into compressed chunks",
+                    humantime::format_duration(timescale.compress_after),
+                    humantime::format_duration(max_past),
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -310,8 +346,21 @@ mod tests {
     /// Loads `toml` as a file inside a figment Jail (isolated cwd and
     /// environment), with `env` set, and returns the result as a string error.
     fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        load_beside(&[], toml, env)
+    }
+
+    /// [`load`] with more `(name, content)` files beside the config.
+    #[allow(clippy::result_large_err)]
+    fn load_beside(
+        files: &[(&str, &str)],
+        toml: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Config, String> {
         let mut out = Err(String::new());
         Jail::expect_with(|jail| {
+            for (name, content) in files {
+                jail.create_file(name, content)?;
+            }
             jail.create_file("fleetpipe.toml", toml)?;
             for (k, v) in env {
                 jail.set_env(k, v);
@@ -448,22 +497,9 @@ mod tests {
         serde_json::json!({ "keys": [jwk] }).to_string()
     }
 
-    // figment's Jail API fixes the closure's (large) error type.
-    #[allow(clippy::result_large_err)]
     /// As [`load`], with `jwks.json` (one usable key) next to the file.
     fn load_with_jwks(toml: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let jwks = jwks_text();
-        let mut out = Err(String::new());
-        Jail::expect_with(|jail| {
-            jail.create_file("jwks.json", &jwks)?;
-            jail.create_file("fleetpipe.toml", toml)?;
-            for (k, v) in env {
-                jail.set_env(k, v);
-            }
-            out = Config::load(Path::new("fleetpipe.toml")).map_err(|e| e.to_string());
-            Ok(())
-        });
-        out
+        load_beside(&[("jwks.json", &jwks_text())], toml, env)
     }
 
     #[test]

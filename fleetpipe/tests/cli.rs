@@ -124,6 +124,79 @@ fn bad_configs_fail_with_one_line_naming_the_key_or_path() {
     );
 }
 
+/// `config check` runs each sink's own validation (the one its start runs)
+/// and the rules between sections: a config it accepts does not then fail
+/// at start over a setting.
+#[test]
+fn sink_settings_that_would_fail_at_start_fail_config_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let timescale = "[sink.timescale]\nurl = \"postgresql://postgres@127.0.0.1:5432/test\"\n";
+    let cases = [
+        (
+            "[sink.kafka]\nbrokers = \"embedded\"\ncompression = \"brotli\"\n".to_owned(),
+            "sink.kafka.compression",
+        ),
+        (
+            "[sink.kafka]\nbrokers = \"embedded\"\nmax_in_flight = 0\n".to_owned(),
+            "sink.kafka.max_in_flight",
+        ),
+        (
+            format!("{timescale}writers = 0\n"),
+            "sink.timescale.writers",
+        ),
+        (
+            format!("{timescale}schema = \"fleet-1\"\n"),
+            "sink.timescale.schema",
+        ),
+        (
+            "[sink.file]\ndir = \"d\"\nbatch_max_records = 0\n".to_owned(),
+            "sink.file.batch_max_records",
+        ),
+        // compress_after not longer than max_past: equal (7 days each) ...
+        (
+            format!("{timescale}compress_after = \"7days\"\n"),
+            "sink.timescale.compress_after",
+        ),
+        // ... or shorter than a raised max_past.
+        (
+            format!("{timescale}[ingest.limits]\nmax_past = \"30days\"\n"),
+            "ingest.limits.max_past",
+        ),
+    ];
+    for (body, needle) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, &body).unwrap();
+        let out = fleetpipe()
+            .args(["config", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{body}: accepted");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    // The defaults pass, and so does a compress_after longer than a raised
+    // max_past.
+    for body in [
+        timescale.to_owned(),
+        format!("{timescale}compress_after = \"31days\"\n[ingest.limits]\nmax_past = \"30days\"\n"),
+    ] {
+        let path = dir.path().join("good.toml");
+        std::fs::write(&path, &body).unwrap();
+        let out = fleetpipe()
+            .args(["config", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{body}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn a_taken_port_fails_fast_naming_the_key() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -155,23 +228,7 @@ fn a_taken_port_fails_fast_naming_the_key() {
 fn sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "[log]\nformat = \"json\"\n");
-    let mut child = fleetpipe()
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Learn the HTTP address from the structured start-up log.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let http = loop {
-        assert!(Instant::now() < deadline, "fleetpipe did not start");
-        let line = lines.next().unwrap().unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["fields"]["message"] == "fleetpipe is running" {
-            break v["fields"]["http"].as_str().unwrap().to_owned();
-        }
-    };
+    let (mut child, lines, http, _ops) = run_json(&config);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {
         let body = format!(

@@ -1,6 +1,7 @@
 //! The whole pipeline into the Kafka sink (librdkafka's mock cluster, real
 //! Kafka protocol) and the TimescaleDB sink (the real PostgreSQL at
-//! 127.0.0.1:5432, plain mode), besides the file sink.
+//! 127.0.0.1:5432, in whichever mode it offers: `timescaledb = "auto"`),
+//! besides the file sink.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -404,6 +405,116 @@ async fn a_locked_table_stops_acknowledgements_within_bounded_memory_then_resume
         .unwrap()
         .get(0);
     assert_eq!(n, 2000);
+    db.execute(&format!("drop schema \"{schema}\" cascade"), &[])
+        .await
+        .unwrap();
+}
+
+/// A mixed-case schema (`Fleet_…`, which SQL keeps only when quoted) holds
+/// the sink's tables and enrichment's state checkpoints alike: the pipeline
+/// starts, writes, checkpoints every vehicle's state into
+/// `"Fleet_…".vehicle_state` on shutdown, and a second start restores from
+/// there. No schema of the folded name (`fleet_…`) appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_case_schema_holds_the_telemetry_and_the_state_checkpoints() {
+    let schema = format!("Fleet_{}_{}", std::process::id(), now_ms());
+    let config = |c: &mut fleetpipe::Config| {
+        c.sink.timescale = Some(fleetpipe_sink::TimescaleConfig {
+            schema: schema.clone(),
+            ..fleetpipe_sink::TimescaleConfig::new(PG)
+        });
+    };
+    let mut p = TestPipeline::start(config).await;
+    // Three vehicles (one batch each), with and without seq.
+    let now = now_ms();
+    for v in 0..3 {
+        let body: Vec<String> = (0..10u64)
+            .map(|i| {
+                let seq = if i.is_multiple_of(2) {
+                    format!(r#""seq":{i},"#)
+                } else {
+                    String::new()
+                };
+                format!(
+                    r#"{{"vehicle_id":"mc-{v}",{seq}"ts":{},"lat":52.5,"lon":13.4}}"#,
+                    now - 60_000 + i as i64 * 100
+                )
+            })
+            .collect();
+        let r = reqwest::Client::new()
+            .post(p.url("/v1/pings"))
+            .body(format!("[{}]", body.join(",")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(p.dead_letters().is_empty(), "{:?}", p.dead_letters());
+    p.stop().await;
+
+    let db = pg().await;
+    let count = |table: &str| format!("select count(*) from \"{schema}\".{table}");
+    let rows: i64 = db.query_one(&count("telemetry"), &[]).await.unwrap().get(0);
+    assert_eq!(rows, 30);
+    let states: Vec<String> = db
+        .query(
+            &format!("select vehicle_id from \"{schema}\".vehicle_state order by vehicle_id"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(states, ["mc-0", "mc-1", "mc-2"], "checkpointed on shutdown");
+    let folded: i64 = db
+        .query_one(
+            "select count(*) from pg_namespace where nspname = $1",
+            &[&schema.to_lowercase()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(folded, 0, "nothing went to the unquoted (folded) schema");
+
+    // A second start reads the checkpoint back from the same table.
+    let mut again = TestPipeline::start(config).await;
+    again.stop().await;
+    db.execute(&format!("drop schema \"{schema}\" cascade"), &[])
+        .await
+        .unwrap();
+}
+
+/// When the state checkpoint cannot be read, the start fails naming the
+/// statement's table and PostgreSQL's own answer (SQLSTATE and message), not
+/// just "db error".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_state_checkpoint_says_which_statement_failed_and_why() {
+    let schema = format!("Fleet_gone_{}_{}", std::process::id(), now_ms());
+    let sink = fleetpipe_sink::TimescaleConfig {
+        schema: schema.clone(),
+        ..fleetpipe_sink::TimescaleConfig::new(PG)
+    };
+    // Migrated, then the state table lost (migrations do not recreate it).
+    fleetpipe_sink::migrate(&sink).await.unwrap();
+    let db = pg().await;
+    db.execute(&format!("drop table \"{schema}\".vehicle_state"), &[])
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.sink.timescale = Some(sink);
+    let err = match fleetpipe::Pipeline::start(&config, Default::default()).await {
+        Ok(_) => panic!("started without its state table"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(&format!("read \"{schema}\".vehicle_state failed"))
+            && err.contains("42P01")
+            && err.contains("does not exist"),
+        "{err}"
+    );
     db.execute(&format!("drop schema \"{schema}\" cascade"), &[])
         .await
         .unwrap();

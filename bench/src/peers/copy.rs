@@ -29,9 +29,10 @@
 //!   `derived_speed_kmh` are NULL (as for a vehicle's first ping outside any
 //!   fence).
 //!
-//! Duplicates: `telemetry` is unique on `(vehicle_id, ts, seq)` with NULLS
-//! NOT DISTINCT, and a plain COPY aborts its whole transaction on the first
-//! unique violation. The sink skips a replayed ping (`ON CONFLICT DO
+//! Duplicates: `telemetry` is unique on `(vehicle_id, ts, seq)`, where a
+//! ping without seq has `seq = -1` ([`SEQ_NONE`], as the sink writes it),
+//! and a plain COPY aborts its whole transaction on the first unique
+//! violation. The sink skips a replayed ping (`ON CONFLICT DO
 //! NOTHING`), so the peer does the equivalent before the timer starts: it
 //! keeps the first ping of every key and reports the others in
 //! [`CopyResult::duplicates_skipped`]. Both then store the same rows.
@@ -42,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fleetpipe_model::Ping;
-use fleetpipe_sink::timescale::{TELEMETRY_COPY_COLUMNS, TELEMETRY_COPY_TYPES};
+use fleetpipe_sink::timescale::{SEQ_NONE, TELEMETRY_COPY_COLUMNS, TELEMETRY_COPY_TYPES};
 use fleetpipe_sink::{StorageMode, TimescaleConfig, migrate};
 use h3o::{LatLng, Resolution};
 use serde_json::value::RawValue;
@@ -260,8 +261,8 @@ fn prepare(pings: &[Ping]) -> Result<(Vec<CopyRow>, u64), PeerError> {
     let mut rows = Vec::with_capacity(pings.len());
     let mut duplicates = 0u64;
     for (index, ping) in pings.iter().enumerate() {
-        // The key as PostgreSQL compares it: NULLS NOT DISTINCT makes two
-        // pings without seq equal, which Option's equality does too.
+        // The key as PostgreSQL compares it: two pings without seq both have
+        // seq = SEQ_NONE, so they are equal, as Option's equality has it too.
         if !seen.insert((ping.vehicle_id.as_str(), ping.ts_ms, ping.seq)) {
             duplicates += 1;
             continue;
@@ -280,7 +281,8 @@ fn prepare(pings: &[Ping]) -> Result<(Vec<CopyRow>, u64), PeerError> {
 pub struct CopyRow {
     pub vehicle_id: String,
     pub ts: SystemTime,
-    pub seq: Option<i64>,
+    /// The ping's seq, or [`SEQ_NONE`]: the column is NOT NULL.
+    pub seq: i64,
     pub received_at: SystemTime,
     pub source: &'static str,
     pub lat: f64,
@@ -315,7 +317,8 @@ impl CopyRow {
             .seq
             .map(i64::try_from)
             .transpose()
-            .map_err(|_| format!("seq {:?} does not fit a bigint column", p.seq))?;
+            .map_err(|_| format!("seq {:?} does not fit a bigint column", p.seq))?
+            .unwrap_or(SEQ_NONE);
         let attrs = serde_json::value::to_raw_value(&p.attrs)
             .map_err(|e| format!("attrs cannot be encoded as JSON: {e}"))?;
         // H3 indexes keep their top bit clear, so the cast never changes a

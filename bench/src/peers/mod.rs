@@ -140,7 +140,5 @@ pub async fn drop_schema(url: &str, schema: &str) -> Result<(), PeerError> {
         .map_err(PeerError::db("drop schema"))
 }
 
-/// `name` as a quoted SQL identifier.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+/// `name` as a quoted SQL identifier, as the sink quotes it.
+pub(crate) use fleetpipe_model::sql::quote_ident;

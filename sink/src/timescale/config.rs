@@ -85,7 +85,10 @@ pub struct TimescaleConfig {
     )]
     pub retention: Duration,
     /// Compress chunks older than this when TimescaleDB is active (e.g.
-    /// `"7d"`). Whole seconds; ignored in plain PostgreSQL mode.
+    /// `"8d"`). Whole seconds; ignored in plain PostgreSQL mode. Must be
+    /// longer than `ingest.limits.max_past` (checked with the whole
+    /// configuration), so that accepted late pings are not written into
+    /// chunks the policy may already have compressed.
     #[serde(
         default = "TimescaleConfig::default_compress_after",
         with = "humantime_serde"
@@ -150,9 +153,10 @@ impl TimescaleConfig {
         Duration::from_secs(90 * 24 * 60 * 60)
     }
 
-    /// Default of [`TimescaleConfig::compress_after`]: 7 days.
+    /// Default of [`TimescaleConfig::compress_after`]: 8 days, one day more
+    /// than the default `ingest.limits.max_past` (7 days).
     pub const fn default_compress_after() -> Duration {
-        Duration::from_secs(7 * 24 * 60 * 60)
+        Duration::from_secs(8 * 24 * 60 * 60)
     }
 
     /// Default of [`TimescaleConfig::retry_initial`]: 100 ms.

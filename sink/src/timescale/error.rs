@@ -1,8 +1,5 @@
 //! Errors of the TimescaleDB / PostgreSQL sink.
 
-use std::error::Error as _;
-use std::fmt::Write as _;
-
 /// Why the TimescaleDB sink could not start or stopped.
 ///
 /// Errors while writing a batch are not here: a batch is retried until it is
@@ -44,27 +41,7 @@ pub enum TimescaleError {
     Task(#[source] tokio::task::JoinError),
 }
 
-/// A PostgreSQL error as one line an operator can act on.
-///
-/// `tokio_postgres::Error` displays server errors as just `db error`; this
-/// adds the SQLSTATE, message, detail and context, or the underlying cause
-/// of a client-side error.
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-        if let Some(detail) = db.detail() {
-            let _ = write!(s, " (detail: {detail})");
-        }
-        if let Some(context) = db.where_() {
-            let _ = write!(s, " (context: {context})");
-        }
-        return s;
-    }
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let _ = write!(s, ": {cause}");
-        source = cause.source();
-    }
-    s
-}
+/// A PostgreSQL error as one line an operator can act on (SQLSTATE,
+/// message, detail and context, not just `db error`). The one
+/// implementation, shared with enrichment's state checkpoints.
+pub(crate) use fleetpipe_model::sql::describe_pg_error as describe;

@@ -9,7 +9,11 @@
 //!
 //! Some migrations apply only to one storage mode: `0002_plain_indexes`
 //! only without TimescaleDB, `0003_timescaledb` only with it. Once
-//! `0003_timescaledb` is applied the schema stays in TimescaleDB mode.
+//! `0003_timescaledb` is applied the schema stays in TimescaleDB mode. A
+//! migration of both modes may carry TimescaleDB-only statements
+//! (`NNNN_name.timescaledb.sql`), run first in the same transaction in that
+//! mode only: `0007_telemetry_seq_not_null` decompresses the chunks there
+//! before it changes `seq`.
 //!
 //! Everything runs under a session advisory lock keyed by the schema, so
 //! several fleetpipe instances can start at once: the first migrates, the
@@ -89,6 +93,10 @@ pub(crate) struct Migration {
     pub(crate) applies: Applies,
     /// The SQL, with `{schema}` placeholders.
     pub(crate) sql: &'static str,
+    /// In TimescaleDB mode only: SQL run first, in the same transaction
+    /// (e.g. decompressing chunks before a change TimescaleDB does not make
+    /// on compressed data). Never run in plain mode.
+    pub(crate) timescale_prelude: Option<&'static str>,
 }
 
 /// Every versioned migration, in version order.
@@ -98,36 +106,51 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0001_core",
         applies: Applies::Always,
         sql: include_str!("../../migrations/0001_core.sql"),
+        timescale_prelude: None,
     },
     Migration {
         version: 2,
         name: "0002_plain_indexes",
         applies: Applies::PlainOnly,
         sql: include_str!("../../migrations/0002_plain_indexes.sql"),
+        timescale_prelude: None,
     },
     Migration {
         version: TIMESCALE_VERSION,
         name: "0003_timescaledb",
         applies: Applies::TimescaleOnly,
         sql: include_str!("../../migrations/0003_timescaledb.sql"),
+        timescale_prelude: None,
     },
     Migration {
         version: 4,
         name: "0004_enrichment",
         applies: Applies::Always,
         sql: include_str!("../../migrations/0004_enrichment.sql"),
+        timescale_prelude: None,
     },
     Migration {
         version: 5,
         name: "0005_drop_telemetry_vehicle_ts",
         applies: Applies::Always,
         sql: include_str!("../../migrations/0005_drop_telemetry_vehicle_ts.sql"),
+        timescale_prelude: None,
     },
     Migration {
         version: 6,
         name: "0006_vehicle_latest_fillfactor",
         applies: Applies::Always,
         sql: include_str!("../../migrations/0006_vehicle_latest_fillfactor.sql"),
+        timescale_prelude: None,
+    },
+    Migration {
+        version: 7,
+        name: "0007_telemetry_seq_not_null",
+        applies: Applies::Always,
+        sql: include_str!("../../migrations/0007_telemetry_seq_not_null.sql"),
+        timescale_prelude: Some(include_str!(
+            "../../migrations/0007_telemetry_seq_not_null.timescaledb.sql"
+        )),
     },
 ];
 
@@ -245,6 +268,11 @@ async fn apply(
     for migration in plan(&applied, mode) {
         let sql = render(migration.sql, &schema, config);
         let txn = client.transaction().await.map_err(step(migration.name))?;
+        if let (StorageMode::TimescaleDb, Some(prelude)) = (mode, migration.timescale_prelude) {
+            txn.batch_execute(&render(prelude, &schema, config))
+                .await
+                .map_err(step(migration.name))?;
+        }
         txn.batch_execute(&sql)
             .await
             .map_err(step(migration.name))?;
@@ -386,10 +414,9 @@ pub(crate) fn interval(d: Duration) -> String {
     format!("INTERVAL '{} seconds'", d.as_secs())
 }
 
-/// `name` as a quoted SQL identifier.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+/// `name` as a quoted SQL identifier; the one implementation, shared with
+/// enrichment's state checkpoints so both name the same schema.
+pub(crate) use fleetpipe_model::sql::quote_ident;
 
 /// Second key of the schema's advisory lock: 32-bit FNV-1a of its name,
 /// stable across builds and platforms.

@@ -4,8 +4,8 @@
 //! Tables (in the configured schema, created by [`migrate`]):
 //!
 //! - `telemetry`: one row per ping, deduplicated on
-//!   `(vehicle_id, ts, seq)` with `NULLS NOT DISTINCT`, so replays and
-//!   retries add nothing. A hypertable with compression, retention and the
+//!   `(vehicle_id, ts, seq)`, so replays and retries add nothing. No key
+//!   column is NULL: a ping without `seq` has `seq = -1` ([`SEQ_NONE`]). A hypertable with compression, retention and the
 //!   `telemetry_1m` continuous aggregate when TimescaleDB is active; BRIN on
 //!   `ts` otherwise.
 //! - `vehicle_latest`: the newest ping per vehicle by device time (pages
@@ -46,4 +46,4 @@ pub use config::{TimescaleConfig, TimescaleMode};
 pub use error::TimescaleError;
 pub use migrate::{StorageMode, migrate};
 pub use service::TimescaleSink;
-pub use writer::{TELEMETRY_COPY_COLUMNS, TELEMETRY_COPY_TYPES};
+pub use writer::{SEQ_NONE, TELEMETRY_COPY_COLUMNS, TELEMETRY_COPY_TYPES};

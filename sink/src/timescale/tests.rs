@@ -164,6 +164,27 @@ async fn connect_as(app: &str) -> Client {
     client
 }
 
+/// The storage mode `timescaledb = "auto"` gets on this server: TimescaleDB
+/// when the extension is installed, or available and preloaded (so that
+/// `CREATE EXTENSION` works; the tests connect as a superuser), plain
+/// PostgreSQL otherwise. The tests assert this mode rather than assume one:
+/// CI has no TimescaleDB, the maintainers' server has it.
+async fn offered_mode(db: &Client) -> StorageMode {
+    let row = db
+        .query_opt(
+            "SELECT installed_version IS NOT NULL \
+                 OR current_setting('shared_preload_libraries') ~ '(^|[ ,])timescaledb([ ,]|$)' \
+             FROM pg_available_extensions WHERE name = 'timescaledb'",
+            &[],
+        )
+        .await
+        .expect("pg_available_extensions");
+    match row.map(|r| r.get::<_, bool>(0)) {
+        Some(true) => StorageMode::TimescaleDb,
+        Some(false) | None => StorageMode::Plain,
+    }
+}
+
 // ---- record fixtures -------------------------------------------------------
 
 fn origin(received_at: i64) -> Origin {
@@ -353,31 +374,35 @@ async fn versions(test: &TestDb, db: &Client) -> Vec<(i32, String, OffsetDateTim
     .collect()
 }
 
+/// The versions a fresh schema gets in `mode`.
+fn fresh_versions(mode: StorageMode) -> Vec<i32> {
+    match mode {
+        StorageMode::Plain => vec![1, 2, 4, 5, 6, 7],
+        StorageMode::TimescaleDb => vec![1, 3, 4, 5, 6, 7],
+    }
+}
+
 #[tokio::test]
-async fn migrate_creates_the_plain_layout_and_is_idempotent() {
+async fn migrate_creates_the_layout_of_the_offered_mode_and_is_idempotent() {
     let test = TestDb::new();
     let db = test.observer().await;
     let config = TimescaleConfig {
         timescaledb: TimescaleMode::Auto,
         ..test.config()
     };
-    assert_eq!(
-        migrate(&config).await.expect("migrates"),
-        StorageMode::Plain
-    );
+    let mode = offered_mode(&db).await;
+    assert_eq!(migrate(&config).await.expect("migrates"), mode);
 
     let first = versions(&test, &db).await;
     let applied: Vec<(i32, &str)> = first.iter().map(|(v, n, _)| (*v, n.as_str())).collect();
-    assert_eq!(
-        applied,
-        [
-            (1, "0001_core"),
-            (2, "0002_plain_indexes"),
-            (4, "0004_enrichment"),
-            (5, "0005_drop_telemetry_vehicle_ts"),
-            (6, "0006_vehicle_latest_fillfactor")
-        ]
-    );
+    let expected: Vec<(i32, &str)> = fresh_versions(mode)
+        .into_iter()
+        .map(|v| {
+            let m = MIGRATIONS.iter().find(|m| m.version == v).expect("known");
+            (v, m.name)
+        })
+        .collect();
+    assert_eq!(applied, expected);
 
     let tables: BTreeSet<String> = db
         .query(
@@ -390,7 +415,7 @@ async fn migrate_creates_the_plain_layout_and_is_idempotent() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let expected: BTreeSet<String> = [
+    let mut expected: BTreeSet<String> = [
         "dead_letters",
         "fleetpipe_migrations",
         "telemetry",
@@ -401,7 +426,10 @@ async fn migrate_creates_the_plain_layout_and_is_idempotent() {
     .into_iter()
     .map(str::to_owned)
     .collect();
-    // No continuous aggregate or any other TimescaleDB object.
+    // Plain: no continuous aggregate or any other TimescaleDB object.
+    if mode == StorageMode::TimescaleDb {
+        expected.insert("telemetry_1m".to_owned());
+    }
     assert_eq!(tables, expected);
 
     let indexes: BTreeMap<String, String> = db
@@ -414,10 +442,14 @@ async fn migrate_creates_the_plain_layout_and_is_idempotent() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert!(
-        indexes["telemetry_ts_brin"].contains("USING brin (ts)"),
-        "{indexes:?}"
-    );
+    // BRIN on ts in plain mode only: chunks partition by time already.
+    match mode {
+        StorageMode::Plain => assert!(
+            indexes["telemetry_ts_brin"].contains("USING brin (ts)"),
+            "{indexes:?}"
+        ),
+        StorageMode::TimescaleDb => assert!(!indexes.contains_key("telemetry_ts_brin")),
+    }
     // One vehicle's track uses the dedupe index (0005 dropped the other).
     assert!(!indexes.contains_key("telemetry_vehicle_ts"), "{indexes:?}");
     assert!(
@@ -479,6 +511,12 @@ async fn migrate_creates_the_plain_layout_and_is_idempotent() {
             "{column}: {telemetry:?}"
         );
     }
+    // 0007: the dedupe key holds no NULL; a ping without seq has -1.
+    for column in ["vehicle_id", "ts", "seq"] {
+        assert_eq!(telemetry[column].1, "NO", "{column} is NOT NULL");
+    }
+    assert_eq!(telemetry["seq"].0, "bigint");
+    assert_eq!(telemetry["seq"].2.as_deref(), Some("'-1'::integer"));
     let state = columns("vehicle_state").await;
     assert_eq!(state.len(), 3, "{state:?}");
     assert_eq!(state["vehicle_id"].0, "text");
@@ -497,10 +535,7 @@ async fn migrate_creates_the_plain_layout_and_is_idempotent() {
     ))
     .await
     .expect("insert");
-    assert_eq!(
-        migrate(&config).await.expect("migrates again"),
-        StorageMode::Plain
-    );
+    assert_eq!(migrate(&config).await.expect("migrates again"), mode);
     assert_eq!(versions(&test, &db).await, first);
     assert_eq!(test.count(&db, "dead_letters").await, 1);
 }
@@ -541,7 +576,8 @@ async fn the_advisory_lock_serializes_concurrent_migrations() {
         .expect("migrate continues once the lock is free")
         .expect("no panic")
         .expect("migrates");
-    assert_eq!(mode, StorageMode::Plain);
+    let offered = offered_mode(&holder).await;
+    assert_eq!(mode, offered);
 
     // Several instances starting together on a fresh schema: all succeed,
     // each migration is applied once.
@@ -559,37 +595,49 @@ async fn the_advisory_lock_serializes_concurrent_migrations() {
             .expect("in time")
             .expect("no panic")
             .expect("concurrent migrate succeeds");
-        assert_eq!(mode, StorageMode::Plain);
+        assert_eq!(mode, offered);
     }
     let applied: Vec<i32> = versions(&fresh, &holder)
         .await
         .iter()
         .map(|(v, _, _)| *v)
         .collect();
-    assert_eq!(applied, [1, 2, 4, 5, 6]);
+    assert_eq!(applied, fresh_versions(offered));
 }
 
 #[tokio::test]
 async fn timescaledb_on_requires_the_extension_and_off_is_plain() {
     let test = TestDb::new();
-    let err = migrate(&TimescaleConfig {
+    let db = test.observer().await;
+    let on = migrate(&TimescaleConfig {
         timescaledb: TimescaleMode::On,
         ..test.config()
     })
-    .await
-    .expect_err("no TimescaleDB on this server");
-    assert!(
-        matches!(err, TimescaleError::TimescaleUnavailable(_)),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string().contains("sink.timescale.timescaledb"),
-        "{err}"
-    );
+    .await;
+    match offered_mode(&db).await {
+        StorageMode::Plain => {
+            let err = on.expect_err("no TimescaleDB on this server");
+            assert!(
+                matches!(err, TimescaleError::TimescaleUnavailable(_)),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string().contains("sink.timescale.timescaledb"),
+                "{err}"
+            );
+        }
+        StorageMode::TimescaleDb => {
+            assert_eq!(on.expect("migrates"), StorageMode::TimescaleDb);
+            let applied: Vec<i32> = versions(&test, &db).await.iter().map(|v| v.0).collect();
+            assert_eq!(applied, fresh_versions(StorageMode::TimescaleDb));
+        }
+    }
 
+    // A fresh schema: `off` on one already in TimescaleDB mode keeps it.
+    let fresh = TestDb::new();
     let mode = migrate(&TimescaleConfig {
         timescaledb: TimescaleMode::Off,
-        ..test.config()
+        ..fresh.config()
     })
     .await
     .expect("migrates");
@@ -609,7 +657,8 @@ fn the_plain_path_never_includes_timescaledb_sql() {
             "0002_plain_indexes",
             "0004_enrichment",
             "0005_drop_telemetry_vehicle_ts",
-            "0006_vehicle_latest_fillfactor"
+            "0006_vehicle_latest_fillfactor",
+            "0007_telemetry_seq_not_null"
         ]
     );
     assert_eq!(
@@ -619,7 +668,8 @@ fn the_plain_path_never_includes_timescaledb_sql() {
             "0003_timescaledb",
             "0004_enrichment",
             "0005_drop_telemetry_vehicle_ts",
-            "0006_vehicle_latest_fillfactor"
+            "0006_vehicle_latest_fillfactor",
+            "0007_telemetry_seq_not_null"
         ]
     );
     // A schema of an earlier release gets the new migrations in either mode.
@@ -629,7 +679,8 @@ fn the_plain_path_never_includes_timescaledb_sql() {
         [
             "0004_enrichment",
             "0005_drop_telemetry_vehicle_ts",
-            "0006_vehicle_latest_fillfactor"
+            "0006_vehicle_latest_fillfactor",
+            "0007_telemetry_seq_not_null"
         ]
     );
     assert_eq!(
@@ -638,7 +689,8 @@ fn the_plain_path_never_includes_timescaledb_sql() {
             "0003_timescaledb",
             "0004_enrichment",
             "0005_drop_telemetry_vehicle_ts",
-            "0006_vehicle_latest_fillfactor"
+            "0006_vehicle_latest_fillfactor",
+            "0007_telemetry_seq_not_null"
         ]
     );
     let timescale: BTreeSet<i32> = [1, 3].into();
@@ -647,7 +699,8 @@ fn the_plain_path_never_includes_timescaledb_sql() {
         [
             "0004_enrichment",
             "0005_drop_telemetry_vehicle_ts",
-            "0006_vehicle_latest_fillfactor"
+            "0006_vehicle_latest_fillfactor",
+            "0007_telemetry_seq_not_null"
         ]
     );
     // A current plain schema that later gains TimescaleDB gets only its
@@ -662,7 +715,7 @@ fn the_plain_path_never_includes_timescaledb_sql() {
             .any(|l| !l.trim_start().starts_with("--") && l.contains("telemetry_vehicle_ts")),
         "0003 must not recreate what 0005 dropped"
     );
-    let plain: BTreeSet<i32> = [1, 2, 4, 5, 6].into();
+    let plain: BTreeSet<i32> = [1, 2, 4, 5, 6, 7].into();
     assert!(plan(&plain, StorageMode::Plain).is_empty());
     assert_eq!(
         names(plan(&plain, StorageMode::TimescaleDb)),
@@ -676,6 +729,7 @@ fn the_plain_path_never_includes_timescaledb_sql() {
         [1, 2].into(),
         [1, 2, 4].into(),
         [1, 2, 4, 5].into(),
+        [1, 2, 4, 5, 6].into(),
     ] {
         for m in plan(&applied, StorageMode::Plain) {
             assert_ne!(m.applies, Applies::TimescaleOnly, "{}", m.name);
@@ -698,9 +752,24 @@ fn the_plain_path_never_includes_timescaledb_sql() {
     let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
     assert_eq!(
         versions,
-        [1, 2, 3, 4, 5, 6],
+        [1, 2, 3, 4, 5, 6, 7],
         "versions must be unique and ordered"
     );
+    // Only 0007 has TimescaleDB statements of its own, run before it in
+    // that mode only: stopping the compression policy and decompressing.
+    for m in MIGRATIONS {
+        let prelude = m.timescale_prelude.map(str::to_lowercase);
+        assert_eq!(prelude.is_some(), m.version == 7, "{}", m.name);
+        if let Some(prelude) = prelude {
+            assert!(
+                prelude.contains("remove_compression_policy(")
+                    && prelude.contains("decompress_chunk(c, true) from show_chunks("),
+                "{prelude}"
+            );
+        }
+    }
+    let seq = MIGRATIONS.iter().find(|m| m.version == 7).expect("0007");
+    assert_eq!(seq.applies, Applies::Always);
     let enrichment = MIGRATIONS.iter().find(|m| m.version == 4).expect("0004");
     assert_eq!(enrichment.applies, Applies::Always);
 }
@@ -712,9 +781,11 @@ fn migration_sql_renders_every_placeholder() {
         ..TimescaleConfig::new("postgresql://localhost/db")
     };
     for m in MIGRATIONS {
-        let sql = render(m.sql, &quote_ident("fleet"), &config);
-        assert!(!sql.contains("{schema}"), "{}", m.name);
-        assert!(sql.contains("\"fleet\"."), "{}", m.name);
+        for sql in std::iter::once(m.sql).chain(m.timescale_prelude) {
+            let sql = render(sql, &quote_ident("fleet"), &config);
+            assert!(!sql.contains("{schema}"), "{}", m.name);
+            assert!(sql.contains("\"fleet\"."), "{}", m.name);
+        }
     }
     let policies = render(
         include_str!("../../migrations/R__timescaledb_policies.sql"),
@@ -722,7 +793,7 @@ fn migration_sql_renders_every_placeholder() {
         &config,
     );
     assert!(
-        policies.contains("compress_after => INTERVAL '604800 seconds'"),
+        policies.contains("compress_after => INTERVAL '691200 seconds'"),
         "{policies}"
     );
     assert!(
@@ -929,6 +1000,99 @@ async fn replays_add_no_rows() {
     assert_eq!(wait(batch).await, AckStatus::Delivered);
     assert_eq!(test.count(&db, "telemetry").await, 302);
     finish(tx, run).await;
+    assert_eq!(test.count(&db, "dead_letters").await, 0);
+}
+
+/// Pings without `seq` replayed where the dedupe key's NULL handling cannot
+/// help: into compressed chunks on TimescaleDB (whose 2.28 releases do not
+/// honour `NULLS NOT DISTINCT` there), and on plain PostgreSQL under a key
+/// whose NULLs are distinct, which is what that engine quirk amounts to.
+/// The key holds no NULL (a ping without `seq` is stored with `seq = -1`),
+/// so the replays are conflicts by plain equality and add nothing.
+#[tokio::test]
+async fn replays_without_seq_add_no_rows_whatever_the_engine_makes_of_nulls() {
+    let test = TestDb::new();
+    let db = test.observer().await;
+    let config = test.config();
+    let mode = migrate(&config).await.expect("migrates");
+    assert_eq!(mode, offered_mode(&db).await);
+    let table = test.table("telemetry");
+    // 50 pings without seq, 50 with, over five vehicles.
+    let data = |i: u64| {
+        let seq = i.is_multiple_of(2).then_some(i);
+        ping(&format!("van-{}", i % 5), seq, T0_MS + i as i64 * 1000, i)
+    };
+    let (tx, run) = start(config.clone(), 64).await;
+    let batch = BatchAck::new();
+    for i in 0..100 {
+        send(&tx, telemetry(data(i), batch.ack())).await;
+    }
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    finish(tx, run).await;
+    assert_eq!(test.count(&db, "telemetry").await, 100);
+
+    match mode {
+        // The issue as reported: the chunks compressed, then the replay.
+        StorageMode::TimescaleDb => {
+            // (The policy may have compressed some already: their NOTICE
+            // is harmless.)
+            db.batch_execute(&format!(
+                "SELECT compress_chunk(c, true) FROM show_chunks('{table}') AS c"
+            ))
+            .await
+            .expect("compress_chunk");
+            let compressed: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM timescaledb_information.chunks \
+                     WHERE hypertable_schema = $1 AND hypertable_name = 'telemetry' \
+                     AND is_compressed",
+                    &[&test.schema],
+                )
+                .await
+                .expect("chunks")
+                .get(0);
+            assert!(compressed > 0, "nothing compressed");
+        }
+        // The same quirk on plain PostgreSQL: a key under which NULLs are
+        // distinct.
+        StorageMode::Plain => db
+            .batch_execute(&format!(
+                "ALTER TABLE {table} DROP CONSTRAINT telemetry_dedupe, \
+                 ADD CONSTRAINT telemetry_dedupe UNIQUE NULLS DISTINCT (vehicle_id, ts, seq)"
+            ))
+            .await
+            .expect("key with distinct NULLs"),
+    }
+
+    // The same 100 pings again, each twice, by a sink started afresh.
+    let (tx, run) = start(config, 64).await;
+    let batch = BatchAck::new();
+    for i in 0..100 {
+        send(&tx, telemetry(data(i), batch.ack())).await;
+        send(&tx, telemetry(data(i), batch.ack())).await;
+    }
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    finish(tx, run).await;
+    assert_eq!(
+        test.count(&db, "telemetry").await,
+        100,
+        "replays added rows"
+    );
+    let without_seq: i64 = db
+        .query_one(&format!("SELECT count(*) FROM {table} WHERE seq = -1"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(without_seq, 50, "a ping without seq is stored with seq -1");
+    let nulls: i64 = db
+        .query_one(
+            &format!("SELECT count(*) FROM {table} WHERE seq IS NULL"),
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(nulls, 0);
     assert_eq!(test.count(&db, "dead_letters").await, 0);
 }
 
@@ -1768,20 +1932,30 @@ async fn a_schema_of_the_previous_release_is_upgraded_in_place() {
         .await
         .expect("record");
     }
+    // Two rows: one with a seq, one without (NULL, as that release stored
+    // it), 10 days old.
+    let old_ts = T0_MS - 10 * 86_400_000;
     db.batch_execute(&format!(
         "INSERT INTO {schema}.telemetry (vehicle_id, ts, seq, received_at, source, lat, lon) \
-         VALUES ('old-1', now(), 1, now(), 'http', 1, 2)"
+         VALUES ('old-1', now(), 1, now(), 'http', 1, 2), \
+                ('old-2', to_timestamp({old_ts} / 1000.0), NULL, now(), 'http', 1, 2)"
     ))
     .await
-    .expect("old row");
+    .expect("old rows");
 
+    let mode = offered_mode(&db).await;
     let (tx, run) = start(config, 16).await;
     let applied: Vec<i32> = versions(&test, &db)
         .await
         .iter()
         .map(|(v, _, _)| *v)
         .collect();
-    assert_eq!(applied, [1, 2, 4, 5, 6]);
+    // Switching to TimescaleDB (auto, where it is offered) is one more.
+    let expected: Vec<i32> = match mode {
+        StorageMode::Plain => vec![1, 2, 4, 5, 6, 7],
+        StorageMode::TimescaleDb => vec![1, 2, 3, 4, 5, 6, 7],
+    };
+    assert_eq!(applied, expected);
     let old_index: i64 = db
         .query_one(
             "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexname = 'telemetry_vehicle_ts'",
@@ -1798,15 +1972,40 @@ async fn a_schema_of_the_previous_release_is_upgraded_in_place() {
     let batch = BatchAck::new();
     send(&tx, telemetry(nth(3), batch.ack())).await;
     send(&tx, event(3, batch.ack())).await;
+    // A replay of the old ping without seq: 0007 gave it seq -1, so it is
+    // the same key and adds nothing.
+    send(&tx, telemetry(ping("old-2", None, old_ts, 1), batch.ack())).await;
     assert_eq!(wait(batch).await, AckStatus::Delivered);
     finish(tx, run).await;
 
-    // The old row has NULL enrichment, the new one its values.
+    let seqs: Vec<(String, i64)> = db
+        .query(
+            &format!(
+                "SELECT vehicle_id, seq FROM {} ORDER BY vehicle_id",
+                test.table("telemetry")
+            ),
+            &[],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        seqs,
+        [
+            ("old-1".to_owned(), 1),
+            ("old-2".to_owned(), -1),
+            ("van-3".to_owned(), 3)
+        ]
+    );
+
+    // The old rows have NULL enrichment, the new one its values.
     let rows = db
         .query(
             &format!(
                 "SELECT vehicle_id, fences, distance_m, derived_speed_kmh, flags FROM {} \
-                 ORDER BY vehicle_id",
+                 WHERE vehicle_id <> 'old-2' ORDER BY vehicle_id",
                 test.table("telemetry")
             ),
             &[],
@@ -1947,7 +2146,7 @@ fn config_defaults_match_the_documentation() {
     assert_eq!(config.batch_max_wait, Duration::from_millis(50));
     assert_eq!(config.timescaledb, TimescaleMode::Auto);
     assert_eq!(config.retention, Duration::from_secs(90 * 86_400));
-    assert_eq!(config.compress_after, Duration::from_secs(7 * 86_400));
+    assert_eq!(config.compress_after, Duration::from_secs(8 * 86_400));
     assert_eq!(config.retry_initial, Duration::from_millis(100));
     assert_eq!(config.retry_max, Duration::from_secs(10));
     assert!(config.validate().is_ok());

@@ -9,7 +9,9 @@
 //!    dedupe key and is written again the slow way: binary COPY into the
 //!    connection's TEMP staging table `pg_temp.telemetry_stage` (created once
 //!    per connection, emptied at every commit), then `INSERT … SELECT … ON
-//!    CONFLICT DO NOTHING` into `telemetry`, so a replay adds nothing. The
+//!    CONFLICT (vehicle_id, ts, seq) DO NOTHING` into `telemetry`, so a
+//!    replay adds nothing (a ping without `seq` has `seq` = [`SEQ_NONE`]:
+//!    no key column is NULL). The
 //!    fast path costs PostgreSQL about half as much per row (no staging
 //!    table written, truncated and read back, no speculative insertion per
 //!    row);
@@ -47,6 +49,15 @@ pub(crate) const DB_REFUSED: &str = "db_refused";
 /// `source` of the dead letter written for an event the database refused:
 /// events come from enrichment, not through a gateway.
 pub(crate) const EVENT_SOURCE: &str = "events";
+
+/// `telemetry.seq` of a ping without a sequence number. Device sequence
+/// numbers stored there are 0 … 2^63−1 (larger ones are refused before the
+/// database), so this is never a real one. Not NULL: the dedupe key
+/// `(vehicle_id, ts, seq)` holds no NULL, so a replayed ping without `seq`
+/// is a conflict by plain equality, which every engine gets right
+/// (TimescaleDB 2.28 does not honour `NULLS NOT DISTINCT` against
+/// compressed chunks). Migration `0007_telemetry_seq_not_null`.
+pub const SEQ_NONE: i64 = -1;
 
 /// Columns of `telemetry` the sink fills, in COPY order. `geofence_ids` keeps
 /// its default: the geofences of a ping go to `fences`. Public so the
@@ -133,12 +144,14 @@ impl Statements {
                 "COPY pg_temp.telemetry_stage ({TELEMETRY_COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
             ),
             // Sorted, so concurrent writers take index entries in the same
-            // order and cannot deadlock on overlapping keys.
+            // order and cannot deadlock on overlapping keys. The conflict
+            // target is the dedupe key, whose columns are all NOT NULL
+            // (a ping without seq has seq = SEQ_NONE).
             merge_stage: format!(
                 "INSERT INTO {schema}.telemetry ({TELEMETRY_COPY_COLUMNS}) \
                  SELECT {TELEMETRY_COPY_COLUMNS} FROM pg_temp.telemetry_stage \
                  ORDER BY vehicle_id, ts, seq \
-                 ON CONFLICT DO NOTHING"
+                 ON CONFLICT (vehicle_id, ts, seq) DO NOTHING"
             ),
             // One row per vehicle, sorted by vehicle ([`LatestRows`]), so
             // concurrent writers lock rows in the same order. A prepared
@@ -267,7 +280,10 @@ impl<'a> Row<'a> {
 pub(crate) struct StageRow<'a> {
     vehicle_id: &'a str,
     ts: OffsetDateTime,
+    /// The ping's `seq`, for `vehicle_latest` (NULL there when absent).
     seq: Option<i64>,
+    /// What `telemetry.seq` holds: `seq`, or [`SEQ_NONE`].
+    stored_seq: i64,
     received_at: OffsetDateTime,
     source: &'static str,
     lat: f64,
@@ -308,6 +324,7 @@ impl<'a> StageRow<'a> {
             vehicle_id: p.vehicle_id.as_str(),
             ts: timestamp(p.ts_ms).ok_or_else(|| format!("ts {} is out of range", p.ts_ms))?,
             seq,
+            stored_seq: seq.unwrap_or(SEQ_NONE),
             received_at: timestamp(r.origin.received_at)
                 .ok_or_else(|| format!("received_at {} is out of range", r.origin.received_at))?,
             source: r.origin.gateway.as_str(),
@@ -340,7 +357,7 @@ impl<'a> StageRow<'a> {
         [
             &self.vehicle_id,
             &self.ts,
-            &self.seq,
+            &self.stored_seq,
             &self.received_at,
             &self.source,
             &self.lat,
@@ -380,7 +397,7 @@ impl<'a> StageRow<'a> {
         ];
         let payload = self.vehicle_id.len()
             + 8 // ts
-            + opt(self.seq.is_some(), 8)
+            + 8 // seq, never NULL
             + 8 // received_at
             + self.source.len()
             + 16 // lat, lon
@@ -593,7 +610,8 @@ pub(crate) async fn write_rows(
 enum TelemetryPath {
     /// COPY into `telemetry`: fails on a row that is already stored.
     Direct,
-    /// COPY into the staging table, then `INSERT … ON CONFLICT DO NOTHING`.
+    /// COPY into the staging table, then `INSERT … ON CONFLICT (vehicle_id,
+    /// ts, seq) DO NOTHING`.
     Staged,
 }
 

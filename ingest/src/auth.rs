@@ -613,12 +613,25 @@ fn load_tokens(path: &Path) -> Result<HashMap<[u8; 32], VehicleId>, AuthSetupErr
         path: path.to_owned(),
         source,
     })?;
-    let invalid = |message: String| AuthSetupError::Invalid {
+    parse_credentials(&text).map_err(|InvalidCredentials(message)| AuthSetupError::Invalid {
         path: path.to_owned(),
         message,
-    };
+    })
+}
+
+/// Why the text of a credentials file is not valid ([`parse_credentials`]);
+/// the message of [`AuthSetupError::Invalid`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidCredentials(pub String);
+
+/// Parses the text of a credentials file (`ingest.auth.credentials_file`,
+/// TOML `[[device]]` entries): the SHA-256 of every device's token, mapped
+/// to its vehicle. Token mode's authenticator looks tokens up in this map.
+pub fn parse_credentials(text: &str) -> Result<HashMap<[u8; 32], VehicleId>, InvalidCredentials> {
+    let invalid = InvalidCredentials;
     let file: CredentialsFile =
-        toml::from_str(&text).map_err(|e| invalid(e.message().to_owned()))?;
+        toml::from_str(text).map_err(|e| invalid(e.message().to_owned()))?;
     let mut tokens = HashMap::with_capacity(file.device.len());
     for (i, entry) in file.device.into_iter().enumerate() {
         let vehicle = VehicleId::parse(&entry.vehicle_id)
@@ -707,6 +720,28 @@ mod tests {
         assert!(err("[[device]]\nvehicle_id = \"a\"\n").contains("exactly one of token"));
         assert!(err("[[device]]\nvehicle_id = \"a\"\ntoken = \"t\"\n[[device]]\nvehicle_id = \"b\"\ntoken = \"t\"\n").contains("token used twice"));
         assert!(err("[[device]]\nvehicle = \"a\"\n").contains("unknown field"));
+    }
+
+    #[test]
+    fn credentials_text_parses_as_the_file_loads() {
+        let text = "[[device]]\nvehicle_id = \"van-1\"\ntoken = \"t\"\n";
+        let tokens = parse_credentials(text).unwrap();
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(
+            tokens.get(&sha256("t")).map(VehicleId::as_str),
+            Some("van-1")
+        );
+        let bad = "[[device]]\nvehicle_id = \"a\"\ntoken = \"t\"\n[[device]]\nvehicle_id = \"b\"\ntoken = \"t\"\n";
+        let InvalidCredentials(message) = parse_credentials(bad).unwrap_err();
+        let file_error = token_auth(bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(message.contains("token used twice"), "{message}");
+        assert!(
+            file_error.ends_with(&format!(": {message}")),
+            "{file_error}"
+        );
     }
 
     fn jwt(secret: &str, sub: &str, exp_offset: i64) -> String {

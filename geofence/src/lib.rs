@@ -61,7 +61,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 
-use geo::coordinate_position::CoordPos;
+use geo::coordinate_position::{CoordPos, coord_pos_relative_to_ring};
 use geo::{
     BoundingRect, Coord, CoordinatePosition, Distance, Haversine, Intersects, Line, LineString,
     MultiPolygon, Point, Polygon, Rect,
@@ -240,8 +240,35 @@ impl Fence {
                 let ky = 110_574.0;
                 let kx = 111_320.0 * lat.to_radians().cos();
                 let project = |c: Coord<f64>| ((c.x - lon) * kx, (c.y - lat) * ky);
-                edges(mp)
-                    .map(|line| segment_distance_to_origin(project(line.start), project(line.end)))
+                let ring_distance = |ring: &LineString<f64>| {
+                    ring.lines()
+                        .map(|line| {
+                            segment_distance_to_origin(project(line.start), project(line.end))
+                        })
+                        .fold(f64::INFINITY, f64::min)
+                };
+                let c = Coord { x: lon, y: lat };
+                // The nearest point of an area the query is not in lies on
+                // the ring that separates them: the exterior when the query
+                // is outside it, else the hole it is in. For valid polygons
+                // this is the nearest of all rings; it also keeps a hole
+                // that strays outside its exterior (which the loader does
+                // not refuse) from putting an outside point at distance 0.
+                mp.0.iter()
+                    .map(|polygon| {
+                        if coord_pos_relative_to_ring(c, polygon.exterior()) == CoordPos::Outside {
+                            ring_distance(polygon.exterior())
+                        } else {
+                            polygon
+                                .interiors()
+                                .iter()
+                                .filter(|hole| {
+                                    coord_pos_relative_to_ring(c, hole) != CoordPos::Outside
+                                })
+                                .map(ring_distance)
+                                .fold(f64::INFINITY, f64::min)
+                        }
+                    })
                     .fold(f64::INFINITY, f64::min)
             }
             Shape::Circle { center, radius_m } => {

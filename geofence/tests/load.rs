@@ -333,11 +333,12 @@ fn distance_is_zero_inside_and_metres_to_the_edge_outside() {
     assert!(square.distance_m(f64::NAN, 0.0).is_infinite());
 }
 
-/// Found by the `geofence` fuzz target (fuzz/README.md, known findings): a
-/// hole reaching outside its exterior ring is loaded, and a point on that
-/// hole's ring, outside the fence, is at distance 0 from it.
+/// Found by the `geofence` fuzz target: a hole reaching outside its
+/// exterior ring is loaded, and a point on that hole's ring, outside the
+/// fence, was at distance 0 from it (so a hysteresis margin kept a vehicle
+/// 600 km away "inside"). Distance now goes to the ring that separates the
+/// point from the area.
 #[test]
-#[ignore = "known finding: the loader accepts holes outside the exterior ring"]
 fn a_point_outside_is_not_at_distance_zero() {
     let json = r#"{"type":"FeatureCollection","features":[
       {"type":"Feature","properties":{"id":"depot-1"},"geometry":{"type":"Polygon","coordinates":[

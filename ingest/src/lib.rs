@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod http;
 pub mod mqtt;
 pub mod ratelimit;
+mod reload;
 pub mod validate;
 
 pub use auth::{AuthConfig, Authenticator};

@@ -9,6 +9,7 @@
 //! symmetric (`oct`) key is ignored (with a warning): HMAC tokens are only
 //! ever checked against `jwt_secret`, never against a key from this file.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -302,37 +303,11 @@ impl JwksFile {
     /// parses replaces the keys, one that does not is logged (once) and the
     /// keys stay.
     pub(super) async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate; the file was just read.
-        tick.tick().await;
-        let mut last = self.loaded;
-        let mut last_error: Option<String> = None;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            match self.poll(&mut last).await {
-                Ok(()) => last_error = None,
-                Err(e) => {
-                    // Once per distinct problem, not once per poll.
-                    if last_error.as_ref() != Some(&e) {
-                        metrics::counter!("fleetpipe_auth_jwks_reload_errors_total").increment(1);
-                        tracing::error!(
-                            path = %self.path.display(),
-                            error = %e,
-                            "ingest.auth.jwks_file: reload failed; the previous keys stay in use"
-                        );
-                        last_error = Some(e);
-                    }
-                }
-            }
-        }
+        crate::reload::every(&*self, self.loaded, self.interval, &stop).await;
     }
 
     /// Reads the file and, if its content is not `last`, loads it.
-    async fn poll(&self, last: &mut [u8; 32]) -> Result<(), String> {
+    async fn reread(&self, last: &mut [u8; 32]) -> Result<(), String> {
         let mut bytes = Vec::new();
         let mut file = tokio::fs::File::open(&self.path)
             .await
@@ -373,6 +348,23 @@ fn log_ignored(path: &Path, ignored: &[Ignored]) {
             kid = i.kid.as_deref().unwrap_or(""),
             reason = %i.reason,
             "ingest.auth.jwks_file: key ignored"
+        );
+    }
+}
+
+impl crate::reload::Reload for JwksFile {
+    type Error = String;
+
+    fn poll(&self, last: &mut [u8; 32]) -> impl Future<Output = Result<(), String>> + Send {
+        self.reread(last)
+    }
+
+    fn report(&self, error: &String) {
+        metrics::counter!("fleetpipe_auth_jwks_reload_errors_total").increment(1);
+        tracing::error!(
+            path = %self.path.display(),
+            error = %error,
+            "ingest.auth.jwks_file: reload failed; the previous keys stay in use"
         );
     }
 }

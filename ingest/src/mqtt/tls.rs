@@ -15,6 +15,7 @@
 //! alternative name if it has one, else its subject common name
 //! ([`certificate_vehicle`]).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -157,32 +158,11 @@ impl ServerTls {
     /// `fleetpipe_mqtt_tls_reload_errors_total`; the previous configuration
     /// stays until the files change again.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(self.config.reload_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate; the files were just read.
-        tick.tick().await;
-        let mut last = self.loaded;
-        let mut last_error: Option<TlsError> = None;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            match self.poll(&mut last).await {
-                Ok(()) => last_error = None,
-                Err(e) => {
-                    if last_error.as_ref() != Some(&e) {
-                        metrics::counter!("fleetpipe_mqtt_tls_reload_errors_total").increment(1);
-                        tracing::error!(error = %e, "ingest.mqtt.tls: reload failed; the previous certificate and key stay in use");
-                        last_error = Some(e);
-                    }
-                }
-            }
-        }
+        crate::reload::every(&*self, self.loaded, self.config.reload_interval, &stop).await;
     }
 
     /// Reads the files and, if their content is not `last`, loads them.
-    async fn poll(&self, last: &mut [u8; 32]) -> Result<(), TlsError> {
+    async fn reread(&self, last: &mut [u8; 32]) -> Result<(), TlsError> {
         let config = self.config.clone();
         // Small files, but blocking reads: off the async workers.
         let files = tokio::task::spawn_blocking(move || Files::read(&config))
@@ -353,6 +333,19 @@ pub fn certificate_vehicle(der: &[u8]) -> Result<VehicleId, String> {
     };
     VehicleId::parse(&name)
         .map_err(|e| format!("certificate name {name:?} is not a vehicle id: {e}"))
+}
+
+impl crate::reload::Reload for ServerTls {
+    type Error = TlsError;
+
+    fn poll(&self, last: &mut [u8; 32]) -> impl Future<Output = Result<(), TlsError>> + Send {
+        self.reread(last)
+    }
+
+    fn report(&self, error: &TlsError) {
+        metrics::counter!("fleetpipe_mqtt_tls_reload_errors_total").increment(1);
+        tracing::error!(error = %error, "ingest.mqtt.tls: reload failed; the previous certificate and key stay in use");
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod codec;
 pub mod gateway;
 pub mod http;
+mod io;
 pub mod mqtt;
 pub mod ratelimit;
 mod reload;

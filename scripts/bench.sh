@@ -13,7 +13,8 @@
 #    summary.md, throughput.svg, latency.svg}.
 #
 # For step 4, PostgreSQL gets the WAL settings deploy/docker-compose.yml
-# gives TimescaleDB (max_wal_size, checkpoint_timeout: see PG_WAL below);
+# gives TimescaleDB (max_wal_size, checkpoint_timeout: see
+# use_bench_wal_settings in scripts/lib/services.sh);
 # both take effect on reload, and the previous values are put back when the
 # script ends, however it ends. With PostgreSQL's defaults (1GB, 5min), the
 # sustained insert rate of the benchmark fills 1 GB of WAL every ~20 s and
@@ -27,7 +28,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '==> %s\n' "$*"; }
+# shellcheck source=lib/services.sh
+source scripts/lib/services.sh
 
 quick=0
 for arg in "$@"; do
@@ -48,34 +50,7 @@ log "criterion micro-benchmarks"
 cargo bench -p fleetpipe-bench --bench decode_validate --bench sinks --bench enrich -- "${criterion[@]}"
 cargo bench -p fleetpipe-geofence --bench lookup -- "${criterion[@]}"
 
-# name=value pairs, as deploy/docker-compose.yml passes them to TimescaleDB.
-PG_WAL=(max_wal_size=16GB checkpoint_timeout=15min)
-psql_test() { psql -h 127.0.0.1 -U postgres -d test -Atqc "$1"; }
-# Puts back what postgresql.auto.conf said before (or removes the entry).
-restore_pg() {
-    for kv in "${saved_pg[@]}"; do
-        name=${kv%%=*} value=${kv#*=}
-        if [ -z "$value" ]; then
-            psql_test "ALTER SYSTEM RESET $name"
-        else
-            psql_test "ALTER SYSTEM SET $name = '$value'"
-        fi
-    done
-    psql_test "SELECT pg_reload_conf()" >/dev/null
-    log "PostgreSQL WAL settings restored"
-}
-saved_pg=()
-for kv in "${PG_WAL[@]}"; do
-    name=${kv%%=*}
-    saved_pg+=("$name=$(psql_test "SELECT setting FROM pg_file_settings \
-        WHERE name = '$name' AND sourcefile LIKE '%postgresql.auto.conf' AND applied")")
-done
-trap restore_pg EXIT
-for kv in "${PG_WAL[@]}"; do
-    psql_test "ALTER SYSTEM SET ${kv%%=*} = '${kv#*=}'"
-done
-psql_test "SELECT pg_reload_conf()" >/dev/null
-log "PostgreSQL for the run: ${PG_WAL[*]}"
+use_bench_wal_settings
 
 log "end-to-end benchmark and peers"
 target/release/fleetpipe-e2e "$@"

@@ -100,3 +100,36 @@ ensure_build_deps() {
         apt_install "${missing[@]}"
     fi
 }
+
+# For the end-to-end benchmark and the soak: gives PostgreSQL the WAL
+# settings deploy/docker-compose.yml gives TimescaleDB, and puts back what
+# postgresql.auto.conf said before (or removes the entry) when the calling
+# script ends, however it ends. Both take effect on reload.
+PG_WAL=(max_wal_size=16GB checkpoint_timeout=15min)
+psql_test() { psql -h 127.0.0.1 -U postgres -d test -Atqc "$1"; }
+restore_pg_wal() {
+    for kv in "${saved_pg[@]}"; do
+        name=${kv%%=*} value=${kv#*=}
+        if [ -z "$value" ]; then
+            psql_test "ALTER SYSTEM RESET $name"
+        else
+            psql_test "ALTER SYSTEM SET $name = '$value'"
+        fi
+    done
+    psql_test "SELECT pg_reload_conf()" >/dev/null
+    log "PostgreSQL WAL settings restored"
+}
+use_bench_wal_settings() {
+    saved_pg=()
+    for kv in "${PG_WAL[@]}"; do
+        name=${kv%%=*}
+        saved_pg+=("$name=$(psql_test "SELECT setting FROM pg_file_settings \
+            WHERE name = '$name' AND sourcefile LIKE '%postgresql.auto.conf' AND applied")")
+    done
+    trap restore_pg_wal EXIT
+    for kv in "${PG_WAL[@]}"; do
+        psql_test "ALTER SYSTEM SET ${kv%%=*} = '${kv#*=}'"
+    done
+    psql_test "SELECT pg_reload_conf()" >/dev/null
+    log "PostgreSQL for the run: ${PG_WAL[*]}"
+}

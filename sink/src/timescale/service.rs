@@ -135,7 +135,10 @@ impl TimescaleSink {
         });
         let inflight = Arc::new(Inflight::default());
         inflight.publish();
-        let gauges = AbortOnDrop(tokio::spawn(refresh_gauges(Arc::clone(&inflight))));
+        let gauges = AbortOnDrop(tokio::spawn(refresh_gauges(
+            Arc::clone(&inflight),
+            writer.pool.clone(),
+        )));
         let mut tasks = JoinSet::new();
         let lanes: Vec<_> = (0..config.writers)
             .map(|_| {
@@ -636,11 +639,21 @@ impl Drop for InflightGuard {
 
 /// Refreshes the in-flight gauges every [`GAUGE_INTERVAL`], so a batch that
 /// is stuck shows a growing age.
-async fn refresh_gauges(inflight: Arc<Inflight>) {
+async fn refresh_gauges(inflight: Arc<Inflight>, pool: Pool) {
     let mut tick = tokio::time::interval(GAUGE_INTERVAL);
+    let in_use = gauge!("fleetpipe_sink_pool_connections", "sink" => SINK, "state" => "in_use");
+    let idle = gauge!("fleetpipe_sink_pool_connections", "sink" => SINK, "state" => "idle");
+    let waiting = gauge!("fleetpipe_sink_pool_waiting", "sink" => SINK);
     loop {
         tick.tick().await;
         inflight.publish();
+        // deadpool's status: `size` connections open, `available` of them
+        // idle, `waiting` writers queued for one (never above `writers`,
+        // one per lane, unless a lane leaks its connection).
+        let status = pool.status();
+        in_use.set(status.size.saturating_sub(status.available) as f64);
+        idle.set(status.available as f64);
+        waiting.set(status.waiting as f64);
     }
 }
 

@@ -2088,6 +2088,9 @@ fn metrics_follow_the_contract() {
             let replay = BatchAck::new();
             send(&tx, telemetry(nth(0), replay.ack())).await;
             assert_eq!(wait(replay).await, AckStatus::Delivered);
+            // One refresh of the pool gauges after the writes returned
+            // their connections.
+            tokio::time::sleep(Duration::from_millis(1300)).await;
             finish(tx, run).await;
         });
     });
@@ -2131,6 +2134,15 @@ fn metrics_follow_the_contract() {
     );
     assert_eq!(gauge("fleetpipe_sink_inflight_batches"), 0.0);
     assert_eq!(gauge("fleetpipe_sink_oldest_unacked_seconds"), 0.0);
+    let pool = |state: &str| {
+        metrics.gauge(
+            "fleetpipe_sink_pool_connections",
+            &[("sink", "timescale"), ("state", state)],
+        )
+    };
+    assert_eq!(pool("in_use"), 0.0, "every connection is back in the pool");
+    assert!(pool("idle") >= 1.0, "the writes opened connections");
+    assert_eq!(gauge("fleetpipe_sink_pool_waiting"), 0.0);
 }
 
 // ---- configuration ---------------------------------------------------------

@@ -30,26 +30,62 @@ pub async fn scrape(
     client: &reqwest::Client,
     http: std::net::SocketAddr,
 ) -> anyhow::Result<Durable> {
-    let text = client
+    Ok(Durable::from_text(&metrics_text(client, http).await?))
+}
+
+/// fleetpipe's `/metrics` (Prometheus text).
+pub async fn metrics_text(
+    client: &reqwest::Client,
+    http: std::net::SocketAddr,
+) -> anyhow::Result<String> {
+    Ok(client
         .get(format!("http://{http}/metrics"))
         .timeout(Duration::from_secs(5))
         .send()
         .await?
+        .error_for_status()?
         .text()
-        .await?;
-    Ok(Durable {
-        timescale: counter(&text, "timescale"),
-        kafka: counter(&text, "kafka"),
-    })
+        .await?)
 }
 
-/// The telemetry record counter of `sink` in Prometheus text, 0 if absent.
-fn counter(text: &str, sink: &str) -> u64 {
+impl Durable {
+    /// The telemetry counters of both sinks in Prometheus text.
+    pub fn from_text(text: &str) -> Self {
+        let telemetry = |sink: &str| {
+            sum(
+                text,
+                "fleetpipe_sink_records_total",
+                &[("sink", sink), ("stream", "telemetry")],
+            ) as u64
+        };
+        Self {
+            timescale: telemetry("timescale"),
+            kafka: telemetry("kafka"),
+        }
+    }
+}
+
+/// The sum of the samples of metric `name` in Prometheus text whose labels
+/// include every pair of `labels` (0 if none): a counter of one sink, or a
+/// gauge over all its workers.
+pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with("fleetpipe_sink_records_total{"))
-        .filter(|l| l.contains(&format!("sink=\"{sink}\"")) && l.contains("stream=\"telemetry\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            // `name{...} v` or `name v`, not a longer name with this prefix.
+            let (label_text, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            labels
+                .iter()
+                .all(|(k, v)| {
+                    label_text
+                        .split(',')
+                        .any(|pair| pair == format!("{k}=\"{v}\""))
+                })
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
         .sum()
 }
 
@@ -58,6 +94,18 @@ pub async fn db_rows(pg_url: &str, schema: &str) -> anyhow::Result<u64> {
     let client = fleetpipe_bench::peers::connect(pg_url).await?;
     let row = client
         .query_one(&format!("SELECT count(*) FROM \"{schema}\".telemetry"), &[])
+        .await?;
+    Ok(row.get::<_, i64>(0).max(0) as u64)
+}
+
+/// Bytes of `{schema}.telemetry` with its indexes (and TOAST).
+pub async fn table_bytes(pg_url: &str, schema: &str) -> anyhow::Result<u64> {
+    let client = fleetpipe_bench::peers::connect(pg_url).await?;
+    let row = client
+        .query_one(
+            "SELECT pg_total_relation_size(format('%I.telemetry', $1::text)::regclass)",
+            &[&schema],
+        )
         .await?;
     Ok(row.get::<_, i64>(0).max(0) as u64)
 }
@@ -98,8 +146,21 @@ mod tests {
             fleetpipe_sink_records_total{sink=\"kafka\",stream=\"telemetry\"} 120\n\
             fleetpipe_sink_records_total{sink=\"kafka\",stream=\"events\"} 7\n\
             fleetpipe_sink_records_total{sink=\"timescale\",stream=\"telemetry\"} 99\n";
-        assert_eq!(counter(text, "kafka"), 120);
-        assert_eq!(counter(text, "timescale"), 99);
-        assert_eq!(counter(text, "file"), 0);
+        let durable = Durable::from_text(text);
+        assert_eq!((durable.kafka, durable.timescale), (120, 99));
+        let none = sum(text, "fleetpipe_sink_records_total", &[("sink", "file")]);
+        assert_eq!(none, 0.0);
+    }
+
+    #[test]
+    fn sum_adds_the_matching_series_of_one_metric_only() {
+        let text = "fleetpipe_enrich_queue_depth{worker=\"0\"} 3\n\
+            fleetpipe_enrich_queue_depth{worker=\"1\"} 4\n\
+            fleetpipe_enrich_queue_depth_max 100\n\
+            fleetpipe_pipeline_inflight_bytes 2048\n";
+        assert_eq!(sum(text, "fleetpipe_enrich_queue_depth", &[]), 7.0);
+        let one = sum(text, "fleetpipe_enrich_queue_depth", &[("worker", "1")]);
+        assert_eq!(one, 4.0);
+        assert_eq!(sum(text, "fleetpipe_pipeline_inflight_bytes", &[]), 2048.0);
     }
 }

@@ -35,6 +35,7 @@
 mod counts;
 mod process;
 mod report;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -112,6 +113,17 @@ struct Args {
     /// Leave out the peers.
     #[arg(long)]
     no_peers: bool,
+    /// Instead of the benchmark, a soak run of this many minutes at half
+    /// the saturated rate (found by a ramp first, as the benchmark's), with
+    /// both sinks: `soak.json`, `soak.md`, `soak.svg` in `--out`.
+    #[arg(long)]
+    soak_minutes: Option<u64>,
+    /// The soak's offered rate, pings/s, instead of half the ramp's.
+    #[arg(long, requires = "soak_minutes")]
+    soak_rate: Option<f64>,
+    /// Seconds between the soak's samples.
+    #[arg(long, default_value_t = 10, requires = "soak_minutes")]
+    soak_sample_secs: u64,
 }
 
 /// Messages per connection awaiting their durable acknowledgement: the
@@ -172,6 +184,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?);
     progress.enable_steady_tick(Duration::from_millis(200));
 
+    if let Some(minutes) = args.soak_minutes {
+        let report = soak::run(&args, minutes, &sim, encoding, step, &fences, &progress).await?;
+        progress.finish_and_clear();
+        println!("{}", report.markdown());
+        println!(
+            "results: {}/soak.json, soak.md, soak.svg",
+            args.out.display()
+        );
+        return Ok(());
+    }
+
     let runs = fleetpipe_runs(&args, &sim, encoding, step, &fences, &progress).await?;
 
     progress.set_message("memory per vehicle (enrichment state)");
@@ -225,16 +248,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Phases 1–3 against one fleetpipe process.
-async fn fleetpipe_runs(
+/// fleetpipe started on a fresh `schema` with the run's fences, and the
+/// sampler reading it.
+async fn start_fleetpipe(
     args: &Args,
-    sim: &SimConfig,
-    encoding: Encoding,
-    step: Duration,
+    schema: &str,
     fences: &Path,
     progress: &ProgressBar,
-) -> anyhow::Result<FleetpipeRuns> {
-    let schema = "fleetpipe_e2e";
+) -> anyhow::Result<(Fleetpipe, Sampler)> {
     peers::drop_schema(&args.pg_url, schema).await?;
     let run_cfg = RunConfig {
         pg_url: args.pg_url.clone(),
@@ -246,11 +267,23 @@ async fn fleetpipe_runs(
     std::fs::write(&config, run_cfg.to_toml())?;
     progress.set_message("starting fleetpipe");
     let fp = Fleetpipe::start(&args.fleetpipe, &config, &args.out.join("fleetpipe.log")).await?;
-    let mut sampler = Sampler::new(fp.pid, fp.ops);
+    let sampler = Sampler::new(fp.pid, fp.ops);
+    Ok((fp, sampler))
+}
 
-    // Each phase has its own vehicles (id prefix), so no phase's sequence
-    // numbers or device times collide with another's.
-    let publisher_cfg = |prefix: &str, rate: Rate, pings_per_message: u32| PublisherConfig {
+/// The publisher of one phase: the run's fleet with its own vehicles (id
+/// `prefix`, so no phase's sequence numbers or device times collide with
+/// another's), QoS 1 over `mqtt`, waiting for durable acknowledgements.
+fn publisher_config(
+    args: &Args,
+    sim: &SimConfig,
+    encoding: Encoding,
+    mqtt: std::net::SocketAddr,
+    prefix: &str,
+    rate: Rate,
+    pings_per_message: u32,
+) -> PublisherConfig {
+    PublisherConfig {
         sim: SimConfig {
             id_prefix: prefix.to_owned(),
             pings_per_message,
@@ -258,7 +291,7 @@ async fn fleetpipe_runs(
             ..sim.clone()
         },
         transport: Transport::Mqtt(MqttConfig {
-            addr: fp.mqtt.to_string(),
+            addr: mqtt.to_string(),
             qos: 1,
             connections: args.connections,
             ack: AckMode::AckTopic,
@@ -271,18 +304,35 @@ async fn fleetpipe_runs(
         max_pings: None,
         max_backdate: Duration::from_secs(6 * 3600),
         drain_timeout: Duration::from_secs(30),
-    };
-    let mut published = 0u64;
+    }
+}
 
-    // 1. Ramp. Flow control is MQTT's own (PUBACK on receipt, 100 in flight
-    // per connection), as firmware publishes; what counts is what the sinks
-    // report durable, not what was sent.
-    let publisher = Publisher::new(publisher_cfg("sim-", Rate::PerSecond(args.start_rate), 1))?;
+/// What the ramp found.
+struct Ramp {
+    steps: Vec<Step>,
+    /// The highest durable rate of any step.
+    saturated: f64,
+    /// Pings the ramp's publisher had acknowledged.
+    published: u64,
+}
+
+/// Phase 1, the ramp. Flow control is MQTT's own (PUBACK on receipt, 100
+/// in flight per connection), as firmware publishes; what counts is what
+/// the sinks report durable, not what was sent. Returns once fleetpipe has
+/// worked off the ramp's backlog.
+async fn ramp(
+    args: &Args,
+    sampler: &mut Sampler,
+    config: PublisherConfig,
+    step: Duration,
+    progress: &ProgressBar,
+) -> anyhow::Result<Ramp> {
+    let publisher = Publisher::new(config)?;
     let stats = publisher.stats();
     let control = publisher.rate_control();
     let cancel = CancellationToken::new();
     let handle = tokio::spawn(publisher_run(publisher, cancel.clone()));
-    let mut ramp = Vec::new();
+    let mut steps = Vec::new();
     let mut rate = args.start_rate;
     loop {
         control.set(Rate::PerSecond(rate));
@@ -290,25 +340,68 @@ async fn fleetpipe_runs(
             .step(&stats, &format!("ramp {rate:.0}/s"), rate, step, progress)
             .await?;
         let short = r.durable_per_s < 0.9 * rate;
-        ramp.push(r);
+        steps.push(r);
         if short || rate > 1_000_000.0 {
             break;
         }
         rate *= args.ramp_factor;
     }
     control.set(Rate::Max);
-    ramp.push(
+    steps.push(
         sampler
             .step(&stats, "ramp max", 0.0, step, progress)
             .await?,
     );
     cancel.cancel();
-    published += handle.await??.acked_pings;
-    let saturated = ramp.iter().map(|r| r.durable_per_s).fold(0.0, f64::max);
+    let published = handle.await??.acked_pings;
+    let saturated = steps.iter().map(|r| r.durable_per_s).fold(0.0, f64::max);
     progress.set_message("fleetpipe catching up with the ramp's backlog");
     sampler
         .wait_durable(published, Duration::from_secs(300))
         .await?;
+    Ok(Ramp {
+        steps,
+        saturated,
+        published,
+    })
+}
+
+/// Phases 1–3 against one fleetpipe process.
+async fn fleetpipe_runs(
+    args: &Args,
+    sim: &SimConfig,
+    encoding: Encoding,
+    step: Duration,
+    fences: &Path,
+    progress: &ProgressBar,
+) -> anyhow::Result<FleetpipeRuns> {
+    let schema = "fleetpipe_e2e";
+    let (fp, mut sampler) = start_fleetpipe(args, schema, fences, progress).await?;
+    let publisher_cfg = |prefix: &str, rate: Rate, pings_per_message: u32| {
+        publisher_config(
+            args,
+            sim,
+            encoding,
+            fp.mqtt,
+            prefix,
+            rate,
+            pings_per_message,
+        )
+    };
+
+    // 1. Ramp.
+    let Ramp {
+        steps: ramp,
+        saturated,
+        mut published,
+    } = ramp(
+        args,
+        &mut sampler,
+        publisher_cfg("sim-", Rate::PerSecond(args.start_rate), 1),
+        step,
+        progress,
+    )
+    .await?;
 
     // 2. Batched, as fast as MQTT's flow control allows.
     let batched_publisher = Publisher::new(publisher_cfg("simb-", Rate::Max, args.batch))?;

@@ -407,24 +407,52 @@ fn format_ns(ns: f64) -> String {
     }
 }
 
-type Series<'a> = (&'a str, RGBColor, Box<dyn Fn(&Sample) -> f64 + 'a>);
+/// A point of a timeline: its time since fleetpipe started.
+pub trait Timed {
+    /// Seconds since fleetpipe started.
+    fn t_s(&self) -> f64;
+}
 
-fn plot(
-    timeline: &[Sample],
+impl Timed for Sample {
+    fn t_s(&self) -> f64 {
+        self.t_s
+    }
+}
+
+/// One line of a chart: its legend, colour and value at each point.
+pub type Series<'a, T> = (&'a str, RGBColor, Box<dyn Fn(&T) -> f64 + 'a>);
+
+/// One chart of `timeline` in its own SVG file.
+fn plot<T: Timed>(
+    timeline: &[T],
     path: &Path,
     caption: &str,
     y_desc: &str,
-    series: Vec<Series<'_>>,
+    series: Vec<Series<'_, T>>,
 ) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1000, 450)).into_drawing_area();
     root.fill(&WHITE)?;
-    let t_max = timeline.last().map_or(1.0, |s| s.t_s).max(1.0);
+    draw_chart(&root, timeline, caption, y_desc, &series)?;
+    root.present()?;
+    Ok(())
+}
+
+/// Draws one chart of `timeline` into `area`: time on x, the series on y
+/// from 0 to a tenth above their largest value.
+pub fn draw_chart<T: Timed>(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    timeline: &[T],
+    caption: &str,
+    y_desc: &str,
+    series: &[Series<'_, T>],
+) -> anyhow::Result<()> {
+    let t_max = timeline.last().map_or(1.0, Timed::t_s).max(1.0);
     let y_max = timeline
         .iter()
         .flat_map(|s| series.iter().map(move |(_, _, f)| f(s)))
         .fold(1.0_f64, f64::max)
         * 1.1;
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
@@ -435,11 +463,11 @@ fn plot(
         .x_desc("seconds since fleetpipe started")
         .y_desc(y_desc)
         .draw()?;
-    for (name, color, f) in &series {
+    for (name, color, f) in series {
         let color = *color;
         chart
             .draw_series(LineSeries::new(
-                timeline.iter().map(|s| (s.t_s, f(s))),
+                timeline.iter().map(|s| (s.t_s(), f(s))),
                 color.stroke_width(2),
             ))?
             .label(*name)
@@ -453,7 +481,6 @@ fn plot(
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }
 

@@ -6,8 +6,9 @@
 # they are not running, installing them with apt-get when they are missing
 # (Debian/Ubuntu, as root), and kcat (a real Kafka client used against the
 # embedded mock cluster). Then checks formatting and
-# lints and runs `cargo test --workspace --no-fail-fast`. Tests never skip: a missing
-# service makes them fail.
+# lints and runs `cargo test --workspace --no-fail-fast`, then validates
+# deploy/ (scripts/check-deploy.sh). Tests never skip: a missing service
+# makes them fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,3 +27,5 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "cargo test"
 cargo test --workspace --no-fail-fast
+log "deploy/ files"
+./scripts/check-deploy.sh target/debug/fleetpipe

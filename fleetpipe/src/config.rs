@@ -14,6 +14,7 @@ use fleetpipe_enrich::EnrichConfig;
 use fleetpipe_geofence::GeofenceConfig;
 use fleetpipe_ingest::http::HttpConfig;
 use fleetpipe_ingest::mqtt::{MIN_SEGMENT_BYTES, MqttConfig, MqttMode};
+use fleetpipe_ingest::tls::{ServerTls, TlsGateway};
 use fleetpipe_ingest::{AuthConfig, RateLimitConfig, ValidationConfig};
 use fleetpipe_sink::{FileSinkConfig, KafkaConfig, TimescaleConfig};
 use serde::Deserialize;
@@ -239,10 +240,15 @@ impl Config {
         {
             // Reads the certificate, key and client CA files, so that
             // `config check` catches what would otherwise fail at start.
-            fleetpipe_ingest::mqtt::tls::ServerTls::load(tls)
+            ServerTls::load(TlsGateway::Mqtt, &tls.files())
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         let http = &self.ingest.http;
+        if let Some(tls) = &http.tls {
+            // The same for the HTTP gateway's TLS files.
+            ServerTls::load(TlsGateway::Http, tls)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         if [
             http.idle_timeout,
             http.header_read_timeout,
@@ -601,6 +607,69 @@ mod tests {
             toml::from_str("cert_file = \"c\"\nkey_file = \"k\"\nlisten = \"off\"\n").unwrap();
         assert_eq!((off.listen, off.client_ca_file), (None, None));
         assert!(off.listen_v5.is_some());
+    }
+
+    #[test]
+    fn the_commented_http_tls_table_documents_its_defaults_and_is_checked() {
+        use fleetpipe_ingest::tls::TlsConfig;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let block: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "# [ingest.http.tls]")
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.strip_prefix("# "))
+            .collect();
+        assert_eq!(block.first(), Some(&"[ingest.http.tls]"), "{block:?}");
+        let body = block[1..].join("\n");
+        let tls: TlsConfig = toml::from_str(&body).unwrap();
+        assert_eq!(
+            tls,
+            TlsConfig::new(
+                tls.cert_file.clone(),
+                tls.key_file.clone(),
+                tls.client_ca_file.clone()
+            )
+        );
+        assert!(tls.client_ca_file.is_some());
+        // As a config, its files are read: the example paths do not exist here.
+        let e = load(&format!("{MINIMAL}{}\n", block.join("\n")), &[]).unwrap_err();
+        assert!(e.contains("ingest.http.tls.cert_file"), "{e}");
+        // Unknown keys are refused.
+        let e = toml::from_str::<TlsConfig>(&format!("{body}\nlisten = \"0.0.0.0:443\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen"), "{e}");
+        // Files that load make a valid config; the environment sets keys too.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        let key = key.serialize_pem();
+        let files = [("server.pem", cert.as_str()), ("server.key", key.as_str())];
+        let toml = format!(
+            "{MINIMAL}[ingest.http.tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\n"
+        );
+        let c = load_beside(
+            &files,
+            &toml,
+            &[("FLEETPIPE_INGEST__HTTP__TLS__RELOAD_INTERVAL", "1m")],
+        )
+        .unwrap();
+        let tls = c.ingest.http.tls.unwrap();
+        assert_eq!(
+            (tls.client_ca_file, tls.reload_interval),
+            (None, Duration::from_secs(60))
+        );
+        let e = load_beside(
+            &files,
+            &toml,
+            &[("FLEETPIPE_INGEST__HTTP__TLS__RELOAD_INTERVAL", "0s")],
+        )
+        .unwrap_err();
+        assert!(e.contains("ingest.http.tls.reload_interval"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use fleetpipe_enrich::{EnrichService, StageSetup, StateStore};
 use fleetpipe_ingest::gateway::InflightProbe;
 use fleetpipe_ingest::http::{routes as ingest_routes, serve};
 use fleetpipe_ingest::mqtt::{EmbeddedBroker, ExternalConsumer, MqttMode};
+use fleetpipe_ingest::tls::{ServerTls, TlsGateway};
 use fleetpipe_ingest::{Authenticator, IngestOutput, Ingestor, RateLimiter, Validator};
 use fleetpipe_model::{Accepted, SinkRecord};
 use fleetpipe_sink::{EmbeddedKafka, FileSink, KafkaSink, TimescaleSink};
@@ -131,6 +132,14 @@ impl Pipeline {
             .file
             .clone()
             .map(FileSink::new)
+            .transpose()
+            .map_err(start_err)?;
+        let http_tls = config
+            .ingest
+            .http
+            .tls
+            .as_ref()
+            .map(|c| ServerTls::load(TlsGateway::Http, c).map(Arc::new))
             .transpose()
             .map_err(start_err)?;
         let http_listener = tokio::net::TcpListener::bind(config.ingest.http.listen)
@@ -273,10 +282,14 @@ impl Pipeline {
         let probe = inflight.clone();
         let http = &config.ingest.http;
         let app = ingest_routes(ingestor, auth, http, shutdown.clone());
+        if let Some(tls) = &http_tls {
+            tokio::spawn(Arc::clone(tls).watch(shutdown.clone()));
+        }
         gateways.spawn(serve(
             http_listener,
             app,
             http.limits("device"),
+            http_tls,
             shutdown.clone(),
         ));
         // The operations listener outlives `shutdown`: it stops when the
@@ -287,7 +300,13 @@ impl Pipeline {
             max_connections: config.ops.max_connections,
             ..http.limits("ops")
         };
-        let ops = tokio::spawn(serve(ops_listener, ops_app, ops_limits, ops_stop.clone()));
+        let ops = tokio::spawn(serve(
+            ops_listener,
+            ops_app,
+            ops_limits,
+            None,
+            ops_stop.clone(),
+        ));
         if config.ops.admin_token.is_none() && !config.ops.listen.ip().is_loopback() {
             tracing::warn!(
                 ops = %ops_addr,

@@ -11,22 +11,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::raw_mqtt::*;
+use common::tls::*;
 use common::*;
 use fleetpipe_ingest::auth::AuthMode;
 use fleetpipe_ingest::mqtt::MqttTlsConfig;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -35,95 +30,13 @@ const T: Duration = Duration::from_secs(10);
 /// How long a refused connection has to be closed by.
 const CLOSE: Duration = Duration::from_secs(3);
 
-/// A certificate authority of the test's own.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A certificate and its key, PEM.
-#[derive(Clone)]
-struct Identity {
-    cert: String,
-    key: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self { issuer }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    fn sign(&self, params: CertificateParams) -> Identity {
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Identity {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-
-    /// The broker's certificate: localhost and 127.0.0.1.
-    fn server(&self) -> Identity {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "fleetpipe test broker");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.sign(params)
-    }
-
-    /// A device certificate with subject CN `cn` and these DNS names.
-    fn device(&self, cn: &str, dns_names: &[&str]) -> Identity {
-        let names: Vec<String> = dns_names.iter().map(|s| (*s).to_owned()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params)
-    }
-}
-
 /// Writes the broker's TLS files into `dir`; `client_ca` turns on mutual TLS.
 fn write_tls_files(dir: &Path, server: &Identity, client_ca: Option<&Ca>) -> MqttTlsConfig {
-    let (cert, key, ca) = (
-        dir.join("server.pem"),
-        dir.join("server.key"),
-        dir.join("clients-ca.pem"),
-    );
-    replace_file(&cert, &server.cert);
-    replace_file(&key, &server.key);
-    if let Some(c) = client_ca {
-        replace_file(&ca, &c.pem());
-    }
-    let mut config = MqttTlsConfig::new(cert, key, client_ca.map(|_| ca));
+    let files = write_server_files(dir, server, client_ca);
+    let mut config = MqttTlsConfig::new(files.cert, files.key, files.client_ca);
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.listen_v5 = Some("127.0.0.1:0".parse().unwrap());
     config
-}
-
-/// Replaces a file at once (write, then rename), as a deployment would.
-fn replace_file(path: &Path, content: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn credentials(dir: &Path) -> PathBuf {
-    let path = dir.join("credentials.toml");
-    std::fs::write(
-        &path,
-        "[[device]]\nvehicle_id = \"van-1\"\ntoken = \"tok-1\"\n[[device]]\nvehicle_id = \"van-2\"\ntoken = \"tok-2\"\n",
-    )
-    .unwrap();
-    path
 }
 
 /// A pipeline in token mode (van-1: tok-1, van-2: tok-2) with these TLS settings.
@@ -135,30 +48,6 @@ async fn tls_pipeline(dir: &Path, tls: MqttTlsConfig) -> TestPipeline {
         c.ingest.mqtt.tls = Some(tls);
     })
     .await
-}
-
-/// A TLS client trusting `ca`, presenting `identity` if given.
-fn connector(ca: &Ca, identity: Option<&Identity>) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
-        .unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        fleetpipe_ingest::mqtt::tls::provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let config = match identity {
-        Some(id) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(id.cert.as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(id.key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    TlsConnector::from(Arc::new(config))
 }
 
 /// Opens TLS to the broker; `Err` when the handshake fails on the client's

@@ -483,18 +483,7 @@ pub fn describe_metrics() {
         "fleetpipe_auth_jwks_reload_errors_total",
         "Failed reloads of ingest.auth.jwks_file (unreadable, not a JWKS, no usable key); the previous keys stay"
     );
-    metrics::describe_counter!(
-        "fleetpipe_mqtt_tls_reloads_total",
-        "New contents of the ingest.mqtt.tls certificate, key or client CA files loaded at run time"
-    );
-    metrics::describe_counter!(
-        "fleetpipe_mqtt_tls_reload_errors_total",
-        "Failed reloads of the ingest.mqtt.tls files (unreadable, not PEM, key not matching the certificate); the previous configuration stays"
-    );
-    metrics::describe_counter!(
-        "fleetpipe_mqtt_tls_handshake_failures_total",
-        "MQTT TLS handshakes that failed, by reason (error: refused or broken, for example no or an untrusted client certificate; timeout: none within ingest.mqtt.connect_timeout)"
-    );
+    crate::tls::TlsGateway::describe_metrics();
     metrics::describe_counter!(
         "fleetpipe_mqtt_connections_refused_total",
         "MQTT connections closed at once by the embedded broker, by reason (max_connections)"

@@ -9,7 +9,13 @@
 //! - `POST /v1/pings`: the same, one message per request (phones uploading
 //!   a buffered backlog, backfill).
 //!
-//! Credentials: `Authorization: Bearer <token>`, or `?token=` for browsers.
+//! Credentials: `Authorization: Bearer <token>`, or `?token=` for browsers;
+//! on a mutual TLS listener (`ingest.http.tls.client_ca_file`), the client
+//! certificate instead (it names the vehicle; see `authenticate`).
+//!
+//! With `[ingest.http.tls]` the listener speaks TLS only: HTTPS and WSS on
+//! the one port (see [`serve`] for the handshake's timeout and place under
+//! `max_connections`).
 //!
 //! The listener ([`serve`]) closes connections that idle, send their head or
 //! body too slowly, or exceed `max_connections`; a WebSocket session with no
@@ -24,12 +30,12 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use fleetpipe_model::{Ack, AckStatus, Gateway, RejectReason};
+use fleetpipe_model::{Ack, AckStatus, Gateway, RejectReason, VehicleId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Authenticated, Authenticator, Identity};
 use crate::codec::{Encoding, Rejection, VehicleScope};
 use crate::gateway::{Ingestor, Message, Outcome};
+use crate::tls::TlsConfig;
 
 mod serve;
 
@@ -64,9 +71,17 @@ pub struct HttpConfig {
     /// pong) for this long is closed (close code 1001).
     #[serde(with = "humantime_serde")]
     pub ws_idle_timeout: Duration,
-    /// Most connections open at once, WebSocket sessions included; one more
-    /// is answered `503` and closed at once.
+    /// Most connections open at once, WebSocket sessions included (and,
+    /// with TLS, connections still in their handshake); one more is
+    /// answered `503` (closed without an answer on a TLS listener) and
+    /// closed at once.
     pub max_connections: usize,
+    /// TLS (`[ingest.http.tls]`): the listener speaks HTTPS and WSS only,
+    /// the handshake bounded by `header_read_timeout`. With its
+    /// `client_ca_file`, a device's client certificate is its credential
+    /// and names its vehicle, as on the MQTT TLS listeners. Unset:
+    /// plaintext HTTP and WebSocket.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for HttpConfig {
@@ -78,6 +93,7 @@ impl Default for HttpConfig {
             body_timeout: Duration::from_secs(30),
             ws_idle_timeout: Duration::from_secs(120),
             max_connections: 20_000,
+            tls: None,
         }
     }
 }
@@ -232,18 +248,46 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// On a mutual TLS connection, the vehicle the verified client certificate
+/// names, or why it names none. The listener adds it to every request of
+/// the connection; a request without it came over a connection without
+/// client certificates.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientCertificate(pub(crate) Arc<Result<VehicleId, String>>);
+
+/// Who sent a request. With a client certificate, the certificate is the
+/// credential, as on the MQTT TLS listeners: it names the vehicle, a bearer
+/// token or `?token=` is not looked at, and the identity does not expire
+/// (the certificate's validity was checked at the handshake). Without one,
+/// the token is checked by `ingest.auth`.
 fn authenticate(
     state: &HttpState,
     headers: &HeaderMap,
     query_token: Option<&str>,
+    certificate: Option<&ClientCertificate>,
     gateway: Gateway,
 ) -> Result<Authenticated, Box<Response>> {
-    let credential = bearer(headers).or(query_token);
-    state.auth.authenticate_session(credential, None).map_err(|e| {
+    let verdict = match certificate {
+        Some(ClientCertificate(vehicle)) => match vehicle.as_ref() {
+            Ok(vehicle) => Ok(Authenticated {
+                identity: Identity::Vehicle(vehicle.clone()),
+                expires_at: None,
+            }),
+            Err(e) => Err(format!("client certificate: {e}")),
+        },
+        None => {
+            let credential = bearer(headers).or(query_token);
+            state
+                .auth
+                .authenticate_session(credential, None)
+                .map_err(|e| e.to_string())
+        }
+    };
+    verdict.map_err(|e| {
         metrics::counter!("fleetpipe_rejected_total", "reason" => RejectReason::Unauthorized.as_str(), "gateway" => gateway.as_str())
             .increment(1);
         tracing::info!(gateway = gateway.as_str(), error = %e, "device refused");
-        let body = error_body(RejectReason::Unauthorized.as_str(), &e.to_string());
+        let body = error_body(RejectReason::Unauthorized.as_str(), &e);
         Box::new((StatusCode::UNAUTHORIZED, axum::Json(body)).into_response())
     })
 }
@@ -286,10 +330,18 @@ async fn ingest_and_wait(
 async fn post_pings(
     State(state): State<HttpState>,
     Query(query): Query<TokenQuery>,
+    certificate: Option<Extension<ClientCertificate>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let identity = match authenticate(&state, &headers, query.token.as_deref(), Gateway::Http) {
+    let certificate = certificate.as_ref().map(|Extension(c)| c);
+    let identity = match authenticate(
+        &state,
+        &headers,
+        query.token.as_deref(),
+        certificate,
+        Gateway::Http,
+    ) {
         Ok(session) => session.identity,
         Err(response) => return *response,
     };
@@ -344,10 +396,18 @@ async fn post_pings(
 async fn ws_upgrade(
     State(state): State<HttpState>,
     Query(query): Query<TokenQuery>,
+    certificate: Option<Extension<ClientCertificate>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let session = match authenticate(&state, &headers, query.token.as_deref(), Gateway::Websocket) {
+    let certificate = certificate.as_ref().map(|Extension(c)| c);
+    let session = match authenticate(
+        &state,
+        &headers,
+        query.token.as_deref(),
+        certificate,
+        Gateway::Websocket,
+    ) {
         Ok(session) => session,
         Err(response) => return *response,
     };

@@ -7,6 +7,7 @@
 //! - [`mqtt`] (embedded rumqttd broker or external broker) and [`http`]
 //!   (WebSocket and HTTP): thin async shells around the core.
 //! - [`auth`] and [`ratelimit`]: who may publish, and how fast.
+//! - [`tls`]: TLS on the MQTT and HTTP listeners, and device certificates.
 
 pub mod auth;
 pub mod codec;
@@ -16,6 +17,7 @@ mod io;
 pub mod mqtt;
 pub mod ratelimit;
 mod reload;
+pub mod tls;
 pub mod validate;
 
 pub use auth::{AuthConfig, Authenticator};

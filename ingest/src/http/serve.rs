@@ -16,15 +16,28 @@
 //! `max_connections` connections (WebSocket sessions included) are open at
 //! once per listener; one more is answered `503` and closed at once.
 //!
+//! A TLS listener (`ingest.http.tls`) first does the TLS handshake, in the
+//! connection's own task, bounded by `header_read_timeout` from the
+//! connection's acceptance: a client that sends no ClientHello, or sends it
+//! too slowly, is closed then (counted in
+//! `fleetpipe_http_tls_handshake_failures_total{reason="timeout"}`). The
+//! connection holds its place under `max_connections` from acceptance, its
+//! handshake included; one over the cap is closed without an answer (a
+//! plaintext `503` would be no TLS). After the handshake the connection is
+//! idle and the phases above apply, measured on the encrypted bytes (the
+//! first byte of a TLS record carrying a request starts its header phase).
+//!
 //! On shutdown the listener stops accepting, connections that are idle, in
-//! their head or in their body are closed at once, and requests already read
-//! are answered (then their connections close); [`serve`] returns when every
-//! connection is done. WebSocket sessions, once upgraded, are not connections
-//! of this loop any more: they end on the same token (see [`super::routes`]),
-//! still holding their place under the cap until then.
+//! their TLS handshake, in their head or in their body are closed at once,
+//! and requests already read are answered (then their connections close);
+//! [`serve`] returns when every connection is done. WebSocket sessions, once
+//! upgraded, are not connections of this loop any more: they end on the same
+//! token (see [`super::routes`]), still holding their place under the cap
+//! until then.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,12 +50,15 @@ use axum::extract::Request;
 use axum::response::Response;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
+
+use super::ClientCertificate;
+use crate::tls::ServerTls;
 
 /// What a listener allows its connections (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,11 +100,14 @@ pub fn describe_metrics() {
 }
 
 /// Serves `router` on `listener` until `shutdown`, then drains (see the
-/// module docs). Returns when the last connection is closed.
+/// module docs). Returns when the last connection is closed. With `tls`,
+/// every connection is TLS (its configuration kept current by whoever runs
+/// [`ServerTls::watch`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServeLimits,
+    tls: Option<Arc<ServerTls>>,
     shutdown: CancellationToken,
 ) {
     let limits = Arc::new(limits);
@@ -113,13 +132,17 @@ pub async fn serve(
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             refused.increment(1);
             tracing::debug!(listener = limits.name, %peer, "connection refused: max_connections reached");
-            // Best effort: a full send buffer just means no answer.
-            let _ = stream.try_write(OVER_CAPACITY);
+            if tls.is_none() {
+                // Best effort: a full send buffer just means no answer.
+                let _ = stream.try_write(OVER_CAPACITY);
+            }
             continue;
         };
         let io = TrackedIo::new(stream, permit, limits.name);
         connections.spawn(connection(
             io,
+            peer,
+            tls.clone(),
             router.clone(),
             Arc::clone(&limits),
             shutdown.clone(),
@@ -130,17 +153,57 @@ pub async fn serve(
     connections.wait().await;
 }
 
-/// Serves one connection until it ends, times out, or is closed by shutdown.
+/// Serves one connection (after its TLS handshake, with `tls`) until it
+/// ends, times out, or is closed by shutdown.
 async fn connection(
     io: TrackedIo,
+    peer: SocketAddr,
+    tls: Option<Arc<ServerTls>>,
     router: Router,
     limits: Arc<ServeLimits>,
     shutdown: CancellationToken,
 ) {
     let phase = Arc::clone(&io.phase);
+    let Some(tls) = tls else {
+        return serve_http(io, None, phase, router, limits, shutdown).await;
+    };
+    let handshake = tls.handshake(
+        io,
+        limits.header_read_timeout,
+        "ingest.http.header_read_timeout",
+        limits.name,
+        peer,
+    );
+    let done = tokio::select! {
+        biased;
+        // Not a request in hand: dropped like a connection in its head.
+        () = shutdown.cancelled() => return,
+        done = handshake => done,
+    };
+    let Some(done) = done else {
+        return;
+    };
+    // The handshake's reads moved the phase on: the connection is idle now,
+    // waiting for its first request.
+    phase.set(Phase::Idle);
+    let certificate = done.certificate.map(|c| ClientCertificate(Arc::new(c)));
+    serve_http(done.stream, certificate, phase, router, limits, shutdown).await;
+}
+
+/// Runs HTTP/1.1 on `io` until the connection ends, its phase times out, or
+/// shutdown closes it; every request carries `certificate`, if any.
+async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: S,
+    certificate: Option<ClientCertificate>,
+    phase: Arc<PhaseCell>,
+    router: Router,
+    limits: Arc<ServeLimits>,
+    shutdown: CancellationToken,
+) {
     let service = ConnService {
         router,
         phase: Arc::clone(&phase),
+        certificate,
     };
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(io), service)
@@ -336,6 +399,9 @@ crate::io::delegate_async_write!(TrackedIo);
 struct ConnService {
     router: Router,
     phase: Arc<PhaseCell>,
+    /// The connection's client certificate (mutual TLS), added to each
+    /// request for the handlers.
+    certificate: Option<ClientCertificate>,
 }
 
 type ResponseFuture =
@@ -354,13 +420,16 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
         } else {
             Phase::Handling
         });
-        let request: Request = request.map(|body| {
+        let mut request: Request = request.map(|body| {
             Body::new(TrackedBody {
                 inner: Body::new(body),
                 on_end: has_body.then(|| Arc::clone(&phase)),
                 _idle_on_drop: None,
             })
         });
+        if let Some(certificate) = &self.certificate {
+            request.extensions_mut().insert(certificate.clone());
+        }
         let router = self.router.clone();
         Box::pin(async move {
             let response = match router.oneshot(request).await {

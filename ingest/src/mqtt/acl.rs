@@ -246,7 +246,7 @@ impl ConnectionRules {
 
 /// The session of a CONNECT on a mutual TLS connection: the verified client
 /// certificate is the credential, and names the vehicle (`certificate`, as
-/// read by [`super::tls::certificate_vehicle`], or why it names none). The
+/// read by [`crate::tls::certificate_vehicle`], or why it names none). The
 /// CONNECT's username, when given and not empty, must be that vehicle; its
 /// password is ignored. The session does not expire (a certificate's
 /// validity is checked at the handshake).

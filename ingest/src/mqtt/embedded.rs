@@ -1,7 +1,7 @@
 //! The embedded MQTT broker: rumqttd inside fleetpipe.
 //!
 //! fleetpipe binds the listeners and accepts connections itself (plaintext,
-//! and TLS with [`super::tls`]), and hands each connection to rumqttd's
+//! and TLS with [`crate::tls`]), and hands each connection to rumqttd's
 //! per-connection handler (a patch of the vendored rumqttd, see
 //! `rumqttd/FLEETPIPE_PATCHES.md`); fleetpipe reads the devices' publishes
 //! through a local link subscribed to the telemetry topics. Designed around
@@ -49,12 +49,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::{AclShared, DeviceProtocol, INTERNAL_CLIENT_ID, RefusedPublish};
-use super::tls::{ServerTls, TlsError, certificate_vehicle};
 use super::watermark::{MessageTicket, Watermarks};
 use super::{MqttConfig, ack_topic, hard_packet_limit, parse_topic, telemetry_filters};
 use crate::auth::Authenticator;
 use crate::codec::{Rejection, VehicleScope};
 use crate::gateway::{Ingestor, Message};
+use crate::tls::{ServerTls, TlsError, TlsGateway};
 
 /// How long the link must stay quiet at shutdown before the drain ends.
 const DRAIN_IDLE: Duration = Duration::from_millis(300);
@@ -216,8 +216,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Permitted<S> {
 
 crate::io::delegate_async_write!(Permitted<S>, S: Unpin);
 
-/// The TLS handshake of one connection, within `timeout`; with client
-/// certificates, the codec learns the vehicle the certificate names.
+/// The TLS handshake of one connection, within `timeout`
+/// (`ingest.mqtt.connect_timeout`); with client certificates, the codec
+/// learns the vehicle the certificate names.
 async fn handshake<P>(
     name: &'static str,
     peer: SocketAddr,
@@ -229,34 +230,14 @@ async fn handshake<P>(
     tokio_rustls::server::TlsStream<TcpStream>,
     DeviceProtocol<P>,
 )> {
-    let failed = |reason: &'static str, error: &dyn std::fmt::Display| {
-        metrics::counter!("fleetpipe_mqtt_tls_handshake_failures_total", "reason" => reason)
-            .increment(1);
-        tracing::info!(listener = name, %peer, reason, error = %error, "MQTT TLS handshake failed");
+    let done = tls
+        .handshake(stream, timeout, "ingest.mqtt.connect_timeout", name, peer)
+        .await?;
+    let protocol = match done.certificate {
+        Some(vehicle) => protocol.with_certificate(vehicle),
+        None => protocol,
     };
-    let stream = match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            failed("error", &e);
-            return None;
-        }
-        Err(_) => {
-            failed(
-                "timeout",
-                &"no handshake within ingest.mqtt.connect_timeout",
-            );
-            return None;
-        }
-    };
-    if !tls.requires_client_certificate() {
-        return Some((stream, protocol));
-    }
-    // The verifier requires a certificate; without one the handshake failed.
-    let vehicle = match stream.get_ref().1.peer_certificates() {
-        Some([leaf, ..]) => certificate_vehicle(leaf),
-        _ => Err("no client certificate".to_owned()),
-    };
-    Some((stream, protocol.with_certificate(vehicle)))
+    Some((done.stream, protocol))
 }
 
 /// The rumqttd router configuration the embedded broker runs with.
@@ -302,7 +283,7 @@ impl EmbeddedBroker {
         let tls = config
             .tls
             .as_ref()
-            .map(|c| ServerTls::load(c).map(Arc::new))
+            .map(|c| ServerTls::load(TlsGateway::Mqtt, &c.files()).map(Arc::new))
             .transpose()?;
         let listen = match config.listen {
             Some(addr) => Some(bind("ingest.mqtt.listen", addr).await?),

@@ -1,5 +1,6 @@
 //! [`Postgres`]: a URL and its TLS settings, ready to connect.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -27,7 +28,7 @@ const LIBPQ_TLS_OPTIONS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslk
 /// it).
 #[derive(Debug, Clone)]
 pub struct Postgres {
-    config: tokio_postgres::Config,
+    config: Arc<tokio_postgres::Config>,
     tls: MakeTls,
 }
 
@@ -97,7 +98,10 @@ impl Postgres {
         }
         let tls = MakeTls::new(section, tls.clone());
         tls.check()?;
-        Ok(Self { config, tls })
+        Ok(Self {
+            config: Arc::new(config),
+            tls,
+        })
     }
 
     /// The connection settings (URL, defaults and `sslmode` applied).

@@ -94,12 +94,15 @@ impl MakeTls {
             provider,
         } = &*self.inner;
         let section = *section;
+        if tls.mode == TlsMode::Disable {
+            return Ok(None);
+        }
         let tls_err = |detail: String| PostgresError::Tls { section, detail };
         let builder = ClientConfig::builder_with_provider(Arc::clone(provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| tls_err(e.to_string()))?;
         let builder = match tls.mode {
-            TlsMode::Disable => return Ok(None),
+            TlsMode::Disable => return Ok(None), // (returned above)
             TlsMode::Require => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyCertificate {

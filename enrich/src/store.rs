@@ -3,7 +3,9 @@
 //!
 //! - [`StateStore::Postgres`]: the `vehicle_state` table (created by the
 //!   TimescaleDB sink's migrations), upserting only the vehicles changed
-//!   since the last checkpoint.
+//!   since the last checkpoint. Each load and checkpoint opens a connection
+//!   of its own, with the connection settings (URL, TLS, connect timeout)
+//!   it was given: the sink's.
 //! - [`StateStore::Dir`]: one JSON-lines file, `vehicle-state.jsonl`, in a
 //!   directory, rewritten whole through a temporary file and an atomic
 //!   rename, so a crash mid-write leaves the previous checkpoint.
@@ -13,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use fleetpipe_model::VehicleId;
 use fleetpipe_model::sql::{describe_pg_error, quote_ident};
+use fleetpipe_postgres::Postgres;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::NoTls;
 
 /// Name of the checkpoint file of [`StateStore::Dir`].
 pub const STATE_FILE: &str = "vehicle-state.jsonl";
@@ -62,8 +64,10 @@ pub enum StateStore {
     Dir(PathBuf),
     /// The `vehicle_state` table.
     Postgres {
-        /// Connection URL.
-        url: String,
+        /// Connection settings: URL and TLS, as
+        /// `TimescaleConfig::postgres` makes them (the checkpoints live
+        /// next to the sink's data, reached the same way).
+        postgres: Postgres,
         /// Schema holding `vehicle_state`, as configured (unquoted): it is
         /// quoted in SQL exactly as the sink's migrations quote it, so a
         /// mixed-case name such as `Fleet` names the same schema.
@@ -113,8 +117,8 @@ impl StateStore {
                     })
                     .collect())
             }
-            StateStore::Postgres { url, schema } => {
-                let client = connect(url).await?;
+            StateStore::Postgres { postgres, schema } => {
+                let client = connect(postgres).await?;
                 let table = state_table(schema);
                 let rows = client
                     .query(&format!("SELECT vehicle_id, state::text FROM {table}"), &[])
@@ -149,11 +153,11 @@ impl StateStore {
                         source: std::io::Error::other(e),
                     })?
             }
-            StateStore::Postgres { url, schema } => {
+            StateStore::Postgres { postgres, schema } => {
                 if entries.is_empty() {
                     return Ok(());
                 }
-                let client = connect(url).await?;
+                let client = connect(postgres).await?;
                 let table = state_table(schema);
                 let sql = format!(
                     "INSERT INTO {table} (vehicle_id, state, updated_at) \
@@ -185,15 +189,13 @@ fn state_table(schema: &str) -> String {
     format!("{}.vehicle_state", quote_ident(schema))
 }
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client, StoreError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+/// A connection for one load or checkpoint (closed when the client is
+/// dropped).
+async fn connect(postgres: &Postgres) -> Result<tokio_postgres::Client, StoreError> {
+    let (client, _connection) = postgres
+        .connect()
         .await
         .map_err(StoreError::pg("connect"))?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::warn!(error = %describe_pg_error(&err), "state checkpoint connection ended");
-        }
-    });
     Ok(client)
 }
 

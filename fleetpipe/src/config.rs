@@ -306,6 +306,9 @@ impl Config {
         }
         if let Some(timescale) = &self.sink.timescale {
             timescale.validate().map_err(|e| invalid(&e))?;
+            // The URL and the TLS files (sink.timescale.tls), as the sink and
+            // the state checkpoints read them at start.
+            timescale.postgres().map_err(|e| invalid(&e))?;
             // TimescaleDB's policy compresses every chunk that ends more than
             // compress_after ago; a ping is accepted up to max_past old, and
             // its chunk ends after its device time. So with compress_after
@@ -424,6 +427,41 @@ mod tests {
         let c = load(&block, &[]).unwrap();
         let ts = c.sink.timescale.unwrap();
         assert_eq!(ts, fleetpipe_sink::TimescaleConfig::new(ts.url.clone()));
+    }
+
+    /// The commented `[sink.timescale.tls]` and `[geofence.postgres.tls]`
+    /// blocks list every key, with the default mode; filled in for
+    /// `verify-full`, they make a valid configuration.
+    #[test]
+    fn the_commented_postgres_tls_tables_document_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        for header in ["# [sink.timescale.tls]", "# [geofence.postgres.tls]"] {
+            let keys: String = text
+                .lines()
+                .skip_while(|l| *l != header)
+                .skip(1)
+                .take_while(|l| !l.is_empty())
+                .filter_map(|l| l.strip_prefix("# "))
+                .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let tls: fleetpipe_postgres::PostgresTls = toml::from_str(&keys).unwrap();
+            assert_eq!(
+                tls.mode,
+                fleetpipe_postgres::PostgresTls::default().mode,
+                "{header}"
+            );
+            assert!(
+                tls.ca_file.is_some()
+                    && tls.client_cert_file.is_some()
+                    && tls.client_key_file.is_some(),
+                "{header}: {keys}"
+            );
+            let verify_full = keys.replace("mode = \"disable\"", "mode = \"verify-full\"");
+            let tls: fleetpipe_postgres::PostgresTls = toml::from_str(&verify_full).unwrap();
+            tls.validate("x").unwrap();
+        }
     }
 
     #[test]

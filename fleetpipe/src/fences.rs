@@ -25,14 +25,11 @@ use fleetpipe_geofence::{
     FenceRow, FenceSet, GeofenceConfig, GeofenceError, GeofenceIndex, PostgresFencesConfig,
     SharedIndex,
 };
+use fleetpipe_postgres::Postgres;
 use serde::Serialize;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
-
-/// How long connecting to PostgreSQL may take when the URL sets no
-/// `connect_timeout`.
-const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Name of the PostgreSQL connection when the URL sets none.
 const PG_APPLICATION_NAME: &str = "fleetpipe-geofences";
@@ -96,9 +93,9 @@ pub struct ReloadReport {
 }
 
 /// Checks `[geofence]` without starting anything, for `config check` and
-/// [`crate::Config::load`]: the keys, the PostgreSQL URL's syntax, and that
-/// the fence file exists and parses (it is not indexed, and the table is not
-/// read).
+/// [`crate::Config::load`]: the keys, the PostgreSQL URL's syntax and TLS
+/// files, and that the fence file exists and parses (it is not indexed, and
+/// the table is not read).
 ///
 /// # Errors
 ///
@@ -106,7 +103,7 @@ pub struct ReloadReport {
 pub fn check_config(config: &GeofenceConfig) -> Result<(), FenceError> {
     config.validate().map_err(FenceError::Config)?;
     if let Some(pg) = &config.postgres {
-        pg_config(pg)?;
+        postgres(pg)?;
     }
     if let Some(path) = &config.file {
         let bytes = std::fs::read(path).map_err(|source| FenceError::FileRead {
@@ -485,18 +482,16 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| FenceError::Build(format!("task failed: {e}")))?
 }
 
-fn pg_config(pg: &PostgresFencesConfig) -> Result<tokio_postgres::Config, FenceError> {
-    let mut c: tokio_postgres::Config = pg.url.parse().map_err(|e| FenceError::Postgres {
-        table: pg.table.clone(),
-        reason: format!("geofence.postgres.url is not a valid PostgreSQL URL: {e}"),
-    })?;
-    if c.get_connect_timeout().is_none() {
-        c.connect_timeout(PG_CONNECT_TIMEOUT);
-    }
-    if c.get_application_name().is_none() {
-        c.application_name(PG_APPLICATION_NAME);
-    }
-    Ok(c)
+/// The connection settings of `[geofence.postgres]`: URL, TLS, and the
+/// defaults every fleetpipe connection has (a connect timeout; the
+/// application name `fleetpipe-geofences`). Reads the TLS files.
+fn postgres(pg: &PostgresFencesConfig) -> Result<Postgres, FenceError> {
+    Postgres::new("geofence.postgres", &pg.url, &pg.tls, PG_APPLICATION_NAME).map_err(|e| {
+        FenceError::Postgres {
+            table: pg.table.clone(),
+            reason: e.to_string(),
+        }
+    })
 }
 
 /// Every row of the fences table, ordered by id, as a [`FenceSet`].
@@ -505,15 +500,10 @@ async fn read_table(pg: &PostgresFencesConfig) -> Result<FenceSet, FenceError> {
         table: pg.table.clone(),
         reason: one_line(&format!("{what}: {e}")),
     };
-    let (client, connection) = pg_config(pg)?
-        .connect(tokio_postgres::NoTls)
+    let (client, connection) = postgres(pg)?
+        .connect()
         .await
-        .map_err(|e| fail("cannot connect", &e))?;
-    let connection = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "geofence table connection closed");
-        }
-    });
+        .map_err(|e| fail("cannot connect", &pg_error(&e)))?;
     // Casts accept compatible column types (real, bigint, json, ...).
     let query = format!(
         "SELECT id::text, name::text, kind::text, speed_limit_kmh::float8, dwell_s::int8, \
@@ -552,11 +542,21 @@ async fn read_table(pg: &PostgresFencesConfig) -> Result<FenceSet, FenceError> {
 }
 
 /// A tokio-postgres error with the server's message (its `Display` alone
-/// says only "db error").
+/// says only "db error"), or with its causes (its `Display` alone says only
+/// "error performing TLS handshake", not why).
 fn pg_error(e: &tokio_postgres::Error) -> String {
+    use std::error::Error as _;
     match e.as_db_error() {
         Some(db) => db.message().to_owned(),
-        None => e.to_string(),
+        None => {
+            let mut s = e.to_string();
+            let mut source = e.source();
+            while let Some(cause) = source {
+                s.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            s
+        }
     }
 }
 

@@ -253,10 +253,11 @@ impl Pipeline {
         }
         stages.spawn(fan_out(sink_rx, sink_inputs));
         // Vehicle state lives next to the data: in the database when there
-        // is one, else in `enrich.state_dir`.
+        // is one (reached as the sink reaches it: same URL, same TLS), else
+        // in `enrich.state_dir`.
         let store = match &config.sink.timescale {
             Some(c) => StateStore::Postgres {
-                url: c.url.clone(),
+                postgres: c.postgres().map_err(start_err)?,
                 schema: c.schema.clone(),
             },
             None => StateStore::Dir(config.enrich.state_dir.clone()),

@@ -162,6 +162,33 @@ fn sink_settings_that_would_fail_at_start_fail_config_check() {
             format!("{timescale}[ingest.limits]\nmax_past = \"30days\"\n"),
             "ingest.limits.max_past",
         ),
+        // PostgreSQL TLS: verify-full needs a CA file, which must load; TLS
+        // is not set in the URL; the same for the fence table.
+        (
+            format!("{timescale}[sink.timescale.tls]\nmode = \"verify-full\"\n"),
+            "sink.timescale.tls.ca_file is required",
+        ),
+        (
+            format!(
+                "{timescale}[sink.timescale.tls]\nmode = \"verify-ca\"\nca_file = \"/no/such/ca.pem\"\n"
+            ),
+            "sink.timescale.tls.ca_file = /no/such/ca.pem: cannot read",
+        ),
+        (
+            format!("{timescale}[sink.timescale.tls]\nmode = \"prefer\"\n"),
+            "sink.timescale.tls.mode",
+        ),
+        (
+            "[sink.timescale]\nurl = \"postgresql://postgres@127.0.0.1:5432/test?sslmode=require\"\n"
+                .to_owned(),
+            "sink.timescale.url sets sslmode",
+        ),
+        (
+            "[sink.file]\ndir = \"d\"\n[geofence.postgres]\nurl = \"postgresql://h/db\"\n\
+             [geofence.postgres.tls]\nmode = \"verify-full\"\n"
+                .to_owned(),
+            "geofence.postgres.tls.ca_file is required",
+        ),
     ];
     for (body, needle) in cases {
         let path = dir.path().join("bad.toml");

@@ -447,6 +447,68 @@ async fn the_table_alone_is_a_source_and_a_missing_table_fails_the_start() {
     );
 }
 
+/// `[geofence.postgres.tls]`: the table is read over `verify-full` (the
+/// test server set up for TLS with a CA of the run's own), at start and on
+/// reload; with a CA that did not issue the server's certificate the start
+/// fails naming the section and why.
+#[tokio::test]
+async fn fences_load_from_the_table_over_verified_tls() {
+    use fleetpipe_postgres::TlsMode;
+    use fleetpipe_postgres::test_support::{TestCa, tls_server};
+
+    let server = tls_server().expect("the test PostgreSQL is set up for TLS");
+    with_table("tls", |db, table| async move {
+        insert(
+            &db,
+            &table,
+            "t-tls",
+            Some(100.0),
+            json!({"type": "Point", "coordinates": [10.0, 50.0]}),
+        )
+        .await;
+        let pg = PostgresFencesConfig {
+            table: table.clone(),
+            tls: server.tls(TlsMode::VerifyFull),
+            ..PostgresFencesConfig::new(PG)
+        };
+        let mut p = start_with(GeofenceConfig {
+            postgres: Some(pg.clone()),
+            ..GeofenceConfig::default()
+        })
+        .await;
+        assert_eq!(ids(&p), ["t-tls"]);
+        insert(
+            &db,
+            &table,
+            "t-tls-2",
+            Some(50.0),
+            json!({"type": "Point", "coordinates": [11.0, 51.0]}),
+        )
+        .await;
+        let (status, body) = post_reload(&p).await;
+        assert_eq!((status, body["fences"].as_u64()), (200, Some(2)), "{body}");
+        p.stop().await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other-ca.pem");
+        std::fs::write(&other, TestCa::new("not the server's").unwrap().pem()).unwrap();
+        let mut config = test_config(dir.path());
+        config.geofence.postgres = Some(PostgresFencesConfig {
+            tls: fleetpipe_postgres::PostgresTls::new(TlsMode::VerifyFull, Some(other)),
+            ..pg
+        });
+        let e = start_error(config).await;
+        assert!(
+            e.starts_with(&format!(
+                "geofence.postgres (table {table}): cannot connect: "
+            )) && e.contains("the server's certificate is not trusted")
+                && e.contains("geofence.postgres.tls.ca_file"),
+            "{e}"
+        );
+    })
+    .await;
+}
+
 // ------------------------------------------------------------ start, CLI
 
 async fn start_error(config: Config) -> String {

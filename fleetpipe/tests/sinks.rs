@@ -519,3 +519,93 @@ async fn a_failing_state_checkpoint_says_which_statement_failed_and_why() {
         .await
         .unwrap();
 }
+
+/// `[sink.timescale.tls]` with `verify-full` (the test server set up for
+/// TLS with a CA of the run's own): the pipeline writes over TLS (every
+/// session of the pipeline is encrypted), checkpoints the vehicles' state
+/// over the same settings on shutdown and restores it at the next start;
+/// with a CA that did not issue the server's certificate the start fails
+/// saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_and_the_state_checkpoints_use_verified_tls() {
+    use fleetpipe_postgres::test_support::{TestCa, tls_server};
+    use fleetpipe_postgres::{PostgresTls, TlsMode};
+
+    let server = tls_server().expect("the test PostgreSQL is set up for TLS");
+    let schema = format!("tls_{}_{}", std::process::id(), now_ms());
+    let app = schema.clone();
+    let sink = fleetpipe_sink::TimescaleConfig {
+        schema: schema.clone(),
+        tls: server.tls(TlsMode::VerifyFull),
+        ..fleetpipe_sink::TimescaleConfig::new(format!("{PG}?application_name={app}"))
+    };
+    let config = |c: &mut fleetpipe::Config| c.sink.timescale = Some(sink.clone());
+    let mut p = TestPipeline::start(config).await;
+    let now = now_ms();
+    let body: Vec<String> = (0..5u64)
+        .map(|i| {
+            format!(
+                r#"{{"vehicle_id":"tls-1","seq":{i},"ts":{},"lat":52.5,"lon":13.4}}"#,
+                now - 1000 + i as i64 * 100
+            )
+        })
+        .collect();
+    let r = reqwest::Client::new()
+        .post(p.url("/v1/pings"))
+        .body(format!("[{}]", body.join(",")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "acknowledged once stored");
+    assert!(p.dead_letters().is_empty(), "{:?}", p.dead_letters());
+    let db = pg().await;
+    let sessions: Vec<bool> = db
+        .query(
+            "select s.ssl from pg_stat_ssl s join pg_stat_activity a using (pid) \
+             where a.application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !sessions.is_empty() && sessions.iter().all(|ssl| *ssl),
+        "the pipeline's sessions: {sessions:?}"
+    );
+    p.stop().await;
+    let count = |table: &str| format!("select count(*) from \"{schema}\".{table}");
+    let rows: i64 = db.query_one(&count("telemetry"), &[]).await.unwrap().get(0);
+    assert_eq!(rows, 5);
+    let states: i64 = db
+        .query_one(&count("vehicle_state"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(states, 1, "checkpointed over TLS on shutdown");
+    // Restored over TLS at the next start.
+    let mut again = TestPipeline::start(config).await;
+    again.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, TestCa::new("not the server's").unwrap().pem()).unwrap();
+    let mut bad = test_config(dir.path());
+    bad.sink.timescale = Some(fleetpipe_sink::TimescaleConfig {
+        tls: PostgresTls::new(TlsMode::VerifyFull, Some(other)),
+        ..sink.clone()
+    });
+    let err = match fleetpipe::Pipeline::start(&bad, Default::default()).await {
+        Ok(_) => panic!("started against an untrusted server"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("the server's certificate is not trusted")
+            && err.contains("sink.timescale.tls.ca_file"),
+        "{err}"
+    );
+    db.execute(&format!("drop schema \"{schema}\" cascade"), &[])
+        .await
+        .unwrap();
+}

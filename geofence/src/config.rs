@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fleetpipe_postgres::PostgresTls;
 use serde::Deserialize;
 
 use crate::GeofenceError;
@@ -124,8 +125,14 @@ impl Default for GeofenceConfig {
 pub struct PostgresFencesConfig {
     /// PostgreSQL URL, e.g. `postgresql://fleetpipe@db:5432/fleet`
     /// (prefer the environment for passwords:
-    /// `FLEETPIPE_GEOFENCE__POSTGRES__URL`). Required.
+    /// `FLEETPIPE_GEOFENCE__POSTGRES__URL`). Required. TLS is set in
+    /// [`PostgresFencesConfig::tls`], not here (a URL that sets `sslmode`
+    /// is refused).
     pub url: String,
+    /// TLS of the connections to `url`: `[geofence.postgres.tls]`, see
+    /// [`PostgresTls`]. Plaintext when absent.
+    #[serde(default)]
+    pub tls: PostgresTls,
     /// The table, `name` or `schema.name`. Used as written (quoted, so
     /// case-sensitive).
     #[serde(default = "PostgresFencesConfig::default_table")]
@@ -137,6 +144,7 @@ impl std::fmt::Debug for PostgresFencesConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresFencesConfig")
             .field("url", &"<redacted>")
+            .field("tls", &self.tls)
             .field("table", &self.table)
             .finish()
     }
@@ -147,6 +155,7 @@ impl PostgresFencesConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            tls: PostgresTls::default(),
             table: Self::default_table(),
         }
     }
@@ -167,12 +176,14 @@ impl PostgresFencesConfig {
             .join(".")
     }
 
-    /// Checks the URL is present and the table name is an identifier.
+    /// Checks the URL is present, the table name is an identifier and the
+    /// TLS settings fit together. Reads no file.
     ///
     /// # Errors
     ///
     /// [`GeofenceError::Config`] naming `geofence.postgres.url` or
-    /// `geofence.postgres.table`.
+    /// `geofence.postgres.table`; [`GeofenceError::PostgresTls`] naming the
+    /// `geofence.postgres.tls` key.
     pub fn validate(&self) -> Result<(), GeofenceError> {
         if self.url.trim().is_empty() {
             return Err(GeofenceError::Config {
@@ -192,6 +203,7 @@ impl PostgresFencesConfig {
                 ),
             });
         }
+        self.tls.validate("geofence.postgres")?;
         Ok(())
     }
 }
@@ -378,6 +390,36 @@ mod tests {
             let e = table(bad).validate().unwrap_err().to_string();
             assert!(e.starts_with("geofence.postgres.table: "), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn tls_keys_parse_and_are_validated_naming_the_key() {
+        let c = parse(
+            r#"{"postgres": {"url": "postgresql://u@h/db",
+                "tls": {"mode": "verify-full", "ca_file": "/etc/ca.pem"}}}"#,
+        )
+        .unwrap();
+        let pg = c.postgres.as_ref().unwrap();
+        assert_eq!(
+            pg.tls,
+            PostgresTls::new(
+                fleetpipe_postgres::TlsMode::VerifyFull,
+                Some(PathBuf::from("/etc/ca.pem"))
+            )
+        );
+        assert!(c.validate().is_ok());
+        let c =
+            parse(r#"{"postgres": {"url": "postgresql://u@h/db", "tls": {"mode": "verify-ca"}}}"#)
+                .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("geofence.postgres.tls.ca_file is required"),
+            "{e}"
+        );
+        assert!(
+            parse(r#"{"postgres": {"url": "u", "tls": {"mode": "prefer"}}}"#).is_err(),
+            "prefer may fall back to plaintext: not offered"
+        );
     }
 
     #[test]

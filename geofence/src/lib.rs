@@ -131,6 +131,9 @@ pub enum GeofenceError {
         /// What is wrong with its value.
         reason: String,
     },
+    /// `geofence.postgres.tls` is invalid (the message names the key).
+    #[error(transparent)]
+    PostgresTls(#[from] fleetpipe_postgres::PostgresError),
 }
 
 fn fmt_id(id: Option<&str>) -> String {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use fleetpipe_postgres::{Postgres, PostgresTls};
 use serde::Deserialize;
 
 use super::TimescaleError;
@@ -11,6 +12,12 @@ use super::TimescaleError;
 /// silently truncated by the server, which would make two configured schemas
 /// collide.
 const MAX_IDENTIFIER_LEN: usize = 63;
+
+/// Where these settings live, for error messages.
+const SECTION: &str = "sink.timescale";
+
+/// Name the sink's connections carry when the URL sets none.
+const DEFAULT_APPLICATION_NAME: &str = "fleetpipe";
 
 /// Whether to use the TimescaleDB extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -48,8 +55,16 @@ pub struct TimescaleConfig {
     /// PostgreSQL connection URL, e.g.
     /// `postgresql://fleetpipe@db:5432/fleet?application_name=fleetpipe`.
     /// Without an `application_name` the sink's connections are named
-    /// `fleetpipe`. Connections are made without TLS.
+    /// `fleetpipe`; without a `connect_timeout`, connecting may take 10 s.
+    /// TLS is set in [`TimescaleConfig::tls`], not here (a URL that sets
+    /// `sslmode` is refused). Enrichment's state checkpoints use the same
+    /// URL and TLS settings.
     pub url: String,
+    /// TLS of every connection to `url` (the writers', the migrations' and
+    /// the state checkpoints'): `[sink.timescale.tls]`, see
+    /// [`PostgresTls`]. Plaintext when absent.
+    #[serde(default)]
+    pub tls: PostgresTls,
     /// Schema the tables live in; created if missing. 1-63 characters of
     /// `[A-Za-z0-9_]`, not starting with a digit.
     #[serde(default = "TimescaleConfig::default_schema")]
@@ -116,6 +131,7 @@ impl TimescaleConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            tls: PostgresTls::default(),
             schema: Self::default_schema(),
             writers: Self::default_writers(),
             batch_max_rows: Self::default_batch_max_rows(),
@@ -169,8 +185,9 @@ impl TimescaleConfig {
         Duration::from_secs(10)
     }
 
-    /// Checks the settings, naming the offending key on error. The URL is
-    /// checked when it is parsed, by [`super::migrate`].
+    /// Checks the settings, naming the offending key on error. Reads no
+    /// file; the URL and the TLS files are checked by
+    /// [`TimescaleConfig::postgres`].
     ///
     /// # Errors
     ///
@@ -205,7 +222,27 @@ impl TimescaleConfig {
         if self.compress_after.as_secs() == 0 {
             return invalid("compress_after", "must be at least 1s");
         }
+        self.tls.validate(SECTION)?;
         Ok(())
+    }
+
+    /// The connection settings: `url` parsed, with the `tls` settings and
+    /// the sink's defaults applied (application name `fleetpipe`, a 10 s
+    /// connect timeout). Reads the TLS files once, so a missing one fails
+    /// here (at start and in `fleetpipe config check`); every connection
+    /// reads them again.
+    ///
+    /// # Errors
+    ///
+    /// [`TimescaleError::Postgres`] naming `sink.timescale.url` or the
+    /// `sink.timescale.tls` key (and file) at fault.
+    pub fn postgres(&self) -> Result<Postgres, TimescaleError> {
+        Ok(Postgres::new(
+            SECTION,
+            &self.url,
+            &self.tls,
+            DEFAULT_APPLICATION_NAME,
+        )?)
     }
 }
 

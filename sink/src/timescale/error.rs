@@ -15,9 +15,10 @@ pub enum TimescaleError {
         /// What is wrong with it.
         reason: String,
     },
-    /// `sink.timescale.url` cannot be parsed.
-    #[error("sink.timescale.url is not a valid PostgreSQL URL: {}", describe(.0))]
-    Url(#[source] tokio_postgres::Error),
+    /// `sink.timescale.url` or `[sink.timescale.tls]` is invalid, or a
+    /// TLS file does not load; the message names the key (and file).
+    #[error(transparent)]
+    Postgres(#[from] fleetpipe_postgres::PostgresError),
     /// The migration connection could not be made.
     #[error("timescale sink: cannot connect to PostgreSQL: {}", describe(.0))]
     Connect(#[source] tokio_postgres::Error),

@@ -24,7 +24,7 @@ use std::fmt;
 use std::time::Duration;
 
 use humantime_serde::re::humantime::format_duration;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::error::describe;
 use super::{TimescaleConfig, TimescaleError, TimescaleMode};
@@ -32,12 +32,6 @@ use super::{TimescaleConfig, TimescaleError, TimescaleMode};
 /// First key of the advisory lock (`'FPMG'`), so it does not collide with
 /// locks of other applications that use the two-key form.
 pub(crate) const LOCK_CLASS: i32 = 0x4650_4D47;
-
-/// Name the sink's connections carry when the URL sets none.
-const DEFAULT_APPLICATION_NAME: &str = "fleetpipe";
-
-/// How long connecting may take when the URL sets no `connect_timeout`.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The storage layout in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,34 +173,17 @@ const TIMESCALE_POLICIES: &str = include_str!("../../migrations/R__timescaledb_p
 /// left nothing of itself behind) or `on` without TimescaleDB.
 pub async fn migrate(config: &TimescaleConfig) -> Result<StorageMode, TimescaleError> {
     config.validate()?;
-    let pg = pg_config(config)?;
-    let (mut client, connection) = pg.connect(NoTls).await.map_err(TimescaleError::Connect)?;
-    let connection = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %describe(&e), "timescale sink: migration connection closed");
-        }
-    });
+    let (mut client, connection) = config
+        .postgres()?
+        .connect()
+        .await
+        .map_err(TimescaleError::Connect)?;
     let result = migrate_locked(&mut client, config).await;
     // Closing the connection also releases the advisory lock if unlocking
     // failed.
     drop(client);
     let _ = connection.await;
     result
-}
-
-/// The connection settings of `config.url`, with fleetpipe's defaults for
-/// what it leaves open.
-pub(crate) fn pg_config(
-    config: &TimescaleConfig,
-) -> Result<tokio_postgres::Config, TimescaleError> {
-    let mut pg: tokio_postgres::Config = config.url.parse().map_err(TimescaleError::Url)?;
-    if pg.get_application_name().is_none() {
-        pg.application_name(DEFAULT_APPLICATION_NAME);
-    }
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
-    }
-    Ok(pg)
 }
 
 /// Takes the advisory lock, migrates, releases the lock.

@@ -15,10 +15,9 @@ use metrics::{counter, gauge, histogram};
 use rand::Rng as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_postgres::NoTls;
 
 use super::error::describe;
-use super::migrate::{StorageMode, migrate, pg_config, quote_ident};
+use super::migrate::{StorageMode, migrate, quote_ident};
 use super::writer::{DeadRow, Row, Statements, WriteStats, write_rows};
 use super::{TimescaleConfig, TimescaleError};
 use crate::stream::Stream;
@@ -55,9 +54,10 @@ impl TimescaleSink {
     pub async fn connect(config: TimescaleConfig) -> Result<Self, TimescaleError> {
         let mode = migrate(&config).await?;
         let sql = Arc::new(Statements::new(&quote_ident(&config.schema)));
+        let postgres = config.postgres()?;
         let manager = Manager::from_config(
-            pg_config(&config)?,
-            NoTls,
+            postgres.config().clone(),
+            postgres.tls(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -2170,13 +2170,20 @@ fn config_reads_every_key() {
         r#"{"url": "postgresql://db/fleet", "schema": "fleet", "writers": 8,
             "batch_max_rows": 1000, "batch_max_wait": "20ms", "timescaledb": "on",
             "retention": "30days", "compress_after": "1day", "retry_initial": "1s",
-            "retry_max": "1m"}"#,
+            "retry_max": "1m", "tls": {"mode": "verify-ca", "ca_file": "ca.pem",
+            "client_cert_file": "c.pem", "client_key_file": "c.key"}}"#,
     )
     .expect("parses");
     assert_eq!(
         config,
         TimescaleConfig {
             url: "postgresql://db/fleet".to_owned(),
+            tls: fleetpipe_postgres::PostgresTls {
+                mode: fleetpipe_postgres::TlsMode::VerifyCa,
+                ca_file: Some("ca.pem".into()),
+                client_cert_file: Some("c.pem".into()),
+                client_key_file: Some("c.key".into()),
+            },
             schema: "fleet".to_owned(),
             writers: 8,
             batch_max_rows: 1000,
@@ -2302,11 +2309,39 @@ fn config_rejects_unknown_keys_bad_values_and_requires_url() {
     assert!(
         TimescaleConfig {
             schema: "Fleet_2".to_owned(),
-            ..base
+            ..base.clone()
         }
         .validate()
         .is_ok()
     );
+
+    // [sink.timescale.tls]: parsed with libpq's mode names, validated with
+    // the rest, naming the key.
+    let config: TimescaleConfig = serde_json::from_value(
+        json!({"url": "u", "tls": {"mode": "verify-full", "ca_file": "/etc/ca.pem"}}),
+    )
+    .expect("parses");
+    assert_eq!(
+        config.tls,
+        fleetpipe_postgres::PostgresTls::new(
+            fleetpipe_postgres::TlsMode::VerifyFull,
+            Some("/etc/ca.pem".into())
+        )
+    );
+    config.validate().expect("valid");
+    let config: TimescaleConfig =
+        serde_json::from_value(json!({"url": "u", "tls": {"mode": "verify-full"}}))
+            .expect("parses");
+    let err = config.validate().expect_err("no ca_file").to_string();
+    assert!(
+        err.starts_with("sink.timescale.tls.ca_file is required with tls.mode = \"verify-full\""),
+        "{err}"
+    );
+    let err = serde_json::from_value::<TimescaleConfig>(
+        json!({"url": "u", "tls": {"mode": "verify-full", "sslrootcert": "x"}}),
+    )
+    .expect_err("unknown key");
+    assert!(err.to_string().contains("sslrootcert"), "{err}");
 }
 
 #[tokio::test]
@@ -2314,7 +2349,13 @@ async fn a_bad_url_or_an_unreachable_server_fails_at_startup() {
     let err = TimescaleSink::connect(TimescaleConfig::new("postgresql://db:notaport/x"))
         .await
         .expect_err("bad url");
-    assert!(matches!(err, TimescaleError::Url(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            TimescaleError::Postgres(fleetpipe_postgres::PostgresError::Url { .. })
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("sink.timescale.url"), "{err}");
 
     // Nothing listens on port 1.
@@ -2325,6 +2366,84 @@ async fn a_bad_url_or_an_unreachable_server_fails_at_startup() {
     .expect_err("unreachable");
     assert!(matches!(err, TimescaleError::Connect(_)), "{err:?}");
     assert!(err.to_string().contains("refused"), "{err}");
+}
+
+// ---- TLS -------------------------------------------------------------------
+
+/// Over `verify-full` (the test server set up for TLS with a CA of the
+/// run's own): the migrations run, a write is acknowledged and visible, and
+/// every connection of the sink is encrypted. With a CA that did not issue
+/// the server's certificate the sink fails at start, saying so.
+#[tokio::test]
+async fn writes_over_verified_tls_and_refuses_an_untrusted_server_at_start() {
+    use fleetpipe_postgres::test_support::{TestCa, tls_server};
+    use fleetpipe_postgres::{PostgresTls, TlsMode};
+
+    let server = tls_server().expect("the test PostgreSQL is set up for TLS");
+    let test = TestDb::new();
+    let db = test.observer().await;
+    let config = TimescaleConfig {
+        tls: server.tls(TlsMode::VerifyFull),
+        ..test.config()
+    };
+    let (tx, run) = start(config.clone(), 16).await;
+    let batch = BatchAck::new();
+    for i in 0..10 {
+        send(&tx, telemetry(nth(i), batch.ack())).await;
+    }
+    assert_eq!(wait(batch).await, AckStatus::Delivered);
+    assert_eq!(test.count(&db, "telemetry").await, 10);
+    let sessions: Vec<bool> = db
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = $1",
+            &[&test.app],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !sessions.is_empty() && sessions.iter().all(|ssl| *ssl),
+        "the sink's sessions: {sessions:?}"
+    );
+    finish(tx, run).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, TestCa::new("not the server's").expect("CA").pem()).expect("write");
+    let err = TimescaleSink::connect(TimescaleConfig {
+        tls: PostgresTls::new(TlsMode::VerifyFull, Some(other)),
+        ..test.config()
+    })
+    .await
+    .expect_err("untrusted server");
+    assert!(matches!(err, TimescaleError::Connect(_)), "{err:?}");
+    let err = err.to_string();
+    assert!(
+        err.starts_with("timescale sink: cannot connect to PostgreSQL: ")
+            && err.contains("the server's certificate is not trusted")
+            && err.contains("sink.timescale.tls.ca_file"),
+        "{err}"
+    );
+
+    // A missing CA file is a start error naming the key and the file.
+    let missing = dir.path().join("missing.pem");
+    let err = TimescaleSink::connect(TimescaleConfig {
+        tls: PostgresTls::new(TlsMode::VerifyFull, Some(missing.clone())),
+        ..test.config()
+    })
+    .await
+    .expect_err("no CA file")
+    .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "sink.timescale.tls.ca_file = {}: cannot read",
+            missing.display()
+        )),
+        "{err}"
+    );
 }
 
 // ---- internals -------------------------------------------------------------

@@ -105,7 +105,8 @@ impl MakeTls {
             TlsMode::Disable => return Ok(None), // (returned above)
             TlsMode::Require => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate {
+                .with_custom_certificate_verifier(Arc::new(NameBlindVerifier {
+                    roots: None,
                     provider: Arc::clone(provider),
                 })),
             TlsMode::VerifyCa | TlsMode::VerifyFull => {
@@ -119,8 +120,8 @@ impl MakeTls {
                 } else {
                     builder
                         .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(ChainOnly {
-                            roots,
+                        .with_custom_certificate_verifier(Arc::new(NameBlindVerifier {
+                            roots: Some(roots),
                             provider: Arc::clone(provider),
                         }))
                 }
@@ -331,16 +332,29 @@ fn read_bounded(
     Ok(bytes)
 }
 
-/// `verify-ca`: the server's certificate must chain to a CA of `ca_file`
-/// and be valid now, whatever names it holds (libpq's `verify-ca`: for
-/// servers reached under a name their certificate does not carry).
+/// The verifier of the two modes that do not check the server's name.
+///
+/// - `verify-ca` (`roots` set): the server's certificate must chain to a CA
+///   of `ca_file` and be valid now, whatever names it holds (libpq's
+///   `verify-ca`: for servers reached under a name their certificate does
+///   not carry).
+/// - `require` (`roots` none): any server certificate is accepted, as
+///   libpq's `sslmode=require` does without a root certificate. It exists
+///   for servers whose certificate cannot be checked (self-signed, no CA at
+///   hand) where encryption against eavesdropping is still wanted; it does
+///   not stop someone who can answer in the server's place.
+///
+/// In both the handshake signature is verified against the presented
+/// certificate, so the session keys belong to whoever holds that
+/// certificate's key (and channel binding, which hashes the certificate,
+/// means something).
 #[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct NameBlindVerifier {
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for NameBlindVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -349,74 +363,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `require`: any server certificate is accepted, as libpq's
-/// `sslmode=require` does without a root certificate. It exists for servers
-/// whose certificate cannot be checked (self-signed, no CA at hand) where
-/// encryption against eavesdropping is still wanted; it does not stop
-/// someone who can answer in the server's place. The handshake signature is
-/// still verified against the presented certificate, so the session keys
-/// belong to whoever holds that certificate's key (and channel binding,
-/// which hashes the certificate, means something).
-#[derive(Debug)]
-struct AnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 

@@ -27,6 +27,7 @@ pub struct TestPipeline {
 }
 
 pub mod raw_mqtt;
+pub mod stock_clients;
 
 /// A config with every listener on 127.0.0.1:0 and the file sink in `dir`.
 pub fn test_config(dir: &Path) -> Config {

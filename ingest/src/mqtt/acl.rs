@@ -32,7 +32,7 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use fleetpipe_model::VehicleId;
-use rumqttd::protocol::{Error, Packet, Protocol};
+use rumqttd::protocol::{ConnectReturnCode, Error, Packet, Protocol};
 use tokio::sync::mpsc;
 
 use super::{ack_topic, parse_topic};
@@ -68,6 +68,9 @@ pub(crate) struct AclShared {
     pub prefix: String,
     /// Set at shutdown: every further packet closes its connection.
     pub closing: AtomicBool,
+    /// Keep alive (seconds) for a device that turned keep alive off
+    /// (`ingest.mqtt.server_keep_alive`).
+    pub server_keep_alive: u16,
     pub refused: mpsc::Sender<RefusedPublish>,
 }
 
@@ -284,6 +287,9 @@ pub(crate) struct DeviceProtocol<P> {
     /// On a mutual TLS connection, the vehicle its verified client
     /// certificate names (or why it names none): the credential at CONNECT.
     certificate: Option<Result<VehicleId, String>>,
+    /// The CONNECT turned keep alive off and got the server's instead,
+    /// which an MQTT 5 CONNACK tells the device (Server Keep Alive).
+    server_keep_alive: bool,
 }
 
 impl<P> DeviceProtocol<P> {
@@ -294,6 +300,7 @@ impl<P> DeviceProtocol<P> {
             client_id: String::new(),
             rules: ConnectionRules::default(),
             certificate: None,
+            server_keep_alive: false,
         }
     }
 
@@ -383,12 +390,32 @@ impl<P> DeviceProtocol<P> {
 
 impl<P: Protocol> Protocol for DeviceProtocol<P> {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
-        let packet = self.inner.read_mut(stream, max_size)?;
+        let mut packet = self.inner.read_mut(stream, max_size)?;
         self.check(&packet)?;
+        // Keep alive 0 turns MQTT's keep alive off: the device may stay
+        // silent for ever, and so would a dead connection. It gets the
+        // server's keep alive instead (MQTT 3.1.1 §3.1.2.10 and MQTT 5
+        // §3.1.2.10 let a server close an inactive client at any time;
+        // MQTT 5 §3.2.2.3.14 lets it tell the client so). rumqttd itself
+        // refuses keep alive 0, without a CONNACK.
+        if let Packet::Connect(connect, ..) = &mut packet
+            && connect.keep_alive == 0
+        {
+            connect.keep_alive = self.shared.server_keep_alive;
+            self.server_keep_alive = true;
+        }
         Ok(packet)
     }
 
-    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {
+    fn write(&self, mut packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {
+        // MQTT 3.1.1's CONNACK has no properties: V4 leaves them out.
+        if let Packet::ConnAck(ack, properties) = &mut packet
+            && self.server_keep_alive
+            && ack.code == ConnectReturnCode::Success
+        {
+            properties.get_or_insert_with(Default::default).server_keep_alive =
+                Some(self.shared.server_keep_alive);
+        }
         self.inner.write(packet, write)
     }
 }

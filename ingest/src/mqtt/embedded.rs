@@ -51,7 +51,10 @@ use tokio_util::sync::CancellationToken;
 use super::acl::{AclShared, DeviceProtocol, INTERNAL_CLIENT_ID, RefusedPublish};
 use super::tls::{ServerTls, TlsError, certificate_vehicle};
 use super::watermark::{MessageTicket, Watermarks};
-use super::{MqttConfig, ack_topic, hard_packet_limit, parse_topic, telemetry_filters};
+use super::{
+    MqttConfig, ack_topic, hard_packet_limit, parse_topic, server_keep_alive_secs,
+    telemetry_filters,
+};
 use crate::auth::Authenticator;
 use crate::codec::{Rejection, VehicleScope};
 use crate::gateway::{Ingestor, Message};
@@ -355,6 +358,9 @@ impl EmbeddedBroker {
             auth: Arc::clone(&auth),
             prefix: config.topic_prefix.clone(),
             closing: false.into(),
+            // Checked by the config's validation; the largest otherwise.
+            server_keep_alive: server_keep_alive_secs(config.server_keep_alive)
+                .unwrap_or(u16::MAX),
             refused: refused_tx,
         });
 

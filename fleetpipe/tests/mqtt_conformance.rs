@@ -105,3 +105,230 @@ async fn keep_alive_0_is_accepted_and_a_silent_connection_closed_after_the_serve
         vec![("van-4".to_string(), 1), ("van-5".to_string(), 1)]
     );
 }
+
+// ------------------------------------------------ refusals with reason codes
+
+fn credentials(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("credentials.toml");
+    std::fs::write(
+        &path,
+        "[[device]]\nvehicle_id = \"van-1\"\ntoken = \"tok-1\"\n[[device]]\nvehicle_id = \"van-2\"\ntoken = \"tok-2\"\n",
+    )
+    .unwrap();
+    path
+}
+
+/// A pipeline in token mode (van-1: tok-1, van-2: tok-2).
+async fn token_pipeline() -> (TestPipeline, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credentials(dir.path());
+    let p = TestPipeline::start(|c| {
+        c.ingest.auth.mode = fleetpipe_ingest::auth::AuthMode::Token;
+        c.ingest.auth.credentials_file = Some(creds);
+    })
+    .await;
+    (p, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_gets_a_connack_with_the_reason() {
+    let (mut p, _dir) = token_pipeline().await;
+    // A stock client says why, on both versions.
+    let port = p.mqtt.unwrap().port().to_string();
+    let port5 = p.mqtt_v5.unwrap().port().to_string();
+    for (port, version) in [(&port, "mqttv311"), (&port5, "mqttv5")] {
+        let run = mosquitto(
+            "mosquitto_pub",
+            &[
+                "-h", "127.0.0.1", "-p", port, "-V", version, "-i", "van-1", "-u", "van-1",
+                "-P", "wrong", "-q", "1", "-t", "fleet/van-1/telemetry", "-m", "{}",
+            ],
+            CLIENT,
+        )
+        .await;
+        assert!(!run.success, "{version}: {run:?}");
+        assert!(
+            run.stderr.to_lowercase().contains("bad user name or password"),
+            "{version}: {run:?}"
+        );
+    }
+
+    // The codes on the wire: bad credentials, someone else's client id, a
+    // will the device may not publish.
+    let forged = json_ping("van-2", 1);
+    let cases: [(&str, (&str, &str), Will<'_>, v4::ConnectReturnCode, v5::ConnectReturnCode); 3] = [
+        (
+            "van-1",
+            ("van-1", "wrong"),
+            None,
+            v4::ConnectReturnCode::BadUserNamePassword,
+            v5::ConnectReturnCode::BadUserNamePassword,
+        ),
+        (
+            "van-2",
+            ("van-1", "tok-1"),
+            None,
+            v4::ConnectReturnCode::BadClientId,
+            v5::ConnectReturnCode::ClientIdentifierNotValid,
+        ),
+        (
+            "van-1",
+            ("van-1", "tok-1"),
+            Some(("fleet/van-2/telemetry", forged.as_bytes())),
+            v4::ConnectReturnCode::NotAuthorized,
+            v5::ConnectReturnCode::NotAuthorized,
+        ),
+    ];
+    for (client_id, login, will, code4, code5) in cases {
+        let mut c = RawMqtt::open(p.mqtt.unwrap()).await;
+        match c.connect_v4(client_id, Some(login), will, true).await {
+            Next::Packet(v4::Packet::ConnAck(ack)) => assert_eq!(ack.code, code4),
+            other => panic!("{client_id} {login:?} (3.1.1): {other:?}"),
+        }
+        assert!(c.closed_within(T).await, "{client_id} {login:?} (3.1.1) not closed");
+        let mut c = RawMqtt::open(p.mqtt_v5.unwrap()).await;
+        match c.connect_v5(client_id, Some(login), will).await {
+            Next::Packet(v5::Packet::ConnAck(ack)) => assert_eq!(ack.code, code5),
+            other => panic!("{client_id} {login:?} (5): {other:?}"),
+        }
+        assert!(c.closed_within(T).await, "{client_id} {login:?} (5) not closed");
+    }
+    p.stop().await;
+}
+
+/// paho-mqtt (`sys.argv`: host port version): van-1 subscribes to van-2's
+/// ack topic and its own in one SUBSCRIBE; on MQTT 5 publishes QoS 1 to
+/// van-2's telemetry, then its own, then QoS 0 to van-2's; prints the
+/// reason codes it got.
+const PAHO_REFUSALS: &str = r#"
+import json, sys, threading
+import paho.mqtt.client as mqtt
+host, port, version = sys.argv[1:4]
+v5 = version == "5"
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="van-1",
+                protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+c.username_pw_set("van-1", "tok-1")
+c.reconnect_delay_set(60, 60)
+out = {}
+events = {name: threading.Event() for name in ["connect", "suback", "disconnect"]}
+def on_connect(client, userdata, flags, reason_code, properties):
+    events["connect"].set()
+def on_subscribe(client, userdata, mid, reason_codes, properties):
+    out["suback"] = [r.value for r in reason_codes]
+    events["suback"].set()
+def on_disconnect(client, userdata, flags, reason_code, properties):
+    out["disconnect"] = reason_code.value
+    events["disconnect"].set()
+c.on_connect, c.on_subscribe, c.on_disconnect = on_connect, on_subscribe, on_disconnect
+c.connect(host, int(port), keepalive=30)
+c.loop_start()
+assert events["connect"].wait(10)
+c.subscribe([("fleet/van-2/ack", 1), ("fleet/van-1/ack", 1)])
+assert events["suback"].wait(10)
+import time
+ping = '{"vehicle_id":"van-1","seq":%d,"ts":%d,"lat":52.5,"lon":13.4}' % (
+    2 if v5 else 1, int(time.time() * 1000) - 1000)
+codes = {}
+def on_publish(client, userdata, mid, reason_code, properties):
+    codes[mid] = reason_code.value
+c.on_publish = on_publish
+if v5:
+    refused = c.publish("fleet/van-2/telemetry", ping, qos=1)
+    refused.wait_for_publish(10)
+    own = c.publish("fleet/van-1/telemetry", ping, qos=1)
+    own.wait_for_publish(10)
+    out["refused_puback"] = codes.get(refused.mid)
+    out["own_puback"] = codes.get(own.mid)
+    c.publish("fleet/van-2/telemetry", ping, qos=0)
+    out["disconnected"] = events["disconnect"].wait(10)
+else:
+    own = c.publish("fleet/van-1/telemetry", ping, qos=1)
+    own.wait_for_publish(10)
+    out["own_puback"] = codes.get(own.mid)
+    out["disconnected"] = events["disconnect"].wait(1)
+c.loop_stop()
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_or_subscription_gets_a_reason_code_and_the_connection_stays() {
+    let (mut p, _dir) = token_pipeline().await;
+    let port = p.mqtt.unwrap().port().to_string();
+    let port5 = p.mqtt_v5.unwrap().port().to_string();
+
+    let out = result(&paho(PAHO_REFUSALS, &["127.0.0.1", &port, "3.1.1"], CLIENT).await);
+    // SUBACK: 0x80 for van-2's ack topic, QoS 1 for its own; the connection
+    // stays up and its own publish is acknowledged.
+    assert_eq!(out["suback"], serde_json::json!([0x80, 1]), "{out}");
+    assert_eq!(out["own_puback"], 0, "{out}");
+    assert_eq!(out["disconnected"], false, "{out}");
+
+    let out = result(&paho(PAHO_REFUSALS, &["127.0.0.1", &port5, "5"], CLIENT).await);
+    assert_eq!(out["suback"], serde_json::json!([0x87, 1]), "{out}");
+    // PUBACK 0x87 for the refused QoS 1 publish, the connection stays up and
+    // the next publish is acknowledged; a refused QoS 0 publish has no ack
+    // to carry a reason: DISCONNECT 0x87.
+    assert_eq!(out["refused_puback"], 0x87, "{out}");
+    assert_eq!(out["own_puback"], 0, "{out}");
+    assert_eq!(out["disconnected"], true, "{out}");
+    assert_eq!(out["disconnect"], 0x87, "{out}");
+
+    // Both refused publishes are dead-lettered; only van-1's own are stored.
+    let dead = p.wait_dead_letters(2, T).await;
+    assert_eq!(reasons(&dead), ["unauthorized", "unauthorized"]);
+    p.wait_telemetry(2, T).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.stop().await;
+    assert_eq!(
+        keys(&p.telemetry()),
+        vec![("van-1".to_string(), 1), ("van-1".to_string(), 2)]
+    );
+}
+
+/// An MQTT 5 QoS 1 publish with a topic alias (and the topic, or an empty
+/// one to use the alias).
+fn aliased_v5(topic: &str, alias: u16, payload: String, pkid: u16) -> v5::Packet {
+    let properties = v5::PublishProperties {
+        topic_alias: Some(alias),
+        ..Default::default()
+    };
+    let mut publish = v5::Publish::new(
+        topic,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        payload,
+        Some(properties),
+    );
+    publish.pkid = pkid;
+    v5::Packet::Publish(publish)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_aliases_are_held_to_the_topic_rules() {
+    let (mut p, _dir) = token_pipeline().await;
+    let mut c = RawMqtt::open(p.mqtt_v5.unwrap()).await;
+    assert!(accepted_v5(&c.connect_v5("van-1", Some(("van-1", "tok-1")), None).await));
+    let reason = |next: Next<v5::Packet>| match next {
+        Next::Packet(v5::Packet::PubAck(ack)) => ack.reason,
+        other => panic!("no PUBACK: {other:?}"),
+    };
+    // Alias 1 for the device's own telemetry topic, then used alone.
+    c.send_v5(aliased_v5("fleet/van-1/telemetry", 1, json_ping("van-1", 1), 1))
+        .await;
+    assert_eq!(reason(c.next_v5(T).await), v5::PubAckReason::Success);
+    c.send_v5(aliased_v5("", 1, json_ping("van-1", 2), 2)).await;
+    assert_eq!(reason(c.next_v5(T).await), v5::PubAckReason::Success);
+    // An alias set on a refused publish is not set: using it is a protocol
+    // error, and nothing reaches van-2's topic.
+    c.send_v5(aliased_v5("fleet/van-2/telemetry", 2, json_ping("van-2", 3), 3))
+        .await;
+    assert_eq!(reason(c.next_v5(T).await), v5::PubAckReason::NotAuthorized);
+    c.send_v5(aliased_v5("", 2, json_ping("van-2", 4), 4)).await;
+    assert!(c.closed_within(T).await);
+    p.wait_telemetry(2, T).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.stop().await;
+    assert_eq!(
+        keys(&p.telemetry()),
+        vec![("van-1".to_string(), 1), ("van-1".to_string(), 2)]
+    );
+}

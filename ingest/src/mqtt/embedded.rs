@@ -221,7 +221,7 @@ crate::io::delegate_async_write!(Permitted<S>, S: Unpin);
 
 /// The TLS handshake of one connection, within `timeout`; with client
 /// certificates, the codec learns the vehicle the certificate names.
-async fn handshake<P>(
+async fn handshake<P: Protocol>(
     name: &'static str,
     peer: SocketAddr,
     stream: TcpStream,

@@ -163,6 +163,12 @@ impl LinkTx {
         self.recv_buffer.lock()
     }
 
+    /// fleetpipe: the link's incoming buffer, which identifies it to the
+    /// router (`Event::LinkClosed`).
+    pub(crate) fn incoming_buffer(&self) -> Arc<Mutex<VecDeque<Packet>>> {
+        self.recv_buffer.clone()
+    }
+
     /// Send raw device data
     fn push(&mut self, data: Packet) -> Result<usize, LinkError> {
         let len = {
@@ -224,6 +230,7 @@ impl LinkTx {
             topic: topic.into(),
             pkid: 0,
             payload: payload.into(),
+            refused: None,
         };
 
         let len = self.push(Packet::Publish(publish, None))?;
@@ -243,6 +250,7 @@ impl LinkTx {
             topic: topic.into(),
             pkid: 0,
             payload: payload.into(),
+            refused: None,
         };
 
         let len = self.try_push(Packet::Publish(publish, None))?;
@@ -258,6 +266,7 @@ impl LinkTx {
             nolocal: false,
             preserve_retain: false,
             retain_forward_rule: RetainForwardRule::Never,
+            refused: None,
         }];
 
         let subscribe = Subscribe { pkid: 0, filters };
@@ -274,6 +283,7 @@ impl LinkTx {
             nolocal: false,
             preserve_retain: false,
             retain_forward_rule: RetainForwardRule::Never,
+            refused: None,
         }];
 
         let subscribe = Subscribe { pkid: 0, filters };

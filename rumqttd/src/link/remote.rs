@@ -125,6 +125,11 @@ impl<P: Protocol> RemoteLink<P> {
         })
     }
 
+    /// fleetpipe: identifies this link to the router (`Event::LinkClosed`).
+    pub(crate) fn incoming_buffer(&self) -> Arc<parking_lot::Mutex<VecDeque<Packet>>> {
+        self.link_tx.incoming_buffer()
+    }
+
     pub async fn start(&mut self) -> Result<(), Error> {
         self.network.set_keepalive(self.connect.keep_alive);
 

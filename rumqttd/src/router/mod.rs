@@ -55,6 +55,13 @@ pub enum Event {
     DeviceData,
     /// Disconnection request
     Disconnect,
+    /// fleetpipe: a remote link's connection ended: disconnect it if the
+    /// connection id is still that link's (identified by its incoming
+    /// buffer). After a takeover (a new connection with the same client
+    /// id) the router frees the old id at once and may give it to the new
+    /// connection, so a plain `Disconnect` from the old link, sent when its
+    /// socket closed at about the same time, would end the new one.
+    LinkClosed(std::sync::Arc<parking_lot::Mutex<VecDeque<Packet>>>),
     /// Shadow
     Shadow(ShadowRequest),
     /// Collect and send alerts to all alerts links

@@ -245,6 +245,15 @@ impl Router {
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
             Event::Disconnect => self.handle_disconnection(id, None),
+            Event::LinkClosed(buffer) => {
+                if self
+                    .ibufs
+                    .get(id)
+                    .is_some_and(|incoming| std::sync::Arc::ptr_eq(&incoming.buffer, &buffer))
+                {
+                    self.handle_disconnection(id, None);
+                }
+            }
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
             Event::Shadow(request) => {
                 retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)
@@ -564,6 +573,23 @@ impl Router {
                     let qos = publish.qos;
                     let pkid = publish.pkid;
 
+                    // fleetpipe: a publish the connection's codec refused is
+                    // answered with its reason, in order with the other
+                    // acks, and not routed.
+                    if let Some(reason) = publish.refused {
+                        let ackslog = self.ackslog.get_mut(id).unwrap();
+                        match qos {
+                            QoS::AtLeastOnce => ackslog.puback(PubAck { pkid, reason }),
+                            QoS::ExactlyOnce => ackslog.pubrec_refused(PubRec {
+                                pkid,
+                                reason: pubrec_reason(reason),
+                            }),
+                            QoS::AtMostOnce => {}
+                        }
+                        force_ack = true;
+                        continue;
+                    }
+
                     // Prepare acks for the above publish
                     // If any of the publish in the batch results in force flush,
                     // set global force flush flag. Force flush is triggered when the
@@ -654,6 +680,13 @@ impl Router {
                         let span =
                             tracing::info_span!("subscribe", topic = f.path, pkid = subscribe.pkid);
                         let _guard = span.enter();
+
+                        // fleetpipe: a filter the connection's codec refused
+                        // gets its code and no subscription.
+                        if let Some(code) = f.refused {
+                            return_codes.push(code);
+                            continue;
+                        }
 
                         info!("Adding subscription on topic {}", f.path);
                         let connection = self.connections.get_mut(id).unwrap();
@@ -1111,6 +1144,7 @@ impl Router {
             topic: will.topic,
             pkid: 0,
             payload: will.message,
+            refused: None,
         };
 
         let properties = will_props.map(|props| PublishProperties {
@@ -1181,6 +1215,21 @@ impl Router {
                 }
             }
         }
+    }
+}
+
+/// fleetpipe: the PUBREC reason code for a PUBACK one.
+fn pubrec_reason(reason: PubAckReason) -> PubRecReason {
+    match reason {
+        PubAckReason::Success => PubRecReason::Success,
+        PubAckReason::NoMatchingSubscribers => PubRecReason::NoMatchingSubscribers,
+        PubAckReason::UnspecifiedError => PubRecReason::UnspecifiedError,
+        PubAckReason::ImplementationSpecificError => PubRecReason::ImplementationSpecificError,
+        PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
+        PubAckReason::TopicNameInvalid => PubRecReason::TopicNameInvalid,
+        PubAckReason::PacketIdentifierInUse => PubRecReason::PacketIdentifierInUse,
+        PubAckReason::QuotaExceeded => PubRecReason::QuotaExceeded,
+        PubAckReason::PayloadFormatInvalid => PubRecReason::PayloadFormatInvalid,
     }
 }
 

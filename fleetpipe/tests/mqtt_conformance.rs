@@ -332,3 +332,105 @@ async fn topic_aliases_are_held_to_the_topic_rules() {
         vec![("van-1".to_string(), 1), ("van-1".to_string(), 2)]
     );
 }
+
+// ------------------------------------------------------------ QoS downgrade
+
+/// Runs `mosquitto_sub` in the background.
+fn spawn_sub(args: Vec<String>) -> tokio::task::JoinHandle<Run> {
+    tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mosquitto("mosquitto_sub", &args, CLIENT).await
+    })
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+/// From `mosquitto_sub -d` output: the QoS its SUBACK granted, and (DUP,
+/// QoS) of each PUBLISH it received, in order.
+fn granted_and_received(run: &Run) -> (Option<u8>, Vec<(bool, u8)>) {
+    let granted = run.lines().iter().find_map(|l| {
+        l.strip_prefix("Subscribed (mid: 1): ")
+            .and_then(|q| q.trim().parse().ok())
+    });
+    let received = run
+        .lines()
+        .iter()
+        .filter_map(|l| l.split_once("received PUBLISH (").map(|(_, rest)| rest))
+        .map(|rest| {
+            let mut flags = rest.split(", ");
+            let dup = flags.next() == Some("d1");
+            let qos = flags
+                .next()
+                .and_then(|q| q.strip_prefix('q'))
+                .and_then(|q| q.parse().ok())
+                .unwrap_or(u8::MAX);
+            (dup, qos)
+        })
+        .collect();
+    (granted, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_goes_out_at_the_lower_of_its_publish_and_subscription_qos() {
+    // Anonymous mode: any topic.
+    let mut p = TestPipeline::start(|_| {}).await;
+    for (addr, version) in [(p.mqtt, "mqttv311"), (p.mqtt_v5, "mqttv5")] {
+        let port = addr.unwrap().port().to_string();
+        let topic = format!("qos/{version}");
+        let mut subs = Vec::new();
+        for qos in [0u8, 1, 2] {
+            let id = format!("sub-{qos}-{version}");
+            let q = qos.to_string();
+            let args = strings(&[
+                "-h", "127.0.0.1", "-p", &port, "-V", version, "-i", &id, "-q", &q, "-t", &topic,
+                "-C", "2", "-W", "15", "-d",
+            ]);
+            subs.push((qos, spawn_sub(args)));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for (qos, message) in [("0", "a"), ("1", "b")] {
+            let run = mosquitto(
+                "mosquitto_pub",
+                &[
+                    "-h", "127.0.0.1", "-p", &port, "-V", version, "-q", qos, "-t", &topic, "-m",
+                    message,
+                ],
+                CLIENT,
+            )
+            .await;
+            assert!(run.success, "{run:?}");
+        }
+        for (qos, sub) in subs {
+            let run = sub.await.unwrap();
+            let (granted, received) = granted_and_received(&run);
+            // QoS 2 is not part of the wire contract: a QoS 2 subscription
+            // is granted QoS 1.
+            assert_eq!(granted, Some(qos.min(1)), "{version} q{qos}: {run:?}");
+            let expected = vec![(false, 0), (false, qos.min(1))];
+            assert_eq!(received, expected, "{version} q{qos}: {run:?}");
+        }
+    }
+
+    // fleetpipe's own acks are published at QoS 1: a QoS 1 subscriber gets
+    // them at QoS 1 (retried until acknowledged).
+    let port = p.mqtt.unwrap().port().to_string();
+    let sub = spawn_sub(strings(&[
+        "-h", "127.0.0.1", "-p", &port, "-i", "van-9", "-q", "1", "-t", "fleet/van-9/ack", "-C",
+        "1", "-W", "15", "-d",
+    ]));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ping = json_ping("van-9", 7);
+    let run = mosquitto(
+        "mosquitto_pub",
+        &["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", "fleet/van-9/telemetry", "-m", &ping],
+        CLIENT,
+    )
+    .await;
+    assert!(run.success, "{run:?}");
+    let run = sub.await.unwrap();
+    assert_eq!(granted_and_received(&run).1, vec![(false, 1)], "{run:?}");
+    assert!(run.stdout.contains(r#"{"ack":7}"#), "{run:?}");
+    p.stop().await;
+}

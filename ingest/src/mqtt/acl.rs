@@ -489,6 +489,11 @@ impl<P: Protocol> DeviceProtocol<P> {
             Packet::Subscribe(subscribe, _) => {
                 // Each filter on its own: the SUBACK answers each.
                 for filter in &mut subscribe.filters {
+                    // QoS 2 is not part of the wire contract: granted QoS 1
+                    // (the SUBACK says so; MQTT 3.1.1 and 5 §3.9.3).
+                    if filter.qos == QoS::ExactlyOnce {
+                        filter.qos = QoS::AtLeastOnce;
+                    }
                     if let Err(refusal) = self.rules.subscribe_filter(prefix, &filter.path) {
                         self.refuse_in_ack("subscribe", &refusal);
                         filter.refused = Some(if v5 {

@@ -258,6 +258,12 @@ impl LinkTx {
         Ok(len)
     }
 
+    /// fleetpipe: sends a publish built by the caller (at QoS 1, say) to
+    /// the router, failing rather than waiting when its queue is full.
+    pub fn try_send_publish(&mut self, publish: Publish) -> Result<usize, LinkError> {
+        self.try_push(Packet::Publish(publish, None))
+    }
+
     /// Sends a MQTT Subscribe to the eventloop
     pub fn subscribe<S: Into<String>>(&mut self, filter: S) -> Result<usize, LinkError> {
         let filters = vec![Filter {

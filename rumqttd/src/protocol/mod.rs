@@ -202,6 +202,13 @@ impl Publish {
         self.qos
     }
 
+    /// fleetpipe: the publish at `qos` (a local link's publishes are QoS 0
+    /// otherwise; the router acknowledges a QoS 1 one to the link).
+    pub fn with_qos(mut self, qos: QoS) -> Publish {
+        self.qos = qos;
+        self
+    }
+
     /// fleetpipe: refuses the publish with `reason` (see `refused`).
     pub fn refuse(&mut self, reason: PubAckReason) {
         self.refused = Some(reason);

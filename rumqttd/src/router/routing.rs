@@ -1610,7 +1610,12 @@ fn forward_device_data(
     let forwards = publishes
         .into_iter()
         .map(|((mut publish, mut properties), offset)| {
-            publish.qos = protocol::qos(qos).unwrap();
+            // fleetpipe: at the lower of the publish's QoS and the
+            // subscription's (MQTT 3.1.1 §3.8.4, MQTT 5 §3.8.4), not
+            // always at the subscription's.
+            if publish.qos as u8 > qos {
+                publish.qos = protocol::qos(qos).unwrap();
+            }
 
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {

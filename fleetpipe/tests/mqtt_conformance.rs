@@ -434,3 +434,93 @@ async fn a_message_goes_out_at_the_lower_of_its_publish_and_subscription_qos() {
     assert!(run.stdout.contains(r#"{"ack":7}"#), "{run:?}");
     p.stop().await;
 }
+
+// ------------------------------------------ MQTT 5 session expiry interval
+
+/// `mosquitto_sub` on the MQTT 5 port with `args`, then what it received.
+async fn sub_v5(port: &str, args: &[&str]) -> Run {
+    let mut all = vec!["-h", "127.0.0.1", "-p", port, "-V", "mqttv5", "-q", "1"];
+    all.extend_from_slice(args);
+    mosquitto("mosquitto_sub", &all, CLIENT).await
+}
+
+async fn pub_v5(port: &str, topic: &str, message: &str) {
+    let run = mosquitto(
+        "mosquitto_pub",
+        &["-h", "127.0.0.1", "-p", port, "-V", "mqttv5", "-q", "1", "-t", topic, "-m", message],
+        CLIENT,
+    )
+    .await;
+    assert!(run.success, "{run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_session_lives_exactly_as_long_as_its_session_expiry_interval() {
+    let mut p = TestPipeline::start(|_| {}).await;
+    let port = p.mqtt_v5.unwrap().port().to_string();
+
+    // Clean Start 1 with an expiry of 300 s (paho-mqtt's v5 default): the
+    // session, its subscription and what arrives meanwhile outlive the
+    // connection (the issue's repro).
+    sub_v5(&port, &["-i", "s1-dev", "-x", "300", "-t", "fleet/s1/ack", "-W", "2"]).await;
+    pub_v5(&port, "fleet/s1/ack", "kept").await;
+    let run = sub_v5(
+        &port,
+        &["-i", "s1-dev", "-c", "-x", "300", "-t", "fleet/s1/ack", "-C", "1", "-W", "5"],
+    )
+    .await;
+    assert_eq!(run.stdout.trim(), "kept", "{run:?}");
+
+    // Expiry 2 s: gone 4 s after the disconnect.
+    sub_v5(&port, &["-i", "s2-dev", "-c", "-x", "2", "-t", "fleet/s2/ack", "-W", "2"]).await;
+    pub_v5(&port, "fleet/s2/ack", "expired").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let run = sub_v5(
+        &port,
+        &["-i", "s2-dev", "-c", "-x", "300", "-t", "fleet/s2/ack", "-C", "1", "-W", "2"],
+    )
+    .await;
+    assert_eq!(run.stdout.trim(), "", "{run:?}");
+
+    // Expiry 0 with Clean Start 0: the session ends with the connection.
+    // (mosquitto_sub's -c alone asks for a session that never expires.)
+    sub_v5(&port, &["-i", "s3-dev", "-c", "-x", "0", "-t", "fleet/s3/ack", "-W", "2"]).await;
+    pub_v5(&port, "fleet/s3/ack", "ended").await;
+    let run = sub_v5(
+        &port,
+        &["-i", "s3-dev", "-c", "-x", "300", "-t", "fleet/s3/ack", "-C", "1", "-W", "2"],
+    )
+    .await;
+    assert_eq!(run.stdout.trim(), "", "{run:?}");
+
+    // Within its expiry a session resumed with Clean Start 1 is discarded.
+    sub_v5(&port, &["-i", "s4-dev", "-c", "-x", "300", "-t", "fleet/s4/ack", "-W", "2"]).await;
+    pub_v5(&port, "fleet/s4/ack", "discarded").await;
+    let run = sub_v5(
+        &port,
+        &["-i", "s4-dev", "-x", "300", "-t", "fleet/s4/other", "-C", "1", "-W", "2"],
+    )
+    .await;
+    assert_eq!(run.stdout.trim(), "", "{run:?}");
+
+    // MQTT 3.1.1 clean session 0 is kept as before.
+    let port4 = p.mqtt.unwrap().port().to_string();
+    let sub4 = |extra: &'static [&'static str]| {
+        let port4 = port4.clone();
+        async move {
+            let mut all = vec!["-h", "127.0.0.1", "-p", &port4, "-q", "1", "-i", "s5-dev", "-c", "-t", "fleet/s5/ack"];
+            all.extend_from_slice(extra);
+            mosquitto("mosquitto_sub", &all, CLIENT).await
+        }
+    };
+    sub4(&["-W", "2"]).await;
+    let run = mosquitto(
+        "mosquitto_pub",
+        &["-h", "127.0.0.1", "-p", &port4, "-q", "1", "-t", "fleet/s5/ack", "-m", "v3"],
+        CLIENT,
+    )
+    .await;
+    assert!(run.success, "{run:?}");
+    assert_eq!(sub4(&["-C", "1", "-W", "5"]).await.stdout.trim(), "v3");
+    p.stop().await;
+}

@@ -67,6 +67,11 @@ impl<P: Protocol> Network<P> {
         }
     }
 
+    /// fleetpipe: whether the connection speaks MQTT 5.
+    pub fn is_v5(&self) -> bool {
+        self.protocol.is_v5()
+    }
+
     pub fn set_keepalive(&mut self, keepalive: u16) {
         let keepalive = Duration::from_secs(keepalive as u64);
         self.keepalive = keepalive + keepalive.mul_f32(0.5);

@@ -102,7 +102,12 @@ pub struct Router {
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
     last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    /// fleetpipe: when the graveyard is next swept for expired sessions
+    next_expiry_sweep: std::time::Instant,
 }
+
+/// fleetpipe: how often expired sessions are dropped.
+const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Router {
     pub fn new(router_id: RouterId, config: RouterConfig) -> Router {
@@ -143,6 +148,7 @@ impl Router {
             cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
+            next_expiry_sweep: std::time::Instant::now() + EXPIRY_SWEEP,
         }
     }
 
@@ -196,8 +202,17 @@ impl Router {
         // Block on incoming events if there are no ready connections for consumption
         if self.consume().is_none() {
             // trace!("{}:: {:20} {:20} {:?}", self.id, "", "done-await", self.readyqueue);
-            let (id, data) = self.router_rx.recv()?;
-            self.events(id, data);
+            // fleetpipe: wakes at least every second to drop expired sessions.
+            match self.router_rx.recv_timeout(EXPIRY_SWEEP) {
+                Ok((id, data)) => self.events(id, data),
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => return Err(RouterError::Disconnected),
+            }
+        }
+        let now = std::time::Instant::now();
+        if now >= self.next_expiry_sweep {
+            self.graveyard.expire(now);
+            self.next_expiry_sweep = now + EXPIRY_SWEEP;
         }
 
         // Try reading more from connections in a non-blocking
@@ -503,8 +518,9 @@ impl Router {
             connection.events.events.pop_front();
         }
 
-        // Save state for persistent sessions
-        if !connection.clean {
+        // Save state for persistent sessions (fleetpipe: those whose session
+        // outlives the connection, MQTT 5 Session Expiry Interval > 0)
+        if connection.session_expiry > 0 {
             // Add inflight data requests back to tracker
             inflight_data_requests
                 .into_iter()
@@ -529,6 +545,7 @@ impl Router {
                 connection.subscriptions,
                 connection.events,
                 outgoing.unacked_pubrels,
+                connection.session_expiry,
             );
         } else {
             tracker.pause(PauseReason::Busy);
@@ -899,10 +916,18 @@ impl Router {
 
                     force_ack = true;
                 }
-                Packet::Disconnect(_, _) => {
+                Packet::Disconnect(_, properties) => {
                     let span = tracing::info_span!("disconnect");
                     let _guard = span.enter();
                     disconnect = true;
+                    // fleetpipe: MQTT 5 lets DISCONNECT change the Session
+                    // Expiry Interval, but not from 0 (§3.14.2.2.2).
+                    let connection = self.connections.get_mut(id).unwrap();
+                    if let Some(expiry) = properties.and_then(|p| p.session_expiry_interval) {
+                        if connection.session_expiry != 0 {
+                            connection.session_expiry = expiry;
+                        }
+                    }
                     // delete the last will message
                     self.last_wills.remove(&client_id);
                     break;

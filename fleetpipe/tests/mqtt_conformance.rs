@@ -524,3 +524,86 @@ async fn an_mqtt5_session_lives_exactly_as_long_as_its_session_expiry_interval()
     assert_eq!(sub4(&["-C", "1", "-W", "5"]).await.stdout.trim(), "v3");
     p.stop().await;
 }
+
+// ----------------------------------------------------- DUP on redelivery
+
+/// A persistent session's CONNECT: 3.1.1 clean session 0, or MQTT 5 clean
+/// start 0 with a session expiry of 300 s.
+async fn resume(c: &mut RawMqtt, v5: bool, client_id: &str) -> bool {
+    if v5 {
+        let mut properties = v5::ConnectProperties::new();
+        properties.session_expiry_interval = Some(300);
+        let connect = v5::Connect {
+            keep_alive: 30,
+            client_id: client_id.to_owned(),
+            clean_start: false,
+            properties: Some(properties),
+        };
+        c.send_v5(v5::Packet::Connect(connect, None, None)).await;
+        accepted_v5(&c.next_v5(T).await)
+    } else {
+        accepted_v4(&c.connect_v4(client_id, None, None, false).await)
+    }
+}
+
+/// (DUP, packet id, payload) of the next `n` publishes, unacknowledged.
+async fn publishes(c: &mut RawMqtt, v5: bool, n: usize) -> Vec<(bool, u16, Vec<u8>)> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        if v5 {
+            match c.next_v5(T).await {
+                Next::Packet(v5::Packet::Publish(p)) => seen.push((p.dup, p.pkid, p.payload.to_vec())),
+                Next::Packet(_) => {}
+                other => panic!("after {seen:?}: {other:?}"),
+            }
+        } else {
+            match c.next_v4(T).await {
+                Next::Packet(v4::Packet::Publish(p)) => seen.push((p.dup, p.pkid, p.payload.to_vec())),
+                Next::Packet(_) => {}
+                other => panic!("after {seen:?}: {other:?}"),
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_1_messages_redelivered_after_a_reconnect_carry_dup_and_their_packet_ids() {
+    let mut p = TestPipeline::start(|_| {}).await;
+    for v5 in [false, true] {
+        let addr = if v5 { p.mqtt_v5 } else { p.mqtt }.unwrap();
+        let id = format!("dup-{v5}");
+        let topic = format!("dup/{v5}");
+        let mut sub = RawMqtt::open(addr).await;
+        assert!(resume(&mut sub, v5, &id).await);
+        if v5 {
+            sub.send_v5(subscribe_v5(&topic, 1)).await;
+        } else {
+            sub.send_v4(subscribe_v4(&topic, 1)).await;
+        }
+        // The SUBACK, then three QoS 1 messages the device never acknowledges.
+        let port = addr.port().to_string();
+        let version = if v5 { "mqttv5" } else { "mqttv311" };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for m in ["m1", "m2", "m3"] {
+            let run = mosquitto(
+                "mosquitto_pub",
+                &["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "1", "-t", &topic, "-m", m],
+                CLIENT,
+            )
+            .await;
+            assert!(run.success, "{run:?}");
+        }
+        let first = publishes(&mut sub, v5, 3).await;
+        assert!(first.iter().all(|(dup, ..)| !dup), "{first:?}");
+        drop(sub);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let mut again = RawMqtt::open(addr).await;
+        assert!(resume(&mut again, v5, &id).await);
+        let redelivered = publishes(&mut again, v5, 3).await;
+        let expected: Vec<_> = first.iter().map(|(_, pkid, m)| (true, *pkid, m.clone())).collect();
+        assert_eq!(redelivered, expected, "v5 = {v5}");
+    }
+    p.stop().await;
+}

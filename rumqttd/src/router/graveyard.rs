@@ -43,6 +43,7 @@ impl Graveyard {
         metrics: ConnectionEvents,
         unacked_pubrels: VecDeque<u16>,
         expiry_seconds: u32,
+        first_unacked_pkid: Option<u16>,
     ) {
         tracker.pause(PauseReason::Busy);
         let id = tracker.id.clone();
@@ -51,6 +52,7 @@ impl Graveyard {
             tracker,
             subscriptions,
             unacked_pubrels,
+            first_unacked_pkid,
         };
 
         self.connections.insert(
@@ -92,4 +94,7 @@ pub struct SessionState {
     pub subscriptions: HashSet<String>,
     // used for pubrel in qos2
     pub unacked_pubrels: VecDeque<u16>,
+    /// fleetpipe: packet id of the oldest unacknowledged message, which the
+    /// resumed session sends again first, with that id (MQTT 3.1.1 §4.4)
+    pub first_unacked_pkid: Option<u16>,
 }

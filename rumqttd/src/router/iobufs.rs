@@ -172,6 +172,18 @@ impl Outgoing {
         (buffer_count, inflight_count)
     }
 
+    /// fleetpipe: packet id of the oldest message in flight.
+    pub fn first_unacked_pkid(&self) -> Option<u16> {
+        self.inflight_buffer.front().map(|(pkid, ..)| *pkid)
+    }
+
+    /// fleetpipe: the next message in flight gets packet id `pkid` (a
+    /// resumed session sends its unacknowledged messages again, in order,
+    /// with the ids they had).
+    pub fn resume_pkids_at(&mut self, pkid: u16) {
+        self.last_pkid = pkid.saturating_sub(1);
+    }
+
     // Returns (unsolicited, outoforder) flags
     // Return: Out of order or unsolicited acks
     pub fn register_ack(&mut self, pkid: u16) -> Option<()> {

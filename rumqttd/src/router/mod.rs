@@ -203,6 +203,11 @@ pub struct DataRequest {
     max_count: usize,
     pub(crate) forward_retained: bool,
     pub(crate) group: Option<String>,
+    /// fleetpipe: in a resumed session, the cursor up to which messages
+    /// were already sent before the disconnect: those are sent again with
+    /// the DUP flag (MQTT 3.1.1 §3.3.1.1, MQTT 5 §3.3.1.1).
+    #[serde(default)]
+    pub(crate) redeliver_until: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -348,6 +348,9 @@ impl Router {
                     // for using in acklog
                     pending_acks.clone_from(&session_state.unacked_pubrels);
                     outgoing.unacked_pubrels = session_state.unacked_pubrels;
+                    if let Some(pkid) = session_state.first_unacked_pkid {
+                        outgoing.resume_pkids_at(pkid);
+                    }
                     session_state.tracker
                 },
             )
@@ -489,6 +492,7 @@ impl Router {
 
         let inflight_data_requests = self.datalog.clean(id);
         let retransmissions = outgoing.retransmission_map();
+        let first_unacked_pkid = outgoing.first_unacked_pkid();
 
         // Remove connections from all groups and
         // discard empty group ( group with no client )
@@ -528,6 +532,9 @@ impl Router {
 
             for request in tracker.data_requests.iter_mut() {
                 if let Some(cursor) = retransmissions.get(&request.filter_idx) {
+                    // fleetpipe: what was sent from `cursor` on goes out again
+                    // with DUP set.
+                    request.redeliver_until = Some(request.cursor);
                     request.cursor = *cursor;
                     // reset the group cursor
                     if let Some(group_name) = &request.group {
@@ -546,6 +553,7 @@ impl Router {
                 connection.events,
                 outgoing.unacked_pubrels,
                 connection.session_expiry,
+                first_unacked_pkid,
             );
         } else {
             tracker.pause(PauseReason::Busy);
@@ -1033,6 +1041,7 @@ impl Router {
                 // set true for new subscriptions
                 forward_retained,
                 group,
+                redeliver_until: None,
             };
 
             self.scheduler.track(id, request);
@@ -1630,6 +1639,10 @@ fn forward_device_data(
     }
 
     let subscription_id = connection.subscription_ids.get(&request.filter);
+    let redeliver_until = request.redeliver_until;
+    if redeliver_until.is_some_and(|until| request.cursor >= until) {
+        request.redeliver_until = None;
+    }
 
     // Fill and notify device data
     let forwards = publishes
@@ -1641,6 +1654,10 @@ fn forward_device_data(
             if publish.qos as u8 > qos {
                 publish.qos = protocol::qos(qos).unwrap();
             }
+            // fleetpipe: DUP is this server's to set, not the publisher's:
+            // only on a QoS 1/2 message sent before to this session.
+            publish.dup = publish.qos != QoS::AtMostOnce
+                && offset.zip(redeliver_until).is_some_and(|(o, until)| o < until);
 
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {

@@ -607,3 +607,62 @@ async fn qos_1_messages_redelivered_after_a_reconnect_carry_dup_and_their_packet
     }
     p.stop().await;
 }
+
+// ------------------------------------- Receive Maximum, Maximum Packet Size
+
+/// paho-mqtt, MQTT 5 (`sys.argv`: host port topic receive_maximum
+/// max_packet_size): a subscriber announcing Receive Maximum and Maximum
+/// Packet Size that acknowledges nothing by itself; a publisher sends 30
+/// QoS 1 messages of 10 bytes and one of 200 bytes first. Prints how many
+/// arrived unacknowledged, how many after one acknowledgement, and the
+/// payload sizes that arrived.
+const PAHO_FLOW_CONTROL: &str = r#"
+import json, sys, threading, time
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+host, port, topic, receive_max, max_packet = sys.argv[1:6]
+sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fc-sub", protocol=mqtt.MQTTv5, manual_ack=True)
+props = Properties(PacketTypes.CONNECT)
+props.ReceiveMaximum = int(receive_max)
+props.MaximumPacketSize = int(max_packet)
+received = []
+subscribed = threading.Event()
+sub.on_message = lambda client, userdata, msg: received.append(msg)
+sub.on_subscribe = lambda client, userdata, mid, codes, properties: subscribed.set()
+sub.connect(host, int(port), keepalive=30, properties=props)
+sub.loop_start()
+sub.subscribe(topic, qos=1)
+assert subscribed.wait(10)
+pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fc-pub", protocol=mqtt.MQTTv5)
+pub.connect(host, int(port), keepalive=30)
+pub.loop_start()
+infos = [pub.publish(topic, b"x" * 200, qos=1)]
+infos += [pub.publish(topic, b"%010d" % i, qos=1) for i in range(30)]
+for info in infos:
+    info.wait_for_publish(10)
+time.sleep(2)
+out = {"unacknowledged": len(received)}
+if received:
+    sub.ack(received[0].mid, received[0].qos)
+time.sleep(2)
+out["after_one_ack"] = len(received)
+out["sizes"] = sorted(set(len(m.payload) for m in received))
+pub.loop_stop()
+sub.loop_stop()
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_receive_maximum_and_maximum_packet_size_are_honoured() {
+    let mut p = TestPipeline::start(|_| {}).await;
+    let port = p.mqtt_v5.unwrap().port().to_string();
+    let out = result(&paho(PAHO_FLOW_CONTROL, &["127.0.0.1", &port, "fc/t", "10", "64"], CLIENT).await);
+    // At most 10 unacknowledged QoS 1 messages in flight; one more per ack.
+    assert_eq!(out["unacknowledged"], 10, "{out}");
+    assert_eq!(out["after_one_ack"], 11, "{out}");
+    // The 200-byte message is larger than the 64 bytes the client takes:
+    // it is not sent to it (MQTT 5 §3.1.2.11.4).
+    assert_eq!(out["sizes"], serde_json::json!([10]), "{out}");
+    p.stop().await;
+}

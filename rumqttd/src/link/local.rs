@@ -51,6 +51,10 @@ pub struct LinkBuilder<'a> {
     topic_alias_max: u16,
     // fleetpipe: None: from clean_session (see Connection::session_expiry)
     session_expiry: Option<u32>,
+    // fleetpipe: the client's Receive Maximum (MQTT 5)
+    receive_maximum: Option<u16>,
+    // fleetpipe: the client's Maximum Packet Size (MQTT 5)
+    max_packet_size: Option<u32>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -65,7 +69,22 @@ impl<'a> LinkBuilder<'a> {
             dynamic_filters: false,
             topic_alias_max: 0,
             session_expiry: None,
+            receive_maximum: None,
+            max_packet_size: None,
         }
+    }
+
+    /// fleetpipe: the client's Maximum Packet Size, bytes.
+    pub fn max_packet_size(mut self, max_packet_size: Option<u32>) -> Self {
+        self.max_packet_size = max_packet_size;
+        self
+    }
+
+    /// fleetpipe: the client's Receive Maximum: most QoS 1/2 messages it
+    /// takes unacknowledged.
+    pub fn receive_maximum(mut self, receive_maximum: Option<u16>) -> Self {
+        self.receive_maximum = receive_maximum;
+        self
     }
 
     /// fleetpipe: the MQTT 5 Session Expiry Interval, seconds (see
@@ -124,8 +143,12 @@ impl<'a> LinkBuilder<'a> {
         if let Some(seconds) = self.session_expiry {
             connection.session_expiry = seconds;
         }
+        connection.max_packet_size = self.max_packet_size;
         let incoming = Incoming::new(connection.client_id.to_owned());
-        let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
+        let (mut outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
+        if let Some(receive_maximum) = self.receive_maximum {
+            outgoing.set_receive_maximum(receive_maximum);
+        }
         let outgoing_data_buffer = outgoing.buffer();
         let incoming_data_buffer = incoming.buffer();
 

@@ -98,7 +98,10 @@ impl<P: Protocol> RemoteLink<P> {
         // Expiry Interval says (0 when absent), whatever Clean Start says
         // (MQTT 5 §3.1.2.4, §3.1.2.11.2); on MQTT 3.1.1 clean session decides.
         if network.is_v5() {
-            builder = builder.session_expiry(session_expiry);
+            builder = builder
+                .session_expiry(session_expiry)
+                .receive_maximum(props.as_ref().and_then(|p| p.receive_maximum))
+                .max_packet_size(props.as_ref().and_then(|p| p.max_packet_size));
         }
         let (link_tx, link_rx, notification) = builder
             .tenant_id(tenant_id)

@@ -25,6 +25,9 @@ pub struct Connection {
     /// Session Expiry Interval; MQTT 3.1.1: 0 with clean session, else
     /// never)
     pub session_expiry: u32,
+    /// fleetpipe: the client's Maximum Packet Size (MQTT 5), bytes: larger
+    /// messages are not sent to it
+    pub max_packet_size: Option<u32>,
     /// Subscriptions
     pub subscriptions: HashSet<Filter>,
     /// Last will of this connection
@@ -66,6 +69,7 @@ impl Connection {
             dynamic_filters,
             clean,
             session_expiry: if clean { 0 } else { u32::MAX },
+            max_packet_size: None,
             subscriptions: HashSet::default(),
             last_will: None,
             last_will_properties: None,

@@ -64,6 +64,9 @@ pub struct Outgoing {
     pub(crate) unacked_pubrels: VecDeque<u16>,
     /// Last packet id
     last_pkid: u16,
+    /// fleetpipe: most QoS 1/2 messages in flight: the client's Receive
+    /// Maximum (MQTT 5 §3.1.2.11.3), at most `MAX_INFLIGHT`
+    inflight_limit: usize,
     /// Metrics of outgoing messages of this connection
     pub(crate) meter: OutgoingMeter,
 }
@@ -87,6 +90,7 @@ impl Outgoing {
             unacked_pubrels,
             handle,
             last_pkid: 0,
+            inflight_limit: MAX_INFLIGHT,
             meter: Default::default(),
         };
 
@@ -99,7 +103,14 @@ impl Outgoing {
     }
 
     pub fn free_slots(&self) -> usize {
-        MAX_INFLIGHT - self.inflight_buffer.len()
+        self.inflight_limit
+            .saturating_sub(self.inflight_buffer.len())
+    }
+
+    /// fleetpipe: at most `receive_maximum` QoS 1/2 messages in flight
+    /// (and never more than `MAX_INFLIGHT`).
+    pub fn set_receive_maximum(&mut self, receive_maximum: u16) {
+        self.inflight_limit = usize::from(receive_maximum).clamp(1, MAX_INFLIGHT);
     }
 
     pub fn push_notification(&mut self, notification: Notification) -> usize {

@@ -1252,6 +1252,23 @@ impl Router {
     }
 }
 
+/// fleetpipe: the size of the MQTT 5 PUBLISH packet `forward` is sent as.
+fn publish_packet_size(forward: &Forward) -> usize {
+    let publish = &forward.publish;
+    let mut remaining = protocol::v5::publish::len(publish, &forward.properties);
+    // `len` counts the packet id once it is assigned, which comes later.
+    if publish.qos != QoS::AtMostOnce && publish.pkid == 0 {
+        remaining += 2;
+    }
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
 /// fleetpipe: the PUBREC reason code for a PUBACK one.
 fn pubrec_reason(reason: PubAckReason) -> PubRecReason {
     match reason {
@@ -1624,6 +1641,7 @@ fn forward_device_data(
         return ConsumeStatus::FilterCaughtup;
     }
 
+    let max_packet_size = connection.max_packet_size;
     let broker_topic_aliases = &mut connection.broker_topic_aliases;
     let mut topic_alias = broker_topic_aliases
         .as_ref()
@@ -1684,6 +1702,11 @@ fn forward_device_data(
                 publish,
                 properties,
             }
+        })
+        // fleetpipe: a message larger than the client's Maximum Packet Size
+        // is not sent to it, as if it had been (MQTT 5 §3.1.2.11.4).
+        .filter(|forward| {
+            max_packet_size.is_none_or(|max| publish_packet_size(forward) <= max as usize)
         });
 
     let (len, inflight) = outgoing.push_forwards(forwards, qos, filter_idx);

@@ -73,7 +73,11 @@ async fn keep_alive_0_is_accepted_and_a_silent_connection_closed_after_the_serve
         assert_eq!(out["connack"], 0, "MQTT {version}: {out}");
         assert_eq!(out["puback"], true, "MQTT {version}: {out}");
         // MQTT 5 tells the device the keep alive it must use instead.
-        let told = if version == "5" { Value::from(2) } else { Value::Null };
+        let told = if version == "5" {
+            Value::from(2)
+        } else {
+            Value::Null
+        };
         assert_eq!(out["server_keep_alive"], told, "MQTT {version}: {out}");
     }
     p.wait_telemetry(2, T).await;
@@ -95,9 +99,18 @@ async fn keep_alive_0_is_accepted_and_a_silent_connection_closed_after_the_serve
     c5.send_v5(connect).await;
     assert!(accepted_v5(&c5.next_v5(T).await));
     let started = std::time::Instant::now();
-    assert!(!c4.closed_within(Duration::from_secs(2)).await, "closed early (3.1.1)");
-    assert!(c4.closed_within(Duration::from_secs(5)).await, "never closed (3.1.1)");
-    assert!(c5.closed_within(Duration::from_secs(2)).await, "never closed (5)");
+    assert!(
+        !c4.closed_within(Duration::from_secs(2)).await,
+        "closed early (3.1.1)"
+    );
+    assert!(
+        c4.closed_within(Duration::from_secs(5)).await,
+        "never closed (3.1.1)"
+    );
+    assert!(
+        c5.closed_within(Duration::from_secs(2)).await,
+        "never closed (5)"
+    );
     assert!(started.elapsed() >= Duration::from_secs(2));
     p.stop().await;
     assert_eq!(
@@ -130,6 +143,16 @@ async fn token_pipeline() -> (TestPipeline, tempfile::TempDir) {
     (p, dir)
 }
 
+/// A CONNECT (client id, login, will) and the CONNACK codes it must get on
+/// MQTT 3.1.1 and 5.
+type ConnectCase<'a> = (
+    &'a str,
+    (&'a str, &'a str),
+    Will<'a>,
+    v4::ConnectReturnCode,
+    v5::ConnectReturnCode,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connect_gets_a_connack_with_the_reason() {
     let (mut p, _dir) = token_pipeline().await;
@@ -140,15 +163,33 @@ async fn a_refused_connect_gets_a_connack_with_the_reason() {
         let run = mosquitto(
             "mosquitto_pub",
             &[
-                "-h", "127.0.0.1", "-p", port, "-V", version, "-i", "van-1", "-u", "van-1",
-                "-P", "wrong", "-q", "1", "-t", "fleet/van-1/telemetry", "-m", "{}",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-V",
+                version,
+                "-i",
+                "van-1",
+                "-u",
+                "van-1",
+                "-P",
+                "wrong",
+                "-q",
+                "1",
+                "-t",
+                "fleet/van-1/telemetry",
+                "-m",
+                "{}",
             ],
             CLIENT,
         )
         .await;
         assert!(!run.success, "{version}: {run:?}");
         assert!(
-            run.stderr.to_lowercase().contains("bad user name or password"),
+            run.stderr
+                .to_lowercase()
+                .contains("bad user name or password"),
             "{version}: {run:?}"
         );
     }
@@ -156,7 +197,7 @@ async fn a_refused_connect_gets_a_connack_with_the_reason() {
     // The codes on the wire: bad credentials, someone else's client id, a
     // will the device may not publish.
     let forged = json_ping("van-2", 1);
-    let cases: [(&str, (&str, &str), Will<'_>, v4::ConnectReturnCode, v5::ConnectReturnCode); 3] = [
+    let cases: [ConnectCase<'_>; 3] = [
         (
             "van-1",
             ("van-1", "wrong"),
@@ -185,13 +226,19 @@ async fn a_refused_connect_gets_a_connack_with_the_reason() {
             Next::Packet(v4::Packet::ConnAck(ack)) => assert_eq!(ack.code, code4),
             other => panic!("{client_id} {login:?} (3.1.1): {other:?}"),
         }
-        assert!(c.closed_within(T).await, "{client_id} {login:?} (3.1.1) not closed");
+        assert!(
+            c.closed_within(T).await,
+            "{client_id} {login:?} (3.1.1) not closed"
+        );
         let mut c = RawMqtt::open(p.mqtt_v5.unwrap()).await;
         match c.connect_v5(client_id, Some(login), will).await {
             Next::Packet(v5::Packet::ConnAck(ack)) => assert_eq!(ack.code, code5),
             other => panic!("{client_id} {login:?} (5): {other:?}"),
         }
-        assert!(c.closed_within(T).await, "{client_id} {login:?} (5) not closed");
+        assert!(
+            c.closed_within(T).await,
+            "{client_id} {login:?} (5) not closed"
+        );
     }
     p.stop().await;
 }
@@ -306,21 +353,33 @@ fn aliased_v5(topic: &str, alias: u16, payload: String, pkid: u16) -> v5::Packet
 async fn topic_aliases_are_held_to_the_topic_rules() {
     let (mut p, _dir) = token_pipeline().await;
     let mut c = RawMqtt::open(p.mqtt_v5.unwrap()).await;
-    assert!(accepted_v5(&c.connect_v5("van-1", Some(("van-1", "tok-1")), None).await));
+    assert!(accepted_v5(
+        &c.connect_v5("van-1", Some(("van-1", "tok-1")), None).await
+    ));
     let reason = |next: Next<v5::Packet>| match next {
         Next::Packet(v5::Packet::PubAck(ack)) => ack.reason,
         other => panic!("no PUBACK: {other:?}"),
     };
     // Alias 1 for the device's own telemetry topic, then used alone.
-    c.send_v5(aliased_v5("fleet/van-1/telemetry", 1, json_ping("van-1", 1), 1))
-        .await;
+    c.send_v5(aliased_v5(
+        "fleet/van-1/telemetry",
+        1,
+        json_ping("van-1", 1),
+        1,
+    ))
+    .await;
     assert_eq!(reason(c.next_v5(T).await), v5::PubAckReason::Success);
     c.send_v5(aliased_v5("", 1, json_ping("van-1", 2), 2)).await;
     assert_eq!(reason(c.next_v5(T).await), v5::PubAckReason::Success);
     // An alias set on a refused publish is not set: using it is a protocol
     // error, and nothing reaches van-2's topic.
-    c.send_v5(aliased_v5("fleet/van-2/telemetry", 2, json_ping("van-2", 3), 3))
-        .await;
+    c.send_v5(aliased_v5(
+        "fleet/van-2/telemetry",
+        2,
+        json_ping("van-2", 3),
+        3,
+    ))
+    .await;
     assert_eq!(reason(c.next_v5(T).await), v5::PubAckReason::NotAuthorized);
     c.send_v5(aliased_v5("", 2, json_ping("van-2", 4), 4)).await;
     assert!(c.closed_within(T).await);
@@ -384,8 +443,23 @@ async fn a_message_goes_out_at_the_lower_of_its_publish_and_subscription_qos() {
             let id = format!("sub-{qos}-{version}");
             let q = qos.to_string();
             let args = strings(&[
-                "-h", "127.0.0.1", "-p", &port, "-V", version, "-i", &id, "-q", &q, "-t", &topic,
-                "-C", "2", "-W", "15", "-d",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-i",
+                &id,
+                "-q",
+                &q,
+                "-t",
+                &topic,
+                "-C",
+                "2",
+                "-W",
+                "15",
+                "-d",
             ]);
             subs.push((qos, spawn_sub(args)));
         }
@@ -394,7 +468,17 @@ async fn a_message_goes_out_at_the_lower_of_its_publish_and_subscription_qos() {
             let run = mosquitto(
                 "mosquitto_pub",
                 &[
-                    "-h", "127.0.0.1", "-p", &port, "-V", version, "-q", qos, "-t", &topic, "-m",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-V",
+                    version,
+                    "-q",
+                    qos,
+                    "-t",
+                    &topic,
+                    "-m",
                     message,
                 ],
                 CLIENT,
@@ -417,14 +501,38 @@ async fn a_message_goes_out_at_the_lower_of_its_publish_and_subscription_qos() {
     // them at QoS 1 (retried until acknowledged).
     let port = p.mqtt.unwrap().port().to_string();
     let sub = spawn_sub(strings(&[
-        "-h", "127.0.0.1", "-p", &port, "-i", "van-9", "-q", "1", "-t", "fleet/van-9/ack", "-C",
-        "1", "-W", "15", "-d",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-i",
+        "van-9",
+        "-q",
+        "1",
+        "-t",
+        "fleet/van-9/ack",
+        "-C",
+        "1",
+        "-W",
+        "15",
+        "-d",
     ]));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ping = json_ping("van-9", 7);
     let run = mosquitto(
         "mosquitto_pub",
-        &["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", "fleet/van-9/telemetry", "-m", &ping],
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-q",
+            "1",
+            "-t",
+            "fleet/van-9/telemetry",
+            "-m",
+            &ping,
+        ],
         CLIENT,
     )
     .await;
@@ -447,7 +555,20 @@ async fn sub_v5(port: &str, args: &[&str]) -> Run {
 async fn pub_v5(port: &str, topic: &str, message: &str) {
     let run = mosquitto(
         "mosquitto_pub",
-        &["-h", "127.0.0.1", "-p", port, "-V", "mqttv5", "-q", "1", "-t", topic, "-m", message],
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            message,
+        ],
         CLIENT,
     )
     .await;
@@ -462,43 +583,136 @@ async fn an_mqtt5_session_lives_exactly_as_long_as_its_session_expiry_interval()
     // Clean Start 1 with an expiry of 300 s (paho-mqtt's v5 default): the
     // session, its subscription and what arrives meanwhile outlive the
     // connection (the repro).
-    sub_v5(&port, &["-i", "s1-dev", "-x", "300", "-t", "fleet/s1/ack", "-W", "2"]).await;
+    sub_v5(
+        &port,
+        &["-i", "s1-dev", "-x", "300", "-t", "fleet/s1/ack", "-W", "2"],
+    )
+    .await;
     pub_v5(&port, "fleet/s1/ack", "kept").await;
     let run = sub_v5(
         &port,
-        &["-i", "s1-dev", "-c", "-x", "300", "-t", "fleet/s1/ack", "-C", "1", "-W", "5"],
+        &[
+            "-i",
+            "s1-dev",
+            "-c",
+            "-x",
+            "300",
+            "-t",
+            "fleet/s1/ack",
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ],
     )
     .await;
     assert_eq!(run.stdout.trim(), "kept", "{run:?}");
 
     // Expiry 2 s: gone 4 s after the disconnect.
-    sub_v5(&port, &["-i", "s2-dev", "-c", "-x", "2", "-t", "fleet/s2/ack", "-W", "2"]).await;
+    sub_v5(
+        &port,
+        &[
+            "-i",
+            "s2-dev",
+            "-c",
+            "-x",
+            "2",
+            "-t",
+            "fleet/s2/ack",
+            "-W",
+            "2",
+        ],
+    )
+    .await;
     pub_v5(&port, "fleet/s2/ack", "expired").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let run = sub_v5(
         &port,
-        &["-i", "s2-dev", "-c", "-x", "300", "-t", "fleet/s2/ack", "-C", "1", "-W", "2"],
+        &[
+            "-i",
+            "s2-dev",
+            "-c",
+            "-x",
+            "300",
+            "-t",
+            "fleet/s2/ack",
+            "-C",
+            "1",
+            "-W",
+            "2",
+        ],
     )
     .await;
     assert_eq!(run.stdout.trim(), "", "{run:?}");
 
     // Expiry 0 with Clean Start 0: the session ends with the connection.
     // (mosquitto_sub's -c alone asks for a session that never expires.)
-    sub_v5(&port, &["-i", "s3-dev", "-c", "-x", "0", "-t", "fleet/s3/ack", "-W", "2"]).await;
+    sub_v5(
+        &port,
+        &[
+            "-i",
+            "s3-dev",
+            "-c",
+            "-x",
+            "0",
+            "-t",
+            "fleet/s3/ack",
+            "-W",
+            "2",
+        ],
+    )
+    .await;
     pub_v5(&port, "fleet/s3/ack", "ended").await;
     let run = sub_v5(
         &port,
-        &["-i", "s3-dev", "-c", "-x", "300", "-t", "fleet/s3/ack", "-C", "1", "-W", "2"],
+        &[
+            "-i",
+            "s3-dev",
+            "-c",
+            "-x",
+            "300",
+            "-t",
+            "fleet/s3/ack",
+            "-C",
+            "1",
+            "-W",
+            "2",
+        ],
     )
     .await;
     assert_eq!(run.stdout.trim(), "", "{run:?}");
 
     // Within its expiry a session resumed with Clean Start 1 is discarded.
-    sub_v5(&port, &["-i", "s4-dev", "-c", "-x", "300", "-t", "fleet/s4/ack", "-W", "2"]).await;
+    sub_v5(
+        &port,
+        &[
+            "-i",
+            "s4-dev",
+            "-c",
+            "-x",
+            "300",
+            "-t",
+            "fleet/s4/ack",
+            "-W",
+            "2",
+        ],
+    )
+    .await;
     pub_v5(&port, "fleet/s4/ack", "discarded").await;
     let run = sub_v5(
         &port,
-        &["-i", "s4-dev", "-x", "300", "-t", "fleet/s4/other", "-C", "1", "-W", "2"],
+        &[
+            "-i",
+            "s4-dev",
+            "-x",
+            "300",
+            "-t",
+            "fleet/s4/other",
+            "-C",
+            "1",
+            "-W",
+            "2",
+        ],
     )
     .await;
     assert_eq!(run.stdout.trim(), "", "{run:?}");
@@ -508,7 +722,19 @@ async fn an_mqtt5_session_lives_exactly_as_long_as_its_session_expiry_interval()
     let sub4 = |extra: &'static [&'static str]| {
         let port4 = port4.clone();
         async move {
-            let mut all = vec!["-h", "127.0.0.1", "-p", &port4, "-q", "1", "-i", "s5-dev", "-c", "-t", "fleet/s5/ack"];
+            let mut all = vec![
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port4,
+                "-q",
+                "1",
+                "-i",
+                "s5-dev",
+                "-c",
+                "-t",
+                "fleet/s5/ack",
+            ];
             all.extend_from_slice(extra);
             mosquitto("mosquitto_sub", &all, CLIENT).await
         }
@@ -516,7 +742,18 @@ async fn an_mqtt5_session_lives_exactly_as_long_as_its_session_expiry_interval()
     sub4(&["-W", "2"]).await;
     let run = mosquitto(
         "mosquitto_pub",
-        &["-h", "127.0.0.1", "-p", &port4, "-q", "1", "-t", "fleet/s5/ack", "-m", "v3"],
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port4,
+            "-q",
+            "1",
+            "-t",
+            "fleet/s5/ack",
+            "-m",
+            "v3",
+        ],
         CLIENT,
     )
     .await;
@@ -552,13 +789,17 @@ async fn publishes(c: &mut RawMqtt, v5: bool, n: usize) -> Vec<(bool, u16, Vec<u
     while seen.len() < n {
         if v5 {
             match c.next_v5(T).await {
-                Next::Packet(v5::Packet::Publish(p)) => seen.push((p.dup, p.pkid, p.payload.to_vec())),
+                Next::Packet(v5::Packet::Publish(p)) => {
+                    seen.push((p.dup, p.pkid, p.payload.to_vec()))
+                }
                 Next::Packet(_) => {}
                 other => panic!("after {seen:?}: {other:?}"),
             }
         } else {
             match c.next_v4(T).await {
-                Next::Packet(v4::Packet::Publish(p)) => seen.push((p.dup, p.pkid, p.payload.to_vec())),
+                Next::Packet(v4::Packet::Publish(p)) => {
+                    seen.push((p.dup, p.pkid, p.payload.to_vec()))
+                }
                 Next::Packet(_) => {}
                 other => panic!("after {seen:?}: {other:?}"),
             }
@@ -588,7 +829,20 @@ async fn qos_1_messages_redelivered_after_a_reconnect_carry_dup_and_their_packet
         for m in ["m1", "m2", "m3"] {
             let run = mosquitto(
                 "mosquitto_pub",
-                &["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "1", "-t", &topic, "-m", m],
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-V",
+                    version,
+                    "-q",
+                    "1",
+                    "-t",
+                    &topic,
+                    "-m",
+                    m,
+                ],
                 CLIENT,
             )
             .await;
@@ -602,7 +856,10 @@ async fn qos_1_messages_redelivered_after_a_reconnect_carry_dup_and_their_packet
         let mut again = RawMqtt::open(addr).await;
         assert!(resume(&mut again, v5, &id).await);
         let redelivered = publishes(&mut again, v5, 3).await;
-        let expected: Vec<_> = first.iter().map(|(_, pkid, m)| (true, *pkid, m.clone())).collect();
+        let expected: Vec<_> = first
+            .iter()
+            .map(|(_, pkid, m)| (true, *pkid, m.clone()))
+            .collect();
         assert_eq!(redelivered, expected, "v5 = {v5}");
     }
     p.stop().await;
@@ -657,7 +914,14 @@ print(json.dumps(out))
 async fn the_clients_receive_maximum_and_maximum_packet_size_are_honoured() {
     let mut p = TestPipeline::start(|_| {}).await;
     let port = p.mqtt_v5.unwrap().port().to_string();
-    let out = result(&paho(PAHO_FLOW_CONTROL, &["127.0.0.1", &port, "fc/t", "10", "64"], CLIENT).await);
+    let out = result(
+        &paho(
+            PAHO_FLOW_CONTROL,
+            &["127.0.0.1", &port, "fc/t", "10", "64"],
+            CLIENT,
+        )
+        .await,
+    );
     // At most 10 unacknowledged QoS 1 messages in flight; one more per ack.
     assert_eq!(out["unacknowledged"], 10, "{out}");
     assert_eq!(out["after_one_ack"], 11, "{out}");

@@ -292,16 +292,26 @@ async fn a_device_subscribes_only_to_its_own_ack_topic_and_publishes_only_to_its
     // (`fleet/#`, `fleet/van-1/telemetry`, ...) or its ack (`fleet/+/ack`,
     // ...): it gets the PUBACK and nothing else.
     publish_acked_v4(&mut c, "van-1", 1).await;
-    assert!(matches!(c.next_v4(Duration::from_secs(1)).await, Next::Quiet));
-    c5.send_v5(publish_v5("fleet/van-1/telemetry", json_ping("van-1", 2), 1))
-        .await;
+    assert!(matches!(
+        c.next_v4(Duration::from_secs(1)).await,
+        Next::Quiet
+    ));
+    c5.send_v5(publish_v5(
+        "fleet/van-1/telemetry",
+        json_ping("van-1", 2),
+        1,
+    ))
+    .await;
     match c5.next_v5(T).await {
         Next::Packet(v5::Packet::PubAck(ack)) => {
             assert_eq!(ack.reason, v5::PubAckReason::Success);
         }
         other => panic!("no PUBACK (5): {other:?}"),
     }
-    assert!(matches!(c5.next_v5(Duration::from_secs(1)).await, Next::Quiet));
+    assert!(matches!(
+        c5.next_v5(Duration::from_secs(1)).await,
+        Next::Quiet
+    ));
     drop((c, c5));
     let mut c = device_v4(&p, "van-1", Some(("van-1", "tok-1"))).await;
     c.send_v4(subscribe_v4("fleet/van-1/ack", 1)).await;

@@ -69,7 +69,12 @@ pub async fn run(program: &Path, args: &[&str], timeout: Duration) -> Run {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
     let output = tokio::time::timeout(timeout, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("{} {args:?} still running after {timeout:?}", program.display()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} {args:?} still running after {timeout:?}",
+                program.display()
+            )
+        })
         .expect("client output");
     Run {
         success: output.status.success(),

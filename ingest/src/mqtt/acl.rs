@@ -158,9 +158,7 @@ pub fn answer(refusal: &Refusal, v5: bool) -> Option<Answer> {
         // 0x02 Identifier rejected / 0x85 Client Identifier not valid.
         Refusal::ClientId { .. } => connack(ConnectReturnCode::ClientIdentifierNotValid),
         // 0x05 / 0x87 Not authorized.
-        Refusal::Certificate(_) | Refusal::Will { .. } => {
-            connack(ConnectReturnCode::NotAuthorized)
-        }
+        Refusal::Certificate(_) | Refusal::Will { .. } => connack(ConnectReturnCode::NotAuthorized),
         _ if !v5 => None,
         Refusal::SecondConnect | Refusal::NotConnected => {
             Some(Answer::Disconnect(DisconnectReasonCode::ProtocolError))
@@ -171,7 +169,9 @@ pub fn answer(refusal: &Refusal, v5: bool) -> Option<Answer> {
         }
         // "The maximum connection time authorized for this connection has
         // been exceeded": the session lasts as long as its token.
-        Refusal::Expired { .. } => Some(Answer::Disconnect(DisconnectReasonCode::MaximumConnectTime)),
+        Refusal::Expired { .. } => {
+            Some(Answer::Disconnect(DisconnectReasonCode::MaximumConnectTime))
+        }
     }
 }
 
@@ -539,8 +539,9 @@ impl<P: Protocol> Protocol for DeviceProtocol<P> {
             && self.server_keep_alive
             && ack.code == ConnectReturnCode::Success
         {
-            properties.get_or_insert_with(Default::default).server_keep_alive =
-                Some(self.shared.server_keep_alive);
+            properties
+                .get_or_insert_with(Default::default)
+                .server_keep_alive = Some(self.shared.server_keep_alive);
         }
         self.inner.write(packet, write)
     }
@@ -611,8 +612,14 @@ mod tests {
                 None,
             ))
         };
-        assert_eq!(disconnect(&publish), reason(DisconnectReasonCode::NotAuthorized));
-        assert_eq!(disconnect(&expired), reason(DisconnectReasonCode::MaximumConnectTime));
+        assert_eq!(
+            disconnect(&publish),
+            reason(DisconnectReasonCode::NotAuthorized)
+        );
+        assert_eq!(
+            disconnect(&expired),
+            reason(DisconnectReasonCode::MaximumConnectTime)
+        );
         assert_eq!(
             disconnect(&Refusal::SecondConnect),
             reason(DisconnectReasonCode::ProtocolError)

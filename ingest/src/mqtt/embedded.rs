@@ -359,8 +359,7 @@ impl EmbeddedBroker {
             prefix: config.topic_prefix.clone(),
             closing: false.into(),
             // Checked by the config's validation; the largest otherwise.
-            server_keep_alive: server_keep_alive_secs(config.server_keep_alive)
-                .unwrap_or(u16::MAX),
+            server_keep_alive: server_keep_alive_secs(config.server_keep_alive).unwrap_or(u16::MAX),
             refused: refused_tx,
         });
 

@@ -207,9 +207,7 @@ pub fn server_keep_alive_secs(keep_alive: Duration) -> Option<u16> {
     if keep_alive.subsec_nanos() != 0 {
         return None;
     }
-    u16::try_from(keep_alive.as_secs())
-        .ok()
-        .filter(|s| *s > 0)
+    u16::try_from(keep_alive.as_secs()).ok().filter(|s| *s > 0)
 }
 
 /// Largest MQTT packet fleetpipe's MQTT stacks read: well above the

@@ -799,9 +799,7 @@ impl Answer {
                 },
                 None,
             ),
-            Answer::Disconnect(reason_code) => {
-                Packet::Disconnect(Disconnect { reason_code }, None)
-            }
+            Answer::Disconnect(reason_code) => Packet::Disconnect(Disconnect { reason_code }, None),
         }
     }
 }

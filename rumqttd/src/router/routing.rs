@@ -206,7 +206,9 @@ impl Router {
             match self.router_rx.recv_timeout(EXPIRY_SWEEP) {
                 Ok((id, data)) => self.events(id, data),
                 Err(flume::RecvTimeoutError::Timeout) => {}
-                Err(flume::RecvTimeoutError::Disconnected) => return Err(RouterError::Disconnected),
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    return Err(RouterError::Disconnected)
+                }
             }
         }
         let now = std::time::Instant::now();
@@ -1675,7 +1677,9 @@ fn forward_device_data(
             // fleetpipe: DUP is this server's to set, not the publisher's:
             // only on a QoS 1/2 message sent before to this session.
             publish.dup = publish.qos != QoS::AtMostOnce
-                && offset.zip(redeliver_until).is_some_and(|(o, until)| o < until);
+                && offset
+                    .zip(redeliver_until)
+                    .is_some_and(|(o, until)| o < until);
 
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {

@@ -5,7 +5,9 @@
 # geofencing peer of the benchmarks) and Mosquitto (127.0.0.1:1883) when
 # they are not running, installing them with apt-get when they are missing
 # (Debian/Ubuntu, as root), and kcat (a real Kafka client used against the
-# embedded mock cluster). Then checks formatting and
+# embedded mock cluster), and the stock MQTT clients the conformance tests
+# run (mosquitto-clients; paho-mqtt from PyPI in a virtualenv under
+# target/). Then checks formatting and
 # lints and runs `cargo test --workspace --no-fail-fast`, then validates
 # deploy/ (scripts/check-deploy.sh). Tests never skip: a missing service
 # makes them fail.
@@ -19,6 +21,7 @@ ensure_build_deps
 ensure_postgres
 ensure_postgis
 ensure_mosquitto
+ensure_mqtt_clients
 ensure_kcat
 
 log "cargo fmt --check"

@@ -13,7 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use fleetpipe_enrich::EnrichConfig;
 use fleetpipe_geofence::GeofenceConfig;
 use fleetpipe_ingest::http::HttpConfig;
-use fleetpipe_ingest::mqtt::{MIN_SEGMENT_BYTES, MqttConfig, MqttMode};
+use fleetpipe_ingest::mqtt::{MIN_SEGMENT_BYTES, MqttConfig, MqttMode, server_keep_alive_secs};
 use fleetpipe_ingest::tls::{ServerTls, TlsGateway};
 use fleetpipe_ingest::{AuthConfig, RateLimitConfig, ValidationConfig};
 use fleetpipe_sink::{FileSinkConfig, KafkaConfig, TimescaleConfig};
@@ -221,6 +221,12 @@ impl Config {
                         "ingest.mqtt.{key}_bytes must be at least {MIN_SEGMENT_BYTES} (rumqttd's smallest segment) and ingest.mqtt.{key}_count at least 1"
                     )));
                 }
+            }
+            // MQTT carries a keep alive as a 16-bit number of seconds.
+            if server_keep_alive_secs(mqtt.server_keep_alive).is_none() {
+                return invalid(
+                    "ingest.mqtt.server_keep_alive must be 1s to 65535s, in whole seconds",
+                );
             }
         }
         if mqtt.mode == MqttMode::Embedded
@@ -527,6 +533,26 @@ mod tests {
         // Only the embedded broker has this log.
         let external = format!("{MINIMAL}[ingest.mqtt]\nmode = \"external\"\nsegment_bytes = 1\n");
         assert!(load(&external, &[]).is_ok());
+    }
+
+    #[test]
+    fn server_keep_alive_is_whole_seconds_that_mqtt_can_carry() {
+        for bad in ["0s", "1500ms", "65536s"] {
+            let e = load(
+                &format!("{MINIMAL}[ingest.mqtt]\nserver_keep_alive = \"{bad}\"\n"),
+                &[],
+            )
+            .unwrap_err();
+            assert!(e.contains("ingest.mqtt.server_keep_alive"), "{bad}: {e}");
+        }
+        for good in ["1s", "10m", "65535s"] {
+            let c = load(
+                &format!("{MINIMAL}[ingest.mqtt]\nserver_keep_alive = \"{good}\"\n"),
+                &[],
+            )
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert!(server_keep_alive_secs(c.ingest.mqtt.server_keep_alive).is_some());
+        }
     }
 
     /// A JWKS with one P-256 public key made now.

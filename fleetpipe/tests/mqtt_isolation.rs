@@ -16,6 +16,7 @@ use common::*;
 use fleetpipe_ingest::auth::AuthMode;
 use fleetpipe_ingest::mqtt::INTERNAL_CLIENT_ID;
 use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
 
 const T: Duration = Duration::from_secs(10);
 /// How long a refused connection has to be closed by.
@@ -252,7 +253,7 @@ async fn a_will_is_held_to_the_rules_of_a_publish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_subscribes_only_to_its_own_ack_topic_and_publishes_only_to_its_own_telemetry() {
     let (mut p, _dir) = token_pipeline().await;
-    for filter in [
+    let refused = [
         "fleet/#",
         "#",
         "+/van-2/ack",
@@ -262,14 +263,56 @@ async fn a_device_subscribes_only_to_its_own_ack_topic_and_publishes_only_to_its
         "$SYS/#",
         "fleet/van-1/telemetry",
         "fleet/van-1/#",
-    ] {
-        let mut c = device_v4(&p, "van-1", Some(("van-1", "tok-1"))).await;
-        c.send_v4(subscribe_v4(filter, 1)).await;
-        assert!(c.closed_within(CLOSE).await, "subscribe {filter} (3.1.1)");
-        let mut c5 = device_v5(&p, "van-1", Some(("van-1", "tok-1"))).await;
-        c5.send_v5(subscribe_v5(filter, 1)).await;
-        assert!(c5.closed_within(CLOSE).await, "subscribe {filter} (5)");
+    ];
+    // Each refused filter gets its SUBACK failure code (3.1.1: 0x80, 5:
+    // 0x87 Not authorized) and no subscription; the connection stays up.
+    let mut c = device_v4(&p, "van-1@a", Some(("van-1", "tok-1"))).await;
+    let mut c5 = device_v5(&p, "van-1@b", Some(("van-1", "tok-1"))).await;
+    for (pkid, filter) in (1..).zip(refused) {
+        c.send_v4(subscribe_v4(filter, pkid)).await;
+        match c.next_v4(T).await {
+            Next::Packet(v4::Packet::SubAck(ack)) => assert_eq!(
+                ack.return_codes,
+                [v4::SubscribeReasonCode::Failure],
+                "subscribe {filter} (3.1.1)"
+            ),
+            other => panic!("subscribe {filter} (3.1.1): {other:?}"),
+        }
+        c5.send_v5(subscribe_v5(filter, pkid)).await;
+        match c5.next_v5(T).await {
+            Next::Packet(v5::Packet::SubAck(ack)) => assert_eq!(
+                ack.return_codes,
+                [v5::SubscribeReasonCode::NotAuthorized],
+                "subscribe {filter} (5)"
+            ),
+            other => panic!("subscribe {filter} (5): {other:?}"),
+        }
     }
+    // Had any of them been granted, the device would get its own ping back
+    // (`fleet/#`, `fleet/van-1/telemetry`, ...) or its ack (`fleet/+/ack`,
+    // ...): it gets the PUBACK and nothing else.
+    publish_acked_v4(&mut c, "van-1", 1).await;
+    assert!(matches!(
+        c.next_v4(Duration::from_secs(1)).await,
+        Next::Quiet
+    ));
+    c5.send_v5(publish_v5(
+        "fleet/van-1/telemetry",
+        json_ping("van-1", 2),
+        1,
+    ))
+    .await;
+    match c5.next_v5(T).await {
+        Next::Packet(v5::Packet::PubAck(ack)) => {
+            assert_eq!(ack.reason, v5::PubAckReason::Success);
+        }
+        other => panic!("no PUBACK (5): {other:?}"),
+    }
+    assert!(matches!(
+        c5.next_v5(Duration::from_secs(1)).await,
+        Next::Quiet
+    ));
+    drop((c, c5));
     let mut c = device_v4(&p, "van-1", Some(("van-1", "tok-1"))).await;
     c.send_v4(subscribe_v4("fleet/van-1/ack", 1)).await;
     assert!(matches!(
@@ -289,16 +332,24 @@ async fn a_device_subscribes_only_to_its_own_ack_topic_and_publishes_only_to_its
             Next::Closed => {}
             other => panic!("publish to {topic}: {other:?}"),
         }
+        // MQTT 5 has a reason code for it: PUBACK 0x87 Not authorized,
+        // the publish not routed (it used to close the connection).
         let mut c5 = device_v5(&p, "van-1", Some(("van-1", "tok-1"))).await;
         c5.send_v5(publish_v5(topic, json_ping("van-1", 9), 1))
             .await;
-        assert!(
-            matches!(c5.next_v5(CLOSE).await, Next::Closed),
-            "{topic} (5)"
-        );
+        match c5.next_v5(CLOSE).await {
+            Next::Packet(v5::Packet::PubAck(ack)) => {
+                assert_eq!(ack.reason, v5::PubAckReason::NotAuthorized, "{topic} (5)");
+            }
+            other => panic!("publish to {topic} (5): {other:?}"),
+        }
     }
     p.stop().await;
-    assert!(p.telemetry().is_empty(), "{:?}", p.telemetry());
+    // Only the device's own pings, none of the refused ones.
+    assert_eq!(
+        keys(&p.telemetry()),
+        vec![("van-1".to_string(), 1), ("van-1".to_string(), 2)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,4 +400,23 @@ async fn an_mqtt_session_ends_when_its_jwt_expires() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     p.stop().await;
     assert_eq!(keys(&p.telemetry()), vec![("van-1".to_string(), 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_right_after_the_old_connection_closed_takes_over_its_client_id() {
+    // The old connection's close and the new connection's takeover of the
+    // same client id race in the router; the new one must always win.
+    let (mut p, _dir) = token_pipeline().await;
+    for round in 0..40 {
+        let old = if round % 2 == 0 {
+            device_v4(&p, "van-1", Some(("van-1", "tok-1"))).await
+        } else {
+            device_v5(&p, "van-1", Some(("van-1", "tok-1"))).await
+        };
+        drop(old);
+        let mut new = device_v4(&p, "van-1", Some(("van-1", "tok-1"))).await;
+        publish_acked_v4(&mut new, "van-1", round).await;
+    }
+    p.wait_telemetry(40, T).await;
+    p.stop().await;
 }

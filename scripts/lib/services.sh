@@ -80,6 +80,26 @@ ensure_postgis() {
     log "PostGIS $(psql -h 127.0.0.1 -U postgres -d test -tAc 'select postgis_lib_version()') in database test"
 }
 
+# Stock MQTT clients the conformance tests (fleetpipe/tests/mqtt_conformance.rs)
+# drive the embedded broker with: Debian's mosquitto-clients, and paho-mqtt
+# from PyPI in a virtualenv where fleetpipe/tests/common/stock_clients.rs
+# looks for it (the target directory's tmp/).
+PAHO_MQTT_VERSION=2.2.0
+ensure_mqtt_clients() {
+    if ! command -v mosquitto_sub >/dev/null || ! command -v mosquitto_pub >/dev/null; then
+        log "installing mosquitto-clients"
+        apt_install mosquitto-clients
+    fi
+    local venv="${CARGO_TARGET_DIR:-target}/tmp/paho-mqtt-$PAHO_MQTT_VERSION"
+    if ! "$venv/bin/python" -c 'import paho.mqtt' 2>/dev/null; then
+        log "installing paho-mqtt $PAHO_MQTT_VERSION (PyPI)"
+        command -v python3 >/dev/null || apt_install python3
+        mkdir -p "$(dirname "$venv")"
+        python3 -m venv "$venv" || { apt_install python3-venv && python3 -m venv "$venv"; }
+        "$venv/bin/pip" install -q "paho-mqtt==$PAHO_MQTT_VERSION"
+    fi
+}
+
 ensure_kcat() {
     if ! command -v kcat >/dev/null; then
         log "installing kcat"

@@ -27,6 +27,7 @@ pub struct TestPipeline {
 }
 
 pub mod raw_mqtt;
+pub mod stock_clients;
 pub mod tls;
 
 /// A config with every listener on 127.0.0.1:0 and the file sink in `dir`.

@@ -21,18 +21,29 @@
 //!   acknowledged that fleetpipe will not read.
 //!
 //! The rules are decided by [`ConnectionRules`], pure and without I/O;
-//! [`DeviceProtocol`] applies them to rumqttd's packets. MQTT 3.1.1 has no
-//! way to refuse one PUBLISH, so a refusal closes the connection; a refused
-//! publish is not acknowledged and is dead-lettered with reason
-//! `unauthorized`.
+//! [`DeviceProtocol`] applies them to rumqttd's packets, and [`answer`]
+//! says how the device learns of a refusal (wire contract §9), so that it
+//! can tell one from a network fault: a refused CONNECT gets a CONNACK with
+//! a reason code, a refused SUBSCRIBE filter its SUBACK code (the
+//! connection stays), a refused MQTT 5 QoS 1/2 PUBLISH a PUBACK/PUBREC 0x87
+//! (the connection stays; the vendored rumqttd answers these in order with
+//! its other acknowledgements), anything else on MQTT 5 a DISCONNECT with a
+//! reason code before the close. MQTT 3.1.1 has no way to refuse one
+//! PUBLISH, nor a server DISCONNECT, so there the connection is just
+//! closed. A refused publish is never routed and is dead-lettered with
+//! reason `unauthorized`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use fleetpipe_model::VehicleId;
-use rumqttd::protocol::{Error, Packet, Protocol};
+use rumqttd::protocol::{
+    Answer, ConnectReturnCode, DisconnectReasonCode, Error, Packet, Protocol, PubAckReason, QoS,
+    SubscribeReasonCode,
+};
 use tokio::sync::mpsc;
 
 use super::{ack_topic, parse_topic};
@@ -44,6 +55,10 @@ use crate::auth::{AuthError, Authenticated, Authenticator, Identity};
 /// router drop the link. (rumqttd's router itself refuses ids with any of
 /// `+$#/`, so those cannot mark it.)
 pub const INTERNAL_CLIENT_ID: &str = "!fleetpipe-ingest";
+
+/// The largest topic alias rumqttd accepts from a device (it closes the
+/// connection for a larger one), so the aliases a connection can set.
+const MAX_TOPIC_ALIAS: u16 = 4096;
 
 /// Client ids starting with this are fleetpipe's own.
 pub const RESERVED_CLIENT_ID_START: char = '!';
@@ -68,6 +83,9 @@ pub(crate) struct AclShared {
     pub prefix: String,
     /// Set at shutdown: every further packet closes its connection.
     pub closing: AtomicBool,
+    /// Keep alive (seconds) for a device that turned keep alive off
+    /// (`ingest.mqtt.server_keep_alive`).
+    pub server_keep_alive: u16,
     pub refused: mpsc::Sender<RefusedPublish>,
 }
 
@@ -124,6 +142,54 @@ pub enum Refusal {
         /// The authenticated vehicle.
         vehicle: String,
     },
+}
+
+/// What a connection speaking MQTT 5 (`v5`) or 3.1.1 sends, before it
+/// closes, for a refusal that closes it: a CONNACK with a reason code for a
+/// refused CONNECT; on MQTT 5 a DISCONNECT with a reason code for the
+/// others; `None` (a bare close) on MQTT 3.1.1, which has no server
+/// DISCONNECT. Refusals that leave the connection up (a SUBSCRIBE filter,
+/// an MQTT 5 QoS 1/2 PUBLISH) are answered in their acknowledgement.
+pub fn answer(refusal: &Refusal, v5: bool) -> Option<Answer> {
+    let connack = |code| Some(Answer::ConnAck(code));
+    match refusal {
+        // MQTT 3.1.1 0x04 / MQTT 5 0x86.
+        Refusal::Auth(_) => connack(ConnectReturnCode::BadUserNamePassword),
+        // 0x02 Identifier rejected / 0x85 Client Identifier not valid.
+        Refusal::ClientId { .. } => connack(ConnectReturnCode::ClientIdentifierNotValid),
+        // 0x05 / 0x87 Not authorized.
+        Refusal::Certificate(_) | Refusal::Will { .. } => connack(ConnectReturnCode::NotAuthorized),
+        _ if !v5 => None,
+        Refusal::SecondConnect | Refusal::NotConnected => {
+            Some(Answer::Disconnect(DisconnectReasonCode::ProtocolError))
+        }
+        // A QoS 0 publish, which has no acknowledgement to carry a reason.
+        Refusal::Publish { .. } | Refusal::Subscribe { .. } => {
+            Some(Answer::Disconnect(DisconnectReasonCode::NotAuthorized))
+        }
+        // "The maximum connection time authorized for this connection has
+        // been exceeded": the session lasts as long as its token.
+        Refusal::Expired { .. } => {
+            Some(Answer::Disconnect(DisconnectReasonCode::MaximumConnectTime))
+        }
+    }
+}
+
+/// What a connection sends before it closes because fleetpipe is shutting
+/// down: a CONNECT gets CONNACK Server unavailable (3.1.1 0x03, 5 0x88);
+/// on MQTT 5 a connected session gets DISCONNECT 0x8B Server shutting down.
+pub fn shutdown_answer(connect: bool, v5: bool) -> Option<Answer> {
+    match (connect, v5) {
+        (true, false) => Some(Answer::ConnAck(ConnectReturnCode::ServiceUnavailable)),
+        (true, true) => Some(Answer::ConnAck(ConnectReturnCode::ServerUnavailable)),
+        (false, true) => Some(Answer::Disconnect(DisconnectReasonCode::ServerShuttingDown)),
+        (false, false) => None,
+    }
+}
+
+/// The error that makes rumqttd close a connection, after sending `answer`.
+fn closing(answer: Option<Answer>) -> Error {
+    answer.map_or(Error::InvalidProtocol, Error::Refused)
 }
 
 /// The access rules of one device connection, from CONNECT on. Pure: the
@@ -224,6 +290,11 @@ impl ConnectionRules {
         }
     }
 
+    /// Checks one SUBSCRIBE filter: only the device's own ack topic.
+    pub fn subscribe_filter(&self, prefix: &str, filter: &str) -> Result<(), Refusal> {
+        self.subscribe(prefix, std::iter::once(filter))
+    }
+
     /// Checks a SUBSCRIBE's filters: only the device's own ack topic.
     pub fn subscribe<'a>(
         &self,
@@ -284,9 +355,16 @@ pub(crate) struct DeviceProtocol<P> {
     /// On a mutual TLS connection, the vehicle its verified client
     /// certificate names (or why it names none): the credential at CONNECT.
     certificate: Option<Result<VehicleId, String>>,
+    /// MQTT 5 topic aliases the device set on publishes the rules allowed:
+    /// a later publish with an empty topic and one of these aliases goes to
+    /// its topic (MQTT 5 §3.3.2.3.4), which is the topic to check.
+    topic_aliases: HashMap<u16, String>,
+    /// The CONNECT turned keep alive off and got the server's instead,
+    /// which an MQTT 5 CONNACK tells the device (Server Keep Alive).
+    server_keep_alive: bool,
 }
 
-impl<P> DeviceProtocol<P> {
+impl<P: Protocol> DeviceProtocol<P> {
     pub fn new(inner: P, shared: Arc<AclShared>) -> Self {
         Self {
             inner,
@@ -294,6 +372,8 @@ impl<P> DeviceProtocol<P> {
             client_id: String::new(),
             rules: ConnectionRules::default(),
             certificate: None,
+            topic_aliases: HashMap::new(),
+            server_keep_alive: false,
         }
     }
 
@@ -303,12 +383,19 @@ impl<P> DeviceProtocol<P> {
         self
     }
 
-    /// Logs and counts a refusal; returns the error that makes rumqttd
-    /// close the connection (it has no variant for authorization).
+    /// Logs and counts a refusal that closes the connection; returns the
+    /// error that makes rumqttd close it after sending [`answer`].
     fn refuse(&self, kind: &'static str, refusal: &Refusal) -> Error {
         tracing::warn!(client_id = %self.client_id, kind, reason = %refusal, "MQTT packet refused, closing connection");
         metrics::counter!("fleetpipe_mqtt_refused_total", "kind" => kind).increment(1);
-        Error::InvalidProtocol
+        closing(answer(refusal, self.inner.is_v5()))
+    }
+
+    /// Logs and counts a refusal answered in its acknowledgement, the
+    /// connection staying up.
+    fn refuse_in_ack(&self, kind: &'static str, refusal: &Refusal) {
+        tracing::warn!(client_id = %self.client_id, kind, reason = %refusal, "MQTT packet refused with a reason code");
+        metrics::counter!("fleetpipe_mqtt_refused_total", "kind" => kind).increment(1);
     }
 
     /// Dead-letters a refused publish (it was never acknowledged).
@@ -326,9 +413,14 @@ impl<P> DeviceProtocol<P> {
         }
     }
 
-    fn check(&mut self, packet: &Packet) -> Result<(), Error> {
+    /// Applies the rules to `packet`: an error closes the connection (after
+    /// its answer); a refused MQTT 5 QoS 1/2 publish or SUBSCRIBE filter is
+    /// marked refused, for rumqttd to answer in its acknowledgement.
+    fn check(&mut self, packet: &mut Packet) -> Result<(), Error> {
+        let v5 = self.inner.is_v5();
         if self.shared.closing.load(Ordering::Relaxed) {
-            return Err(Error::InvalidProtocol);
+            let connect = matches!(packet, Packet::Connect(..));
+            return Err(closing(shutdown_answer(connect, v5)));
         }
         let prefix = self.shared.prefix.as_str();
         if let Packet::Connect(connect, _, will, _, login) = packet {
@@ -362,18 +454,55 @@ impl<P> DeviceProtocol<P> {
             .check_alive(SystemTime::now)
             .map_err(|r| self.refuse("expired", &r))?;
         match packet {
-            Packet::Publish(publish, _) => {
-                let topic = String::from_utf8_lossy(&publish.topic);
-                if let Err(refusal) = self.rules.publish(prefix, &topic) {
+            Packet::Publish(publish, properties) => {
+                let alias = properties.as_ref().and_then(|p| p.topic_alias);
+                let topic = match alias {
+                    Some(alias) if publish.topic.is_empty() => {
+                        match self.topic_aliases.get(&alias) {
+                            Some(topic) => topic.clone(),
+                            // Not set (or set by a refused publish): rumqttd
+                            // closes the connection (protocol error).
+                            None => return Ok(()),
+                        }
+                    }
+                    _ => String::from_utf8_lossy(&publish.topic).into_owned(),
+                };
+                let verdict = self.rules.publish(prefix, &topic);
+                if let (Ok(()), Some(alias)) = (&verdict, alias)
+                    && !publish.topic.is_empty()
+                    && (1..=MAX_TOPIC_ALIAS).contains(&alias)
+                {
+                    self.topic_aliases.insert(alias, topic.clone());
+                }
+                if let Err(refusal) = verdict {
                     self.record_refused_publish(&topic, publish.payload.clone(), &refusal);
-                    return Err(self.refuse("publish", &refusal));
+                    // MQTT 5 §3.4.2.1: PUBACK 0x87 names the one message
+                    // refused, and the device's other publishes go on.
+                    if v5 && publish.qos() != QoS::AtMostOnce {
+                        self.refuse_in_ack("publish", &refusal);
+                        publish.refuse(PubAckReason::NotAuthorized);
+                    } else {
+                        return Err(self.refuse("publish", &refusal));
+                    }
                 }
             }
             Packet::Subscribe(subscribe, _) => {
-                let filters = subscribe.filters.iter().map(|f| f.path.as_str());
-                self.rules
-                    .subscribe(prefix, filters)
-                    .map_err(|r| self.refuse("subscribe", &r))?;
+                // Each filter on its own: the SUBACK answers each.
+                for filter in &mut subscribe.filters {
+                    // QoS 2 is not part of the wire contract: granted QoS 1
+                    // (the SUBACK says so; MQTT 3.1.1 and 5 §3.9.3).
+                    if filter.qos == QoS::ExactlyOnce {
+                        filter.qos = QoS::AtLeastOnce;
+                    }
+                    if let Err(refusal) = self.rules.subscribe_filter(prefix, &filter.path) {
+                        self.refuse_in_ack("subscribe", &refusal);
+                        filter.refused = Some(if v5 {
+                            SubscribeReasonCode::NotAuthorized
+                        } else {
+                            SubscribeReasonCode::Failure
+                        });
+                    }
+                }
             }
             _ => {}
         }
@@ -383,12 +512,37 @@ impl<P> DeviceProtocol<P> {
 
 impl<P: Protocol> Protocol for DeviceProtocol<P> {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
-        let packet = self.inner.read_mut(stream, max_size)?;
-        self.check(&packet)?;
+        let mut packet = self.inner.read_mut(stream, max_size)?;
+        self.check(&mut packet)?;
+        // Keep alive 0 turns MQTT's keep alive off: the device may stay
+        // silent for ever, and so would a dead connection. It gets the
+        // server's keep alive instead (MQTT 3.1.1 §3.1.2.10 and MQTT 5
+        // §3.1.2.10 let a server close an inactive client at any time;
+        // MQTT 5 §3.2.2.3.14 lets it tell the client so). rumqttd itself
+        // refuses keep alive 0, without a CONNACK.
+        if let Packet::Connect(connect, ..) = &mut packet
+            && connect.keep_alive == 0
+        {
+            connect.keep_alive = self.shared.server_keep_alive;
+            self.server_keep_alive = true;
+        }
         Ok(packet)
     }
 
-    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {
+    fn is_v5(&self) -> bool {
+        self.inner.is_v5()
+    }
+
+    fn write(&self, mut packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {
+        // MQTT 3.1.1's CONNACK has no properties: V4 leaves them out.
+        if let Packet::ConnAck(ack, properties) = &mut packet
+            && self.server_keep_alive
+            && ack.code == ConnectReturnCode::Success
+        {
+            properties
+                .get_or_insert_with(Default::default)
+                .server_keep_alive = Some(self.shared.server_keep_alive);
+        }
         self.inner.write(packet, write)
     }
 }
@@ -411,6 +565,78 @@ mod tests {
             identity: Identity::Anonymous,
             expires_at: None,
         }
+    }
+
+    #[test]
+    fn a_refusal_that_closes_the_connection_is_answered_with_its_reason_code() {
+        let auth = Refusal::Auth(AuthError::Missing);
+        let client_id = Refusal::ClientId {
+            client_id: "van-2".into(),
+            who: "van-1".into(),
+        };
+        let will = Refusal::Will {
+            topic: "t".into(),
+            detail: "d".into(),
+        };
+        let publish = Refusal::Publish {
+            vehicle: "van-1".into(),
+            topic: "t".into(),
+        };
+        let expired = Refusal::Expired {
+            vehicle: "van-1".into(),
+        };
+        for v5 in [false, true] {
+            assert_eq!(
+                answer(&auth, v5),
+                Some(Answer::ConnAck(ConnectReturnCode::BadUserNamePassword))
+            );
+            assert_eq!(
+                answer(&client_id, v5),
+                Some(Answer::ConnAck(ConnectReturnCode::ClientIdentifierNotValid))
+            );
+            for r in [&will, &Refusal::Certificate("no name".into())] {
+                assert_eq!(
+                    answer(r, v5),
+                    Some(Answer::ConnAck(ConnectReturnCode::NotAuthorized))
+                );
+            }
+        }
+        // MQTT 3.1.1 has no server DISCONNECT: a bare close.
+        for r in [&publish, &expired, &Refusal::SecondConnect] {
+            assert_eq!(answer(r, false), None);
+        }
+        let disconnect = |r| answer(r, true).map(|a| a.packet());
+        let reason = |code| {
+            Some(Packet::Disconnect(
+                rumqttd::protocol::Disconnect { reason_code: code },
+                None,
+            ))
+        };
+        assert_eq!(
+            disconnect(&publish),
+            reason(DisconnectReasonCode::NotAuthorized)
+        );
+        assert_eq!(
+            disconnect(&expired),
+            reason(DisconnectReasonCode::MaximumConnectTime)
+        );
+        assert_eq!(
+            disconnect(&Refusal::SecondConnect),
+            reason(DisconnectReasonCode::ProtocolError)
+        );
+        assert_eq!(
+            shutdown_answer(true, false),
+            Some(Answer::ConnAck(ConnectReturnCode::ServiceUnavailable))
+        );
+        assert_eq!(
+            shutdown_answer(true, true),
+            Some(Answer::ConnAck(ConnectReturnCode::ServerUnavailable))
+        );
+        assert_eq!(
+            shutdown_answer(false, true),
+            Some(Answer::Disconnect(DisconnectReasonCode::ServerShuttingDown))
+        );
+        assert_eq!(shutdown_answer(false, false), None);
     }
 
     #[test]

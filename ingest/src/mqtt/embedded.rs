@@ -37,7 +37,7 @@ use fleetpipe_model::{AckStatus, BatchAck};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{Packet, Protocol, Publish, v4::V4, v5::V5};
+use rumqttd::protocol::{Packet, Protocol, Publish, QoS, v4::V4, v5::V5};
 use rumqttd::{
     ConnectionHandler, ConnectionSettings, Notification, Router, RouterConfig, SegmentConfig,
     Server, ServerSettings,
@@ -50,7 +50,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::acl::{AclShared, DeviceProtocol, INTERNAL_CLIENT_ID, RefusedPublish};
 use super::watermark::{MessageTicket, Watermarks};
-use super::{MqttConfig, ack_topic, hard_packet_limit, parse_topic, telemetry_filters};
+use super::{
+    MqttConfig, ack_topic, hard_packet_limit, parse_topic, server_keep_alive_secs,
+    telemetry_filters,
+};
 use crate::auth::Authenticator;
 use crate::codec::{Rejection, VehicleScope};
 use crate::gateway::{Ingestor, Message};
@@ -219,7 +222,7 @@ crate::io::delegate_async_write!(Permitted<S>, S: Unpin);
 /// The TLS handshake of one connection, within `timeout`
 /// (`ingest.mqtt.connect_timeout`); with client certificates, the codec
 /// learns the vehicle the certificate names.
-async fn handshake<P>(
+async fn handshake<P: Protocol>(
     name: &'static str,
     peer: SocketAddr,
     stream: TcpStream,
@@ -336,6 +339,8 @@ impl EmbeddedBroker {
             auth: Arc::clone(&auth),
             prefix: config.topic_prefix.clone(),
             closing: false.into(),
+            // Checked by the config's validation; the largest otherwise.
+            server_keep_alive: server_keep_alive_secs(config.server_keep_alive).unwrap_or(u16::MAX),
             refused: refused_tx,
         });
 
@@ -670,7 +675,7 @@ async fn publish_acks(
                     // notification takes the whole buffer.
                     link_tx.buffer().extend(rest.iter().map(|(vehicle, seq)| {
                         let (topic, payload) = ack_message(&prefix, vehicle, *seq);
-                        Packet::Publish(Publish::new(topic, payload, false), None)
+                        Packet::Publish(ack_publish(topic, payload), None)
                     }));
                     let (topic, payload) = ack_message(&prefix, vehicle, *seq);
                     deferred = publish_ack(&mut link_tx, topic, payload);
@@ -686,7 +691,7 @@ async fn publish_acks(
     }
     if let Some((topic, payload)) = deferred {
         // Last chance at shutdown: the router may have room now.
-        let _ = link_tx.try_publish(topic, payload);
+        let _ = link_tx.try_send_publish(ack_publish(topic, payload));
     }
 }
 
@@ -733,10 +738,19 @@ fn ack_message(prefix: &str, vehicle: &str, seq: u64) -> (Bytes, Bytes) {
     )
 }
 
+/// An ack's publish. At QoS 1: the broker delivers at the lower of the
+/// publish's and the subscription's QoS, so a device subscribed with QoS 1
+/// gets its acks at QoS 1, resent until it acknowledges them (and, in a
+/// persistent session, kept while it is away). The router acknowledges
+/// them to the link; the reader skips those acknowledgements.
+fn ack_publish(topic: Bytes, payload: Bytes) -> Publish {
+    Publish::new(topic, payload, false).with_qos(QoS::AtLeastOnce)
+}
+
 /// Publishes one ack; returns it when only the router notification failed
 /// (queue full), to be published again. `Bytes` so keeping it costs no copy.
 fn publish_ack(link_tx: &mut LinkTx, topic: Bytes, payload: Bytes) -> Option<(Bytes, Bytes)> {
-    match link_tx.try_publish(topic.clone(), payload.clone()) {
+    match link_tx.try_send_publish(ack_publish(topic.clone(), payload.clone())) {
         Ok(_) => None,
         Err(LinkError::TrySend(flume::TrySendError::Full(_))) => {
             metrics::counter!("fleetpipe_mqtt_ack_publish_deferred_total").increment(1);

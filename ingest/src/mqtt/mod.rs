@@ -70,6 +70,14 @@ pub struct MqttConfig {
     /// listeners), and then again to send CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Embedded: the keep alive a device gets when its CONNECT turns MQTT
+    /// keep alive off (keep alive 0). Its connection is then closed after
+    /// 1.5 times this without a packet from it, like any device's after 1.5
+    /// times its own keep alive, so a dead connection does not hold its
+    /// place for ever; an MQTT 5 device is told in the CONNACK (Server Keep
+    /// Alive), which it must use. 1 s to 65535 s, whole seconds.
+    #[serde(with = "humantime_serde")]
+    pub server_keep_alive: Duration,
     /// Embedded: unacknowledged QoS 1 publishes per connection.
     pub max_inflight: usize,
     /// Embedded: size of one segment of the broker's in-memory log per
@@ -125,6 +133,7 @@ impl MqttConfig {
             tls: None,
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(10),
+            server_keep_alive: Duration::from_secs(600),
             max_inflight: 100,
             segment_bytes: 32 * 1024 * 1024,
             segment_count: 8,
@@ -190,6 +199,15 @@ pub fn telemetry_filters(prefix: &str) -> [String; 2] {
         format!("{prefix}/+/telemetry"),
         format!("{prefix}/+/telemetry/pb"),
     ]
+}
+
+/// [`MqttConfig::server_keep_alive`] in seconds, as MQTT carries it; `None`
+/// when it is not 1 to 65535 whole seconds.
+pub fn server_keep_alive_secs(keep_alive: Duration) -> Option<u16> {
+    if keep_alive.subsec_nanos() != 0 {
+        return None;
+    }
+    u16::try_from(keep_alive.as_secs()).ok().filter(|s| *s > 0)
 }
 
 /// Largest MQTT packet fleetpipe's MQTT stacks read: well above the

@@ -271,6 +271,7 @@ async fn network_init<P: Protocol>(
         nolocal: false,
         preserve_retain: false,
         retain_forward_rule: RetainForwardRule::Never,
+        refused: None,
     }];
 
     let subscribe = Subscribe { pkid: 0, filters };

@@ -49,6 +49,12 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // fleetpipe: None: from clean_session (see Connection::session_expiry)
+    session_expiry: Option<u32>,
+    // fleetpipe: the client's Receive Maximum (MQTT 5)
+    receive_maximum: Option<u16>,
+    // fleetpipe: the client's Maximum Packet Size (MQTT 5)
+    max_packet_size: Option<u32>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,7 +68,30 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            session_expiry: None,
+            receive_maximum: None,
+            max_packet_size: None,
         }
+    }
+
+    /// fleetpipe: the client's Maximum Packet Size, bytes.
+    pub fn max_packet_size(mut self, max_packet_size: Option<u32>) -> Self {
+        self.max_packet_size = max_packet_size;
+        self
+    }
+
+    /// fleetpipe: the client's Receive Maximum: most QoS 1/2 messages it
+    /// takes unacknowledged.
+    pub fn receive_maximum(mut self, receive_maximum: Option<u16>) -> Self {
+        self.receive_maximum = receive_maximum;
+        self
+    }
+
+    /// fleetpipe: the MQTT 5 Session Expiry Interval, seconds (see
+    /// `Connection::session_expiry`).
+    pub fn session_expiry(mut self, seconds: u32) -> Self {
+        self.session_expiry = Some(seconds);
+        self
     }
 
     pub fn tenant_id(mut self, tenant_id: Option<String>) -> Self {
@@ -111,8 +140,15 @@ impl<'a> LinkBuilder<'a> {
         connection
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
+        if let Some(seconds) = self.session_expiry {
+            connection.session_expiry = seconds;
+        }
+        connection.max_packet_size = self.max_packet_size;
         let incoming = Incoming::new(connection.client_id.to_owned());
-        let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
+        let (mut outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
+        if let Some(receive_maximum) = self.receive_maximum {
+            outgoing.set_receive_maximum(receive_maximum);
+        }
         let outgoing_data_buffer = outgoing.buffer();
         let incoming_data_buffer = incoming.buffer();
 
@@ -161,6 +197,12 @@ impl LinkTx {
 
     pub fn buffer(&self) -> MutexGuard<RawMutex, VecDeque<Packet>> {
         self.recv_buffer.lock()
+    }
+
+    /// fleetpipe: the link's incoming buffer, which identifies it to the
+    /// router (`Event::LinkClosed`).
+    pub(crate) fn incoming_buffer(&self) -> Arc<Mutex<VecDeque<Packet>>> {
+        self.recv_buffer.clone()
     }
 
     /// Send raw device data
@@ -224,6 +266,7 @@ impl LinkTx {
             topic: topic.into(),
             pkid: 0,
             payload: payload.into(),
+            refused: None,
         };
 
         let len = self.push(Packet::Publish(publish, None))?;
@@ -243,11 +286,18 @@ impl LinkTx {
             topic: topic.into(),
             pkid: 0,
             payload: payload.into(),
+            refused: None,
         };
 
         let len = self.try_push(Packet::Publish(publish, None))?;
         // TODO: Remote item in buffer after failure and write unittest
         Ok(len)
+    }
+
+    /// fleetpipe: sends a publish built by the caller (at QoS 1, say) to
+    /// the router, failing rather than waiting when its queue is full.
+    pub fn try_send_publish(&mut self, publish: Publish) -> Result<usize, LinkError> {
+        self.try_push(Packet::Publish(publish, None))
     }
 
     /// Sends a MQTT Subscribe to the eventloop
@@ -258,6 +308,7 @@ impl LinkTx {
             nolocal: false,
             preserve_retain: false,
             retain_forward_rule: RetainForwardRule::Never,
+            refused: None,
         }];
 
         let subscribe = Subscribe { pkid: 0, filters };
@@ -274,6 +325,7 @@ impl LinkTx {
             nolocal: false,
             preserve_retain: false,
             retain_forward_rule: RetainForwardRule::Never,
+            refused: None,
         }];
 
         let subscribe = Subscribe { pkid: 0, filters };

@@ -40,6 +40,9 @@ pub struct Network<P> {
     keepalive: Duration,
     /// Protocol
     protocol: P,
+    /// fleetpipe: a refusal `readv` met after the packets before it, to be
+    /// answered (and the connection closed) by the next `read`.
+    refused: Option<protocol::Answer>,
 }
 
 impl<P: Protocol> Network<P> {
@@ -60,7 +63,13 @@ impl<P: Protocol> Network<P> {
             // when we call read.
             keepalive: Duration::MAX,
             protocol,
+            refused: None,
         }
+    }
+
+    /// fleetpipe: whether the connection speaks MQTT 5.
+    pub fn is_v5(&self) -> bool {
+        self.protocol.is_v5()
     }
 
     pub fn set_keepalive(&mut self, keepalive: u16) {
@@ -93,6 +102,9 @@ impl<P: Protocol> Network<P> {
 
     /// Waits on network for 1 packet
     pub async fn read(&mut self) -> Result<Packet, Error> {
+        if let Some(answer) = self.refused.take() {
+            return Err(self.answer(answer).await);
+        }
         loop {
             let required = match Protocol::read_mut(
                 &mut self.protocol,
@@ -101,6 +113,7 @@ impl<P: Protocol> Network<P> {
             ) {
                 Ok(packet) => return Ok(packet),
                 Err(protocol::Error::InsufficientBytes(required)) => required,
+                Err(protocol::Error::Refused(answer)) => return Err(self.answer(answer).await),
                 Err(e) => return Err(e.into()),
             };
 
@@ -126,9 +139,24 @@ impl<P: Protocol> Network<P> {
                     }
                 }
                 Err(protocol::Error::InsufficientBytes(_)) => return Ok(packets.len()),
+                // fleetpipe: the packets before it go to the router first.
+                Err(protocol::Error::Refused(answer)) => {
+                    self.refused = Some(answer);
+                    return Ok(packets.len());
+                }
                 Err(e) => return Err(io::Error::new(ErrorKind::InvalidData, e.to_string()).into()),
             }
         }
+    }
+
+    /// fleetpipe: sends the answer to a refused packet (as far as the
+    /// connection allows: it is closed either way) and returns the error
+    /// that closes the connection.
+    async fn answer(&mut self, answer: protocol::Answer) -> Error {
+        if self.write(answer.packet()).await.is_ok() {
+            let _ = self.socket.flush().await;
+        }
+        Error::Protocol(protocol::Error::Refused(answer))
     }
 
     pub async fn write(&mut self, packet: Packet) -> Result<(), Error> {

@@ -93,7 +93,17 @@ impl<P: Protocol> RemoteLink<P> {
         // the Will Delay Interval has passed or the Session ends, whichever happens first
         let will_delay_interval = min(session_expiry, delay_interval);
 
-        let (link_tx, link_rx, notification) = LinkBuilder::new(client_id, router_tx)
+        let mut builder = LinkBuilder::new(client_id, router_tx);
+        // fleetpipe: on MQTT 5 the session lives as long as its Session
+        // Expiry Interval says (0 when absent), whatever Clean Start says
+        // (MQTT 5 §3.1.2.4, §3.1.2.11.2); on MQTT 3.1.1 clean session decides.
+        if network.is_v5() {
+            builder = builder
+                .session_expiry(session_expiry)
+                .receive_maximum(props.as_ref().and_then(|p| p.receive_maximum))
+                .max_packet_size(props.as_ref().and_then(|p| p.max_packet_size));
+        }
+        let (link_tx, link_rx, notification) = builder
             .tenant_id(tenant_id)
             .clean_session(clean_session)
             .last_will(lastwill)
@@ -123,6 +133,11 @@ impl<P: Protocol> RemoteLink<P> {
             notifications: VecDeque::with_capacity(100),
             will_delay_interval,
         })
+    }
+
+    /// fleetpipe: identifies this link to the router (`Event::LinkClosed`).
+    pub(crate) fn incoming_buffer(&self) -> Arc<parking_lot::Mutex<VecDeque<Packet>>> {
+        self.link_tx.incoming_buffer()
     }
 
     pub async fn start(&mut self) -> Result<(), Error> {

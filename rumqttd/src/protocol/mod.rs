@@ -175,6 +175,11 @@ pub struct Publish {
     pub retain: bool,
     pub topic: Bytes,
     pub payload: Bytes,
+    /// fleetpipe: set by the connection's codec when it refuses this
+    /// publish. The router then answers it with this reason code (PUBACK
+    /// for QoS 1, PUBREC for QoS 2), in order with the connection's other
+    /// acknowledgements, and does not route it.
+    pub(crate) refused: Option<PubAckReason>,
 }
 
 impl Publish {
@@ -188,7 +193,25 @@ impl Publish {
             retain,
             topic: topic.into(),
             payload: payload.into(),
+            refused: None,
         }
+    }
+
+    /// fleetpipe: the QoS the publish was sent with.
+    pub fn qos(&self) -> QoS {
+        self.qos
+    }
+
+    /// fleetpipe: the publish at `qos` (a local link's publishes are QoS 0
+    /// otherwise; the router acknowledges a QoS 1 one to the link).
+    pub fn with_qos(mut self, qos: QoS) -> Publish {
+        self.qos = qos;
+        self
+    }
+
+    /// fleetpipe: refuses the publish with `reason` (see `refused`).
+    pub fn refuse(&mut self, reason: PubAckReason) {
+        self.refused = Some(reason);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -239,6 +262,7 @@ impl Publish {
             topic,
             pkid,
             payload,
+            refused: None,
         }
     }
 }
@@ -301,6 +325,10 @@ pub struct Filter {
     pub nolocal: bool,
     pub preserve_retain: bool,
     pub retain_forward_rule: RetainForwardRule,
+    /// fleetpipe: set by the connection's codec when it refuses this
+    /// filter. The SUBACK then carries this code for it and nothing is
+    /// subscribed; the packet's other filters are handled as usual.
+    pub refused: Option<SubscribeReasonCode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -743,9 +771,45 @@ pub enum Error {
     /// proceed further
     #[error("Insufficient number of bytes to frame packet, {0} more bytes required")]
     InsufficientBytes(usize),
+    /// fleetpipe: the connection's codec refused the packet; the
+    /// connection answers it with `Answer` and closes.
+    #[error("Packet refused, answered with {0:?}")]
+    Refused(Answer),
+}
+
+/// fleetpipe: what a connection sends, before it closes, to answer a packet
+/// its codec refused, so that the client can tell a refusal from a
+/// network fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// A CONNACK with this (failure) code.
+    ConnAck(ConnectReturnCode),
+    /// A DISCONNECT with this reason code (MQTT 5 only).
+    Disconnect(DisconnectReasonCode),
+}
+
+impl Answer {
+    /// The packet to send.
+    pub fn packet(self) -> Packet {
+        match self {
+            Answer::ConnAck(code) => Packet::ConnAck(
+                ConnAck {
+                    session_present: false,
+                    code,
+                },
+                None,
+            ),
+            Answer::Disconnect(reason_code) => Packet::Disconnect(Disconnect { reason_code }, None),
+        }
+    }
 }
 
 pub trait Protocol {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error>;
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error>;
+    /// fleetpipe: whether this codec speaks MQTT 5 (reason codes, and the
+    /// CONNECT properties that only MQTT 5 has).
+    fn is_v5(&self) -> bool {
+        false
+    }
 }

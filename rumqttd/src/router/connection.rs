@@ -17,8 +17,17 @@ pub struct Connection {
     pub tenant_prefix: Option<String>,
     /// Dynamically create subscription filters incase they didn't exist during a publish
     pub dynamic_filters: bool,
-    /// Clean session
+    /// Clean session (MQTT 5: clean start): whether a saved session is
+    /// discarded at connect
     pub clean: bool,
+    /// fleetpipe: how long, in seconds, the session outlives the
+    /// connection: 0 ends it with the connection, `u32::MAX` never (MQTT 5
+    /// Session Expiry Interval; MQTT 3.1.1: 0 with clean session, else
+    /// never)
+    pub session_expiry: u32,
+    /// fleetpipe: the client's Maximum Packet Size (MQTT 5), bytes: larger
+    /// messages are not sent to it
+    pub max_packet_size: Option<u32>,
     /// Subscriptions
     pub subscriptions: HashSet<Filter>,
     /// Last will of this connection
@@ -59,6 +68,8 @@ impl Connection {
             tenant_prefix,
             dynamic_filters,
             clean,
+            session_expiry: if clean { 0 } else { u32::MAX },
+            max_packet_size: None,
             subscriptions: HashSet::default(),
             last_will: None,
             last_will_properties: None,

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tracing::{error, warn};
 
 use crate::{
-    protocol::Packet,
+    protocol::{Packet, QoS},
     router::{FilterIdx, MAX_CHANNEL_CAPACITY},
     Cursor, Notification,
 };
@@ -64,6 +64,9 @@ pub struct Outgoing {
     pub(crate) unacked_pubrels: VecDeque<u16>,
     /// Last packet id
     last_pkid: u16,
+    /// fleetpipe: most QoS 1/2 messages in flight: the client's Receive
+    /// Maximum (MQTT 5 §3.1.2.11.3), at most `MAX_INFLIGHT`
+    inflight_limit: usize,
     /// Metrics of outgoing messages of this connection
     pub(crate) meter: OutgoingMeter,
 }
@@ -87,6 +90,7 @@ impl Outgoing {
             unacked_pubrels,
             handle,
             last_pkid: 0,
+            inflight_limit: MAX_INFLIGHT,
             meter: Default::default(),
         };
 
@@ -99,7 +103,14 @@ impl Outgoing {
     }
 
     pub fn free_slots(&self) -> usize {
-        MAX_INFLIGHT - self.inflight_buffer.len()
+        self.inflight_limit
+            .saturating_sub(self.inflight_buffer.len())
+    }
+
+    /// fleetpipe: at most `receive_maximum` QoS 1/2 messages in flight
+    /// (and never more than `MAX_INFLIGHT`).
+    pub fn set_receive_maximum(&mut self, receive_maximum: u16) {
+        self.inflight_limit = usize::from(receive_maximum).clamp(1, MAX_INFLIGHT);
     }
 
     pub fn push_notification(&mut self, notification: Notification) -> usize {
@@ -132,6 +143,16 @@ impl Outgoing {
         }
 
         for mut p in publishes {
+            // fleetpipe: a message downgraded to QoS 0 (its publish's QoS
+            // was lower than the subscription's) has no packet id and is
+            // not in flight.
+            if p.publish.qos == QoS::AtMostOnce {
+                p.publish.pkid = 0;
+                self.meter.publish_count += 1;
+                buffer.push_back(Notification::Forward(p));
+                continue;
+            }
+
             // Index and pkid of current outgoing packet
             self.last_pkid += 1;
             p.publish.pkid = self.last_pkid;
@@ -160,6 +181,18 @@ impl Outgoing {
         }
 
         (buffer_count, inflight_count)
+    }
+
+    /// fleetpipe: packet id of the oldest message in flight.
+    pub fn first_unacked_pkid(&self) -> Option<u16> {
+        self.inflight_buffer.front().map(|(pkid, ..)| *pkid)
+    }
+
+    /// fleetpipe: the next message in flight gets packet id `pkid` (a
+    /// resumed session sends its unacknowledged messages again, in order,
+    /// with the ids they had).
+    pub fn resume_pkids_at(&mut self, pkid: u16) {
+        self.last_pkid = pkid.saturating_sub(1);
     }
 
     // Returns (unsolicited, outoforder) flags

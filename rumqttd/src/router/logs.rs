@@ -406,6 +406,12 @@ impl AckLog {
         self.committed.push_back(ack);
     }
 
+    /// fleetpipe: a PUBREC refusing a QoS 2 publish, which ends its
+    /// exchange (nothing is kept for a PUBREL).
+    pub fn pubrec_refused(&mut self, ack: PubRec) {
+        self.committed.push_back(Ack::PubRec(ack));
+    }
+
     pub fn pubrel(&mut self, ack: PubRel) {
         let ack = Ack::PubRel(ack);
         self.committed.push_back(ack);

@@ -55,6 +55,13 @@ pub enum Event {
     DeviceData,
     /// Disconnection request
     Disconnect,
+    /// fleetpipe: a remote link's connection ended: disconnect it if the
+    /// connection id is still that link's (identified by its incoming
+    /// buffer). After a takeover (a new connection with the same client
+    /// id) the router frees the old id at once and may give it to the new
+    /// connection, so a plain `Disconnect` from the old link, sent when its
+    /// socket closed at about the same time, would end the new one.
+    LinkClosed(std::sync::Arc<parking_lot::Mutex<VecDeque<Packet>>>),
     /// Shadow
     Shadow(ShadowRequest),
     /// Collect and send alerts to all alerts links
@@ -196,6 +203,11 @@ pub struct DataRequest {
     max_count: usize,
     pub(crate) forward_retained: bool,
     pub(crate) group: Option<String>,
+    /// fleetpipe: in a resumed session, the cursor up to which messages
+    /// were already sent before the disconnect: those are sent again with
+    /// the DUP flag (MQTT 3.1.1 §3.3.1.1, MQTT 5 §3.3.1.1).
+    #[serde(default)]
+    pub(crate) redeliver_until: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

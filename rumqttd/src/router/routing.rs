@@ -102,7 +102,12 @@ pub struct Router {
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
     last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    /// fleetpipe: when the graveyard is next swept for expired sessions
+    next_expiry_sweep: std::time::Instant,
 }
+
+/// fleetpipe: how often expired sessions are dropped.
+const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Router {
     pub fn new(router_id: RouterId, config: RouterConfig) -> Router {
@@ -143,6 +148,7 @@ impl Router {
             cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
+            next_expiry_sweep: std::time::Instant::now() + EXPIRY_SWEEP,
         }
     }
 
@@ -196,8 +202,19 @@ impl Router {
         // Block on incoming events if there are no ready connections for consumption
         if self.consume().is_none() {
             // trace!("{}:: {:20} {:20} {:?}", self.id, "", "done-await", self.readyqueue);
-            let (id, data) = self.router_rx.recv()?;
-            self.events(id, data);
+            // fleetpipe: wakes at least every second to drop expired sessions.
+            match self.router_rx.recv_timeout(EXPIRY_SWEEP) {
+                Ok((id, data)) => self.events(id, data),
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    return Err(RouterError::Disconnected)
+                }
+            }
+        }
+        let now = std::time::Instant::now();
+        if now >= self.next_expiry_sweep {
+            self.graveyard.expire(now);
+            self.next_expiry_sweep = now + EXPIRY_SWEEP;
         }
 
         // Try reading more from connections in a non-blocking
@@ -245,6 +262,15 @@ impl Router {
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
             Event::Disconnect => self.handle_disconnection(id, None),
+            Event::LinkClosed(buffer) => {
+                if self
+                    .ibufs
+                    .get(id)
+                    .is_some_and(|incoming| std::sync::Arc::ptr_eq(&incoming.buffer, &buffer))
+                {
+                    self.handle_disconnection(id, None);
+                }
+            }
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
             Event::Shadow(request) => {
                 retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)
@@ -324,6 +350,9 @@ impl Router {
                     // for using in acklog
                     pending_acks.clone_from(&session_state.unacked_pubrels);
                     outgoing.unacked_pubrels = session_state.unacked_pubrels;
+                    if let Some(pkid) = session_state.first_unacked_pkid {
+                        outgoing.resume_pkids_at(pkid);
+                    }
                     session_state.tracker
                 },
             )
@@ -465,6 +494,7 @@ impl Router {
 
         let inflight_data_requests = self.datalog.clean(id);
         let retransmissions = outgoing.retransmission_map();
+        let first_unacked_pkid = outgoing.first_unacked_pkid();
 
         // Remove connections from all groups and
         // discard empty group ( group with no client )
@@ -494,8 +524,9 @@ impl Router {
             connection.events.events.pop_front();
         }
 
-        // Save state for persistent sessions
-        if !connection.clean {
+        // Save state for persistent sessions (fleetpipe: those whose session
+        // outlives the connection, MQTT 5 Session Expiry Interval > 0)
+        if connection.session_expiry > 0 {
             // Add inflight data requests back to tracker
             inflight_data_requests
                 .into_iter()
@@ -503,6 +534,9 @@ impl Router {
 
             for request in tracker.data_requests.iter_mut() {
                 if let Some(cursor) = retransmissions.get(&request.filter_idx) {
+                    // fleetpipe: what was sent from `cursor` on goes out again
+                    // with DUP set.
+                    request.redeliver_until = Some(request.cursor);
                     request.cursor = *cursor;
                     // reset the group cursor
                     if let Some(group_name) = &request.group {
@@ -520,6 +554,8 @@ impl Router {
                 connection.subscriptions,
                 connection.events,
                 outgoing.unacked_pubrels,
+                connection.session_expiry,
+                first_unacked_pkid,
             );
         } else {
             tracker.pause(PauseReason::Busy);
@@ -563,6 +599,23 @@ impl Router {
 
                     let qos = publish.qos;
                     let pkid = publish.pkid;
+
+                    // fleetpipe: a publish the connection's codec refused is
+                    // answered with its reason, in order with the other
+                    // acks, and not routed.
+                    if let Some(reason) = publish.refused {
+                        let ackslog = self.ackslog.get_mut(id).unwrap();
+                        match qos {
+                            QoS::AtLeastOnce => ackslog.puback(PubAck { pkid, reason }),
+                            QoS::ExactlyOnce => ackslog.pubrec_refused(PubRec {
+                                pkid,
+                                reason: pubrec_reason(reason),
+                            }),
+                            QoS::AtMostOnce => {}
+                        }
+                        force_ack = true;
+                        continue;
+                    }
 
                     // Prepare acks for the above publish
                     // If any of the publish in the batch results in force flush,
@@ -654,6 +707,13 @@ impl Router {
                         let span =
                             tracing::info_span!("subscribe", topic = f.path, pkid = subscribe.pkid);
                         let _guard = span.enter();
+
+                        // fleetpipe: a filter the connection's codec refused
+                        // gets its code and no subscription.
+                        if let Some(code) = f.refused {
+                            return_codes.push(code);
+                            continue;
+                        }
 
                         info!("Adding subscription on topic {}", f.path);
                         let connection = self.connections.get_mut(id).unwrap();
@@ -866,10 +926,18 @@ impl Router {
 
                     force_ack = true;
                 }
-                Packet::Disconnect(_, _) => {
+                Packet::Disconnect(_, properties) => {
                     let span = tracing::info_span!("disconnect");
                     let _guard = span.enter();
                     disconnect = true;
+                    // fleetpipe: MQTT 5 lets DISCONNECT change the Session
+                    // Expiry Interval, but not from 0 (§3.14.2.2.2).
+                    let connection = self.connections.get_mut(id).unwrap();
+                    if let Some(expiry) = properties.and_then(|p| p.session_expiry_interval) {
+                        if connection.session_expiry != 0 {
+                            connection.session_expiry = expiry;
+                        }
+                    }
                     // delete the last will message
                     self.last_wills.remove(&client_id);
                     break;
@@ -975,6 +1043,7 @@ impl Router {
                 // set true for new subscriptions
                 forward_retained,
                 group,
+                redeliver_until: None,
             };
 
             self.scheduler.track(id, request);
@@ -1111,6 +1180,7 @@ impl Router {
             topic: will.topic,
             pkid: 0,
             payload: will.message,
+            refused: None,
         };
 
         let properties = will_props.map(|props| PublishProperties {
@@ -1181,6 +1251,38 @@ impl Router {
                 }
             }
         }
+    }
+}
+
+/// fleetpipe: the size of the MQTT 5 PUBLISH packet `forward` is sent as.
+fn publish_packet_size(forward: &Forward) -> usize {
+    let publish = &forward.publish;
+    let mut remaining = protocol::v5::publish::len(publish, &forward.properties);
+    // `len` counts the packet id once it is assigned, which comes later.
+    if publish.qos != QoS::AtMostOnce && publish.pkid == 0 {
+        remaining += 2;
+    }
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
+/// fleetpipe: the PUBREC reason code for a PUBACK one.
+fn pubrec_reason(reason: PubAckReason) -> PubRecReason {
+    match reason {
+        PubAckReason::Success => PubRecReason::Success,
+        PubAckReason::NoMatchingSubscribers => PubRecReason::NoMatchingSubscribers,
+        PubAckReason::UnspecifiedError => PubRecReason::UnspecifiedError,
+        PubAckReason::ImplementationSpecificError => PubRecReason::ImplementationSpecificError,
+        PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
+        PubAckReason::TopicNameInvalid => PubRecReason::TopicNameInvalid,
+        PubAckReason::PacketIdentifierInUse => PubRecReason::PacketIdentifierInUse,
+        PubAckReason::QuotaExceeded => PubRecReason::QuotaExceeded,
+        PubAckReason::PayloadFormatInvalid => PubRecReason::PayloadFormatInvalid,
     }
 }
 
@@ -1541,6 +1643,7 @@ fn forward_device_data(
         return ConsumeStatus::FilterCaughtup;
     }
 
+    let max_packet_size = connection.max_packet_size;
     let broker_topic_aliases = &mut connection.broker_topic_aliases;
     let mut topic_alias = broker_topic_aliases
         .as_ref()
@@ -1556,12 +1659,27 @@ fn forward_device_data(
     }
 
     let subscription_id = connection.subscription_ids.get(&request.filter);
+    let redeliver_until = request.redeliver_until;
+    if redeliver_until.is_some_and(|until| request.cursor >= until) {
+        request.redeliver_until = None;
+    }
 
     // Fill and notify device data
     let forwards = publishes
         .into_iter()
         .map(|((mut publish, mut properties), offset)| {
-            publish.qos = protocol::qos(qos).unwrap();
+            // fleetpipe: at the lower of the publish's QoS and the
+            // subscription's (MQTT 3.1.1 §3.8.4, MQTT 5 §3.8.4), not
+            // always at the subscription's.
+            if publish.qos as u8 > qos {
+                publish.qos = protocol::qos(qos).unwrap();
+            }
+            // fleetpipe: DUP is this server's to set, not the publisher's:
+            // only on a QoS 1/2 message sent before to this session.
+            publish.dup = publish.qos != QoS::AtMostOnce
+                && offset
+                    .zip(redeliver_until)
+                    .is_some_and(|(o, until)| o < until);
 
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {
@@ -1588,6 +1706,11 @@ fn forward_device_data(
                 publish,
                 properties,
             }
+        })
+        // fleetpipe: a message larger than the client's Maximum Packet Size
+        // is not sent to it, as if it had been (MQTT 5 §3.1.2.11.4).
+        .filter(|forward| {
+            max_packet_size.is_none_or(|max| publish_packet_size(forward) <= max as usize)
         });
 
     let (len, inflight) = outgoing.push_forwards(forwards, qos, filter_idx);

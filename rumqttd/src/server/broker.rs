@@ -654,7 +654,8 @@ async fn remote<P: Protocol>(
     };
 
     if send_disconnect {
-        let disconnect = Event::Disconnect;
+        // fleetpipe: only if `connection_id` is still this link's.
+        let disconnect = Event::LinkClosed(link.incoming_buffer());
         let message = (connection_id, disconnect);
         router_tx.send(message).ok();
     }

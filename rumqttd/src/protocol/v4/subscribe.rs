@@ -62,6 +62,7 @@ mod filter {
                 nolocal: false,
                 preserve_retain: false,
                 retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+                refused: None,
             });
         }
 

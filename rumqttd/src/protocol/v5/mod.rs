@@ -11,7 +11,7 @@ mod disconnect;
 mod ping;
 mod puback;
 mod pubcomp;
-mod publish;
+pub(crate) mod publish;
 mod pubrec;
 mod pubrel;
 mod suback;
@@ -430,6 +430,10 @@ impl Protocol for V5 {
         };
 
         Ok(packet)
+    }
+
+    fn is_v5(&self) -> bool {
+        true
     }
 
     fn write(&self, packet: Packet, buffer: &mut BytesMut) -> Result<usize, Error> {

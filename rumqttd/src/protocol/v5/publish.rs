@@ -52,6 +52,7 @@ pub fn read(
         pkid,
         topic,
         payload: bytes,
+        refused: None,
     };
 
     Ok((publish, properties))

@@ -55,6 +55,7 @@ pub fn read(
             nolocal,
             preserve_retain,
             retain_forward_rule,
+            refused: None,
         });
     }
 
@@ -130,6 +131,7 @@ mod filter {
                 nolocal,
                 preserve_retain,
                 retain_forward_rule,
+                refused: None,
             });
         }
 

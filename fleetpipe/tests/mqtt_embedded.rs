@@ -234,19 +234,43 @@ async fn bad_credentials_are_refused_and_a_device_may_publish_only_for_itself() 
     assert_eq!(dead[0]["topic"], "fleet/van-b/telemetry");
     assert_eq!(dead[0]["vehicle_id"], "van-a");
 
-    // Subscribing to the whole fleet is refused too.
+    // Subscribing to the whole fleet is refused too: SUBACK 0x80 for the
+    // filter (it used to close the connection), and nothing of it arrives
+    // (van-a's next ping and its ack would match it).
     let mut spy = mqtt_client(addr, "van-b@spy", Some(("van-b", "tok-b"))).await;
     spy.wait_connected(T).await;
     spy.client
         .subscribe("fleet/#", rumqttc::QoS::AtLeastOnce)
         .await
         .unwrap();
-    spy.wait_closed(T).await;
+    let subacks = wait_for(T, || {
+        let subacks = spy.subacks.lock().unwrap().clone();
+        (!subacks.is_empty()).then_some(subacks)
+    })
+    .await;
+    assert_eq!(
+        subacks,
+        Some(vec![vec![
+            rumqttc::mqttbytes::v4::SubscribeReasonCode::Failure
+        ]])
+    );
+    let mut a = mqtt_client(addr, "van-a", Some(("van-a", "tok-a"))).await;
+    a.wait_connected(T).await;
+    a.publish("fleet/van-a/telemetry", json_ping("van-a", 2))
+        .await;
+    a.wait_pubacks(1, T).await;
+    p.wait_telemetry(2, T).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(spy.received.lock().unwrap().is_empty());
+    assert!(
+        spy.closed.borrow().is_none(),
+        "the spy's connection stays up"
+    );
 
     p.stop().await;
     assert_eq!(
         keys(&p.telemetry()),
-        vec![("van-a".to_string(), 1)],
+        vec![("van-a".to_string(), 1), ("van-a".to_string(), 2)],
         "nothing of van-b's topic was accepted"
     );
 }

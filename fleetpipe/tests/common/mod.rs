@@ -239,6 +239,9 @@ pub struct MqttClient {
     pub connected: tokio::sync::watch::Receiver<bool>,
     /// Publishes received on the client's subscriptions: (topic, payload).
     pub received: Inbox,
+    /// The return codes of each SUBACK received.
+    pub subacks:
+        std::sync::Arc<std::sync::Mutex<Vec<Vec<rumqttc::mqttbytes::v4::SubscribeReasonCode>>>>,
 }
 
 pub async fn mqtt_client(
@@ -261,6 +264,8 @@ pub async fn mqtt_client(
     let counter = pubacks.clone();
     let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let inbox = received.clone();
+    let subacks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let suback_box = subacks.clone();
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -269,6 +274,9 @@ pub async fn mqtt_client(
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
                     counter.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(s))) => {
+                    suback_box.lock().unwrap().push(s.return_codes);
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
                     inbox
@@ -290,6 +298,7 @@ pub async fn mqtt_client(
         closed,
         connected,
         received,
+        subacks,
     }
 }
 

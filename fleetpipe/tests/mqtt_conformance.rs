@@ -121,28 +121,6 @@ async fn keep_alive_0_is_accepted_and_a_silent_connection_closed_after_the_serve
 
 // ------------------------------------------------ refusals with reason codes
 
-fn credentials(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("credentials.toml");
-    std::fs::write(
-        &path,
-        "[[device]]\nvehicle_id = \"van-1\"\ntoken = \"tok-1\"\n[[device]]\nvehicle_id = \"van-2\"\ntoken = \"tok-2\"\n",
-    )
-    .unwrap();
-    path
-}
-
-/// A pipeline in token mode (van-1: tok-1, van-2: tok-2).
-async fn token_pipeline() -> (TestPipeline, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let creds = credentials(dir.path());
-    let p = TestPipeline::start(|c| {
-        c.ingest.auth.mode = fleetpipe_ingest::auth::AuthMode::Token;
-        c.ingest.auth.credentials_file = Some(creds);
-    })
-    .await;
-    (p, dir)
-}
-
 /// A CONNECT (client id, login, will) and the CONNACK codes it must get on
 /// MQTT 3.1.1 and 5.
 type ConnectCase<'a> = (

@@ -22,28 +22,6 @@ const T: Duration = Duration::from_secs(10);
 /// How long a refused connection has to be closed by.
 const CLOSE: Duration = Duration::from_secs(3);
 
-fn credentials(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("credentials.toml");
-    std::fs::write(
-        &path,
-        "[[device]]\nvehicle_id = \"van-1\"\ntoken = \"tok-1\"\n[[device]]\nvehicle_id = \"van-2\"\ntoken = \"tok-2\"\n",
-    )
-    .unwrap();
-    path
-}
-
-/// A pipeline in token mode (van-1: tok-1, van-2: tok-2).
-async fn token_pipeline() -> (TestPipeline, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let creds = credentials(dir.path());
-    let p = TestPipeline::start(|c| {
-        c.ingest.auth.mode = AuthMode::Token;
-        c.ingest.auth.credentials_file = Some(creds);
-    })
-    .await;
-    (p, dir)
-}
-
 /// A connected MQTT 3.1.1 device.
 async fn device_v4(p: &TestPipeline, client_id: &str, login: Option<(&str, &str)>) -> RawMqtt {
     let mut c = RawMqtt::open(p.mqtt.unwrap()).await;

@@ -30,6 +30,30 @@ pub mod raw_mqtt;
 pub mod stock_clients;
 pub mod tls;
 
+/// A token-mode credentials file in `dir`: van-1 has tok-1, van-2 tok-2.
+pub fn credentials(dir: &Path) -> PathBuf {
+    let path = dir.join("credentials.toml");
+    std::fs::write(
+        &path,
+        "[[device]]\nvehicle_id = \"van-1\"\ntoken = \"tok-1\"\n[[device]]\nvehicle_id = \"van-2\"\ntoken = \"tok-2\"\n",
+    )
+    .unwrap();
+    path
+}
+
+/// A pipeline in token mode with [`credentials`] (van-1: tok-1, van-2:
+/// tok-2); keep the directory while the pipeline runs.
+pub async fn token_pipeline() -> (TestPipeline, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credentials(dir.path());
+    let p = TestPipeline::start(|c| {
+        c.ingest.auth.mode = fleetpipe_ingest::auth::AuthMode::Token;
+        c.ingest.auth.credentials_file = Some(creds);
+    })
+    .await;
+    (p, dir)
+}
+
 /// A config with every listener on 127.0.0.1:0 and the file sink in `dir`.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::default();

@@ -109,17 +109,6 @@ pub fn replace_file(path: &Path, content: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// A token-mode credentials file in `dir`: van-1 has tok-1, van-2 tok-2.
-pub fn credentials(dir: &Path) -> PathBuf {
-    let path = dir.join("credentials.toml");
-    std::fs::write(
-        &path,
-        "[[device]]\nvehicle_id = \"van-1\"\ntoken = \"tok-1\"\n[[device]]\nvehicle_id = \"van-2\"\ntoken = \"tok-2\"\n",
-    )
-    .unwrap();
-    path
-}
-
 /// A TLS client configuration trusting `ca`, presenting `identity` if given.
 pub fn client_config(ca: &Ca, identity: Option<&Identity>) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();

@@ -908,3 +908,171 @@ async fn the_clients_receive_maximum_and_maximum_packet_size_are_honoured() {
     assert_eq!(out["sizes"], serde_json::json!([10]), "{out}");
     p.stop().await;
 }
+
+// ------------------------------------------- MQTT 5 publish properties
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_publish_properties_reach_v5_subscribers_and_a_3_1_1_subscriber_gets_the_message_without_them()
+ {
+    // Anonymous mode: any topic. Both listeners share one router, so a
+    // message an MQTT 5 client publishes with properties reaches MQTT 3.1.1
+    // subscribers too, which have no way to carry them.
+    let mut p = TestPipeline::start(|_| {}).await;
+    let port_v5 = p.mqtt_v5.unwrap().port().to_string();
+    let port_311 = p.mqtt.unwrap().port().to_string();
+    let topic = "props/t";
+    let sub = |port: &str, version: &str, format: &str| {
+        spawn_sub(strings(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-V",
+            version,
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-C",
+            "2",
+            "-W",
+            "15",
+            "-F",
+            format,
+        ]))
+    };
+    let v5 = sub(&port_v5, "mqttv5", "%p|%P|%F|%C");
+    let v311 = sub(&port_311, "mqttv311", "%p");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with_properties = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port_v5,
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            "first",
+            "-D",
+            "publish",
+            "user-property",
+            "a",
+            "2",
+            "-D",
+            "publish",
+            "payload-format-indicator",
+            "1",
+            "-D",
+            "publish",
+            "content-type",
+            "text/plain",
+        ],
+        CLIENT,
+    )
+    .await;
+    assert!(with_properties.success, "{with_properties:?}");
+    pub_v5(&port_v5, topic, "second").await;
+
+    // The MQTT 5 subscriber gets the publisher's properties as they were
+    // (MQTT 5 §3.3.2.3: user properties, payload format indicator and
+    // content type are forwarded unaltered).
+    let run = v5.await.unwrap();
+    assert_eq!(
+        run.lines(),
+        vec!["first|a:2|1|text/plain", "second|||"],
+        "{run:?}"
+    );
+    // The MQTT 3.1.1 subscriber gets both messages, without the properties
+    // its protocol cannot carry, and its connection stays up.
+    let run = v311.await.unwrap();
+    assert_eq!(run.lines(), vec!["first", "second"], "{run:?}");
+    p.stop().await;
+}
+
+// ------------------------------------------------- QoS 2 with properties
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_pubrel_with_properties_completes_the_qos_2_flow() {
+    let mut p = TestPipeline::start(|_| {}).await;
+    let mut c = RawMqtt::open(p.mqtt_v5.unwrap()).await;
+    let connack = c.connect_v5("van-7", None, None).await;
+    assert!(accepted_v5(&connack), "{connack:?}");
+    let mut publish = v5::Publish::new(
+        "fleet/van-7/telemetry",
+        rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+        json_ping("van-7", 1),
+        None,
+    );
+    publish.pkid = 9;
+    c.send_v5(v5::Packet::Publish(publish)).await;
+    match c.next_v5(T).await {
+        Next::Packet(v5::Packet::PubRec(rec)) => assert_eq!(rec.pkid, 9),
+        other => panic!("no PUBREC: {other:?}"),
+    }
+    // PUBREL for packet id 9, reason 0x00, with a Reason String property
+    // (MQTT 5 §3.6.2.2): the broker ignored a PUBREL that had properties,
+    // so the device never got its PUBCOMP and resent PUBREL for ever.
+    c.send_bytes(&[
+        0x62, 0x09, 0x00, 0x09, 0x00, 0x05, 0x1F, 0x00, 0x02, b'o', b'k',
+    ])
+    .await;
+    match c.next_v5(T).await {
+        Next::Packet(v5::Packet::PubComp(comp)) => assert_eq!(comp.pkid, 9),
+        other => panic!("no PUBCOMP: {other:?}"),
+    }
+    p.wait_telemetry(1, T).await;
+    p.stop().await;
+}
+
+// ------------------------------------------ MQTT 5 DISCONNECT, shortest form
+
+/// A 3.1.1 subscriber to `topic` on `p`'s broker.
+async fn subscriber(p: &TestPipeline, client_id: &str, topic: &str) -> RawMqtt {
+    let mut s = RawMqtt::open(p.mqtt.unwrap()).await;
+    let connack = s.connect_v4(client_id, None, None, true).await;
+    assert!(accepted_v4(&connack), "{connack:?}");
+    s.send_v4(subscribe_v4(topic, 1)).await;
+    match s.next_v4(T).await {
+        Next::Packet(v4::Packet::SubAck(_)) => s,
+        other => panic!("no SUBACK: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_disconnect_with_only_a_reason_code_is_read() {
+    // MQTT 5 §3.14.2.2.1: with a Remaining Length of 1 the Property Length
+    // is left out. The broker asked for one more byte, so it never read
+    // such a DISCONNECT: 0x04 did not publish the will, 0x00 did not end
+    // the session cleanly.
+    let mut p = TestPipeline::start(|_| {}).await;
+    let mut watcher = subscriber(&p, "will-watcher", "wills/#").await;
+    for (reason, will_expected) in [(0x04u8, true), (0x00, false)] {
+        let topic = format!("wills/{reason}");
+        let mut c = RawMqtt::open(p.mqtt_v5.unwrap()).await;
+        let connack = c
+            .connect_v5(&format!("willer-{reason}"), None, Some((&topic, b"gone")))
+            .await;
+        assert!(accepted_v5(&connack), "{connack:?}");
+        c.send_bytes(&[0xE0, 0x01, reason]).await;
+        // The broker closes the connection itself once it has read it.
+        assert!(
+            c.closed_within(T).await,
+            "DISCONNECT {reason:#04x} not read"
+        );
+        match watcher.next_v4(Duration::from_secs(2)).await {
+            Next::Packet(v4::Packet::Publish(will)) => {
+                assert!(will_expected, "DISCONNECT {reason:#04x} published the will");
+                assert_eq!(will.topic, topic);
+                assert_eq!(&will.payload[..], b"gone");
+            }
+            other => assert!(!will_expected, "no will after 0x04: {other:?}"),
+        }
+    }
+    p.stop().await;
+}

@@ -398,3 +398,75 @@ async fn a_reconnect_right_after_the_old_connection_closed_takes_over_its_client
     p.wait_telemetry(40, T).await;
     p.stop().await;
 }
+
+/// Panics raised in the broker's code (the vendored rumqttd) since
+/// [`watch_broker_panics`] was first called. A panic in a connection task
+/// only ends that task, so from the socket it looks like any close: the
+/// hook is how a test tells a refusal from a crash.
+fn watch_broker_panics() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    static PANICS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<String>>>> =
+        std::sync::OnceLock::new();
+    PANICS
+        .get_or_init(|| {
+            let panics = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = panics.clone();
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if let Some(at) = info.location().filter(|l| l.file().contains("rumqttd")) {
+                    seen.lock().unwrap().push(format!("{at}: {info}"));
+                }
+                previous(info);
+            }));
+            panics
+        })
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_only_a_server_may_send_close_the_sender_and_crash_nothing() {
+    let panics = watch_broker_panics();
+    let (mut p, _dir) = token_pipeline().await;
+    // (name, bytes) of packets a client must never send: server-to-client
+    // packets, with and without a body, and the reserved types 0 and 15.
+    let v4_packets: &[(&str, &[u8])] = &[
+        ("CONNACK", &[0x20, 0x02, 0x00, 0x00]),
+        ("SUBACK", &[0x90, 0x03, 0x00, 0x01, 0x01]),
+        ("UNSUBACK", &[0xB0, 0x02, 0x00, 0x01]),
+        ("PINGRESP with a body", &[0xD0, 0x01, 0x00]),
+        ("reserved 0", &[0x00, 0x00]),
+        ("reserved 15", &[0xF0, 0x00]),
+    ];
+    // MQTT 5: a packet that decodes is answered with DISCONNECT 0x82
+    // Protocol Error (exactly these bytes: no property length, as the
+    // Remaining Length of 1 says) before the close; one the broker's MQTT 5
+    // decoder does not read at all (it has no CONNACK or UNSUBACK reader:
+    // these two panicked it) is just closed.
+    let protocol_error: &[u8] = &[0xE0, 0x01, 0x82];
+    let v5_packets: &[(&str, &[u8], &[u8])] = &[
+        ("CONNACK", &[0x20, 0x03, 0x00, 0x00, 0x00], &[]),
+        (
+            "SUBACK",
+            &[0x90, 0x04, 0x00, 0x01, 0x00, 0x01],
+            protocol_error,
+        ),
+        ("UNSUBACK", &[0xB0, 0x04, 0x00, 0x01, 0x00, 0x00], &[]),
+        ("PINGRESP", &[0xD0, 0x00], protocol_error),
+        ("reserved 0", &[0x00, 0x00], &[]),
+        ("AUTH", &[0xF0, 0x02, 0x00, 0x00], &[]),
+    ];
+    for (name, bytes, answer) in v5_packets {
+        let mut c = device_v5(&p, "van-1", Some(("van-1", "tok-1"))).await;
+        c.send_bytes(bytes).await;
+        let sent = c.bytes_until_closed(CLOSE).await;
+        assert_eq!(sent.as_deref(), Some(*answer), "5 {name} must close");
+    }
+    assert_eq!(*panics.lock().unwrap(), Vec::<String>::new());
+
+    // The broker serves everyone else, and van-1 again, as before.
+    let mut van2 = device_v4(&p, "van-2", Some(("van-2", "tok-2"))).await;
+    publish_acked_v4(&mut van2, "van-2", 1).await;
+    let mut van1 = device_v4(&p, "van-1", Some(("van-1", "tok-1"))).await;
+    publish_acked_v4(&mut van1, "van-1", 1).await;
+    p.wait_telemetry(2, T).await;
+    p.stop().await;
+}

@@ -113,6 +113,23 @@ impl RawMqtt {
         }
     }
 
+    /// Every byte the broker sends until it closes the connection, if it
+    /// does within `wait`: for asserting on a packet exactly as sent, where
+    /// a client library's decoder would hide or reject a malformed one.
+    pub async fn bytes_until_closed(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self
+                .fill(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                .await
+            {
+                Some(true) => {}
+                Some(false) => return Some(self.read.split().to_vec()),
+                None => return None,
+            }
+        }
+    }
+
     /// Whether the broker closes the connection within `wait` (packets it
     /// sends before closing are skipped).
     pub async fn closed_within(&mut self, wait: Duration) -> bool {

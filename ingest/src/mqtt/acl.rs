@@ -98,6 +98,12 @@ pub enum Refusal {
     /// A packet before CONNECT (rumqttd refuses these too).
     #[error("packet before CONNECT")]
     NotConnected,
+    /// A packet only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP):
+    /// a protocol violation, which closes the connection (MQTT 3.1.1 §4.8,
+    /// MQTT 5 §4.13). rumqttd would ignore it, and rumqttd's MQTT 5 decoder
+    /// panicked on some of them.
+    #[error("{0} is a server's packet, not a client's")]
+    ServerPacket(&'static str),
     /// Bad or missing credentials.
     #[error("authentication failed: {0}")]
     Auth(#[from] AuthError),
@@ -160,7 +166,7 @@ pub fn answer(refusal: &Refusal, v5: bool) -> Option<Answer> {
         // 0x05 / 0x87 Not authorized.
         Refusal::Certificate(_) | Refusal::Will { .. } => connack(ConnectReturnCode::NotAuthorized),
         _ if !v5 => None,
-        Refusal::SecondConnect | Refusal::NotConnected => {
+        Refusal::SecondConnect | Refusal::NotConnected | Refusal::ServerPacket(_) => {
             Some(Answer::Disconnect(DisconnectReasonCode::ProtocolError))
         }
         // A QoS 0 publish, which has no acknowledgement to carry a reason.
@@ -504,6 +510,18 @@ impl<P: Protocol> DeviceProtocol<P> {
                     }
                 }
             }
+            Packet::ConnAck(..) => {
+                return Err(self.refuse("protocol", &Refusal::ServerPacket("CONNACK")));
+            }
+            Packet::SubAck(..) => {
+                return Err(self.refuse("protocol", &Refusal::ServerPacket("SUBACK")));
+            }
+            Packet::UnsubAck(..) => {
+                return Err(self.refuse("protocol", &Refusal::ServerPacket("UNSUBACK")));
+            }
+            Packet::PingResp(..) => {
+                return Err(self.refuse("protocol", &Refusal::ServerPacket("PINGRESP")));
+            }
             _ => {}
         }
         Ok(())
@@ -620,10 +638,10 @@ mod tests {
             disconnect(&expired),
             reason(DisconnectReasonCode::MaximumConnectTime)
         );
-        assert_eq!(
-            disconnect(&Refusal::SecondConnect),
-            reason(DisconnectReasonCode::ProtocolError)
-        );
+        for r in [&Refusal::SecondConnect, &Refusal::ServerPacket("SUBACK")] {
+            assert_eq!(disconnect(r), reason(DisconnectReasonCode::ProtocolError));
+            assert_eq!(answer(r, false), None);
+        }
         assert_eq!(
             shutdown_answer(true, false),
             Some(Answer::ConnAck(ConnectReturnCode::ServiceUnavailable))

@@ -856,7 +856,11 @@ impl Router {
                     ackslog.pubrel(pubrel);
                     self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
                 }
-                Packet::PubRel(pubrel, None) => {
+                // fleetpipe: with or without properties (MQTT 5 §3.6.2.2:
+                // a Reason String or User Properties); only `None` matched,
+                // and a PUBREL with properties was ignored, so the client
+                // never got its PUBCOMP.
+                Packet::PubRel(pubrel, _) => {
                     let span = tracing::info_span!("pubrel", pkid = pubrel.pkid);
                     let _guard = span.enter();
 
@@ -926,7 +930,7 @@ impl Router {
 
                     force_ack = true;
                 }
-                Packet::Disconnect(_, properties) => {
+                Packet::Disconnect(packet, properties) => {
                     let span = tracing::info_span!("disconnect");
                     let _guard = span.enter();
                     disconnect = true;
@@ -939,7 +943,13 @@ impl Router {
                         }
                     }
                     // delete the last will message
-                    self.last_wills.remove(&client_id);
+                    // fleetpipe: unless the client asks for it to be
+                    // published (MQTT 5 §3.14.2.1, reason 0x04 "Disconnect
+                    // with Will Message"): it then goes out as after an
+                    // abnormal close, Will Delay Interval included.
+                    if packet.reason_code != DisconnectReasonCode::DisconnectWithWillMessage {
+                        self.last_wills.remove(&client_id);
+                    }
                     break;
                 }
                 incoming => {

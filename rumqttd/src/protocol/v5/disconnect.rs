@@ -55,6 +55,14 @@ pub fn read(
     let disconnect = Disconnect {
         reason_code: reason(reason_code)?,
     };
+    // fleetpipe: with a Remaining Length of 1 the Property Length is left
+    // out and 0 (MQTT 5 §3.14.2.2.1); reading it anyway asked for one more
+    // byte, so a client's DISCONNECT with only a reason code (0x04 "with
+    // will message", say) was never read: its connection waited for bytes
+    // that do not come.
+    if fixed_header.remaining_len == 1 {
+        return Ok((disconnect, None));
+    }
     let properties = properties::read(&mut bytes)?;
 
     Ok((disconnect, properties))
@@ -78,10 +86,12 @@ pub fn write(
 
     buffer.put_u8(code(disconnect.reason_code));
 
+    // fleetpipe: without properties the Property Length is left out
+    // (MQTT 5 §3.14.2.2.1), as `len` counts it; writing a 0 for it too sent
+    // one byte more than the Remaining Length says, which a client reads
+    // as the start of a next (malformed) packet.
     if let Some(properties) = &properties {
         properties::write(properties, buffer)?;
-    } else {
-        write_remaining_length(buffer, 0)?;
     }
 
     Ok(1 + len_len + length)

@@ -426,7 +426,11 @@ impl Protocol for V5 {
                 let (pubcomp, properties) = pubcomp::read(fixed_header, packet)?;
                 Packet::PubComp(pubcomp, properties)
             }
-            _ => unreachable!(),
+            // fleetpipe: CONNACK and UNSUBACK (server-to-client packets)
+            // with a body reached `unreachable!()` here: a client sending
+            // one panicked its connection task. Malformed input is an
+            // error that closes the connection, like any other.
+            _ => return Err(Error::InvalidPacketType(fixed_header.byte1 >> 4)),
         };
 
         Ok(packet)

@@ -187,7 +187,11 @@ mod properties {
                 }
                 PropertyType::SubscriptionIdentifier => {
                     let (id_len, id) = length(bytes.iter())?;
-                    cursor += 1 + id_len;
+                    // fleetpipe: the property's identifier byte is counted
+                    // above; `1 + id_len` counted it twice, so the loop
+                    // stopped early and the rest of the properties were
+                    // read as payload (found by fuzz/mqtt_codec).
+                    cursor += id_len;
                     bytes.advance(id_len);
                     subscription_identifiers.push(id);
                 }

@@ -31,6 +31,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use tokio::task::JoinError;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::AbortOnDropHandle;
 
 pub use table::FenceTable;
 
@@ -325,20 +326,9 @@ impl FileWatcher {
 /// ended, [`LoadError::Watcher`] when it panicked. Dropping the returned
 /// future aborts the task.
 async fn supervised(watcher: impl Future<Output = ()> + Send + 'static) -> Result<(), LoadError> {
-    let task = tokio::spawn(watcher);
-    let abort = task.abort_handle();
-    // Aborts the watcher if its owner stops waiting (e.g. a failed start
-    // drops the owner's task set).
-    struct AbortOnDrop(tokio::task::AbortHandle);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let guard = AbortOnDrop(abort);
-    let result = task.await.map_err(LoadError::Watcher);
-    drop(guard);
-    result
+    AbortOnDropHandle::new(tokio::spawn(watcher))
+        .await
+        .map_err(LoadError::Watcher)
 }
 
 /// Reloads the fences from every configured source; clones share one

@@ -15,9 +15,12 @@
 //! [`crate::metrics::RELOAD_ERRORS_TOTAL`]; the watcher retries only when
 //! the content changes again.
 //!
-//! The service spawns nothing on its own: its one background task, the
-//! watcher, is handed to the caller ([`FenceService::take_watcher`]), who
-//! owns it, runs it until shutdown and hears if it dies.
+//! The service runs no background task of its own: its one long-lived
+//! task, the watcher, is handed to the caller
+//! ([`FenceService::take_watcher`]), who owns it, runs it until shutdown and
+//! hears if it dies. (Parsing and indexing run on the blocking pool and are
+//! awaited; only the freeing of a replaced index is left to finish there
+//! on its own.)
 
 mod file;
 mod table;

@@ -19,7 +19,7 @@
 mod config;
 mod enricher;
 mod error;
-mod fences;
+mod fence_lookup;
 mod service;
 mod store;
 mod tracker;

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::EnrichConfig;
 use crate::enricher::Enricher;
 use crate::error::EnrichError;
-use crate::fences::FenceCache;
+use crate::fence_lookup::FenceLookup;
 use crate::vehicle::{Draft, Pos, Rules, Sample, VehicleState};
 
 /// Keys of the last pings applied, remembered to flag duplicates.
@@ -87,7 +87,7 @@ pub struct Tracker {
     enricher: Enricher,
     rules: Rules,
     source: Arc<str>,
-    fences: FenceCache,
+    fence_lookup: FenceLookup,
     /// Boxed: the table has up to twice as many buckets as vehicles (its
     /// size is a power of two), and a bucket holding the ~500-byte entry
     /// itself would cost ~1 KiB per vehicle at 1M vehicles; a box costs 8.
@@ -113,7 +113,7 @@ impl Tracker {
             enricher: Enricher::new(config)?,
             rules: Rules::new(config),
             source: Arc::from(config.source.as_str()),
-            fences: FenceCache::new(fences),
+            fence_lookup: FenceLookup::new(fences),
             vehicles: HashMap::default(),
             timers: BinaryHeap::new(),
             holding: Vec::new(),
@@ -133,9 +133,9 @@ impl Tracker {
     pub fn ingest(&mut self, accepted: Accepted, out: &mut Vec<SinkRecord>) {
         let Accepted { ping, origin, ack } = accepted;
         let now = origin.received_at;
-        self.fences.refresh();
+        self.fence_lookup.refresh();
         let h3 = self.enricher.cells(ping.lat, ping.lon);
-        let fences = self.fences.lookup(ping.lat, ping.lon);
+        let fences = self.fence_lookup.lookup(ping.lat, ping.lon);
         let rules = &self.rules;
         let entry = match self.vehicles.get_mut(&ping.vehicle_id) {
             Some(entry) => entry,
@@ -146,7 +146,7 @@ impl Tracker {
         // whether or not a timer noticed it (a replay has no timers).
         let silent = now - entry.last_received >= rules.offline_after_ms;
         if silent && (entry.state.is_online() || !entry.pending.is_empty()) {
-            release_all(entry, rules, &self.fences, &mut self.drafts);
+            release_all(entry, rules, &self.fence_lookup, &mut self.drafts);
             let last = entry.max_ts;
             entry
                 .state
@@ -225,9 +225,13 @@ impl Tracker {
             entry.pending.insert(at, sample);
         }
         let window = rules.reorder_window_ms;
-        release(entry, rules, &self.fences, &mut self.drafts, |s, e| {
-            e.max_ts - s.pos.ts >= window || now - s.received_at >= window
-        });
+        release(
+            entry,
+            rules,
+            &self.fence_lookup,
+            &mut self.drafts,
+            |s, e| e.max_ts - s.pos.ts >= window || now - s.received_at >= window,
+        );
         if !entry.pending.is_empty() && !entry.holding {
             entry.holding = true;
             self.holding.push(ping.vehicle_id.clone());
@@ -263,7 +267,7 @@ impl Tracker {
     /// `reorder_window`, and takes vehicles silent for `offline_after`
     /// offline. Events from here carry no ack: no sender waits for them.
     pub fn tick(&mut self, now: i64, out: &mut Vec<SinkRecord>) {
-        self.fences.refresh();
+        self.fence_lookup.refresh();
         let window = self.rules.reorder_window_ms;
         let holding = std::mem::take(&mut self.holding);
         for vehicle in holding {
@@ -273,7 +277,7 @@ impl Tracker {
             release(
                 entry,
                 &self.rules,
-                &self.fences,
+                &self.fence_lookup,
                 &mut self.drafts,
                 |s, _| now - s.received_at >= window,
             );
@@ -303,7 +307,7 @@ impl Tracker {
             entry.timer_armed = false;
             if entry.state.is_online() || !entry.pending.is_empty() {
                 // Its `holding` listing, if any, goes at the next tick.
-                release_all(entry, &self.rules, &self.fences, &mut self.drafts);
+                release_all(entry, &self.rules, &self.fence_lookup, &mut self.drafts);
                 let last = entry.max_ts;
                 entry
                     .state
@@ -320,7 +324,7 @@ impl Tracker {
         for vehicle in holding {
             if let Some(entry) = self.vehicles.get_mut(&vehicle) {
                 entry.holding = false;
-                release_all(entry, &self.rules, &self.fences, &mut self.drafts);
+                release_all(entry, &self.rules, &self.fence_lookup, &mut self.drafts);
                 mark_dirty(entry, &vehicle, &mut self.dirty);
                 self.wrap_unacked(&vehicle, out);
             }
@@ -413,7 +417,7 @@ impl Tracker {
 fn release(
     entry: &mut Entry,
     rules: &Rules,
-    fences: &FenceCache,
+    fence_lookup: &FenceLookup,
     out: &mut Vec<Draft>,
     ready: impl Fn(&Sample, &Entry) -> bool,
 ) {
@@ -421,28 +425,28 @@ fn release(
     while n < entry.pending.len() && ready(&entry.pending[n], entry) {
         n += 1;
     }
-    apply_first(entry, n, rules, fences, out);
+    apply_first(entry, n, rules, fence_lookup, out);
 }
 
 /// Applies every waiting ping.
-fn release_all(entry: &mut Entry, rules: &Rules, fences: &FenceCache, out: &mut Vec<Draft>) {
+fn release_all(entry: &mut Entry, rules: &Rules, fence_lookup: &FenceLookup, out: &mut Vec<Draft>) {
     let n = entry.pending.len();
-    apply_first(entry, n, rules, fences, out);
+    apply_first(entry, n, rules, fence_lookup, out);
 }
 
 fn apply_first(
     entry: &mut Entry,
     n: usize,
     rules: &Rules,
-    fences: &FenceCache,
+    fence_lookup: &FenceLookup,
     out: &mut Vec<Draft>,
 ) {
     if n == 0 {
         return;
     }
-    let view = fences.view();
+    let snapshot = fence_lookup.snapshot();
     for sample in entry.pending.drain(..n) {
-        entry.state.apply(&sample, rules, &view, out);
+        entry.state.apply(&sample, rules, &snapshot, out);
         if entry.recent.len() == RECENT {
             entry.recent.remove(0);
         }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::EnrichConfig;
-use crate::fences::FenceView;
+use crate::fence_lookup::FenceSnapshot;
 
 /// The configured rules in the units the state machine computes in
 /// (milliseconds, metres, km/h).
@@ -327,7 +327,7 @@ impl VehicleState {
         &mut self,
         s: &Sample,
         rules: &Rules,
-        fences: &FenceView<'_>,
+        fences: &FenceSnapshot<'_>,
         out: &mut Vec<Draft>,
     ) {
         let mut em = Emitter { out };
@@ -441,7 +441,7 @@ impl VehicleState {
         &mut self,
         s: &Sample,
         rules: &Rules,
-        fences: &FenceView<'_>,
+        fences: &FenceSnapshot<'_>,
         em: &mut Emitter<'_>,
     ) {
         let ts = s.pos.ts;
@@ -585,7 +585,7 @@ impl VehicleState {
         ts: i64,
         speed: Option<f64>,
         rules: &Rules,
-        fences: &FenceView<'_>,
+        fences: &FenceSnapshot<'_>,
         em: &mut Emitter<'_>,
     ) {
         let Some(speed) = speed else {

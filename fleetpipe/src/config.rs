@@ -294,7 +294,7 @@ impl Config {
         fleetpipe_ingest::Authenticator::from_config(&self.ingest.auth)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         // Parses the fence file (without indexing it) for the same reason.
-        crate::fences::check_config(&self.geofence)
+        fleetpipe_geofence::service::check_config(&self.geofence)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.check_sinks()
     }

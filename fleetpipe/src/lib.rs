@@ -6,7 +6,6 @@
 
 pub mod config;
 pub mod demo;
-pub mod fences;
 pub mod ops;
 pub mod pipeline;
 

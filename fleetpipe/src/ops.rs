@@ -15,13 +15,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use fleetpipe_geofence::service::FenceReloader;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tokio_util::sync::CancellationToken;
-
-use crate::fences::FenceReloader;
 
 /// `ops`: the operations listener (health, readiness, metrics, admin).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetpipe_enrich::{EnrichService, StageSetup, StateStore};
+use fleetpipe_geofence::service::{FenceService, LoadError};
 use fleetpipe_ingest::gateway::InflightProbe;
 use fleetpipe_ingest::http::{routes as ingest_routes, serve};
 use fleetpipe_ingest::mqtt::{EmbeddedBroker, ExternalConsumer, MqttMode};
@@ -26,7 +27,6 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::Config;
-use crate::fences::FenceService;
 use crate::ops::{self, Readiness};
 
 /// Longest the operations listener may take to answer its requests in hand
@@ -51,6 +51,10 @@ pub enum PipelineError {
     /// A gateway stopped on its own while the pipeline was running.
     #[error("gateway failed: {0}")]
     Gateway(String),
+    /// The geofences could not be loaded at start, or their file watcher
+    /// died while the pipeline was running.
+    #[error(transparent)]
+    Geofence(#[from] LoadError),
 }
 
 /// The first failure of a task that must not end before shutdown. Recording
@@ -162,9 +166,7 @@ impl Pipeline {
         let ops_addr = ops_listener.local_addr().map_err(start_err)?;
         // Loaded and indexed before any gateway accepts: a bad fence file is
         // a failed start. Reloaded at run time, until `shutdown`.
-        let fences = FenceService::start(&config.geofence, shutdown.clone())
-            .await
-            .map_err(start_err)?;
+        let mut fences = FenceService::start(&config.geofence, shutdown.clone()).await?;
 
         let (ping_tx, ping_rx) = mpsc::channel::<Accepted>(config.pipeline.ping_queue);
         let (sink_tx, sink_rx) = mpsc::channel::<SinkRecord>(config.pipeline.sink_queue);
@@ -185,6 +187,15 @@ impl Pipeline {
         // JWT mode with a JWKS file: its keys are re-read when it changes.
         if let Some(watcher) = auth.jwks_watcher(shutdown.clone()) {
             gateways.spawn(watcher);
+        }
+        // The fence file's watcher: stops with `shutdown`; dying before is a failure.
+        if let Some(watcher) = fences.take_watcher() {
+            let failure = failure.clone();
+            gateways.spawn(async move {
+                if let Err(e) = watcher.run().await {
+                    failure.fail(PipelineError::Geofence(e));
+                }
+            });
         }
         let (mut mqtt_addr, mut mqtt_v5_addr) = (None, None);
         let mut mqtt_tls_addrs = (None, None);

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use fleetpipe::{Config, Pipeline};
+use fleetpipe_geofence::service::FenceTable;
 use fleetpipe_geofence::{GeofenceConfig, PostgresFencesConfig};
 use futures::FutureExt as _;
 use serde_json::{Value, json};
@@ -265,6 +266,25 @@ async fn the_admin_endpoint_reloads_and_answers_counts_or_422() {
     p.stop().await;
 }
 
+/// The watcher is the pipeline's task: it is joined when the pipeline
+/// stops, so a change after that is not loaded (nothing runs on unowned).
+#[tokio::test]
+async fn the_watcher_stops_with_the_pipeline() {
+    let (_dir, path) = fence_dir(&[square("a", 50.0, 10.0)]);
+    let mut p = start_with(GeofenceConfig {
+        file: Some(path.clone()),
+        watch_interval: Duration::from_millis(50),
+        ..GeofenceConfig::default()
+    })
+    .await;
+    let index = p.pipeline.as_ref().unwrap().fences();
+    p.stop().await;
+    std::fs::write(&path, collection(&[square("b", 51.0, 11.0)])).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: Vec<String> = index.load().fences().iter().map(|f| f.id.clone()).collect();
+    assert_eq!(ids, ["a"], "reloaded after the pipeline stopped");
+}
+
 #[tokio::test]
 async fn without_sources_there_are_no_fences_and_reload_answers_zero() {
     let mut p = TestPipeline::start(|_| {}).await;
@@ -292,7 +312,8 @@ fn unique_table(tag: &str) -> String {
     format!("geofences_{tag}_{}_{nanos}", std::process::id())
 }
 
-/// Creates the documented table under a unique name, runs `body`, drops it.
+/// Creates the table (as the geofence crate defines it) under a unique
+/// name, runs `body`, drops it.
 async fn with_table<F, Fut>(tag: &str, body: F)
 where
     F: FnOnce(tokio_postgres::Client, String) -> Fut,
@@ -300,18 +321,12 @@ where
 {
     let db = pg().await;
     let table = unique_table(tag);
-    db.batch_execute(&format!(
-        "CREATE TABLE {table} (
-             id              text PRIMARY KEY,
-             name            text,
-             kind            text,
-             speed_limit_kmh double precision,
-             dwell_s         integer,
-             arrival         boolean NOT NULL DEFAULT false,
-             radius_m        double precision,
-             geometry        jsonb NOT NULL
-         )"
-    ))
+    FenceTable::new(&PostgresFencesConfig {
+        table: table.clone(),
+        ..PostgresFencesConfig::new(PG)
+    })
+    .unwrap()
+    .create()
     .await
     .unwrap();
     let result = std::panic::AssertUnwindSafe(body(pg().await, table.clone()))

@@ -79,7 +79,7 @@ impl GeofenceConfig {
     /// an empty PostgreSQL URL or a table name that is not `name` or
     /// `schema.name` (letters, digits, `_`, `$`; not starting with a digit).
     pub fn validate(&self) -> Result<(), GeofenceError> {
-        crate::check_cell_size(self.cell_size())?;
+        crate::index::check_cell_size(self.cell_size())?;
         if self.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
             return Err(GeofenceError::Config {
                 key: "geofence.file",
@@ -106,20 +106,9 @@ impl Default for GeofenceConfig {
 
 /// `geofence.postgres`: fences from a PostgreSQL table.
 ///
-/// The table needs no PostGIS; its columns are those of [`crate::FenceRow`]:
-///
-/// ```sql
-/// CREATE TABLE geofences (
-///     id              text PRIMARY KEY,
-///     name            text,
-///     kind            text,
-///     speed_limit_kmh double precision,
-///     dwell_s         integer,
-///     arrival         boolean NOT NULL DEFAULT false,
-///     radius_m        double precision,
-///     geometry        jsonb NOT NULL  -- a GeoJSON geometry object
-/// );
-/// ```
+/// The table needs no PostGIS; its columns are those of [`crate::FenceRow`]
+/// (`geofence/sql/fence_table.sql`; with the `service` feature,
+/// `FenceTable::create` creates it).
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresFencesConfig {

@@ -1,5 +1,7 @@
-//! The geofences as enrichment sees them: the shared index, plus per-worker
-//! lookup tables keyed by fence id.
+//! Fence lookups as an enrichment worker makes them: [`FenceLookup`], the
+//! worker's copy of the shared index (picked up again after a reload) with
+//! tables from fence position to fence id and back, and [`FenceSnapshot`],
+//! one version of it for the state machine, by fence id.
 //!
 //! Per-vehicle state names fences by their string id, never by their
 //! position in the index, so a reload that keeps a fence's id keeps its
@@ -10,9 +12,10 @@ use std::sync::Arc;
 
 use fleetpipe_geofence::{Fence, FenceId, GeofenceIndex, SharedIndex};
 
-/// A worker's view of the current index, rebuilt when the index is swapped.
+/// A worker's lookups in the current index, with its id tables rebuilt when
+/// the index is swapped.
 #[derive(Debug)]
-pub(crate) struct FenceCache {
+pub(crate) struct FenceLookup {
     shared: SharedIndex,
     index: Arc<GeofenceIndex>,
     /// Fence id strings by [`FenceId`], shared by every record and state.
@@ -21,21 +24,21 @@ pub(crate) struct FenceCache {
     scratch: Vec<FenceId>,
 }
 
-/// Lookups against one version of the index.
+/// One version of the index, by fence id.
 #[derive(Debug)]
-pub(crate) struct FenceView<'a> {
+pub(crate) struct FenceSnapshot<'a> {
     index: &'a GeofenceIndex,
     by_id: &'a HashMap<Arc<str>, FenceId>,
 }
 
-impl FenceView<'_> {
-    /// The fence with this id in the current index.
+impl FenceSnapshot<'_> {
+    /// The fence with this id in this version.
     pub(crate) fn get(&self, id: &str) -> Option<&Fence> {
         self.by_id.get(id).and_then(|&f| self.index.fence(f))
     }
 }
 
-impl FenceCache {
+impl FenceLookup {
     pub(crate) fn new(shared: SharedIndex) -> Self {
         let index = shared.load_full();
         let mut cache = Self {
@@ -93,8 +96,8 @@ impl FenceCache {
     }
 
     /// The current version, for the state machine.
-    pub(crate) fn view(&self) -> FenceView<'_> {
-        FenceView {
+    pub(crate) fn snapshot(&self) -> FenceSnapshot<'_> {
+        FenceSnapshot {
             index: &self.index,
             by_id: &self.by_id,
         }

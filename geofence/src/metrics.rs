@@ -1,0 +1,143 @@
+//! The metrics of the geofence service, declared once: [`ALL`] lists each
+//! one's name, kind, unit, description and labels; [`describe`] registers
+//! them with the recorder, and the service records them only through the
+//! functions below, never by a name written elsewhere.
+
+use ::metrics::Unit;
+
+/// Fences in the geofence index in use (gauge).
+pub const FENCES: &str = "fleetpipe_geofence_fences";
+/// Reloads that replaced the index (counter).
+pub const RELOADS_TOTAL: &str = "fleetpipe_geofence_reloads_total";
+/// Reloads that failed, the previous index staying in use (counter).
+pub const RELOAD_ERRORS_TOTAL: &str = "fleetpipe_geofence_reload_errors_total";
+
+/// What a metric counts or measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// A current value.
+    Gauge,
+}
+
+/// One metric's declaration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// Its name, as exported.
+    pub name: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// Its unit.
+    pub unit: Unit,
+    /// The help text exporters show.
+    pub description: &'static str,
+    /// Names of its labels (none of the geofence metrics has any: one
+    /// index per process).
+    pub labels: &'static [&'static str],
+}
+
+/// Every metric of the geofence service.
+pub const ALL: [Metric; 3] = [
+    Metric {
+        name: FENCES,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        description: "Fences in the geofence index in use",
+        labels: &[],
+    },
+    Metric {
+        name: RELOADS_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        description: "Geofence reloads that replaced the index",
+        labels: &[],
+    },
+    Metric {
+        name: RELOAD_ERRORS_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        description: "Geofence reloads that failed (the previous index stayed in use)",
+        labels: &[],
+    },
+];
+
+/// Registers the descriptions, and the counters at their current value (0
+/// in a new process), so that they are exported before the first reload.
+pub fn describe() {
+    for metric in ALL {
+        match metric.kind {
+            Kind::Counter => {
+                ::metrics::describe_counter!(metric.name, metric.unit, metric.description);
+                ::metrics::counter!(metric.name).increment(0);
+            }
+            Kind::Gauge => {
+                ::metrics::describe_gauge!(metric.name, metric.unit, metric.description);
+            }
+        }
+    }
+}
+
+/// An index of `fences` fences is in use (at start or after a reload).
+pub(crate) fn fences_in_use(fences: usize) {
+    ::metrics::gauge!(FENCES).set(fences as f64);
+}
+
+/// A reload replaced the index with one of `fences` fences.
+pub(crate) fn reloaded(fences: usize) {
+    ::metrics::counter!(RELOADS_TOTAL).increment(1);
+    fences_in_use(fences);
+}
+
+/// A reload failed.
+pub(crate) fn reload_failed() {
+    ::metrics::counter!(RELOAD_ERRORS_TOTAL).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use metrics_util::MetricKind;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    #[test]
+    fn every_metric_is_described_and_recorded_under_its_declared_name() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        ::metrics::with_local_recorder(&recorder, || {
+            describe();
+            reloaded(7);
+            reloaded(5);
+            reload_failed();
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        for metric in ALL {
+            let kind = match metric.kind {
+                Kind::Counter => MetricKind::Counter,
+                Kind::Gauge => MetricKind::Gauge,
+            };
+            let (_, unit, description, value) = snapshot
+                .iter()
+                .find(|(key, ..)| key.kind() == kind && key.key().name() == metric.name)
+                .unwrap_or_else(|| panic!("{} not recorded", metric.name));
+            assert_eq!(*unit, Some(metric.unit), "{}", metric.name);
+            assert_eq!(
+                description.as_ref().map(|d| d.to_string()),
+                Some(metric.description.to_owned()),
+                "{}",
+                metric.name
+            );
+            let expected = match metric.name {
+                FENCES => DebugValue::Gauge(5.0.into()),
+                RELOADS_TOTAL => DebugValue::Counter(2),
+                RELOAD_ERRORS_TOTAL => DebugValue::Counter(1),
+                other => panic!("{other} has no expectation"),
+            };
+            assert_eq!(*value, expected, "{}", metric.name);
+            assert!(metric.labels.is_empty());
+        }
+    }
+}

@@ -64,8 +64,9 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum DbCommand {
-    /// Apply the schema migrations of [sink.timescale] and exit (fleetpipe
-    /// also applies them at start).
+    /// Apply the schema migrations of [sink.timescale] and create
+    /// enrichment's vehicle_state table, then exit (fleetpipe also does
+    /// both at start).
     Migrate {
         /// Configuration file.
         #[arg(long, short, default_value = "config/fleetpipe.toml")]

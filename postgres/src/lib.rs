@@ -12,8 +12,8 @@
 //!   `sslmode` meanings (`disable`, `require`, `verify-ca`,
 //!   `verify-full`) and a CA file. Always available (configurations hold
 //!   them without an I/O stack).
-//! - [`sql`]: [`quote_ident`], the advisory lock of a schema and, with
-//!   `connect`, [`describe`] (an error with its SQLSTATE, detail and
+//! - [`sql`]: [`quote_ident`] / [`quote_qualified`], the advisory lock of
+//!   a schema and, with `connect`, [`describe`] (an error with its SQLSTATE, detail and
 //!   context, not just `db error`).
 //! - With the `connect` feature, [`Postgres`]: the settings applied to the
 //!   parsed URL, with the component's `application_name`;
@@ -48,7 +48,7 @@ pub use client::Postgres;
 pub use config::{DEFAULT_CONNECT_TIMEOUT, PostgresConfig, PostgresTls, TlsMode};
 #[cfg(feature = "connect")]
 pub use sql::describe;
-pub use sql::quote_ident;
+pub use sql::{quote_ident, quote_qualified};
 #[cfg(feature = "connect")]
 pub use tls::{MakeTls, TlsConnector};
 

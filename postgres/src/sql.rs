@@ -1,7 +1,8 @@
 //! SQL text and PostgreSQL errors as the crates that talk to PostgreSQL
-//! share them: [`quote_ident`] (always available; string formatting
-//! only), the advisory lock of a schema ([`SCHEMA_LOCK_CLASS`],
-//! [`schema_lock_key`]) and, with the `connect` feature, [`describe`].
+//! share them: [`quote_ident`] and [`quote_qualified`] (string formatting
+//! only, always available), the advisory lock of a schema
+//! ([`SCHEMA_LOCK_CLASS`], [`schema_lock_key`]) and, with the `connect`
+//! feature, [`describe`].
 
 /// `name` as a quoted SQL identifier: in double quotes, a `"` doubled.
 ///
@@ -12,6 +13,19 @@
 #[must_use]
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A possibly schema-qualified name (`name` or `schema.name`, as a
+/// configuration names a table) as quoted SQL: each part quoted with
+/// [`quote_ident`], so `Fleet.Geofences` is `"Fleet"."Geofences"`. The
+/// caller validates the parts first (a `.` inside a part cannot be told
+/// from the separator).
+#[must_use]
+pub fn quote_qualified(name: &str) -> String {
+    name.split('.')
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// First key of the advisory lock that serializes schema changes in one
@@ -84,6 +98,11 @@ mod tests {
         assert_eq!(quote_ident("fleet"), "\"fleet\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_ident(""), "\"\"");
+        assert_eq!(quote_qualified("geofences"), "\"geofences\"");
+        assert_eq!(
+            quote_qualified("Fleet.Geofences"),
+            "\"Fleet\".\"Geofences\""
+        );
     }
 
     #[test]

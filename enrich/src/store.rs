@@ -98,9 +98,9 @@ struct Line<'a> {
 
 impl StateStore {
     /// The `vehicle_state` table in `schema`, reached with `settings` (the
-    /// TimescaleDB sink's, found under `section`) and named
-    /// [`STATE_APPLICATION_NAME`] unless the URL names the connections. Reads the
-    /// TLS files once, so a missing one fails here.
+    /// TimescaleDB sink's, found under `section`), the connections named
+    /// [`STATE_APPLICATION_NAME`] unless the URL names them. Reads the TLS
+    /// files once, so a missing one fails here.
     ///
     /// # Errors
     ///
@@ -267,17 +267,19 @@ async fn ensure_table(client: &mut tokio_postgres::Client, schema: &str) -> Resu
         .transaction()
         .await
         .map_err(StoreError::pg(step.clone()))?;
+    // Without the notice that the schema (or, after waiting for the lock,
+    // the table) already exists; and without the statement timeout, which
+    // bounds checkpoints, not the wait for the sink's migrations (which
+    // hold the lock as long as they run).
+    txn.batch_execute("SET LOCAL client_min_messages = warning; SET LOCAL statement_timeout = 0")
+        .await
+        .map_err(StoreError::pg(step.clone()))?;
     txn.execute(
         "SELECT pg_advisory_xact_lock($1, $2)",
         &[&SCHEMA_LOCK_CLASS, &schema_lock_key(schema)],
     )
     .await
     .map_err(StoreError::pg(step.clone()))?;
-    // Without the notice that the schema (or, after waiting for the lock,
-    // the table) already exists.
-    txn.batch_execute("SET LOCAL client_min_messages = warning")
-        .await
-        .map_err(StoreError::pg(step.clone()))?;
     txn.batch_execute(&VEHICLE_STATE_SQL.replace("{schema}", &quote_ident(schema)))
         .await
         .map_err(StoreError::pg(step.clone()))?;

@@ -213,3 +213,50 @@ async fn stores_starting_together_on_a_fresh_schema_all_start() {
             .unwrap();
     }
 }
+
+/// Creating the table waits for the schema's advisory lock (held by the
+/// sink's migrations while they run), however long that takes: the
+/// statement timeout bounds checkpoints, not that wait. The store does not
+/// create the table while the lock is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_the_table_waits_for_the_schema_lock_beyond_the_statement_timeout() {
+    use fleetpipe_postgres::sql::{SCHEMA_LOCK_CLASS, schema_lock_key};
+
+    let db = admin().await;
+    let schema = schema_name("locked");
+    let key = schema_lock_key(&schema);
+    db.execute(
+        "SELECT pg_advisory_lock($1, $2)",
+        &[&SCHEMA_LOCK_CLASS, &key],
+    )
+    .await
+    .unwrap();
+    let settings = PostgresConfig {
+        statement_timeout: Some(std::time::Duration::from_millis(50)),
+        ..PostgresConfig::new(TEST_URL)
+    };
+    let store = StateStore::postgres(SECTION, &settings, &schema).unwrap();
+    let load = tokio::spawn(async move { store.load().await.map(|rows| rows.len()) });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !load.is_finished(),
+        "stopped waiting for the lock (gave up, or created the table without it)"
+    );
+    assert_eq!(table_oid(&db, &schema).await, None);
+    db.execute(
+        "SELECT pg_advisory_unlock($1, $2)",
+        &[&SCHEMA_LOCK_CLASS, &key],
+    )
+    .await
+    .unwrap();
+    let rows = tokio::time::timeout(std::time::Duration::from_secs(20), load)
+        .await
+        .expect("continues once the lock is free")
+        .unwrap()
+        .expect("loads although it waited longer than statement_timeout");
+    assert_eq!(rows, 0);
+    assert!(table_oid(&db, &schema).await.is_some());
+    db.batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&schema)))
+        .await
+        .unwrap();
+}

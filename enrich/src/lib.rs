@@ -32,5 +32,5 @@ pub use config::{
 pub use enricher::Enricher;
 pub use error::EnrichError;
 pub use service::{EnrichHandle, EnrichService, StageSetup};
-pub use store::{STATE_FILE, StateStore, StoreError};
+pub use store::{STATE_APPLICATION_NAME, STATE_FILE, StateStore, StoreError};
 pub use tracker::Tracker;

@@ -1,11 +1,15 @@
 //! Where per-vehicle state is checkpointed, so a restart neither forgets
 //! which vehicles are inside which fences nor re-emits their enter events.
 //!
-//! - [`StateStore::Postgres`]: the `vehicle_state` table (created by the
-//!   TimescaleDB sink's migrations), upserting only the vehicles changed
-//!   since the last checkpoint. Each load and checkpoint opens a connection
-//!   of its own, with the connection settings (URL, TLS, connect timeout)
-//!   it was given: the sink's.
+//! - [`StateStore::Postgres`]: the `vehicle_state` table, upserting only
+//!   the vehicles changed since the last checkpoint. The table is this
+//!   stage's: [`StateStore::load`] (at start) and [`StateStore::prepare`]
+//!   create it from `enrich/sql/vehicle_state.sql` when it is missing, and
+//!   leave alone the one the TimescaleDB sink's migration `0004` created in
+//!   earlier versions (the same table). Each load and checkpoint opens a
+//!   connection of its own, with the connection settings it was given (the
+//!   sink's URL, TLS and timeouts, as [`StateStore::postgres`] applies
+//!   them, named [`STATE_APPLICATION_NAME`]).
 //! - [`StateStore::Dir`]: one JSON-lines file, `vehicle-state.jsonl`, in a
 //!   directory, rewritten whole through a temporary file and an atomic
 //!   rename, so a crash mid-write leaves the previous checkpoint.
@@ -14,8 +18,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use fleetpipe_model::VehicleId;
-use fleetpipe_model::sql::{describe_pg_error, quote_ident};
-use fleetpipe_postgres::Postgres;
+use fleetpipe_postgres::sql::{SCHEMA_LOCK_CLASS, schema_lock_key};
+use fleetpipe_postgres::{Postgres, PostgresConfig, PostgresError, describe, quote_ident};
 use serde::{Deserialize, Serialize};
 
 /// Name of the checkpoint file of [`StateStore::Dir`].
@@ -24,9 +28,20 @@ pub const STATE_FILE: &str = "vehicle-state.jsonl";
 /// Upserted per statement by [`StateStore::Postgres`].
 const PG_CHUNK: usize = 2_000;
 
+/// Name the checkpoints' connections carry in `pg_stat_activity` when the
+/// URL sets none.
+pub const STATE_APPLICATION_NAME: &str = "fleetpipe-state";
+
+/// Creates `vehicle_state` (and its schema) if missing; `{schema}` is the
+/// quoted schema.
+const VEHICLE_STATE_SQL: &str = include_str!("../sql/vehicle_state.sql");
+
 /// Why a checkpoint could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The connection settings are invalid; the message names the key.
+    #[error(transparent)]
+    Config(#[from] PostgresError),
     /// File system error.
     #[error("state checkpoint {path}: {source}")]
     Io {
@@ -38,7 +53,7 @@ pub enum StoreError {
     },
     /// PostgreSQL error: which step failed, and PostgreSQL's own
     /// SQLSTATE, message and detail (not just `db error`).
-    #[error("state checkpoint in PostgreSQL: {step} failed: {}", describe_pg_error(.source))]
+    #[error("state checkpoint in PostgreSQL: {step} failed: {}", describe(.source))]
     Postgres {
         /// What was attempted, naming the statement's table, e.g.
         /// `read "Fleet".vehicle_state`.
@@ -62,11 +77,10 @@ impl StoreError {
 pub enum StateStore {
     /// `vehicle-state.jsonl` in this directory.
     Dir(PathBuf),
-    /// The `vehicle_state` table.
+    /// The `vehicle_state` table; see [`StateStore::postgres`].
     Postgres {
-        /// Connection settings: URL and TLS, as
-        /// `TimescaleConfig::postgres` makes them (the checkpoints live
-        /// next to the sink's data, reached the same way).
+        /// Connection settings (the checkpoints live next to the sink's
+        /// data, reached the same way).
         postgres: Postgres,
         /// Schema holding `vehicle_state`, as configured (unquoted): it is
         /// quoted in SQL exactly as the sink's migrations quote it, so a
@@ -83,6 +97,44 @@ struct Line<'a> {
 }
 
 impl StateStore {
+    /// The `vehicle_state` table in `schema`, reached with `settings` (the
+    /// TimescaleDB sink's, found under `section`), the connections named
+    /// [`STATE_APPLICATION_NAME`] unless the URL names them. Reads the TLS
+    /// files once, so a missing one fails here.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Config`] naming the `section` key at fault.
+    pub fn postgres(
+        section: &'static str,
+        settings: &PostgresConfig,
+        schema: &str,
+    ) -> Result<Self, StoreError> {
+        Ok(StateStore::Postgres {
+            postgres: Postgres::from_config(section, settings, STATE_APPLICATION_NAME)?,
+            schema: schema.to_owned(),
+        })
+    }
+
+    /// Creates what the store needs and is missing: `vehicle_state` (and its
+    /// schema) for [`StateStore::Postgres`], nothing for
+    /// [`StateStore::Dir`] (its directory is created by the first
+    /// checkpoint). [`StateStore::load`] does the same first; this is for
+    /// preparing a database without loading (`fleetpipe db migrate`).
+    ///
+    /// # Errors
+    ///
+    /// The database cannot be reached or refuses to create the table.
+    pub async fn prepare(&self) -> Result<(), StoreError> {
+        match self {
+            StateStore::Dir(_) => Ok(()),
+            StateStore::Postgres { postgres, schema } => {
+                let mut client = connect(postgres).await?;
+                ensure_table(&mut client, schema).await
+            }
+        }
+    }
+
     /// Whether a checkpoint must hold every vehicle (the file) rather than
     /// the changed ones (the table).
     pub fn wants_full(&self) -> bool {
@@ -91,11 +143,13 @@ impl StateStore {
 
     /// Reads the last checkpoint: `(vehicle, state JSON)` pairs. No
     /// checkpoint yet is an empty list. Lines with an invalid vehicle id are
-    /// skipped with a warning.
+    /// skipped with a warning. In PostgreSQL, first creates `vehicle_state`
+    /// if it is missing (as [`StateStore::prepare`]).
     ///
     /// # Errors
     ///
-    /// The file or table exists but cannot be read.
+    /// The table cannot be created, or the file or table exists but cannot
+    /// be read.
     pub async fn load(&self) -> Result<Vec<(VehicleId, String)>, StoreError> {
         match self {
             StateStore::Dir(dir) => {
@@ -118,7 +172,8 @@ impl StateStore {
                     .collect())
             }
             StateStore::Postgres { postgres, schema } => {
-                let client = connect(postgres).await?;
+                let mut client = connect(postgres).await?;
+                ensure_table(&mut client, schema).await?;
                 let table = state_table(schema);
                 let rows = client
                     .query(&format!("SELECT vehicle_id, state::text FROM {table}"), &[])
@@ -184,9 +239,53 @@ impl StateStore {
 }
 
 /// `schema.vehicle_state`, the schema quoted as the sink's migrations quote
-/// it.
+/// it (fleetpipe-postgres' [`quote_ident`]).
 fn state_table(schema: &str) -> String {
     format!("{}.vehicle_state", quote_ident(schema))
+}
+
+/// Creates `vehicle_state` from [`VEHICLE_STATE_SQL`] unless a relation of
+/// that name exists. Looking first needs no privilege beyond reading the
+/// catalog, so a deployment whose runtime user may not create tables keeps
+/// working once the table is there (e.g. made by the sink's migration in
+/// earlier versions). Creating takes the schema's advisory lock for the
+/// transaction, so two instances starting together do not race (a
+/// concurrent `CREATE TABLE IF NOT EXISTS` can still fail on the catalog's
+/// unique index), nor race the sink's migrations in the same schema.
+async fn ensure_table(client: &mut tokio_postgres::Client, schema: &str) -> Result<(), StoreError> {
+    let table = state_table(schema);
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(StoreError::pg(format!("look up {table}")))?
+        .get(0);
+    if exists {
+        return Ok(());
+    }
+    let step = format!("create {table}");
+    let txn = client
+        .transaction()
+        .await
+        .map_err(StoreError::pg(step.clone()))?;
+    // Without the notice that the schema (or, after waiting for the lock,
+    // the table) already exists; and without the statement timeout, which
+    // bounds checkpoints, not the wait for the sink's migrations (which
+    // hold the lock as long as they run).
+    txn.batch_execute("SET LOCAL client_min_messages = warning; SET LOCAL statement_timeout = 0")
+        .await
+        .map_err(StoreError::pg(step.clone()))?;
+    txn.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&SCHEMA_LOCK_CLASS, &schema_lock_key(schema)],
+    )
+    .await
+    .map_err(StoreError::pg(step.clone()))?;
+    txn.batch_execute(&VEHICLE_STATE_SQL.replace("{schema}", &quote_ident(schema)))
+        .await
+        .map_err(StoreError::pg(step.clone()))?;
+    txn.commit().await.map_err(StoreError::pg(step))?;
+    tracing::info!(schema, "state checkpoints: vehicle_state created");
+    Ok(())
 }
 
 /// A connection for one load or checkpoint (closed when the client is

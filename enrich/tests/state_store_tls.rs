@@ -14,8 +14,8 @@ use fleetpipe_postgres::{Postgres, PostgresTls, TlsMode};
 
 const SECTION: &str = "sink.timescale";
 
-/// A schema of this test's own with the `vehicle_state` table as the
-/// TimescaleDB sink's migrations create it (enrichment does not migrate).
+/// A schema of this test's own with the `vehicle_state` table (made here,
+/// so that the TLS connections only read and write it).
 async fn schema_with_state_table(admin: &tokio_postgres::Client) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

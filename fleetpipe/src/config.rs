@@ -435,6 +435,39 @@ mod tests {
         assert_eq!(ts, fleetpipe_sink::TimescaleConfig::new(ts.url.clone()));
     }
 
+    /// The commented connection timeouts of `[sink.timescale]` (a
+    /// paragraph of their own, as they have no defaults) are keys of that
+    /// table, valid as documented, and `config check` names them when
+    /// they are out of range.
+    #[test]
+    fn the_commented_timescale_timeouts_are_keys_of_the_table() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let keys: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# Timeouts of every connection to sink.timescale.url"))
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            keys,
+            "connect_timeout = \"5s\"\nstatement_timeout = \"30s\"\n"
+        );
+        let table = format!("[sink.timescale]\nurl = \"postgresql://db/fleet\"\n{keys}");
+        let ts = load(&table, &[]).unwrap().sink.timescale.unwrap();
+        assert_eq!(ts.connect_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(ts.statement_timeout, Some(Duration::from_secs(30)));
+
+        let zero = table.replace("\"5s\"", "\"0s\"");
+        let e = load(&zero, &[]).unwrap_err();
+        assert!(
+            e.contains("sink.timescale.connect_timeout must be whole seconds"),
+            "{e}"
+        );
+    }
+
     /// The commented `[sink.timescale.tls]` and `[geofence.postgres.tls]`
     /// blocks list every key, with the default mode; filled in for
     /// `verify-full`, they make a valid configuration.

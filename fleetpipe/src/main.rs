@@ -64,8 +64,9 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum DbCommand {
-    /// Apply the schema migrations of [sink.timescale] and exit (fleetpipe
-    /// also applies them at start).
+    /// Apply the schema migrations of [sink.timescale] and create
+    /// enrichment's vehicle_state table, then exit (fleetpipe also does
+    /// both at start).
     Migrate {
         /// Configuration file.
         #[arg(long, short, default_value = "config/fleetpipe.toml")]
@@ -116,10 +117,7 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())
-                .and_then(|rt| {
-                    rt.block_on(fleetpipe_sink::timescale::migrate(&timescale))
-                        .map_err(|e| e.to_string())
-                });
+                .and_then(|rt| rt.block_on(migrate_database(&timescale)));
             match migrated {
                 Ok(mode) => {
                     println!("migrations applied ({mode:?})");
@@ -200,6 +198,27 @@ async fn wait_for_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+}
+
+/// `fleetpipe db migrate`: the sink's migrations, then enrichment's
+/// `vehicle_state` (each table created by the crate that owns it), so the
+/// schema is complete before the first start.
+async fn migrate_database(
+    timescale: &fleetpipe_sink::TimescaleConfig,
+) -> Result<fleetpipe_sink::timescale::StorageMode, String> {
+    let mode = fleetpipe_sink::timescale::migrate(timescale)
+        .await
+        .map_err(|e| e.to_string())?;
+    fleetpipe_enrich::StateStore::postgres(
+        fleetpipe_sink::timescale::SECTION,
+        &timescale.connection(),
+        &timescale.schema,
+    )
+    .map_err(|e| e.to_string())?
+    .prepare()
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(mode)
 }
 
 fn init_logging(config: &Config) {

@@ -267,10 +267,12 @@ impl Pipeline {
         // is one (reached as the sink reaches it: same URL, same TLS), else
         // in `enrich.state_dir`.
         let store = match &config.sink.timescale {
-            Some(c) => StateStore::Postgres {
-                postgres: c.postgres().map_err(start_err)?,
-                schema: c.schema.clone(),
-            },
+            Some(c) => StateStore::postgres(
+                fleetpipe_sink::timescale::SECTION,
+                &c.connection(),
+                &c.schema,
+            )
+            .map_err(start_err)?,
             None => StateStore::Dir(config.enrich.state_dir.clone()),
         };
         let restored = store.load().await.map_err(start_err)?;

@@ -477,3 +477,100 @@ fn demo_drives_a_simulated_fleet_through_the_pipeline() {
     );
     assert!(!read_stream(&dir.path().join("data"), "events").is_empty());
 }
+
+/// `db migrate` prepares the whole schema, each table made by the crate
+/// that owns it: the sink's tables by its migrations and enrichment's
+/// `vehicle_state` by enrichment; a second run changes nothing. The new
+/// connection keys are refused out of range, naming the key.
+#[test]
+fn db_migrate_creates_the_sinks_tables_and_the_state_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let schema = format!("Fp_cli_migrate_{}_{nanos}", std::process::id());
+    let timescale = format!(
+        "[sink.timescale]\nurl = \"postgresql://postgres@127.0.0.1:5432/test\"\n\
+         schema = \"{schema}\"\nconnect_timeout = \"5s\"\nstatement_timeout = \"30s\"\n"
+    );
+    let path = write_config(dir.path(), &timescale);
+    for _ in 0..2 {
+        let out = fleetpipe()
+            .args(["db", "migrate", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tables: Vec<String> = runtime.block_on(async {
+        let (db, connection) = tokio_postgres::connect(
+            "postgresql://postgres@127.0.0.1:5432/test",
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let tables = db
+            .query(
+                "SELECT c.relname::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY 1",
+                &[&schema],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        db.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .await
+            .unwrap();
+        tables
+    });
+    assert_eq!(
+        tables,
+        [
+            "dead_letters",
+            "fleetpipe_migrations",
+            "telemetry",
+            "vehicle_events",
+            "vehicle_latest",
+            "vehicle_state"
+        ]
+    );
+
+    for (extra, needle) in [
+        (
+            "connect_timeout = \"0s\"\n",
+            "sink.timescale.connect_timeout must be whole seconds",
+        ),
+        (
+            "statement_timeout = \"0s\"\n",
+            "sink.timescale.statement_timeout must be whole milliseconds",
+        ),
+    ] {
+        let body = format!(
+            "[sink.timescale]\nurl = \"postgresql://postgres@127.0.0.1:5432/test\"\n{extra}"
+        );
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, &body).unwrap();
+        let out = fleetpipe()
+            .args(["config", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{body}: accepted");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+}

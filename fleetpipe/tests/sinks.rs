@@ -495,12 +495,20 @@ async fn a_failing_state_checkpoint_says_which_statement_failed_and_why() {
         schema: schema.clone(),
         ..fleetpipe_sink::TimescaleConfig::new(PG)
     };
-    // Migrated, then the state table lost (migrations do not recreate it).
+    // Migrated, then the state table replaced by a view whose rows come
+    // from a table that is gone. Enrichment creates a missing
+    // vehicle_state at start, so a dropped table would simply come back;
+    // this one is there but cannot be read.
     fleetpipe_sink::migrate(&sink).await.unwrap();
     let db = pg().await;
-    db.execute(&format!("drop table \"{schema}\".vehicle_state"), &[])
-        .await
-        .unwrap();
+    db.batch_execute(&format!(
+        "create function \"{schema}\".gone_state() \
+             returns table (vehicle_id text, state jsonb) language plpgsql as \
+             $$ begin return query select g.vehicle_id, g.state from \"{schema}\".gone g; end $$; \
+         create view \"{schema}\".vehicle_state as select * from \"{schema}\".gone_state()"
+    ))
+    .await
+    .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());

@@ -14,7 +14,6 @@ pub mod ping;
 pub mod proto;
 pub mod reason;
 pub mod record;
-pub mod sql;
 
 pub use ack::{Ack, AckStatus, BatchAck};
 pub use event::{EventType, VehicleEvent, event_id};

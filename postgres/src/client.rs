@@ -1,4 +1,4 @@
-//! [`Postgres`]: a URL and its TLS settings, ready to connect.
+//! [`Postgres`]: a component's connection settings, ready to connect.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,22 +7,19 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 use tokio_postgres::config::SslMode;
 
+use crate::sql::chain;
 use crate::tls::MakeTls;
-use crate::{PostgresError, PostgresTls, TlsMode};
-
-/// How long connecting may take when the URL sets no `connect_timeout`
-/// (tokio-postgres' own default is to wait as long as the OS does, minutes
-/// for an unanswered SYN).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::{DEFAULT_CONNECT_TIMEOUT, PostgresConfig, PostgresError, PostgresTls, TlsMode};
 
 /// libpq's TLS options, which tokio-postgres does not know (or, for
 /// `sslmode`, knows only in part): an unparsable URL that mentions one gets
 /// a hint to the `tls` table.
 const LIBPQ_TLS_OPTIONS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl"];
 
-/// A PostgreSQL URL with fleetpipe's defaults and its TLS settings applied:
-/// what [`Postgres::connect`] connects with, and what a connection pool is
-/// built from ([`Postgres::config`] and [`Postgres::tls`]).
+/// A PostgreSQL URL with its settings applied (TLS, connect and statement
+/// timeouts, the component's `application_name`): what
+/// [`Postgres::connect`] connects with, and what [`Postgres::pool`] (with
+/// the `pool` feature) builds a connection pool from.
 ///
 /// Cheap to clone. Its `Debug` shows no password (tokio-postgres redacts
 /// it).
@@ -33,28 +30,38 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Parses `url` and applies `tls` and fleetpipe's defaults: a
-    /// `connect_timeout` of [`DEFAULT_CONNECT_TIMEOUT`] and
-    /// `application_name` when the URL sets neither. `section` is where the
-    /// settings live (e.g. `sink.timescale`), for error messages.
+    /// Checks `settings` ([`PostgresConfig::validate`]), parses the URL and
+    /// applies the settings: TLS, the connect timeout (the key, else the
+    /// URL's, else [`DEFAULT_CONNECT_TIMEOUT`]), the statement timeout (set
+    /// for every session) and `application_name`, the component's name for
+    /// its connections (e.g. `fleetpipe-sink`) unless the URL sets one.
+    /// `section` is where the settings live (e.g. `sink.timescale`), for
+    /// error messages.
     ///
-    /// With a mode other than `disable`, tokio-postgres is told to require
-    /// TLS, and the TLS files are read once here, so that a missing or bad
-    /// file fails at start (and in `fleetpipe config check`) rather than at
-    /// the first connection; they are read again for every connection.
+    /// With a TLS mode other than `disable`, tokio-postgres is told to
+    /// require TLS, and the TLS files are read once here, so that a missing
+    /// or bad file fails at start (and in `fleetpipe config check`) rather
+    /// than at the first connection; they are read again for every
+    /// connection.
     ///
     /// # Errors
     ///
-    /// [`PostgresError`] naming the key: invalid TLS settings, an unparsable
-    /// URL, a URL that sets `sslmode=disable` or `sslmode=require` (TLS is
-    /// set by `tls.mode` alone), an unreadable or unusable TLS file.
-    pub fn new(
+    /// [`PostgresError`] naming the key: invalid settings, an unparsable
+    /// URL, a URL that sets `sslmode` (TLS is set by `tls.mode` alone), a
+    /// URL that sets a timeout its key sets too, an unreadable or unusable
+    /// TLS file.
+    pub fn from_config(
         section: &'static str,
-        url: &str,
-        tls: &PostgresTls,
+        settings: &PostgresConfig,
         application_name: &str,
     ) -> Result<Self, PostgresError> {
-        tls.validate(section)?;
+        settings.validate(section)?;
+        let PostgresConfig {
+            url,
+            tls,
+            connect_timeout,
+            statement_timeout,
+        } = settings;
         let mut config: tokio_postgres::Config = url.parse().map_err(|source| {
             let mut detail = chain(&source);
             if LIBPQ_TLS_OPTIONS.iter().any(|o| url.contains(o)) {
@@ -90,8 +97,32 @@ impl Postgres {
             // server (or someone in between) says it has no TLS.
             TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
         });
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        let twice = |key: &'static str| PostgresError::Config {
+            section,
+            key,
+            reason: format!("is set, and so is {key} in {section}.url: set one of them"),
+        };
+        match (connect_timeout, config.get_connect_timeout()) {
+            (Some(_), Some(_)) => return Err(twice("connect_timeout")),
+            (Some(t), None) => {
+                config.connect_timeout(*t);
+            }
+            (None, Some(_)) => {}
+            (None, None) => {
+                config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+            }
+        }
+        if let Some(t) = statement_timeout {
+            // A server option of every session (`-c`), so that pooled
+            // connections cannot lose it the way a `SET` after connecting
+            // could be lost to a `RESET ALL`.
+            let existing = config.get_options().unwrap_or_default();
+            if existing.contains("statement_timeout") {
+                return Err(twice("statement_timeout"));
+            }
+            let ms = t.as_millis();
+            let options = format!("{existing} -c statement_timeout={ms}");
+            config.options(options.trim_start());
         }
         if config.get_application_name().is_none() {
             config.application_name(application_name);
@@ -102,6 +133,26 @@ impl Postgres {
             config: Arc::new(config),
             tls,
         })
+    }
+
+    /// [`Postgres::from_config`] for a `url` and its `tls` settings with
+    /// the default timeouts: for configurations that hold only these two
+    /// keys.
+    ///
+    /// # Errors
+    ///
+    /// As [`Postgres::from_config`].
+    pub fn new(
+        section: &'static str,
+        url: &str,
+        tls: &PostgresTls,
+        application_name: &str,
+    ) -> Result<Self, PostgresError> {
+        let settings = PostgresConfig {
+            tls: tls.clone(),
+            ..PostgresConfig::new(url)
+        };
+        Self::from_config(section, &settings, application_name)
     }
 
     /// The connection settings (URL, defaults and `sslmode` applied).
@@ -118,23 +169,70 @@ impl Postgres {
         self.tls.clone()
     }
 
+    /// A connection pool of at most `max_size` connections, each made with
+    /// these settings (TLS, timeouts, `application_name`) and opened on
+    /// first use; add hooks and `build()` it. Connections are recycled
+    /// with a cheap check (`RecyclingMethod::Fast`). Making a connection
+    /// takes at most [`Postgres::connect_timeout`], as with
+    /// [`Postgres::connect`] (the pool's create timeout); waiting for a
+    /// free connection is not bounded, as waiting for a lock is not.
+    #[cfg(feature = "pool")]
+    pub fn pool(&self, max_size: usize) -> deadpool_postgres::PoolBuilder {
+        use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+
+        let manager = Manager::from_config(
+            (*self.config).clone(),
+            self.tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(manager)
+            .max_size(max_size)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(self.connect_timeout()))
+    }
+
     /// The TLS mode in use.
     #[must_use]
     pub fn tls_mode(&self) -> TlsMode {
         self.tls.mode()
     }
 
+    /// How long establishing a connection may take: the `connect_timeout`
+    /// key, else the URL's, else [`DEFAULT_CONNECT_TIMEOUT`].
+    #[must_use]
+    pub fn connect_timeout(&self) -> Duration {
+        self.config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
     /// Connects, and runs the connection in a task of its own (which ends
     /// when the client is dropped or the connection fails; an error is
     /// logged at debug level, since the client's next call reports it).
     ///
+    /// The whole of it (TCP, TLS, authentication) takes at most
+    /// [`Postgres::connect_timeout`]: tokio-postgres applies its own
+    /// `connect_timeout` to the TCP connect alone, so a server (or a
+    /// proxy) that accepts the connection and then says nothing would
+    /// otherwise hold the caller for good.
+    ///
     /// # Errors
     ///
-    /// tokio-postgres' error: unreachable server, TLS refused or not
-    /// trusted (the message names the `tls` key and says why), a TLS file
-    /// that no longer loads, authentication.
+    /// tokio-postgres' error: unreachable server, the connect timeout
+    /// (`timeout waiting for server`), TLS refused or not trusted (the
+    /// message names the `tls` key and says why), a TLS file that no longer
+    /// loads, authentication.
     pub async fn connect(&self) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(self.tls.clone()).await?;
+        let connecting = self.config.connect(self.tls.clone());
+        let (client, connection) = tokio::time::timeout(self.connect_timeout(), connecting)
+            .await
+            // tokio-postgres' error type has no public constructor; this
+            // one is what it provides for wrappers that bound its calls
+            // (its own blocking `postgres` crate does).
+            .map_err(|_| tokio_postgres::Error::__private_api_timeout())??;
         let section = self.tls.section();
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -143,19 +241,6 @@ impl Postgres {
         });
         Ok((client, task))
     }
-}
-
-/// An error and its causes, one line (tokio-postgres' `Display` leaves the
-/// cause out).
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]
@@ -201,6 +286,66 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(pg.config().get_ssl_mode(), SslMode::Require);
+    }
+
+    #[test]
+    fn the_timeout_keys_apply_and_may_not_contradict_the_url() {
+        let settings = PostgresConfig {
+            connect_timeout: Some(Duration::from_secs(3)),
+            statement_timeout: Some(Duration::from_millis(250)),
+            ..PostgresConfig::new(URL)
+        };
+        let pg =
+            Postgres::from_config("sink.timescale", &settings, "fleetpipe-sink").expect("valid");
+        assert_eq!(pg.connect_timeout(), Duration::from_secs(3));
+        assert_eq!(pg.config().get_options(), Some("-c statement_timeout=250"));
+        assert_eq!(pg.config().get_application_name(), Some("fleetpipe-sink"));
+        // The URL's connect_timeout still applies without the key.
+        let pg = Postgres::from_config(
+            "sink.timescale",
+            &PostgresConfig::new(format!("{URL}?connect_timeout=4")),
+            "x",
+        )
+        .expect("valid");
+        assert_eq!(pg.connect_timeout(), Duration::from_secs(4));
+
+        for (url, key) in [
+            (format!("{URL}?connect_timeout=4"), "connect_timeout"),
+            (
+                format!("{URL}?options=-c%20statement_timeout%3D5"),
+                "statement_timeout",
+            ),
+        ] {
+            let e = Postgres::from_config(
+                "sink.timescale",
+                &PostgresConfig {
+                    url,
+                    ..settings.clone()
+                },
+                "x",
+            )
+            .expect_err("set twice")
+            .to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "sink.timescale.{key} is set, and so is {key} in sink.timescale.url: \
+                     set one of them"
+                )
+            );
+        }
+        // Validation comes first and names the key.
+        let e = Postgres::from_config(
+            "geofence.postgres",
+            &PostgresConfig {
+                connect_timeout: Some(Duration::ZERO),
+                ..PostgresConfig::new(URL)
+            },
+            "x",
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(e.starts_with("geofence.postgres.connect_timeout "), "{e}");
     }
 
     #[test]

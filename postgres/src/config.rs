@@ -1,8 +1,10 @@
-//! The TLS settings of a PostgreSQL connection (`[sink.timescale.tls]`,
-//! `[geofence.postgres.tls]`), and their validation.
+//! The settings of a PostgreSQL connection: [`PostgresConfig`] (URL,
+//! timeouts, TLS) and its `tls` table [`PostgresTls`], and their
+//! validation.
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -176,6 +178,118 @@ impl PostgresTls {
     }
 }
 
+/// The settings of connections to one PostgreSQL database, as a component's
+/// configuration holds them: `url`, `tls`, `connect_timeout`,
+/// `statement_timeout`. The name the connections carry
+/// (`application_name`) is not a key: each component sets its own when it
+/// turns these settings into a [`Postgres`](crate::Postgres)
+/// (`Postgres::from_config`), so that `pg_stat_activity` tells the
+/// sink's writers from the state checkpoints.
+///
+/// Used as a table of its own it refuses unknown keys. A component whose
+/// table holds these keys next to its own (`[sink.timescale]`) declares
+/// them with the same names and meanings and builds this type from them:
+/// `#[serde(flatten)]` would do it with less code, but it buffers the
+/// values, and the configuration loader could then no longer name the key
+/// at fault (`sink.timescale.tls.mode`). Call [`PostgresConfig::validate`]
+/// before use.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// PostgreSQL URL, e.g. `postgresql://fleetpipe@db:5432/fleet` (prefer
+    /// the environment for passwords). Required. TLS is set in `tls`, not
+    /// here (a URL that sets `sslmode` is refused). An `application_name`
+    /// in the URL replaces the component's own name; a `connect_timeout` in
+    /// it is used when the `connect_timeout` key is not set.
+    pub url: String,
+    /// TLS of every connection to `url` (the `tls` table next to it), see
+    /// [`PostgresTls`]. Plaintext when absent.
+    #[serde(default)]
+    pub tls: PostgresTls,
+    /// Longest a new connection may take to be established (TCP, TLS and
+    /// authentication), e.g. `"5s"`. Whole seconds, at least 1 s. Without it
+    /// the URL's `connect_timeout` applies, else
+    /// [`DEFAULT_CONNECT_TIMEOUT`] (10 s): never the operating system's
+    /// minutes-long wait for an unanswered connection.
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// Longest one statement may run before the server cancels it
+    /// (PostgreSQL's `statement_timeout`, set for every session), e.g.
+    /// `"30s"`. Whole milliseconds, at least 1 ms. Without it the server's
+    /// setting applies (by default none).
+    #[serde(default, with = "humantime_serde")]
+    pub statement_timeout: Option<Duration>,
+}
+
+/// How long connecting may take when neither the `connect_timeout` key nor
+/// the URL sets it (tokio-postgres' own default is to wait as long as the
+/// OS does, minutes for an unanswered SYN).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+// The URL may hold a password: keep it out of logs and error messages.
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &"<redacted>")
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+impl PostgresConfig {
+    /// Settings for `url`: plaintext, default timeouts.
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            tls: PostgresTls::default(),
+            connect_timeout: None,
+            statement_timeout: None,
+        }
+    }
+
+    /// Checks the keys, naming the offending one as `{section}.{key}` (e.g.
+    /// `sink.timescale.connect_timeout`). Reads no file and does not parse
+    /// the URL (that is `Postgres::from_config`).
+    ///
+    /// # Errors
+    ///
+    /// [`PostgresError::Config`]: an empty `url`; a `connect_timeout` under
+    /// 1 s or not whole seconds; a `statement_timeout` under 1 ms or not
+    /// whole milliseconds; the `tls` errors of [`PostgresTls::validate`].
+    pub fn validate(&self, section: &'static str) -> Result<(), PostgresError> {
+        let invalid = |key, reason: &str| {
+            Err(PostgresError::Config {
+                section,
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.url.trim().is_empty() {
+            return invalid("url", "must not be empty");
+        }
+        // tokio-postgres takes any duration, but the URL's connect_timeout
+        // (libpq's) counts whole seconds: the key means the same.
+        if let Some(t) = self.connect_timeout
+            && (t < Duration::from_secs(1) || t.subsec_nanos() != 0)
+        {
+            return invalid("connect_timeout", "must be whole seconds, at least 1s");
+        }
+        // The server counts milliseconds, and 0 would mean "no timeout".
+        if let Some(t) = self.statement_timeout
+            && (t < Duration::from_millis(1) || t.subsec_nanos() % 1_000_000 != 0)
+        {
+            return invalid(
+                "statement_timeout",
+                "must be whole milliseconds, at least 1ms (leave it out for none)",
+            );
+        }
+        self.tls.validate(section)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +404,73 @@ mod tests {
             e.starts_with("sink.timescale.tls.ca_file must not be empty"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn connection_settings_parse_refuse_unknown_keys_and_name_the_key_at_fault() {
+        let config: PostgresConfig = toml::from_str(
+            "url = \"postgresql://db/fleet\"\nconnect_timeout = \"3s\"\n\
+             statement_timeout = \"250ms\"\n[tls]\nmode = \"require\"\n",
+        )
+        .expect("parses");
+        assert_eq!(config.connect_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(config.statement_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(config.tls.mode, TlsMode::Require);
+        config.validate("sink.timescale").expect("valid");
+        let minimal: PostgresConfig = toml::from_str("url = \"postgresql://db/fleet\"").unwrap();
+        assert_eq!(minimal, PostgresConfig::new("postgresql://db/fleet"));
+
+        let e = toml::from_str::<PostgresConfig>("url = \"x\"\napplication_name = \"me\"\n")
+            .expect_err("not a key")
+            .to_string();
+        assert!(e.contains("application_name"), "{e}");
+
+        let refused = |config: PostgresConfig| {
+            config
+                .validate("sink.timescale")
+                .expect_err("refused")
+                .to_string()
+        };
+        let base = PostgresConfig::new("postgresql://db/fleet");
+        for (config, message) in [
+            (
+                PostgresConfig::new("  "),
+                "sink.timescale.url must not be empty",
+            ),
+            (
+                PostgresConfig {
+                    connect_timeout: Some(Duration::ZERO),
+                    ..base.clone()
+                },
+                "sink.timescale.connect_timeout must be whole seconds, at least 1s",
+            ),
+            (
+                PostgresConfig {
+                    connect_timeout: Some(Duration::from_millis(1500)),
+                    ..base.clone()
+                },
+                "sink.timescale.connect_timeout must be whole seconds, at least 1s",
+            ),
+            (
+                PostgresConfig {
+                    statement_timeout: Some(Duration::from_micros(10)),
+                    ..base.clone()
+                },
+                "sink.timescale.statement_timeout must be whole milliseconds, at least 1ms",
+            ),
+            (
+                PostgresConfig {
+                    tls: PostgresTls::new(TlsMode::VerifyFull, None),
+                    ..base.clone()
+                },
+                "sink.timescale.tls.ca_file is required",
+            ),
+        ] {
+            let e = refused(config);
+            assert!(e.starts_with(message), "{e}");
+        }
+        // The URL, which may hold a password, is not shown.
+        let secret = PostgresConfig::new("postgresql://u:hunter2@db/fleet");
+        assert!(!format!("{secret:?}").contains("hunter2"));
     }
 }

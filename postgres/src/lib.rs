@@ -1,18 +1,27 @@
-//! fleetpipe's PostgreSQL connections: the one place that turns a
-//! PostgreSQL URL and its TLS settings into a connection, for the
-//! TimescaleDB sink (`[sink.timescale]`, which enrichment's state
-//! checkpoints share) and the fence table (`[geofence.postgres]`).
+//! fleetpipe's PostgreSQL access: the one place that turns a component's
+//! connection settings into connections and pools, and that quotes
+//! identifiers and describes PostgreSQL errors, for the TimescaleDB sink
+//! (`[sink.timescale]`, application name `fleetpipe-sink`), enrichment's
+//! state checkpoints (the same settings, `fleetpipe-state`) and the fence
+//! table (`[geofence.postgres]`).
 //!
-//! - [`PostgresTls`] / [`TlsMode`]: the `tls` table next to each URL, with
-//!   libpq's `sslmode` meanings (`disable`, `require`, `verify-ca`,
-//!   `verify-full`) and a CA file; validated by [`PostgresTls::validate`].
-//!   Always available (fleetpipe-geofence's configuration holds one).
-//! - With the `connect` feature, [`Postgres`]: the parsed URL with
-//!   fleetpipe's defaults ([`DEFAULT_CONNECT_TIMEOUT`], an application
-//!   name) and TLS applied, [`Postgres::connect`], and [`MakeTls`], the TLS
-//!   connector for tokio-postgres and deadpool-postgres. TLS is rustls (the
-//!   ring provider, as everywhere in fleetpipe) via tokio-postgres-rustls,
-//!   which also provides `tls-server-end-point` channel binding for SCRAM.
+//! - [`PostgresConfig`]: the keys of a connection (`url`, `tls`,
+//!   `connect_timeout`, `statement_timeout`), validated by
+//!   [`PostgresConfig::validate`] naming the key at fault.
+//!   [`PostgresTls`] / [`TlsMode`]: its `tls` table, with libpq's
+//!   `sslmode` meanings (`disable`, `require`, `verify-ca`,
+//!   `verify-full`) and a CA file. Always available (configurations hold
+//!   them without an I/O stack).
+//! - [`sql`]: [`quote_ident`] / [`quote_qualified`], the advisory lock of
+//!   a schema and, with `connect`, [`describe`] (an error with its SQLSTATE, detail and
+//!   context, not just `db error`).
+//! - With the `connect` feature, [`Postgres`]: the settings applied to the
+//!   parsed URL, with the component's `application_name`;
+//!   [`Postgres::connect`], and [`MakeTls`], the TLS connector. TLS is
+//!   rustls (the ring provider, as everywhere in fleetpipe) via
+//!   tokio-postgres-rustls, which also provides `tls-server-end-point`
+//!   channel binding for SCRAM. With the `pool` feature,
+//!   `Postgres::pool`: a deadpool-postgres pool of the same connections.
 //!
 //! Every mode but `disable` makes tokio-postgres require TLS: a server that
 //! answers the TLS request with "no" is refused, never used in plaintext.
@@ -25,6 +34,7 @@
 #[cfg(feature = "connect")]
 mod client;
 mod config;
+pub mod sql;
 #[cfg(feature = "connect")]
 mod tls;
 
@@ -34,8 +44,11 @@ pub mod test_support;
 use std::path::PathBuf;
 
 #[cfg(feature = "connect")]
-pub use client::{DEFAULT_CONNECT_TIMEOUT, Postgres};
-pub use config::{PostgresTls, TlsMode};
+pub use client::Postgres;
+pub use config::{DEFAULT_CONNECT_TIMEOUT, PostgresConfig, PostgresTls, TlsMode};
+#[cfg(feature = "connect")]
+pub use sql::describe;
+pub use sql::{quote_ident, quote_qualified};
 #[cfg(feature = "connect")]
 pub use tls::{MakeTls, TlsConnector};
 

@@ -229,7 +229,7 @@ async fn set_up() -> Result<TlsServer, String> {
                 .query_one(&format!("SHOW {name}"), &[])
                 .await
                 .map(|row| row.get::<_, String>(0))
-                .map_err(|e| format!("SHOW {name}: {}", crate::client::chain(&e)))
+                .map_err(|e| format!("SHOW {name}: {}", crate::sql::chain(&e)))
         }
     };
     let data_dir = show("data_directory").await?;
@@ -270,9 +270,7 @@ async fn set_up() -> Result<TlsServer, String> {
                 admin
                     .batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
                     .await
-                    .map_err(|e| {
-                        format!("ALTER SYSTEM SET {name}: {}", crate::client::chain(&e))
-                    })?;
+                    .map_err(|e| format!("ALTER SYSTEM SET {name}: {}", crate::sql::chain(&e)))?;
                 reload = true;
             }
         }
@@ -282,7 +280,7 @@ async fn set_up() -> Result<TlsServer, String> {
             admin
                 .batch_execute("SELECT pg_reload_conf()")
                 .await
-                .map_err(|e| format!("pg_reload_conf(): {}", crate::client::chain(&e)))?;
+                .map_err(|e| format!("pg_reload_conf(): {}", crate::sql::chain(&e)))?;
         }
         match wait_for_certificate(&files.ca_cert).await {
             Ok(()) => {
@@ -307,7 +305,7 @@ async fn plaintext(application_name: &str) -> Result<tokio_postgres::Client, Str
     let (client, _connection) = pg
         .connect()
         .await
-        .map_err(|e| format!("{TEST_URL}: {}", crate::client::chain(&e)))?;
+        .map_err(|e| format!("{TEST_URL}: {}", crate::sql::chain(&e)))?;
     Ok(client)
 }
 
@@ -327,7 +325,7 @@ async fn create_roles(admin: &tokio_postgres::Client) -> Result<(), String> {
     admin
         .batch_execute(&sql)
         .await
-        .map_err(|e| format!("creating the test roles: {}", crate::client::chain(&e)))
+        .map_err(|e| format!("creating the test roles: {}", crate::sql::chain(&e)))
 }
 
 /// Puts [`HBA_LINES`] at the top of `pg_hba.conf` unless they are there;
@@ -367,7 +365,7 @@ async fn wait_for_certificate(ca_file: &Path) -> Result<(), String> {
         let error = match attempt.await {
             Ok(true) => return Ok(()),
             Ok(false) => "connected without TLS".to_owned(),
-            Err(e) => crate::client::chain(&e),
+            Err(e) => crate::sql::chain(&e),
         };
         if Instant::now() > deadline {
             return Err(error);

@@ -1,5 +1,4 @@
--- Enrichment: per-ping facts on telemetry, and the per-vehicle state
--- snapshots enrichment keeps across restarts. Both storage modes.
+-- Enrichment: per-ping facts on telemetry. Both storage modes.
 
 -- Nullable and without defaults: a catalog-only change in PostgreSQL (no
 -- table rewrite), and the one kind of new column TimescaleDB accepts on a
@@ -19,10 +18,8 @@ ALTER TABLE {schema}.telemetry ADD COLUMN distance_m double precision;
 ALTER TABLE {schema}.telemetry ADD COLUMN derived_speed_kmh double precision;
 ALTER TABLE {schema}.telemetry ADD COLUMN flags text[];
 
--- One snapshot of enrichment's state per vehicle, written and read by the
--- enrichment stage (not by the sinks).
-CREATE TABLE {schema}.vehicle_state (
-    vehicle_id text        PRIMARY KEY,
-    state      jsonb       NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
+-- Earlier versions of this migration also created {schema}.vehicle_state,
+-- enrichment's per-vehicle state snapshots. That table belongs to the
+-- enrichment stage, which now creates it itself (enrich/sql/vehicle_state.sql,
+-- CREATE TABLE IF NOT EXISTS): in schemas this migration was applied to
+-- before, the table it created is the same table and stays.

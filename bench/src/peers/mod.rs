@@ -141,4 +141,4 @@ pub async fn drop_schema(url: &str, schema: &str) -> Result<(), PeerError> {
 }
 
 /// `name` as a quoted SQL identifier, as the sink quotes it.
-pub(crate) use fleetpipe_model::sql::quote_ident;
+pub(crate) use fleetpipe_postgres::quote_ident;

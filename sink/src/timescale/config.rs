@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fleetpipe_postgres::{Postgres, PostgresTls};
+use fleetpipe_postgres::{Postgres, PostgresConfig, PostgresTls};
 use serde::Deserialize;
 
 use super::TimescaleError;
@@ -13,11 +13,13 @@ use super::TimescaleError;
 /// collide.
 const MAX_IDENTIFIER_LEN: usize = 63;
 
-/// Where these settings live, for error messages.
-const SECTION: &str = "sink.timescale";
+/// Where these settings live, for error messages (`sink.timescale.url`,
+/// ...).
+pub const SECTION: &str = "sink.timescale";
 
-/// Name the sink's connections carry when the URL sets none.
-const DEFAULT_APPLICATION_NAME: &str = "fleetpipe";
+/// Name the sink's connections (writers and migrations) carry in
+/// `pg_stat_activity` when the URL sets none.
+pub const APPLICATION_NAME: &str = "fleetpipe-sink";
 
 /// Whether to use the TimescaleDB extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -53,18 +55,29 @@ impl TimescaleMode {
 #[serde(deny_unknown_fields)]
 pub struct TimescaleConfig {
     /// PostgreSQL connection URL, e.g.
-    /// `postgresql://fleetpipe@db:5432/fleet?application_name=fleetpipe`.
-    /// Without an `application_name` the sink's connections are named
-    /// `fleetpipe`; without a `connect_timeout`, connecting may take 10 s.
-    /// TLS is set in [`TimescaleConfig::tls`], not here (a URL that sets
-    /// `sslmode` is refused). Enrichment's state checkpoints use the same
-    /// URL and TLS settings.
+    /// `postgresql://fleetpipe@db:5432/fleet`. Without an
+    /// `application_name` in it the sink's connections are named
+    /// `fleetpipe-sink` (enrichment's state checkpoints, which use the same
+    /// URL, TLS and timeouts, `fleetpipe-state`). TLS is set in
+    /// [`TimescaleConfig::tls`], not here (a URL that sets `sslmode` is
+    /// refused). See [`PostgresConfig::url`].
     pub url: String,
     /// TLS of every connection to `url` (the writers', the migrations' and
     /// the state checkpoints'): `[sink.timescale.tls]`, see
     /// [`PostgresTls`]. Plaintext when absent.
     #[serde(default)]
     pub tls: PostgresTls,
+    /// Longest establishing a connection to `url` may take (TCP, TLS and
+    /// authentication), whole seconds; without it the URL's
+    /// `connect_timeout`, else 10 s. See [`PostgresConfig::connect_timeout`].
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// Longest one statement of the writers or the state checkpoints may
+    /// run before the server cancels it (a cancelled batch is retried);
+    /// the migrations run without it. Without it the server's setting. See
+    /// [`PostgresConfig::statement_timeout`].
+    #[serde(default, with = "humantime_serde")]
+    pub statement_timeout: Option<Duration>,
     /// Schema the tables live in; created if missing. 1-63 characters of
     /// `[A-Za-z0-9_]`, not starting with a digit.
     #[serde(default = "TimescaleConfig::default_schema")]
@@ -132,6 +145,8 @@ impl TimescaleConfig {
         Self {
             url: url.into(),
             tls: PostgresTls::default(),
+            connect_timeout: None,
+            statement_timeout: None,
             schema: Self::default_schema(),
             writers: Self::default_writers(),
             batch_max_rows: Self::default_batch_max_rows(),
@@ -186,7 +201,7 @@ impl TimescaleConfig {
     }
 
     /// Checks the settings, naming the offending key on error. Reads no
-    /// file; the URL and the TLS files are checked by
+    /// file; the URL is parsed and the TLS files are read by
     /// [`TimescaleConfig::postgres`].
     ///
     /// # Errors
@@ -222,26 +237,40 @@ impl TimescaleConfig {
         if self.compress_after.as_secs() == 0 {
             return invalid("compress_after", "must be at least 1s");
         }
-        self.tls.validate(SECTION)?;
+        self.connection().validate(SECTION)?;
         Ok(())
     }
 
-    /// The connection settings: `url` parsed, with the `tls` settings and
-    /// the sink's defaults applied (application name `fleetpipe`, a 10 s
-    /// connect timeout). Reads the TLS files once, so a missing one fails
-    /// here (at start and in `fleetpipe config check`); every connection
-    /// reads them again.
+    /// The connection keys (`url`, `tls`, `connect_timeout`,
+    /// `statement_timeout`) as fleetpipe-postgres' one type for them, which
+    /// validates and applies them. They are fields of this table rather
+    /// than a `#[serde(flatten)]` [`PostgresConfig`] because serde's
+    /// flatten buffers the values and the configuration loader then can no
+    /// longer say which key (e.g. `sink.timescale.tls.mode`) is wrong.
+    #[must_use]
+    pub fn connection(&self) -> PostgresConfig {
+        PostgresConfig {
+            url: self.url.clone(),
+            tls: self.tls.clone(),
+            connect_timeout: self.connect_timeout,
+            statement_timeout: self.statement_timeout,
+        }
+    }
+
+    /// The sink's connection settings ([`Postgres::from_config`] with the
+    /// application name [`APPLICATION_NAME`]). Reads the TLS files once, so
+    /// a missing one fails here (at start and in `fleetpipe config check`);
+    /// every connection reads them again.
     ///
     /// # Errors
     ///
-    /// [`TimescaleError::Postgres`] naming `sink.timescale.url` or the
-    /// `sink.timescale.tls` key (and file) at fault.
+    /// [`TimescaleError::Postgres`] naming the `sink.timescale` key (and
+    /// file) at fault.
     pub fn postgres(&self) -> Result<Postgres, TimescaleError> {
-        Ok(Postgres::new(
+        Ok(Postgres::from_config(
             SECTION,
-            &self.url,
-            &self.tls,
-            DEFAULT_APPLICATION_NAME,
+            &self.connection(),
+            APPLICATION_NAME,
         )?)
     }
 }

@@ -43,6 +43,5 @@ pub enum TimescaleError {
 }
 
 /// A PostgreSQL error as one line an operator can act on (SQLSTATE,
-/// message, detail and context, not just `db error`). The one
-/// implementation, shared with enrichment's state checkpoints.
-pub(crate) use fleetpipe_model::sql::describe_pg_error as describe;
+/// message, detail and context, not just `db error`): fleetpipe-postgres'.
+pub(crate) use fleetpipe_postgres::describe;

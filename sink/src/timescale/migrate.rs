@@ -29,9 +29,12 @@ use tokio_postgres::Client;
 use super::error::describe;
 use super::{TimescaleConfig, TimescaleError, TimescaleMode};
 
-/// First key of the advisory lock (`'FPMG'`), so it does not collide with
-/// locks of other applications that use the two-key form.
-pub(crate) const LOCK_CLASS: i32 = 0x4650_4D47;
+/// The schema's advisory lock (`'FPMG'` and a hash of the schema name),
+/// fleetpipe-postgres': enrichment takes the same lock to create its
+/// `vehicle_state` table in the schema.
+pub(crate) use fleetpipe_postgres::sql::{
+    SCHEMA_LOCK_CLASS as LOCK_CLASS, quote_ident, schema_lock_key as lock_key,
+};
 
 /// The storage layout in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,9 +196,12 @@ async fn migrate_locked(
 ) -> Result<StorageMode, TimescaleError> {
     let step = |step| move |source| TimescaleError::Migration { step, source };
     // Only warnings and errors: "already exists, skipping" notices are
-    // expected on every start.
+    // expected on every start. No statement timeout: waiting for another
+    // instance's migrations (the advisory lock) and a migration itself
+    // (0007 decompresses every chunk) may take longer than
+    // sink.timescale.statement_timeout, which bounds the writers.
     client
-        .batch_execute("SET client_min_messages = warning")
+        .batch_execute("SET client_min_messages = warning; SET statement_timeout = 0")
         .await
         .map_err(step("session setup"))?;
     let key = lock_key(&config.schema);
@@ -389,17 +395,4 @@ pub(crate) fn render(sql: &str, schema: &str, config: &TimescaleConfig) -> Strin
 /// A duration as an SQL interval literal of whole seconds.
 pub(crate) fn interval(d: Duration) -> String {
     format!("INTERVAL '{} seconds'", d.as_secs())
-}
-
-/// `name` as a quoted SQL identifier; the one implementation, shared with
-/// enrichment's state checkpoints so both name the same schema.
-pub(crate) use fleetpipe_model::sql::quote_ident;
-
-/// Second key of the schema's advisory lock: 32-bit FNV-1a of its name,
-/// stable across builds and platforms.
-pub(crate) fn lock_key(schema: &str) -> i32 {
-    let hash = schema.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    i32::from_ne_bytes(hash.to_ne_bytes())
 }

@@ -14,12 +14,15 @@
 //!   refused (reason `db_refused`).
 //! - `vehicle_events`: state-change events, one row per event id (the id
 //!   is deterministic, so a replayed event adds nothing).
-//! - `vehicle_state`: per-vehicle enrichment state snapshots; created here,
-//!   written and read by the enrichment stage.
+//!
+//! Enrichment's `vehicle_state` lives in the same schema but is created by
+//! the enrichment stage (`fleetpipe_enrich::StateStore`); migration
+//! `0004_enrichment` created it up to fleetpipe 0.1 and no longer does.
 //!
 //! Modules:
 //!
-//! - [`config`](TimescaleConfig): the `[sink.timescale]` settings.
+//! - [`config`](TimescaleConfig): the `[sink.timescale]` settings; its
+//!   connection keys make a `fleetpipe_postgres::PostgresConfig`.
 //! - `migrate`: versioned migrations from `sink/migrations/` and the choice
 //!   of [`StorageMode`].
 //! - `writer`: one part of a batch in one transaction: binary COPY straight
@@ -42,7 +45,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use config::{TimescaleConfig, TimescaleMode};
+pub use config::{APPLICATION_NAME, SECTION, TimescaleConfig, TimescaleMode};
 pub use error::TimescaleError;
 pub use migrate::{StorageMode, migrate};
 pub use service::TimescaleSink;

@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use deadpool_postgres::{
-    Hook, HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
-};
+use deadpool_postgres::{Hook, HookError, Pool, PoolError};
 use fleetpipe_model::SinkRecord;
 use metrics::{counter, gauge, histogram};
 use rand::Rng as _;
@@ -54,21 +52,12 @@ impl TimescaleSink {
     pub async fn connect(config: TimescaleConfig) -> Result<Self, TimescaleError> {
         let mode = migrate(&config).await?;
         let sql = Arc::new(Statements::new(&quote_ident(&config.schema)));
-        let postgres = config.postgres()?;
-        let manager = Manager::from_config(
-            postgres.config().clone(),
-            postgres.tls(),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
         let stage = Arc::clone(&sql);
-        // No pool timeouts: a writer waits for its connection as long as it
-        // would wait for a lock, and connecting is bounded by the
-        // connection's own connect_timeout.
-        let pool = Pool::builder(manager)
-            .max_size(config.writers)
-            .runtime(Runtime::Tokio1)
+        // The writers' connections: the sink's settings (TLS, timeouts,
+        // application name), one per lane.
+        let pool = config
+            .postgres()?
+            .pool(config.writers)
             .post_create(Hook::async_fn(move |client, _| {
                 let stage = Arc::clone(&stage);
                 Box::pin(async move {

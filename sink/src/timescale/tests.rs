@@ -421,7 +421,6 @@ async fn migrate_creates_the_layout_of_the_offered_mode_and_is_idempotent() {
         "telemetry",
         "vehicle_events",
         "vehicle_latest",
-        "vehicle_state",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -469,12 +468,10 @@ async fn migrate_creates_the_layout_of_the_offered_mode_and_is_idempotent() {
     );
     assert!(indexes.contains_key("dead_letters_pkey"), "{indexes:?}");
     assert!(indexes.contains_key("vehicle_events_pkey"), "{indexes:?}");
-    assert!(
-        indexes["vehicle_state_pkey"].contains("(vehicle_id)"),
-        "{indexes:?}"
-    );
 
-    // 0004: the enrichment columns (nullable, no default) and vehicle_state.
+    // 0004: the enrichment columns (nullable, no default). Enrichment's
+    // vehicle_state is not the sink's: enrichment creates it
+    // (enrich/tests/state_store.rs checks its layout).
     let columns = |table: &'static str| {
         let db = &db;
         let schema = test.schema.clone();
@@ -517,15 +514,6 @@ async fn migrate_creates_the_layout_of_the_offered_mode_and_is_idempotent() {
     }
     assert_eq!(telemetry["seq"].0, "bigint");
     assert_eq!(telemetry["seq"].2.as_deref(), Some("'-1'::integer"));
-    let state = columns("vehicle_state").await;
-    assert_eq!(state.len(), 3, "{state:?}");
-    assert_eq!(state["vehicle_id"].0, "text");
-    assert_eq!(state["vehicle_id"].1, "NO");
-    assert_eq!(state["state"].0, "jsonb");
-    assert_eq!(state["state"].1, "NO");
-    assert_eq!(state["updated_at"].0, "timestamp with time zone");
-    assert_eq!(state["updated_at"].1, "NO");
-    assert_eq!(state["updated_at"].2.as_deref(), Some("now()"));
 
     // Data written in between survives a second run, which applies nothing.
     db.batch_execute(&format!(
@@ -2029,28 +2017,6 @@ async fn a_schema_of_the_previous_release_is_upgraded_in_place() {
         Some(vec!["jump".to_owned()])
     );
     assert_eq!(test.count(&db, "vehicle_events").await, 1);
-
-    // vehicle_state is there for enrichment to use: one row per vehicle.
-    let state = test.table("vehicle_state");
-    db.batch_execute(&format!(
-        "INSERT INTO {state} (vehicle_id, state) VALUES ('van-1', '{{\"soc\": 50}}'); \
-         INSERT INTO {state} (vehicle_id, state) VALUES ('van-1', '{{\"soc\": 40}}') \
-         ON CONFLICT (vehicle_id) DO UPDATE SET state = excluded.state, updated_at = now()"
-    ))
-    .await
-    .expect("upsert state");
-    let row = db
-        .query_one(&format!("SELECT state, updated_at FROM {state}"), &[])
-        .await
-        .expect("one state row");
-    assert_eq!(row.get::<_, Value>(0), json!({"soc": 40}));
-    let err = db
-        .batch_execute(&format!(
-            "INSERT INTO {state} (vehicle_id) VALUES ('van-2')"
-        ))
-        .await
-        .expect_err("state is required");
-    assert_eq!(err.code().map(|c| c.code()), Some("23502"));
 }
 
 // ---- metrics ---------------------------------------------------------------
@@ -2184,6 +2150,8 @@ fn config_reads_every_key() {
                 client_cert_file: Some("c.pem".into()),
                 client_key_file: Some("c.key".into()),
             },
+            connect_timeout: None,
+            statement_timeout: None,
             schema: "fleet".to_owned(),
             writers: 8,
             batch_max_rows: 1000,
@@ -2342,6 +2310,84 @@ fn config_rejects_unknown_keys_bad_values_and_requires_url() {
     )
     .expect_err("unknown key");
     assert!(err.to_string().contains("sslrootcert"), "{err}");
+}
+
+/// The connection keys of fleetpipe-postgres sit in `[sink.timescale]`
+/// itself (where `url` and `tls` always were), are validated with the rest
+/// naming the key, and the sink's connections are named `fleetpipe-sink`.
+#[test]
+fn the_connection_keys_parse_in_the_sinks_table_and_are_validated() {
+    let config: TimescaleConfig = serde_json::from_value(json!({
+        "url": "postgresql://db/fleet", "connect_timeout": "3s",
+        "statement_timeout": "30s", "writers": 2
+    }))
+    .expect("parses");
+    assert_eq!(config.connect_timeout, Some(Duration::from_secs(3)));
+    assert_eq!(config.statement_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(config.writers, 2);
+    config.validate().expect("valid");
+    let postgres = config.postgres().expect("valid");
+    assert_eq!(
+        postgres.config().get_application_name(),
+        Some("fleetpipe-sink")
+    );
+    assert_eq!(postgres.connect_timeout(), Duration::from_secs(3));
+
+    let err =
+        serde_json::from_value::<TimescaleConfig>(json!({"url": "u", "application_name": "me"}))
+            .expect_err("not a key");
+    assert!(
+        err.to_string().contains("unknown field `application_name`"),
+        "{err}"
+    );
+    let err = serde_json::from_value::<TimescaleConfig>(json!({"writers": 2})).expect_err("no url");
+    assert!(err.to_string().contains("missing field `url`"), "{err}");
+
+    let mut config = TimescaleConfig::new("postgresql://db/fleet");
+    config.statement_timeout = Some(Duration::ZERO);
+    let err = config.validate().expect_err("refused").to_string();
+    assert!(
+        err.starts_with("sink.timescale.statement_timeout must be whole milliseconds"),
+        "{err}"
+    );
+    let config = TimescaleConfig::new("postgresql://db/fleet?connect_timeout=2");
+    let mut both = config.clone();
+    both.connect_timeout = Some(Duration::from_secs(5));
+    let err = both.postgres().expect_err("set twice").to_string();
+    assert!(
+        err.starts_with(
+            "sink.timescale.connect_timeout is set, and so is connect_timeout in sink.timescale.url"
+        ),
+        "{err}"
+    );
+}
+
+/// `statement_timeout` bounds the writers' statements, not the migrations:
+/// waiting for another instance's migrations (the schema's advisory lock)
+/// takes longer than it here, and the migrations still run.
+#[tokio::test]
+async fn the_statement_timeout_does_not_cut_the_migrations_short() {
+    let test = TestDb::new();
+    let holder = test.observer().await;
+    let key = lock_key(&test.schema);
+    holder
+        .execute("SELECT pg_advisory_lock($1, $2)", &[&LOCK_CLASS, &key])
+        .await
+        .expect("lock");
+    let mut config = test.config();
+    config.statement_timeout = Some(Duration::from_millis(50));
+    let blocked = tokio::spawn(async move { migrate(&config).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    holder
+        .execute("SELECT pg_advisory_unlock($1, $2)", &[&LOCK_CLASS, &key])
+        .await
+        .expect("unlock");
+    let mode = tokio::time::timeout(PATIENCE, blocked)
+        .await
+        .expect("migrate continues once the lock is free")
+        .expect("no panic")
+        .expect("migrates although it waited longer than statement_timeout");
+    assert_eq!(mode, offered_mode(&holder).await);
 }
 
 #[tokio::test]

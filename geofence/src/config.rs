@@ -158,11 +158,7 @@ impl PostgresFencesConfig {
     /// safe to put in a query once [`PostgresFencesConfig::validate`] passed.
     #[must_use]
     pub fn quoted_table(&self) -> String {
-        self.table
-            .split('.')
-            .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
-            .collect::<Vec<_>>()
-            .join(".")
+        fleetpipe_postgres::quote_qualified(&self.table)
     }
 
     /// Checks the URL is present, the table name is an identifier and the

@@ -76,7 +76,7 @@ pub enum LoadError {
     /// The database cannot be reached (or refused the TLS or the login).
     #[error(
         "geofence.postgres (table {table}): cannot connect: {}",
-        table::describe(source)
+        fleetpipe_postgres::describe(source)
     )]
     Connect {
         /// The table as configured.
@@ -87,7 +87,7 @@ pub enum LoadError {
     /// The table cannot be read (e.g. it does not exist).
     #[error(
         "geofence.postgres (table {table}): cannot read the table: {}",
-        table::describe(source)
+        fleetpipe_postgres::describe(source)
     )]
     Query {
         /// The table as configured.
@@ -98,7 +98,7 @@ pub enum LoadError {
     /// A column has a type that does not convert to the fence's.
     #[error(
         "geofence.postgres (table {table}): unexpected column: {}",
-        table::describe(source)
+        fleetpipe_postgres::describe(source)
     )]
     Column {
         /// The table as configured.
@@ -117,7 +117,7 @@ pub enum LoadError {
     /// [`FenceTable::create`] failed.
     #[error(
         "geofence.postgres (table {table}): cannot create the table: {}",
-        table::describe(source)
+        fleetpipe_postgres::describe(source)
     )]
     Create {
         /// The table as configured.

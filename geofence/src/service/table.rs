@@ -129,39 +129,3 @@ impl FenceTable {
             })
     }
 }
-
-/// A tokio-postgres error on one line, with the server's message (its
-/// `Display` alone says only "db error"), or with its causes (its `Display`
-/// alone says only "error performing TLS handshake", not why).
-pub(super) fn describe(e: &tokio_postgres::Error) -> String {
-    use std::error::Error as _;
-    let s = match e.as_db_error() {
-        Some(db) => db.message().to_owned(),
-        None => {
-            let mut s = e.to_string();
-            let mut source = e.source();
-            while let Some(cause) = source {
-                s.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            s
-        }
-    };
-    one_line(&s)
-}
-
-fn one_line(s: &str) -> String {
-    s.lines().map(str::trim).collect::<Vec<_>>().join("; ")
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    #[test]
-    fn one_line_joins_lines() {
-        assert_eq!(one_line("a\nDETAIL: b\n"), "a; DETAIL: b");
-    }
-}

@@ -2,8 +2,8 @@
 //! [`TelemetryRecord`].
 //!
 //! No tokio and no I/O here, so the logic can be tested and benchmarked on
-//! its own, and the per-vehicle state that comes later (geofences, trips) can
-//! live next to it without knowing about channels.
+//! its own; the per-vehicle state machine (`vehicle.rs`, geofences, trips)
+//! lives next to it without knowing about channels either.
 
 use fleetpipe_model::{Accepted, Enrichment, SCHEMA_VERSION, TelemetryRecord};
 use h3o::{LatLng, LatLngIndexer, Resolution};

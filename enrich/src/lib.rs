@@ -1,13 +1,19 @@
 //! fleetpipe's enrichment stage.
 //!
 //! Takes validated pings ([`fleetpipe_model::Accepted`]) from ingest, adds
-//! derived data and hands [`fleetpipe_model::SinkRecord`]s to the sinks.
-//! Today that is the H3 cell of each position at the configured resolutions;
-//! geofences and a per-vehicle state machine come later.
+//! derived data (the H3 cells of each position at the configured
+//! resolutions, the geofences it is in) and hands
+//! [`fleetpipe_model::SinkRecord`]s to the sinks, together with the
+//! state-change events each vehicle's pings cause (geofence enter/exit with
+//! hysteresis, arrival/departure, motion and trips, battery, diagnostics,
+//! connectivity, overspeed).
 //!
-//! The stage has two layers:
-//! - [`Enricher`], the pure core: no tokio, no I/O, one ping in, one record
-//!   out. Everything that decides *what* a record contains lives here.
+//! The stage has these layers:
+//! - [`Enricher`], the pure core of a record: no tokio, no I/O, one ping
+//!   in, one record out.
+//! - the per-vehicle state machine (`vehicle.rs`) and its [`Tracker`]
+//!   (ordering, dedupe, timers), pure as well: every decision whether an
+//!   event happens lives there; [`StateStore`] checkpoints it.
 //! - [`EnrichService`], the thin async shell: a dispatcher that shards pings
 //!   by vehicle over worker tasks, so each vehicle's pings are processed in
 //!   order on one core while the fleet spreads over all of them.

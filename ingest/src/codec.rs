@@ -19,14 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::validate::{Candidate, Validator, Violation};
 
-/// How a message is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// UTF-8 JSON: one ping object or an array of them.
-    Json,
-    /// Protobuf `fleetpipe.v1.Ping` or `fleetpipe.v1.PingBatch`.
-    Protobuf,
-}
+pub use fleetpipe_model::wire::Encoding;
 
 /// Which vehicle the pings of a message must belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

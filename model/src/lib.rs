@@ -14,6 +14,7 @@ pub mod ping;
 pub mod proto;
 pub mod reason;
 pub mod record;
+pub mod wire;
 
 pub use ack::{Ack, AckStatus, BatchAck};
 pub use event::{EventType, VehicleEvent, event_id};

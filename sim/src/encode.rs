@@ -13,31 +13,10 @@ use bytes::Bytes;
 use fleetpipe_model::ping::Rfc3339Millis;
 use fleetpipe_model::proto;
 use prost::Message as _;
-use serde::{Deserialize, Serialize};
 
 use crate::{SimMessage, SimPing};
 
-/// How messages are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encoding {
-    /// UTF-8 JSON (MQTT topic `…/telemetry`, WebSocket text frames).
-    #[default]
-    Json,
-    /// Protobuf (MQTT topic `…/telemetry/pb`, WebSocket binary frames).
-    Protobuf,
-}
-
-impl std::str::FromStr for Encoding {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "json" => Ok(Self::Json),
-            "protobuf" | "proto" | "pb" => Ok(Self::Protobuf),
-            other => Err(format!("unknown encoding {other:?} (json or protobuf)")),
-        }
-    }
-}
+pub use fleetpipe_model::wire::Encoding;
 
 /// Encodes a message in `encoding`.
 pub fn encode(msg: &SimMessage, encoding: Encoding) -> Bytes {
@@ -50,10 +29,7 @@ pub fn encode(msg: &SimMessage, encoding: Encoding) -> Bytes {
 /// The MQTT topic of a message: `{prefix}/{vehicle_id}/telemetry` for
 /// JSON, `{prefix}/{vehicle_id}/telemetry/pb` for Protobuf.
 pub fn mqtt_topic(prefix: &str, vehicle_id: &str, encoding: Encoding) -> String {
-    match encoding {
-        Encoding::Json => format!("{prefix}/{vehicle_id}/telemetry"),
-        Encoding::Protobuf => format!("{prefix}/{vehicle_id}/telemetry/pb"),
-    }
+    fleetpipe_model::wire::telemetry_topic(prefix, vehicle_id, encoding)
 }
 
 /// JSON: one object, or an array when the message holds more than one ping.

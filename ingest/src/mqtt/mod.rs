@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::codec::Encoding;
-
 pub mod acl;
 pub mod embedded;
 pub mod external;
@@ -167,39 +165,7 @@ fn address_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Socke
     })
 }
 
-/// A telemetry topic, parsed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TelemetryTopic<'a> {
-    /// The vehicle the topic names (not yet validated).
-    pub vehicle: &'a str,
-    /// Payload encoding the topic implies.
-    pub encoding: Encoding,
-}
-
-/// Parses `{prefix}/{vehicle}/telemetry[/pb]`; `None` for any other topic.
-pub fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Option<TelemetryTopic<'a>> {
-    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
-    let (vehicle, kind) = rest.split_once('/')?;
-    let encoding = match kind {
-        "telemetry" => Encoding::Json,
-        "telemetry/pb" => Encoding::Protobuf,
-        _ => return None,
-    };
-    (!vehicle.is_empty()).then_some(TelemetryTopic { vehicle, encoding })
-}
-
-/// The acknowledgement topic of a vehicle (embedded broker).
-pub fn ack_topic(prefix: &str, vehicle: &str) -> String {
-    format!("{prefix}/{vehicle}/ack")
-}
-
-/// Subscription filters for the telemetry topics.
-pub fn telemetry_filters(prefix: &str) -> [String; 2] {
-    [
-        format!("{prefix}/+/telemetry"),
-        format!("{prefix}/+/telemetry/pb"),
-    ]
-}
+pub use fleetpipe_model::wire::{TelemetryTopic, ack_topic, parse_topic, telemetry_filters};
 
 /// [`MqttConfig::server_keep_alive`] in seconds, as MQTT carries it; `None`
 /// when it is not 1 to 65535 whole seconds.
@@ -215,41 +181,4 @@ pub fn server_keep_alive_secs(keep_alive: Duration) -> Option<u16> {
 /// dead-lettered with reason `oversize` instead of just closing the connection.
 pub(crate) fn hard_packet_limit(max_payload_bytes: usize) -> usize {
     max_payload_bytes.saturating_mul(4).max(1024 * 1024)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topics() {
-        assert_eq!(
-            parse_topic("fleet", "fleet/van-1/telemetry"),
-            Some(TelemetryTopic {
-                vehicle: "van-1",
-                encoding: Encoding::Json
-            })
-        );
-        assert_eq!(
-            parse_topic("fleet", "fleet/van-1/telemetry/pb"),
-            Some(TelemetryTopic {
-                vehicle: "van-1",
-                encoding: Encoding::Protobuf
-            })
-        );
-        assert_eq!(
-            parse_topic("a/b", "a/b/v/telemetry").map(|t| t.vehicle),
-            Some("v")
-        );
-        for bad in [
-            "fleet/van-1/ack",
-            "fleet//telemetry",
-            "fleetx/v/telemetry",
-            "other/v/telemetry",
-            "fleet/v/telemetry/json",
-            "fleet",
-        ] {
-            assert_eq!(parse_topic("fleet", bad), None, "{bad}");
-        }
-    }
 }

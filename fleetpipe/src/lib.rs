@@ -9,6 +9,7 @@ pub mod demo;
 pub mod fences;
 pub mod ops;
 pub mod pipeline;
+mod tasks;
 
 pub use config::Config;
 pub use pipeline::{Pipeline, PipelineError};

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::codec::Encoding;
+use crate::source::IngestConfigError;
+use crate::tls::{ServerTls, TlsGateway};
 
 pub mod acl;
 pub mod embedded;
@@ -147,6 +149,71 @@ impl MqttConfig {
             keep_alive: Duration::from_secs(30),
             max_unacked: 1024,
         }
+    }
+}
+
+impl MqttConfig {
+    /// The rule of every mode: a prefix that can start a topic filter.
+    pub(crate) fn validate_prefix(&self) -> Result<(), IngestConfigError> {
+        let prefix = &self.topic_prefix;
+        if prefix.is_empty()
+            || prefix.contains(['+', '#'])
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+        {
+            return Err(IngestConfigError::TopicPrefix);
+        }
+        Ok(())
+    }
+
+    /// The embedded broker's rules: logs rumqttd accepts, a keep alive MQTT
+    /// can carry, at least one listener, and TLS files that load.
+    pub(crate) fn validate_embedded(&self) -> Result<(), IngestConfigError> {
+        self.validate_prefix()?;
+        // rumqttd panics on a smaller log; say which key instead.
+        let logs = [
+            ("segment", Some(self.segment_bytes), self.segment_count),
+            (
+                "ack_segment",
+                self.ack_segment_bytes,
+                self.ack_segment_count,
+            ),
+        ];
+        for (key, bytes, count) in logs {
+            if bytes.is_some_and(|b| b < MIN_SEGMENT_BYTES) || count == 0 {
+                return Err(IngestConfigError::Segment {
+                    key,
+                    min: MIN_SEGMENT_BYTES,
+                });
+            }
+        }
+        if server_keep_alive_secs(self.server_keep_alive).is_none() {
+            return Err(IngestConfigError::ServerKeepAlive);
+        }
+        let tls_listeners = self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.listen.is_some() || t.listen_v5.is_some());
+        if self.listen.is_none() && self.listen_v5.is_none() && !tls_listeners {
+            return Err(IngestConfigError::NoMqttListener);
+        }
+        if let Some(tls) = &self.tls {
+            // Reads the certificate, key and client CA files, so that
+            // `config check` catches what would otherwise fail at start.
+            ServerTls::load(TlsGateway::Mqtt, &tls.files())?;
+        }
+        Ok(())
+    }
+
+    /// The external consumer's rules: a group that keeps the shared
+    /// subscription's shape, and a broker URL it can connect to.
+    pub(crate) fn validate_external(&self) -> Result<(), IngestConfigError> {
+        self.validate_prefix()?;
+        if self.share_group.contains(['/', '+', '#']) {
+            return Err(IngestConfigError::ShareGroup);
+        }
+        external::broker_address(&self.broker_url)?;
+        Ok(())
     }
 }
 

@@ -212,7 +212,12 @@ fn one_line(e: &figment::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleetpipe_ingest::mqtt::{MqttMode, server_keep_alive_secs};
+    use fleetpipe_ingest::mqtt::{EmbeddedConfig, MqttConfig, MqttMode, server_keep_alive_secs};
+
+    /// The embedded broker's settings of `c` (embedded mode).
+    fn broker(c: &Config) -> &EmbeddedConfig {
+        c.ingest.mqtt.embedded().expect("embedded mode")
+    }
     use figment::Jail;
 
     const MINIMAL: &str = "[sink.file]\ndir = \"data\"\n";
@@ -250,8 +255,8 @@ mod tests {
     #[test]
     fn minimal_file_gets_defaults() {
         let c = load(MINIMAL, &[]).unwrap();
-        assert_eq!(c.ingest.mqtt.mode, MqttMode::Embedded);
-        assert_eq!(c.ingest.mqtt.listen.map(|a| a.port()), Some(1883));
+        assert_eq!(c.ingest.mqtt.mode(), MqttMode::Embedded);
+        assert_eq!(broker(&c).listen.map(|a| a.port()), Some(1883));
         assert_eq!(c.ingest.http.listen.port(), 8080);
         assert_eq!(c.ingest.limits.max_past, Duration::from_secs(7 * 86_400));
     }
@@ -269,7 +274,7 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(c.ingest.mqtt.listen.map(|a| a.port()), Some(2000));
+        assert_eq!(broker(&c).listen.map(|a| a.port()), Some(2000));
         assert_eq!(c.ingest.auth.mode, fleetpipe_ingest::auth::AuthMode::Jwt);
         assert_eq!(c.ingest.limits.max_future, Duration::from_secs(60));
         assert_eq!(c.pipeline.ping_queue, 7);
@@ -338,7 +343,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(off.ingest.mqtt.listen_v5, None);
+        assert_eq!(broker(&off).listen_v5, None);
         let bad = load(
             &format!("{MINIMAL}[ingest.mqtt]\nlisten_v5 = \"nope\"\n"),
             &[],
@@ -412,7 +417,7 @@ mod tests {
                 &[],
             )
             .unwrap_or_else(|e| panic!("{good}: {e}"));
-            assert!(server_keep_alive_secs(c.ingest.mqtt.server_keep_alive).is_some());
+            assert!(server_keep_alive_secs(broker(&c).server_keep_alive).is_some());
         }
     }
 
@@ -612,7 +617,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(off.ingest.mqtt.listen, None);
+        assert_eq!(off.ingest.mqtt, MqttConfig::Off);
     }
 
     #[test]
@@ -674,8 +679,10 @@ mod tests {
             // Only the quick-start listeners differ from the built-in defaults.
             defaults.sink.file = c.sink.file.clone();
             defaults.sink.kafka = c.sink.kafka.clone();
-            defaults.ingest.mqtt.listen = c.ingest.mqtt.listen;
-            defaults.ingest.mqtt.listen_v5 = c.ingest.mqtt.listen_v5;
+            if let Some(d) = defaults.ingest.mqtt.embedded_mut() {
+                d.listen = broker(&c).listen;
+                d.listen_v5 = broker(&c).listen_v5;
+            }
             defaults.ingest.http.listen = c.ingest.http.listen;
             defaults
         });

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use fleetpipe_ingest::auth::AuthMode;
-use fleetpipe_ingest::mqtt::MqttMode;
 use fleetpipe_sim::{
     AckMode, Encoding, Fleet, MqttConfig, Publisher, PublisherConfig, Rate, SimConfig, Stats,
     Transport,
@@ -88,11 +87,11 @@ pub async fn run(
     stop: CancellationToken,
     mut out: impl std::io::Write + Send,
 ) -> Result<DemoSummary, DemoError> {
-    if config.ingest.mqtt.mode != MqttMode::Embedded {
+    let Some(broker) = config.ingest.mqtt.embedded().cloned() else {
         return Err(DemoError::Config(
             "the demo's fleet publishes to the embedded MQTT broker: set ingest.mqtt.mode = \"embedded\"".into(),
         ));
-    }
+    };
     if config.ingest.auth.mode != AuthMode::None {
         return Err(DemoError::Config(
             "the demo's vehicles have no credentials: set ingest.auth.mode = \"none\"".into(),
@@ -135,9 +134,9 @@ pub async fn run(
             addr: mqtt.to_string(),
             qos: 1,
             connections: options.vehicles.clamp(1, 4),
-            topic_prefix: config.ingest.mqtt.topic_prefix.clone(),
+            topic_prefix: broker.topic_prefix.clone(),
             client_id_prefix: "fleetpipe-demo".to_owned(),
-            ack: if config.ingest.mqtt.ack_topic {
+            ack: if broker.ack_topic {
                 AckMode::AckTopic
             } else {
                 AckMode::Puback

@@ -221,10 +221,17 @@ impl Pipeline {
         warn_about_open_doors(config, &auth, ops_addr);
         fences.log_loaded();
         readiness.set(true);
-        tracing::info!(ops = %ops_addr, listeners = ?listeners, "fleetpipe is running");
+        let http_addr =
+            listen_addr(&listeners, "ingest.http.listen").unwrap_or(config.ingest.http.listen);
+        tracing::info!(
+            http = %http_addr,
+            ops = %ops_addr,
+            mqtt = ?listen_addr(&listeners, "ingest.mqtt.listen"),
+            mqtt_v5 = ?listen_addr(&listeners, "ingest.mqtt.listen_v5"),
+            "fleetpipe is running"
+        );
         Ok(Self {
-            http_addr: listen_addr(&listeners, "ingest.http.listen")
-                .unwrap_or(config.ingest.http.listen),
+            http_addr,
             listeners,
             ops_addr,
             ops,

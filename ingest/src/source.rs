@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::AuthSetupError;
 use crate::http::{HttpConfig, routes, serve};
 use crate::mqtt::{
-    EmbeddedBroker, EmbeddedBrokerError, ExternalConsumer, ExternalConsumerError, MqttConfig,
-    MqttMode,
+    EmbeddedBroker, EmbeddedBrokerError, EmbeddedConfig, ExternalConfig, ExternalConsumer,
+    ExternalConsumerError, MqttConfig,
 };
 use crate::tls::{ServerTls, TlsError, TlsGateway};
 use crate::{AuthConfig, Authenticator, Ingestor, RateLimitConfig, ValidationConfig};
@@ -52,10 +52,10 @@ impl IngestConfig {
     /// The configured gateways: the MQTT one its `mode` selects (none with
     /// `off`), then the HTTP listener.
     pub fn sources(&self) -> Vec<SourceConfig> {
-        let mqtt = match self.mqtt.mode {
-            MqttMode::Embedded => Some(SourceConfig::MqttEmbedded(self.mqtt.clone())),
-            MqttMode::External => Some(SourceConfig::MqttExternal(self.mqtt.clone())),
-            MqttMode::Off => None,
+        let mqtt = match &self.mqtt {
+            MqttConfig::Embedded(c) => Some(SourceConfig::MqttEmbedded(c.clone())),
+            MqttConfig::External(c) => Some(SourceConfig::MqttExternal(c.clone())),
+            MqttConfig::Off => None,
         };
         mqtt.into_iter()
             .chain([SourceConfig::Http(self.http.clone())])
@@ -70,7 +70,6 @@ impl IngestConfig {
     ///
     /// The first rule broken; the message names the key.
     pub fn validate(&self) -> Result<(), IngestConfigError> {
-        self.mqtt.validate_prefix()?;
         for source in self.sources() {
             source.validate()?;
         }
@@ -178,9 +177,9 @@ pub enum IngestConfigError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceConfig {
     /// The embedded MQTT broker (`ingest.mqtt.mode = "embedded"`).
-    MqttEmbedded(MqttConfig),
+    MqttEmbedded(EmbeddedConfig),
     /// A subscription to an external MQTT broker (`mode = "external"`).
-    MqttExternal(MqttConfig),
+    MqttExternal(ExternalConfig),
     /// WebSocket and HTTP (`[ingest.http]`).
     Http(HttpConfig),
 }
@@ -241,8 +240,8 @@ impl SourceConfig {
     /// The first rule broken; the message names the key.
     pub fn validate(&self) -> Result<(), IngestConfigError> {
         match self {
-            SourceConfig::MqttEmbedded(c) => c.validate_embedded(),
-            SourceConfig::MqttExternal(c) => c.validate_external(),
+            SourceConfig::MqttEmbedded(c) => c.validate(),
+            SourceConfig::MqttExternal(c) => c.validate(),
             SourceConfig::Http(c) => c.validate(),
         }
     }

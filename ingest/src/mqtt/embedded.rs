@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use super::acl::{AclShared, DeviceProtocol, INTERNAL_CLIENT_ID, RefusedPublish};
 use super::watermark::{MessageTicket, Watermarks};
 use super::{
-    MqttConfig, ack_topic, hard_packet_limit, parse_topic, server_keep_alive_secs,
+    EmbeddedConfig, ack_topic, hard_packet_limit, parse_topic, server_keep_alive_secs,
     telemetry_filters,
 };
 use crate::auth::Authenticator;
@@ -287,7 +287,7 @@ async fn handshake<P: Protocol>(
 /// own ack topic has its own log too, which with those sizes is never
 /// evicted; with `ack_segment_bytes` set, ack logs get
 /// `ack_segment_bytes × ack_segment_count` instead.
-pub fn router_config(config: &MqttConfig) -> RouterConfig {
+pub fn router_config(config: &EmbeddedConfig) -> RouterConfig {
     let custom_segment = config.ack_segment_bytes.map(|bytes| {
         let ack_segments = SegmentConfig {
             max_segment_size: bytes,
@@ -313,7 +313,7 @@ impl EmbeddedBroker {
     /// accepting when `shutdown` fires, drain what rumqttd already
     /// acknowledged, then end.
     pub async fn start(
-        config: &MqttConfig,
+        config: &EmbeddedConfig,
         auth: Arc<Authenticator>,
         ingestor: Ingestor,
         shutdown: CancellationToken,
@@ -441,14 +441,6 @@ impl EmbeddedBroker {
             let watch = tls.watch(shutdown.clone());
             tasks.push(("mqtt tls reload", Box::pin(ok_at_end(watch))));
         }
-        tracing::info!(
-            listen = ?addrs.v311,
-            listen_v5 = ?addrs.v5,
-            listen_tls = ?addrs.v311_tls,
-            listen_v5_tls = ?addrs.v5_tls,
-            prefix = %config.topic_prefix,
-            "embedded MQTT broker listening"
-        );
 
         let refusals = record_refusals(refused_rx, ingestor.clone(), shutdown.clone());
         tasks.push(("mqtt refused publishes", Box::pin(ok_at_end(refusals))));
@@ -465,6 +457,16 @@ impl EmbeddedBroker {
             (None, Some(link_tx))
         };
         let reader = async move {
+            // Logged once it runs: a start that fails later (another
+            // listener, a sink) prints only its error.
+            tracing::info!(
+                listen = ?addrs.v311,
+                listen_v5 = ?addrs.v5,
+                listen_tls = ?addrs.v311_tls,
+                listen_v5_tls = ?addrs.v5_tls,
+                prefix = %prefix,
+                "embedded MQTT broker listening"
+            );
             let _link_tx = link_tx;
             let mut link_rx = link_rx;
             let reader = Reader {
@@ -608,7 +610,7 @@ impl Reader<'_> {
             topic: Some(topic),
         };
         // Waits while the pipeline is full: the link stops reading, the
-        // router buffers in its log (see MqttConfig::segment_bytes).
+        // router buffers in its log (see EmbeddedConfig::segment_bytes).
         let Ok((outcome, batch)) = self.ingestor.ingest(msg).await else {
             return false;
         };
@@ -836,14 +838,14 @@ mod tests {
 
     #[test]
     fn ack_subscriptions_get_their_own_log_only_when_configured() {
-        let default = router_config(&MqttConfig::default());
+        let default = router_config(&EmbeddedConfig::default());
         assert!(default.custom_segment.is_none());
 
-        let bounded = router_config(&MqttConfig {
+        let bounded = router_config(&EmbeddedConfig {
             topic_prefix: "depot".into(),
             ack_segment_bytes: Some(32 * 1024),
             ack_segment_count: 2,
-            ..MqttConfig::default()
+            ..EmbeddedConfig::default()
         });
         let custom = bounded.custom_segment.expect("ack log configured");
         let ack = &custom["depot/+/ack"];
@@ -854,7 +856,7 @@ mod tests {
         assert_eq!(custom.len(), 1);
         assert_eq!(
             bounded.max_segment_size,
-            MqttConfig::default().segment_bytes
+            EmbeddedConfig::default().segment_bytes
         );
     }
 
@@ -916,11 +918,11 @@ mod tests {
     /// to every vehicle's ack topic.
     fn router_links() -> (LinkTx, LinkRx) {
         // The embedded broker's router, with room for a few links only.
-        let config = MqttConfig {
+        let config = EmbeddedConfig {
             max_connections: 0,
             segment_bytes: 1024 * 1024,
             segment_count: 4,
-            ..MqttConfig::default()
+            ..EmbeddedConfig::default()
         };
         let router_tx = Router::new(0, router_config(&config)).spawn();
         let (acker_tx, _, _) = rumqttd::local::LinkBuilder::new("acker", router_tx.clone())

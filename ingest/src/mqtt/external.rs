@@ -20,7 +20,7 @@ use futures::stream::FuturesUnordered;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
-use super::{MqttConfig, hard_packet_limit, parse_topic, telemetry_filters};
+use super::{ExternalConfig, hard_packet_limit, parse_topic, telemetry_filters};
 use crate::codec::VehicleScope;
 use crate::gateway::{Ingestor, Message};
 use crate::source::{SourceTask, ok_at_end};
@@ -82,7 +82,7 @@ impl ExternalConsumer {
     ///
     /// A broker URL that is not `mqtt://host:port`.
     pub fn start(
-        config: &MqttConfig,
+        config: &ExternalConfig,
         ingestor: Ingestor,
         shutdown: CancellationToken,
     ) -> Result<Self, ExternalConsumerError> {
@@ -105,8 +105,13 @@ impl ExternalConsumer {
             .map(|f| format!("$share/{}/{f}", config.share_group));
         let prefix = config.topic_prefix.clone();
         let capacity = config.max_unacked.saturating_add(16);
-        tracing::info!(broker = %config.broker_url, client_id = %config.client_id, group = %config.share_group, "consuming from external MQTT broker");
+        let (broker, client_id, group) = (
+            config.broker_url.clone(),
+            config.client_id.clone(),
+            config.share_group.clone(),
+        );
         let task = Box::pin(async move {
+            tracing::info!(%broker, %client_id, %group, "consuming from external MQTT broker");
             let (client, eventloop) = AsyncClient::new(options, capacity);
             run(client, eventloop, filters, prefix, ingestor, shutdown).await;
         });

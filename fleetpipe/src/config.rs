@@ -82,10 +82,10 @@ impl PipelineConfig {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::ZeroQueue`].
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// [`InvalidConfig::ZeroQueue`].
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         if self.ping_queue == 0 || self.sink_queue == 0 {
-            return Err(ConfigError::ZeroQueue);
+            return Err(InvalidConfig::ZeroQueue);
         }
         Ok(())
     }
@@ -122,7 +122,7 @@ impl Default for LogConfig {
 }
 
 /// A configuration that cannot be used. Every message is one line and
-/// names the key at fault.
+/// names the key (or the file) at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file does not exist or cannot be read.
@@ -133,27 +133,35 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// The file was read, and its content is refused.
+    #[error("config: {0}")]
+    Invalid(#[from] InvalidConfig),
+}
+
+/// A configuration refused by a rule: what [`Config::check`] finds.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidConfig {
     /// A key is unknown, missing or of the wrong type (figment's message,
     /// on one line).
-    #[error("config: {0}")]
+    #[error("{0}")]
     Parse(String),
     /// `pipeline.ping_queue` or `pipeline.sink_queue` is 0.
-    #[error("config: pipeline.ping_queue and pipeline.sink_queue must be at least 1")]
+    #[error("pipeline.ping_queue and pipeline.sink_queue must be at least 1")]
     ZeroQueue,
     /// A rule of `[ingest]`.
-    #[error("config: {0}")]
+    #[error(transparent)]
     Ingest(#[from] IngestConfigError),
     /// A rule of `[enrich]`.
-    #[error("config: {0}")]
+    #[error(transparent)]
     Enrich(#[from] EnrichError),
     /// A rule of `[geofence]`, or a fence file that does not parse.
-    #[error("config: {0}")]
+    #[error(transparent)]
     Geofence(#[from] FenceError),
     /// A rule of `[sink]`.
-    #[error("config: {0}")]
+    #[error(transparent)]
     Sink(#[from] SinkError),
     /// A rule of `[ops]`.
-    #[error("config: {0}")]
+    #[error(transparent)]
     Ops(#[from] OpsConfigError),
 }
 
@@ -173,7 +181,7 @@ impl Config {
             .merge(Toml::string(&text))
             .merge(env)
             .extract()
-            .map_err(|e| ConfigError::Parse(one_line(&e)))?;
+            .map_err(|e| InvalidConfig::Parse(one_line(&e)))?;
         config.check()?;
         Ok(config)
     }
@@ -187,7 +195,7 @@ impl Config {
     /// # Errors
     ///
     /// The first rule broken.
-    pub fn check(&self) -> Result<(), ConfigError> {
+    pub fn check(&self) -> Result<(), InvalidConfig> {
         self.pipeline.validate()?;
         self.ingest.validate()?;
         self.ops.validate()?;

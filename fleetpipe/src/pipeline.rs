@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, InvalidConfig};
 use crate::fences::{FenceError, FenceService};
 use crate::ops::{self, Readiness};
 use crate::tasks::{Failure, Tasks};
@@ -58,7 +58,7 @@ const INFLIGHT_GAUGE: Duration = Duration::from_secs(1);
 pub enum PipelineError {
     /// The configuration is refused: the check `fleetpipe config check` runs.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] InvalidConfig),
     /// Device authentication could not be set up (`[ingest.auth]`).
     #[error(transparent)]
     Auth(#[from] AuthSetupError),

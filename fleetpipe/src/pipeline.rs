@@ -208,13 +208,8 @@ impl Pipeline {
         });
         let mut gateways = Tasks::new(failure.clone());
         let listeners = run_sources(&mut gateways, sources);
-        if let Some(watcher) = auth.jwks_watcher(shutdown.clone()) {
-            gateways.spawn("jwks reload", async move { Ok(watcher.await) });
-        }
-        gateways.spawn("rate-limit sweep", sweep_rate_limiter(limiter, shutdown.clone()));
         let inflight = ingestor.inflight_probe();
-        let gauge = update_inflight_gauge(inflight.clone(), shutdown.clone());
-        gateways.spawn("in-flight gauge", gauge);
+        run_housekeeping(&mut gateways, &auth, limiter, &inflight, &shutdown);
 
         let readiness = Readiness::new(shutdown.clone());
         let (ops, ops_stop) = run_ops(config, ops_listener, readiness.clone(), &fences, &failure);
@@ -443,10 +438,7 @@ fn run_sinks(stages: &mut Tasks, records: mpsc::Receiver<SinkRecord>, sinks: Vec
 }
 
 /// Runs every task of every source; returns their bound listeners.
-fn run_sources(
-    gateways: &mut Tasks,
-    sources: Vec<BuiltSource>,
-) -> Vec<(&'static str, SocketAddr)> {
+fn run_sources(gateways: &mut Tasks, sources: Vec<BuiltSource>) -> Vec<(&'static str, SocketAddr)> {
     let mut listeners = Vec::new();
     for source in sources {
         listeners.extend(source.addrs);
@@ -458,6 +450,29 @@ fn run_sources(
         }
     }
     listeners
+}
+
+/// The tasks beside the sources that run until shutdown: JWKS reloads (JWT
+/// mode with a key file), the rate limiter's sweep, the in-flight gauge.
+fn run_housekeeping(
+    gateways: &mut Tasks,
+    auth: &Authenticator,
+    limiter: RateLimiter,
+    inflight: &InflightProbe,
+    shutdown: &CancellationToken,
+) {
+    if let Some(watcher) = auth.jwks_watcher(shutdown.clone()) {
+        gateways.spawn("jwks reload", async move {
+            watcher.await;
+            Ok(())
+        });
+    }
+    gateways.spawn(
+        "rate-limit sweep",
+        sweep_rate_limiter(limiter, shutdown.clone()),
+    );
+    let gauge = update_inflight_gauge(inflight.clone(), shutdown.clone());
+    gateways.spawn("in-flight gauge", gauge);
 }
 
 /// Serves the operations listener until the returned guard is dropped (it
@@ -559,10 +574,10 @@ async fn fan_out(
     let mut sent: u64 = 0;
     while let Some(record) = input.recv().await {
         for (name, sink) in others {
-            let closed = || PipelineError::SinkClosed { sink: *name };
+            let closed = || PipelineError::SinkClosed { sink: name };
             sink.send(record.fork()).await.map_err(|_| closed())?;
         }
-        let closed = || PipelineError::SinkClosed { sink: *last_name };
+        let closed = || PipelineError::SinkClosed { sink: last_name };
         last.send(record).await.map_err(|_| closed())?;
         sent += 1;
         if sent.is_multiple_of(256) || input.is_empty() {

@@ -266,8 +266,12 @@ impl SourceConfig {
                 (broker.addrs().keyed(), broker.into_tasks())
             }
             SourceConfig::MqttExternal(c) => {
-                let consumer = ExternalConsumer::start(c, cx.ingestor.clone(), cx.shutdown.clone())?;
-                (Vec::new(), vec![("mqtt-external consumer", consumer.into_task())])
+                let consumer =
+                    ExternalConsumer::start(c, cx.ingestor.clone(), cx.shutdown.clone())?;
+                (
+                    Vec::new(),
+                    vec![("mqtt-external consumer", consumer.into_task())],
+                )
             }
             SourceConfig::Http(c) => build_http(c, cx).await?,
         };
@@ -279,7 +283,10 @@ impl SourceConfig {
     }
 }
 
-type Built = (Vec<(&'static str, SocketAddr)>, Vec<(&'static str, SourceTask)>);
+type Built = (
+    Vec<(&'static str, SocketAddr)>,
+    Vec<(&'static str, SourceTask)>,
+);
 
 /// The devices' HTTP listener: WebSocket and `POST /v1/pings`, with TLS
 /// when `[ingest.http.tls]` is set.

@@ -423,7 +423,8 @@ impl EmbeddedBroker {
         ];
         for (name, listener, tls, handler, protocol) in accept_loops {
             if let Some((listener, _)) = listener {
-                let accept = accept_loop(name, listener, tls, handler, protocol, acceptance.clone());
+                let accept =
+                    accept_loop(name, listener, tls, handler, protocol, acceptance.clone());
                 tasks.push((name, Box::pin(ok_at_end(accept))));
             }
         }
@@ -433,7 +434,8 @@ impl EmbeddedBroker {
         ];
         for (name, listener, tls, handler, protocol) in accept_loops_v5 {
             if let Some((listener, _)) = listener {
-                let accept = accept_loop(name, listener, tls, handler, protocol, acceptance.clone());
+                let accept =
+                    accept_loop(name, listener, tls, handler, protocol, acceptance.clone());
                 tasks.push((name, Box::pin(ok_at_end(accept))));
             }
         }

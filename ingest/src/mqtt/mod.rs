@@ -26,7 +26,9 @@ pub use external::{ExternalConsumer, ExternalConsumerError};
 pub use tls::MqttTlsConfig;
 
 /// An address, or `"off"`.
-pub(crate) fn address_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+pub(crate) fn address_or_off<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
     let s = String::deserialize(d)?;
     if s.eq_ignore_ascii_case("off") {
         return Ok(None);

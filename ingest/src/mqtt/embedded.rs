@@ -78,13 +78,16 @@ pub enum EmbeddedBrokerError {
     /// The TLS certificate, key or client CA does not load.
     #[error("{0}")]
     Tls(#[from] TlsError),
-    /// The local link to the router failed.
+    /// The local link to the router could not be made.
     #[error("embedded broker: local link: {0}")]
-    Link(String),
+    Link(#[source] Box<LinkError>),
+    /// The task making the local link died.
+    #[error("embedded broker: local link: {0}")]
+    LinkTask(#[source] tokio::task::JoinError),
     /// The local link closed while fleetpipe was running: no more MQTT
     /// publishes can be read, so the process must not go on as if healthy.
     #[error("embedded broker: the internal link closed unexpectedly: {0}")]
-    LinkClosed(String),
+    LinkClosed(#[source] Box<LinkError>),
 }
 
 /// An embedded broker with its listeners bound and its router running,
@@ -361,15 +364,15 @@ impl EmbeddedBroker {
                 rumqttd::local::LinkBuilder::new(INTERNAL_CLIENT_ID, link_router_tx)
                     .dynamic_filters(true)
                     .build()
-                    .map_err(|e| EmbeddedBrokerError::Link(e.to_string()))?;
+                    .map_err(|e| EmbeddedBrokerError::Link(Box::new(e)))?;
             for filter in filters {
                 tx.subscribe(filter)
-                    .map_err(|e| EmbeddedBrokerError::Link(e.to_string()))?;
+                    .map_err(|e| EmbeddedBrokerError::Link(Box::new(e)))?;
             }
             Ok::<_, EmbeddedBrokerError>((tx, rx))
         })
         .await
-        .map_err(|e| EmbeddedBrokerError::Link(e.to_string()))??;
+        .map_err(EmbeddedBrokerError::LinkTask)??;
 
         let (refused_tx, refused_rx) = mpsc::channel(1024);
         let shared = Arc::new(AclShared {
@@ -549,7 +552,7 @@ enum ReadEnd {
     /// The pipeline stopped taking input.
     PipelineClosed,
     /// The link to the router closed (the router dropped it).
-    LinkClosed(String),
+    LinkClosed(Box<LinkError>),
 }
 
 impl Reader<'_> {
@@ -573,7 +576,7 @@ impl Reader<'_> {
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "embedded broker link closed");
-                    return ReadEnd::LinkClosed(e.to_string());
+                    return ReadEnd::LinkClosed(Box::new(e));
                 }
             };
             match notification {
@@ -587,7 +590,7 @@ impl Reader<'_> {
                 Notification::Unschedule => {
                     if let Err(e) = link_rx.wake().await {
                         tracing::error!(error = %e, "embedded broker link cannot be woken");
-                        return ReadEnd::LinkClosed(e.to_string());
+                        return ReadEnd::LinkClosed(Box::new(e));
                     }
                 }
                 _ => {}

@@ -230,3 +230,62 @@ pub enum SinkError {
     #[error(transparent)]
     Timescale(#[from] TimescaleError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configured_sinks_in_order_and_at_least_one() {
+        let none = SinksConfig::default();
+        assert!(none.configured().is_empty());
+        assert!(matches!(
+            none.validate(Duration::from_secs(1)),
+            Err(SinkError::NoSink)
+        ));
+        let both = SinksConfig {
+            file: Some(FileSinkConfig::new("data")),
+            kafka: Some(KafkaConfig::new("embedded")),
+            timescale: None,
+        };
+        let names: Vec<_> = both.configured().iter().map(SinkConfig::name).collect();
+        assert_eq!(names, ["file", "kafka"]);
+        both.validate(Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn each_sink_runs_its_own_validation_and_the_rules_between_sections() {
+        let file = SinksConfig {
+            file: Some(FileSinkConfig {
+                batch_max_records: 0,
+                ..FileSinkConfig::new("data")
+            }),
+            ..SinksConfig::default()
+        };
+        let e = file.validate(Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("sink.file.batch_max_records"), "{e}");
+        let timescale = SinksConfig {
+            timescale: Some(TimescaleConfig::new("postgresql://h/db")),
+            ..SinksConfig::default()
+        };
+        let max_past = Duration::from_secs(30 * 86_400);
+        let e = timescale.validate(max_past).unwrap_err();
+        assert!(matches!(e, SinkError::CompressAfter { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("ingest.limits.max_past (30days)"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_built_sink_runs_until_its_input_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = SinkConfig::File(FileSinkConfig::new(dir.path()));
+        let built = sink.build(SinkContext { queue: 4 }).await.unwrap();
+        assert_eq!((built.name, built.input.max_capacity()), ("file", 4));
+        assert!(built.kafka.is_none());
+        let BuiltSink { input, run, .. } = built;
+        drop(input);
+        run.await.unwrap();
+    }
+}

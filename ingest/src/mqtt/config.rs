@@ -388,3 +388,84 @@ impl From<MqttKeys> for MqttConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> Result<MqttConfig, String> {
+        toml::from_str(toml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn mode_selects_a_variant_with_only_its_own_settings() {
+        assert_eq!(parse("").unwrap(), MqttConfig::default());
+        assert_eq!(parse("").unwrap().mode(), MqttMode::Embedded);
+        let embedded = parse("topic_prefix = \"depot\"\nlisten = \"off\"\n").unwrap();
+        let broker = embedded.embedded().unwrap();
+        assert_eq!(
+            (broker.topic_prefix.as_str(), broker.listen),
+            ("depot", None)
+        );
+        let external =
+            parse("mode = \"external\"\ntopic_prefix = \"depot\"\nbroker_url = \"mqtt://b:1\"\n")
+                .unwrap();
+        let consumer = external.external().unwrap();
+        assert_eq!(
+            (consumer.topic_prefix.as_str(), consumer.broker_url.as_str()),
+            ("depot", "mqtt://b:1")
+        );
+        assert!(external.embedded().is_none());
+        assert_eq!(parse("mode = \"off\"\n").unwrap(), MqttConfig::Off);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_and_other_modes_keys_unused() {
+        let e = parse("listen_port = 1\n").unwrap_err();
+        assert!(e.contains("listen_port"), "{e}");
+        let e = parse("mode = \"sideways\"\n").unwrap_err();
+        assert!(e.contains("sideways"), "{e}");
+        // An embedded broker with the external keys of the shipped file.
+        let c = parse("broker_url = \"mqtt://elsewhere:1883\"\nshare_group = \"a/b\"\n").unwrap();
+        assert_eq!(c, MqttConfig::default());
+        c.embedded().unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn each_mode_validates_its_own_rules() {
+        let external = ExternalConfig {
+            share_group: "a/b".into(),
+            ..ExternalConfig::default()
+        };
+        assert!(matches!(
+            external.validate(),
+            Err(IngestConfigError::ShareGroup)
+        ));
+        let external = ExternalConfig {
+            broker_url: "http://broker".into(),
+            ..ExternalConfig::default()
+        };
+        assert!(matches!(
+            external.validate(),
+            Err(IngestConfigError::External(_))
+        ));
+        let embedded = EmbeddedConfig {
+            segment_count: 0,
+            ..EmbeddedConfig::default()
+        };
+        assert!(matches!(
+            embedded.validate(),
+            Err(IngestConfigError::Segment { key: "segment", .. })
+        ));
+        let embedded = EmbeddedConfig {
+            topic_prefix: "fleet/".into(),
+            ..EmbeddedConfig::default()
+        };
+        assert!(matches!(
+            embedded.validate(),
+            Err(IngestConfigError::TopicPrefix)
+        ));
+        EmbeddedConfig::default().validate().unwrap();
+        ExternalConfig::default().validate().unwrap();
+    }
+}

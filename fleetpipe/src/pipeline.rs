@@ -188,12 +188,14 @@ impl Pipeline {
             records,
         } = Queues::new(config);
         let limiter = ingestor.limiter().clone();
-        let sources = SourceContext {
+        let cx = SourceContext {
             ingestor: ingestor.clone(),
             auth: Arc::clone(&auth),
             shutdown: shutdown.clone(),
         };
-        let sources = build_sources(config, &sources).await?;
+        let sources = build_sources(config, &cx).await?;
+        // The sources hold what they need; this clone would keep the queues open.
+        drop(cx);
         // Sinks that connect somewhere (and may wait for it) are built after
         // the listeners are bound, so a taken port still fails fast.
         let sinks = build_sinks(config).await?;

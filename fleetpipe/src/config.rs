@@ -10,16 +10,17 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use fleetpipe_enrich::EnrichConfig;
+use fleetpipe_enrich::{EnrichConfig, EnrichError};
 use fleetpipe_geofence::GeofenceConfig;
-use fleetpipe_ingest::http::HttpConfig;
-use fleetpipe_ingest::mqtt::{MIN_SEGMENT_BYTES, MqttConfig, MqttMode, server_keep_alive_secs};
-use fleetpipe_ingest::tls::{ServerTls, TlsGateway};
-use fleetpipe_ingest::{AuthConfig, RateLimitConfig, ValidationConfig};
-use fleetpipe_sink::{FileSinkConfig, KafkaConfig, TimescaleConfig};
+use fleetpipe_ingest::IngestConfigError;
+use fleetpipe_sink::SinkError;
 use serde::Deserialize;
 
-use crate::ops::OpsConfig;
+pub use fleetpipe_ingest::IngestConfig;
+pub use fleetpipe_sink::SinksConfig as SinkConfig;
+
+use crate::ops::{OpsConfig, OpsConfigError};
+use fleetpipe_geofence::service::LoadError;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -48,40 +49,6 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-/// `ingest`: gateways and input rules.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IngestConfig {
-    /// MQTT gateway (embedded broker or external broker).
-    #[serde(default)]
-    pub mqtt: MqttConfig,
-    /// The devices' HTTP listener: WebSocket and HTTP ingest.
-    #[serde(default)]
-    pub http: HttpConfig,
-    /// Device authentication.
-    #[serde(default)]
-    pub auth: AuthConfig,
-    /// Validation limits.
-    #[serde(default)]
-    pub limits: ValidationConfig,
-    /// Per-vehicle rate limit.
-    #[serde(default)]
-    pub rate_limit: RateLimitConfig,
-}
-
-/// `sink`: outputs. A sink is on when its table is present; every record
-/// goes to every sink, and is acknowledged when all of them hold it.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    /// Newline-delimited JSON files under a directory.
-    pub file: Option<FileSinkConfig>,
-    /// Kafka topics (`brokers = "embedded"` runs librdkafka's mock cluster).
-    pub kafka: Option<KafkaConfig>,
-    /// TimescaleDB / PostgreSQL tables.
-    pub timescale: Option<TimescaleConfig>,
-}
-
 /// `pipeline`: the bounded queues between stages.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -107,6 +74,20 @@ impl Default for PipelineConfig {
             max_inflight_bytes: 256 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl PipelineConfig {
+    /// Queues that can hold something: a queue of 0 would block for ever.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig::ZeroQueue`].
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.ping_queue == 0 || self.sink_queue == 0 {
+            return Err(InvalidConfig::ZeroQueue);
+        }
+        Ok(())
     }
 }
 
@@ -140,20 +121,48 @@ impl Default for LogConfig {
     }
 }
 
-/// A configuration that cannot be used.
+/// A configuration that cannot be used. Every message is one line and
+/// names the key (or the file) at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file does not exist or cannot be read.
-    #[error("config file {path}: {reason}")]
+    #[error("config file {path}: {source}")]
     File {
         /// The path given.
         path: String,
         /// Why.
-        reason: String,
+        source: std::io::Error,
     },
-    /// A key is unknown, missing or of the wrong type.
+    /// The file was read, and its content is refused.
     #[error("config: {0}")]
-    Invalid(String),
+    Invalid(#[from] InvalidConfig),
+}
+
+/// A configuration refused by a rule: what [`Config::check`] finds.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidConfig {
+    /// A key is unknown, missing or of the wrong type (figment's message,
+    /// on one line).
+    #[error("{0}")]
+    Parse(String),
+    /// `pipeline.ping_queue` or `pipeline.sink_queue` is 0.
+    #[error("pipeline.ping_queue and pipeline.sink_queue must be at least 1")]
+    ZeroQueue,
+    /// A rule of `[ingest]`.
+    #[error(transparent)]
+    Ingest(#[from] IngestConfigError),
+    /// A rule of `[enrich]`.
+    #[error(transparent)]
+    Enrich(#[from] EnrichError),
+    /// A rule of `[geofence]`, or a fence file that does not parse.
+    #[error(transparent)]
+    Geofence(#[from] LoadError),
+    /// A rule of `[sink]`.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A rule of `[ops]`.
+    #[error(transparent)]
+    Ops(#[from] OpsConfigError),
 }
 
 impl Config {
@@ -163,178 +172,37 @@ impl Config {
     }
 
     fn load_with_env(path: &Path, env: Env) -> Result<Self, ConfigError> {
-        let file_error = |reason: String| ConfigError::File {
-            path: path.display().to_string(),
-            reason,
-        };
         // Read it ourselves: figment would silently treat a missing file as empty.
-        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
         let config: Config = Figment::new()
             .merge(Toml::string(&text))
             .merge(env)
             .extract()
-            .map_err(|e| ConfigError::Invalid(one_line(&e)))?;
+            .map_err(|e| InvalidConfig::Parse(one_line(&e)))?;
         config.check()?;
         Ok(config)
     }
 
-    /// Cross-key rules serde cannot express.
-    pub fn check(&self) -> Result<(), ConfigError> {
-        let invalid = |s: &str| Err(ConfigError::Invalid(s.to_owned()));
-        if self.sink.file.is_none() && self.sink.kafka.is_none() && self.sink.timescale.is_none() {
-            return invalid(
-                "no sink is configured: add [sink.file], [sink.kafka] or [sink.timescale]",
-            );
-        }
-        if self.pipeline.ping_queue == 0 || self.pipeline.sink_queue == 0 {
-            return invalid("pipeline.ping_queue and pipeline.sink_queue must be at least 1");
-        }
-        let prefix = &self.ingest.mqtt.topic_prefix;
-        if prefix.is_empty()
-            || prefix.contains(['+', '#'])
-            || prefix.starts_with('/')
-            || prefix.ends_with('/')
-        {
-            return invalid(
-                "ingest.mqtt.topic_prefix must be non-empty, without wildcards or leading/trailing '/'",
-            );
-        }
-        if self.ingest.mqtt.mode == MqttMode::External
-            && self.ingest.mqtt.share_group.contains(['/', '+', '#'])
-        {
-            return invalid("ingest.mqtt.share_group must not contain '/', '+' or '#'");
-        }
-        let mqtt = &self.ingest.mqtt;
-        if mqtt.mode == MqttMode::Embedded {
-            // rumqttd panics on a smaller log; say which key instead.
-            let logs = [
-                ("segment", Some(mqtt.segment_bytes), mqtt.segment_count),
-                (
-                    "ack_segment",
-                    mqtt.ack_segment_bytes,
-                    mqtt.ack_segment_count,
-                ),
-            ];
-            for (key, bytes, count) in logs {
-                if bytes.is_some_and(|b| b < MIN_SEGMENT_BYTES) || count == 0 {
-                    return Err(ConfigError::Invalid(format!(
-                        "ingest.mqtt.{key}_bytes must be at least {MIN_SEGMENT_BYTES} (rumqttd's smallest segment) and ingest.mqtt.{key}_count at least 1"
-                    )));
-                }
-            }
-            // MQTT carries a keep alive as a 16-bit number of seconds.
-            if server_keep_alive_secs(mqtt.server_keep_alive).is_none() {
-                return invalid(
-                    "ingest.mqtt.server_keep_alive must be 1s to 65535s, in whole seconds",
-                );
-            }
-        }
-        if mqtt.mode == MqttMode::Embedded
-            && mqtt.listen.is_none()
-            && mqtt.listen_v5.is_none()
-            && mqtt
-                .tls
-                .as_ref()
-                .is_none_or(|t| t.listen.is_none() && t.listen_v5.is_none())
-        {
-            return invalid(
-                "ingest.mqtt: the embedded broker has no listener (listen, listen_v5, tls.listen and tls.listen_v5 are all off); use mode = \"off\" for no MQTT",
-            );
-        }
-        if mqtt.mode == MqttMode::Embedded
-            && let Some(tls) = &mqtt.tls
-        {
-            // Reads the certificate, key and client CA files, so that
-            // `config check` catches what would otherwise fail at start.
-            ServerTls::load(TlsGateway::Mqtt, &tls.files())
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        }
-        let http = &self.ingest.http;
-        if let Some(tls) = &http.tls {
-            // The same for the HTTP gateway's TLS files.
-            ServerTls::load(TlsGateway::Http, tls)
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        }
-        if [
-            http.idle_timeout,
-            http.header_read_timeout,
-            http.body_timeout,
-            http.ws_idle_timeout,
-        ]
-        .contains(&Duration::ZERO)
-        {
-            return invalid(
-                "ingest.http.idle_timeout, header_read_timeout, body_timeout and ws_idle_timeout must be longer than 0",
-            );
-        }
-        if http.max_connections == 0 || self.ops.max_connections == 0 {
-            return invalid(
-                "ingest.http.max_connections and ops.max_connections must be at least 1",
-            );
-        }
-        if self
-            .ops
-            .admin_token
-            .as_ref()
-            .is_some_and(|t| t.trim().is_empty())
-        {
-            return invalid("ops.admin_token must not be empty (leave it out for no token)");
-        }
-        let limits = &self.ingest.limits;
-        if limits.max_payload_bytes == 0 || limits.max_batch == 0 {
-            return invalid(
-                "ingest.limits.max_payload_bytes and ingest.limits.max_batch must be at least 1",
-            );
-        }
-        self.enrich
-            .validate()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        // Reads the credentials file / checks the JWT settings, so that
-        // `config check` catches what would otherwise fail at start.
-        fleetpipe_ingest::Authenticator::from_config(&self.ingest.auth)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        // Parses the fence file (without indexing it) for the same reason.
-        fleetpipe_geofence::service::check_config(&self.geofence)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        self.check_sinks()
-    }
-
-    /// Each configured sink's own validation, the one it runs at start (so
-    /// `config check` accepts exactly what starts), and the rules between a
-    /// sink and the other sections.
-    fn check_sinks(&self) -> Result<(), ConfigError> {
-        let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
-        if let Some(file) = &self.sink.file {
-            file.validate().map_err(|e| invalid(&e))?;
-        }
-        if let Some(kafka) = &self.sink.kafka {
-            kafka.validate().map_err(|e| invalid(&e))?;
-        }
-        if let Some(timescale) = &self.sink.timescale {
-            timescale.validate().map_err(|e| invalid(&e))?;
-            // The URL and the TLS files (sink.timescale.tls), as the sink and
-            // the state checkpoints read them at start.
-            timescale.postgres().map_err(|e| invalid(&e))?;
-            // TimescaleDB's policy compresses every chunk that ends more than
-            // compress_after ago; a ping is accepted up to max_past old, and
-            // its chunk ends after its device time. So with compress_after
-            // longer than max_past no accepted ping belongs to a chunk the
-            // policy may already have compressed, as long as it is written
-            // within (compress_after - max_past) of its acceptance. Applies
-            // whatever `timescaledb` says: a schema once in TimescaleDB mode
-            // keeps its policies even with `off`.
-            let max_past = self.ingest.limits.max_past;
-            if timescale.compress_after <= max_past {
-                return Err(ConfigError::Invalid(format!(
-                    "sink.timescale.compress_after ({}) must be longer than \
-                     ingest.limits.max_past ({}): pings up to max_past old are accepted, and \
-                     TimescaleDB compresses chunks older than compress_after, so late pings \
-                     would be written into compressed chunks",
-                    humantime::format_duration(timescale.compress_after),
-                    humantime::format_duration(max_past),
-                )));
-            }
-        }
+    /// Every rule serde cannot express, each kept next to its config type;
+    /// the one validation: `fleetpipe config check` and the start of
+    /// [`crate::Pipeline`] (so `fleetpipe run`) both run it before anything
+    /// is bound. Files the configuration names (TLS, credentials, JWKS, the
+    /// fence file, PostgreSQL TLS) are read as the start reads them.
+    ///
+    /// # Errors
+    ///
+    /// The first rule broken.
+    pub fn check(&self) -> Result<(), InvalidConfig> {
+        self.pipeline.validate()?;
+        self.ingest.validate()?;
+        self.ops.validate()?;
+        self.enrich.validate()?;
+        // Parses the fence file (without indexing it).
+        fleetpipe_geofence::service::check_config(&self.geofence)?;
+        self.sink.validate(self.ingest.limits.max_past)?;
         Ok(())
     }
 }
@@ -352,6 +220,12 @@ fn one_line(e: &figment::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleetpipe_ingest::mqtt::{EmbeddedConfig, MqttConfig, MqttMode, server_keep_alive_secs};
+
+    /// The embedded broker's settings of `c` (embedded mode).
+    fn broker(c: &Config) -> &EmbeddedConfig {
+        c.ingest.mqtt.embedded().expect("embedded mode")
+    }
     use figment::Jail;
 
     const MINIMAL: &str = "[sink.file]\ndir = \"data\"\n";
@@ -389,8 +263,8 @@ mod tests {
     #[test]
     fn minimal_file_gets_defaults() {
         let c = load(MINIMAL, &[]).unwrap();
-        assert_eq!(c.ingest.mqtt.mode, MqttMode::Embedded);
-        assert_eq!(c.ingest.mqtt.listen.map(|a| a.port()), Some(1883));
+        assert_eq!(c.ingest.mqtt.mode(), MqttMode::Embedded);
+        assert_eq!(broker(&c).listen.map(|a| a.port()), Some(1883));
         assert_eq!(c.ingest.http.listen.port(), 8080);
         assert_eq!(c.ingest.limits.max_past, Duration::from_secs(7 * 86_400));
     }
@@ -408,7 +282,7 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(c.ingest.mqtt.listen.map(|a| a.port()), Some(2000));
+        assert_eq!(broker(&c).listen.map(|a| a.port()), Some(2000));
         assert_eq!(c.ingest.auth.mode, fleetpipe_ingest::auth::AuthMode::Jwt);
         assert_eq!(c.ingest.limits.max_future, Duration::from_secs(60));
         assert_eq!(c.pipeline.ping_queue, 7);
@@ -510,7 +384,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(off.ingest.mqtt.listen_v5, None);
+        assert_eq!(broker(&off).listen_v5, None);
         let bad = load(
             &format!("{MINIMAL}[ingest.mqtt]\nlisten_v5 = \"nope\"\n"),
             &[],
@@ -584,7 +458,7 @@ mod tests {
                 &[],
             )
             .unwrap_or_else(|e| panic!("{good}: {e}"));
-            assert!(server_keep_alive_secs(c.ingest.mqtt.server_keep_alive).is_some());
+            assert!(server_keep_alive_secs(broker(&c).server_keep_alive).is_some());
         }
     }
 
@@ -784,7 +658,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(off.ingest.mqtt.listen, None);
+        assert_eq!(off.ingest.mqtt, MqttConfig::Off);
     }
 
     #[test]
@@ -846,8 +720,10 @@ mod tests {
             // Only the quick-start listeners differ from the built-in defaults.
             defaults.sink.file = c.sink.file.clone();
             defaults.sink.kafka = c.sink.kafka.clone();
-            defaults.ingest.mqtt.listen = c.ingest.mqtt.listen;
-            defaults.ingest.mqtt.listen_v5 = c.ingest.mqtt.listen_v5;
+            if let Some(d) = defaults.ingest.mqtt.embedded_mut() {
+                d.listen = broker(&c).listen;
+                d.listen_v5 = broker(&c).listen_v5;
+            }
             defaults.ingest.http.listen = c.ingest.http.listen;
             defaults
         });

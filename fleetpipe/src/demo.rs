@@ -9,11 +9,11 @@
 //! fences replace `geofence.file`, so geofence, arrival and overspeed events
 //! happen. A summary line is printed every `report_every`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fleetpipe_ingest::auth::AuthMode;
-use fleetpipe_ingest::mqtt::MqttMode;
+use fleetpipe_ingest::mqtt::EmbeddedConfig;
 use fleetpipe_sim::{
     AckMode, Encoding, Fleet, MqttConfig, Publisher, PublisherConfig, Rate, SimConfig, Stats,
     Transport,
@@ -88,40 +88,10 @@ pub async fn run(
     stop: CancellationToken,
     mut out: impl std::io::Write + Send,
 ) -> Result<DemoSummary, DemoError> {
-    if config.ingest.mqtt.mode != MqttMode::Embedded {
-        return Err(DemoError::Config(
-            "the demo's fleet publishes to the embedded MQTT broker: set ingest.mqtt.mode = \"embedded\"".into(),
-        ));
-    }
-    if config.ingest.auth.mode != AuthMode::None {
-        return Err(DemoError::Config(
-            "the demo's vehicles have no credentials: set ingest.auth.mode = \"none\"".into(),
-        ));
-    }
-    let sim = SimConfig {
-        seed: options.seed,
-        vehicles: options.vehicles,
-        // Vans start their day parked at the depot; the simulator's default
-        // stop there (5-30 min) would show a newcomer half an hour of
-        // parked vans at wall-clock speed. Short depot stops get them
-        // driving within two minutes (still long enough to count as an
-        // arrival at the end of a tour).
-        depot_stop_s: [30, 120],
-        ..SimConfig::default()
-    };
-    let geojson = Fleet::new(&sim, 0)?.city().geofences_geojson();
-    let path = &options.fences_out;
-    let write = || -> std::io::Result<()> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(path, geojson)
-    };
-    write().map_err(|source| DemoError::Fences {
-        path: path.clone(),
-        source,
-    })?;
-    config.geofence.file = Some(path.clone());
+    let broker = demo_broker(&config)?;
+    let sim = demo_fleet(&options);
+    write_fences(&sim, &options.fences_out)?;
+    config.geofence.file = Some(options.fences_out.clone());
     config.geofence.postgres = None;
 
     let shutdown = CancellationToken::new();
@@ -129,28 +99,7 @@ pub async fn run(
     let mqtt = pipeline
         .mqtt_addr()
         .ok_or_else(|| DemoError::Config("the embedded MQTT broker did not start".into()))?;
-    let publisher = Publisher::new(PublisherConfig {
-        sim,
-        transport: Transport::Mqtt(MqttConfig {
-            addr: mqtt.to_string(),
-            qos: 1,
-            connections: options.vehicles.clamp(1, 4),
-            topic_prefix: config.ingest.mqtt.topic_prefix.clone(),
-            client_id_prefix: "fleetpipe-demo".to_owned(),
-            ack: if config.ingest.mqtt.ack_topic {
-                AckMode::AckTopic
-            } else {
-                AckMode::Puback
-            },
-            ..MqttConfig::default()
-        }),
-        encoding: Encoding::Json,
-        rate: options.rate,
-        duration: options.duration,
-        max_pings: None,
-        max_backdate: Duration::from_secs(3600),
-        drain_timeout: Duration::from_secs(30),
-    })?;
+    let publisher = Publisher::new(publisher_config(sim, &broker, mqtt, &options))?;
     let stats = publisher.stats();
     let mut fleet = tokio::spawn(publisher.run(stop));
     let _ = writeln!(
@@ -158,7 +107,7 @@ pub async fn run(
         "fleetpipe demo: {} simulated vehicles publishing to mqtt://{mqtt} (fences: {}); \
          metrics at http://{}/metrics{}",
         options.vehicles,
-        path.display(),
+        options.fences_out.display(),
         pipeline.ops_addr(),
         pipeline
             .kafka_bootstrap()
@@ -200,6 +149,84 @@ pub async fn run(
         fleet: fleet_stats,
         events,
     })
+}
+
+/// The embedded broker's settings, when the configuration lets a
+/// simulated fleet in: the embedded broker, and no device credentials.
+fn demo_broker(config: &Config) -> Result<EmbeddedConfig, DemoError> {
+    let Some(broker) = config.ingest.mqtt.embedded().cloned() else {
+        return Err(DemoError::Config(
+            "the demo's fleet publishes to the embedded MQTT broker: set ingest.mqtt.mode = \"embedded\"".into(),
+        ));
+    };
+    if config.ingest.auth.mode != AuthMode::None {
+        return Err(DemoError::Config(
+            "the demo's vehicles have no credentials: set ingest.auth.mode = \"none\"".into(),
+        ));
+    }
+    Ok(broker)
+}
+
+/// The simulated city and fleet.
+fn demo_fleet(options: &DemoOptions) -> SimConfig {
+    SimConfig {
+        seed: options.seed,
+        vehicles: options.vehicles,
+        // Vans start their day parked at the depot; the simulator's default
+        // stop there (5-30 min) would show a newcomer half an hour of
+        // parked vans at wall-clock speed. Short depot stops get them
+        // driving within two minutes (still long enough to count as an
+        // arrival at the end of a tour).
+        depot_stop_s: [30, 120],
+        ..SimConfig::default()
+    }
+}
+
+/// Writes the simulated city's fences to `path` (they become `geofence.file`).
+fn write_fences(sim: &SimConfig, path: &Path) -> Result<(), DemoError> {
+    let geojson = Fleet::new(sim, 0)?.city().geofences_geojson();
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, geojson)
+    };
+    write().map_err(|source| DemoError::Fences {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The fleet publishes over MQTT (QoS 1, JSON) to the embedded broker at
+/// `mqtt`, waiting for durable acknowledgements the way the broker gives them.
+fn publisher_config(
+    sim: SimConfig,
+    broker: &EmbeddedConfig,
+    mqtt: std::net::SocketAddr,
+    options: &DemoOptions,
+) -> PublisherConfig {
+    PublisherConfig {
+        sim,
+        transport: Transport::Mqtt(MqttConfig {
+            addr: mqtt.to_string(),
+            qos: 1,
+            connections: options.vehicles.clamp(1, 4),
+            topic_prefix: broker.topic_prefix.clone(),
+            client_id_prefix: "fleetpipe-demo".to_owned(),
+            ack: if broker.ack_topic {
+                AckMode::AckTopic
+            } else {
+                AckMode::Puback
+            },
+            ..MqttConfig::default()
+        }),
+        encoding: Encoding::Json,
+        rate: options.rate,
+        duration: options.duration,
+        max_pings: None,
+        max_backdate: Duration::from_secs(3600),
+        drain_timeout: Duration::from_secs(30),
+    }
 }
 
 fn summary_line(elapsed: Duration, s: &Stats) -> String {

@@ -2,12 +2,16 @@
 //! stages, and the operational endpoints. `main.rs` is only the CLI.
 //!
 //! Stages never import each other; they meet here, connected by bounded
-//! queues, and acknowledgements travel back inside the records.
+//! queues, and acknowledgements travel back inside the records. The
+//! pipeline is assembled from the configured components (sources from
+//! `fleetpipe-ingest`, sinks from `fleetpipe-sink`), and every task it runs
+//! is owned by a supervised set (`tasks`): one that ends early stops it.
 
 pub mod config;
 pub mod demo;
 pub mod ops;
 pub mod pipeline;
+mod tasks;
 
 pub use config::Config;
 pub use pipeline::{Pipeline, PipelineError};

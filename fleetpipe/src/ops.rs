@@ -53,6 +53,38 @@ impl Default for OpsConfig {
     }
 }
 
+impl OpsConfig {
+    /// A listener that takes connections, and a token that is one.
+    ///
+    /// # Errors
+    ///
+    /// The first rule broken; the message names the key.
+    pub fn validate(&self) -> Result<(), OpsConfigError> {
+        if self.max_connections == 0 {
+            return Err(OpsConfigError::ZeroConnections);
+        }
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(OpsConfigError::EmptyAdminToken);
+        }
+        Ok(())
+    }
+}
+
+/// A rule of `[ops]` broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpsConfigError {
+    /// A listener that takes no connection.
+    #[error("ops.max_connections must be at least 1")]
+    ZeroConnections,
+    /// An empty token would let anyone in who sends an empty one.
+    #[error("ops.admin_token must not be empty (leave it out for no token)")]
+    EmptyAdminToken,
+}
+
 /// Whether the pipeline takes traffic: set once every stage runs, and false
 /// from the moment shutdown is requested (so load balancers stop sending
 /// first), without waiting for any task to notice.

@@ -1,33 +1,46 @@
-//! The pipeline: gateways → (bounded queue) → enrichment workers → (bounded
-//! queue) → sinks, with dead letters going from the gateways straight to the
-//! sinks' queue.
+//! The pipeline: sources (the gateways) → (bounded queue) → enrichment →
+//! (bounded queue) → fan-out → each sink's own bounded queue → sinks, with
+//! dead letters going from the sources straight to the fan-out's queue.
 //!
-//! Shutdown is one [`CancellationToken`]: the gateways stop accepting and
+//! It is assembled from the configured components ([`SourceConfig`] and
+//! [`SinkConfig`]): each validates and builds itself, and the wiring here
+//! never names a concrete source or sink. Every task runs in a [`Tasks`]
+//! set under the shutdown token; one that ends before shutdown stops the
+//! pipeline ([`crate::tasks`]).
+//!
+//! Shutdown is one [`CancellationToken`]: the sources stop accepting and
 //! finish what they took; dropping their queue senders lets enrichment drain
 //! and close its output, which lets the sinks drain, flush and return. Only
 //! then is the pipeline done, so nothing accepted is lost. The operations
 //! listener stays up through the drain (`/readyz` answers 503, `/metrics`
 //! shows the drain) and closes last.
+//!
+//! [`SourceConfig`]: fleetpipe_ingest::SourceConfig
+//! [`SinkConfig`]: fleetpipe_sink::SinkConfig
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetpipe_enrich::{EnrichService, StageSetup, StateStore};
+use fleetpipe_enrich::{EnrichError, EnrichHandle, EnrichService, StageSetup, StateStore};
 use fleetpipe_geofence::service::{FenceService, LoadError};
+use fleetpipe_ingest::auth::AuthSetupError;
 use fleetpipe_ingest::gateway::InflightProbe;
-use fleetpipe_ingest::http::{routes as ingest_routes, serve};
-use fleetpipe_ingest::mqtt::{EmbeddedBroker, ExternalConsumer, MqttMode};
-use fleetpipe_ingest::tls::{ServerTls, TlsGateway};
-use fleetpipe_ingest::{Authenticator, IngestOutput, Ingestor, RateLimiter, Validator};
+use fleetpipe_ingest::http::{ServeLimits, serve};
+use fleetpipe_ingest::source::bind;
+use fleetpipe_ingest::{
+    Authenticator, BuiltSource, IngestOutput, Ingestor, RateLimiter, SourceContext, SourceError,
+    Validator,
+};
 use fleetpipe_model::{Accepted, SinkRecord};
-use fleetpipe_sink::{EmbeddedKafka, FileSink, KafkaSink, TimescaleSink};
+use fleetpipe_sink::{BuiltSink, EmbeddedKafka, KafkaEndpoint, SinkContext, SinkError};
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::Config;
+use crate::config::{Config, InvalidConfig};
 use crate::ops::{self, Readiness};
+use crate::tasks::{Failure, Tasks};
 
 /// Longest the operations listener may take to answer its requests in hand
 /// once the pipeline has drained (a geofence reload takes seconds).
@@ -36,337 +49,194 @@ const OPS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often idle vehicles are dropped from the rate limiter.
 const RATE_LIMIT_SWEEP: Duration = Duration::from_secs(60);
 
-/// The pipeline could not start, or did not stop cleanly.
+/// How often `fleetpipe_pipeline_inflight_bytes` is updated.
+const INFLIGHT_GAUGE: Duration = Duration::from_secs(1);
+
+/// The pipeline could not start, or did not stop cleanly. A start failure
+/// names its component, and its message the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    /// A component refused its configuration or could not bind.
-    #[error("{0}")]
-    Start(String),
+    /// The configuration is refused: the check `fleetpipe config check` runs.
+    #[error(transparent)]
+    Config(#[from] InvalidConfig),
+    /// Device authentication could not be set up (`[ingest.auth]`).
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    /// The operations listener could not be bound (`ops.listen`).
+    #[error(transparent)]
+    OpsListener(SourceError),
+    /// The geofences could not be loaded at start (`[geofence]`), or their
+    /// file watcher died while the pipeline was running.
+    #[error(transparent)]
+    Fences(#[from] LoadError),
+    /// A source could not be built: a listener or its TLS files.
+    #[error("source {source_name}: {source}")]
+    SourceStart {
+        /// The source, e.g. `mqtt-embedded`.
+        source_name: &'static str,
+        /// Why.
+        source: SourceError,
+    },
+    /// A sink could not be built: its directory, cluster or database.
+    #[error("sink {sink}: {source}")]
+    SinkStart {
+        /// The sink, e.g. `kafka`.
+        sink: &'static str,
+        /// Why.
+        source: SinkError,
+    },
+    /// The vehicle state could not be restored or its database reached.
+    #[error("enrichment: vehicle state: {0}")]
+    StateStore(#[from] fleetpipe_enrich::StoreError),
+    /// The enrichment stage could not start, or failed.
+    #[error("enrichment: {0}")]
+    Enrichment(#[from] EnrichError),
+    /// A source's task failed while the pipeline was running.
+    #[error("{task} failed: {source}")]
+    Source {
+        /// The task, e.g. `mqtt reader`.
+        task: &'static str,
+        /// Why.
+        source: SourceError,
+    },
+    /// A sink failed for good.
+    #[error("sink {sink} failed: {source}")]
+    Sink {
+        /// The sink, e.g. `kafka`.
+        sink: &'static str,
+        /// Why.
+        source: SinkError,
+    },
+    /// A sink stopped taking records while records were still coming.
+    #[error("fan-out: sink {sink} stopped taking records")]
+    SinkClosed {
+        /// The sink.
+        sink: &'static str,
+    },
+    /// A task that must run until shutdown returned before it.
+    #[error("{task} ended unexpectedly")]
+    TaskEnded {
+        /// The task.
+        task: &'static str,
+    },
+    /// A task panicked.
+    #[error("{task} panicked")]
+    TaskPanicked {
+        /// The task.
+        task: &'static str,
+    },
     /// Shutdown did not finish within `pipeline.shutdown_timeout`.
     #[error("shutdown did not finish within {0:?}; records still queued may not be written")]
     ShutdownTimeout(Duration),
-    /// A sink failed for good.
-    #[error("sink failed: {0}")]
-    Sink(String),
-    /// A gateway stopped on its own while the pipeline was running.
-    #[error("gateway failed: {0}")]
-    Gateway(String),
-    /// The geofences could not be loaded at start, or their file watcher
-    /// died while the pipeline was running.
-    #[error(transparent)]
-    Geofence(#[from] LoadError),
-}
-
-/// The first failure of a task that must not end before shutdown. Recording
-/// it starts the shutdown (so readiness turns false at once and what was
-/// accepted is drained), and [`Pipeline::wait`] then returns it, so the
-/// process exits non-zero and its supervisor restarts it.
-#[derive(Debug, Clone)]
-struct Failure {
-    first: Arc<std::sync::Mutex<Option<PipelineError>>>,
-    shutdown: CancellationToken,
-}
-
-impl Failure {
-    fn new(shutdown: CancellationToken) -> Self {
-        Self {
-            first: Arc::default(),
-            shutdown,
-        }
-    }
-
-    fn fail(&self, error: PipelineError) {
-        tracing::error!(error = %error, "stopping fleetpipe");
-        if let Ok(mut first) = self.first.lock() {
-            first.get_or_insert(error);
-        }
-        self.shutdown.cancel();
-    }
-
-    fn take(&self) -> Option<PipelineError> {
-        self.first.lock().ok().and_then(|mut first| first.take())
-    }
-}
-
-fn start_err(e: impl std::fmt::Display) -> PipelineError {
-    PipelineError::Start(e.to_string())
-}
-
-fn sink_failed(name: &str, e: impl std::fmt::Display) -> PipelineError {
-    PipelineError::Sink(format!("{name}: {e}"))
 }
 
 /// A running pipeline.
 #[derive(Debug)]
 pub struct Pipeline {
+    /// Every bound listener of the sources: configuration key, address.
+    listeners: Vec<(&'static str, SocketAddr)>,
     http_addr: SocketAddr,
     ops_addr: SocketAddr,
     ops: JoinHandle<()>,
     ops_stop: DropGuard,
-    mqtt_addr: Option<SocketAddr>,
-    mqtt_v5_addr: Option<SocketAddr>,
-    mqtt_tls_addrs: (Option<SocketAddr>, Option<SocketAddr>),
-    kafka_bootstrap: Option<String>,
-    embedded_kafka: Option<EmbeddedKafka>,
+    kafka: Option<KafkaEndpoint>,
     inflight: InflightProbe,
     shutdown: CancellationToken,
     failure: Failure,
     shutdown_timeout: Duration,
     fences: FenceService,
-    gateways: JoinSet<()>,
-    stages: JoinSet<Result<(), PipelineError>>,
+    /// Sources and what serves them: they end first at shutdown.
+    gateways: Tasks,
+    /// Enrichment, fan-out and sinks: they drain after the sources.
+    stages: Tasks,
+}
+
+/// The queues between the stages and the acknowledgement plumbing the
+/// sources hand messages to.
+struct Queues {
+    ingestor: Ingestor,
+    pings: mpsc::Receiver<Accepted>,
+    enriched: mpsc::Sender<SinkRecord>,
+    records: mpsc::Receiver<SinkRecord>,
 }
 
 impl Pipeline {
-    /// Starts every stage. The pipeline runs until `shutdown` is cancelled;
-    /// then [`Pipeline::wait`] drains it.
+    /// Checks the configuration (as `fleetpipe config check` does), builds
+    /// every component and starts every stage. The pipeline runs until
+    /// `shutdown` is cancelled; then [`Pipeline::wait`] drains it.
     pub async fn start(
         config: &Config,
         shutdown: CancellationToken,
     ) -> Result<Self, PipelineError> {
-        // Stages create their metric handles at start: the recorder must exist first.
-        ops::prometheus();
-        fleetpipe_ingest::gateway::describe_metrics();
-        fleetpipe_ingest::http::describe_metrics();
-        let auth = Arc::new(Authenticator::from_config(&config.ingest.auth).map_err(start_err)?);
+        describe_metrics();
+        config.check()?;
+        let auth = Arc::new(Authenticator::from_config(&config.ingest.auth)?);
         // Everything that can fail on configuration or a taken port comes
         // first, so a failed start prints one error and nothing else.
-        let file_sink = config
-            .sink
-            .file
-            .clone()
-            .map(FileSink::new)
-            .transpose()
-            .map_err(start_err)?;
-        let http_tls = config
-            .ingest
-            .http
-            .tls
-            .as_ref()
-            .map(|c| ServerTls::load(TlsGateway::Http, c).map(Arc::new))
-            .transpose()
-            .map_err(start_err)?;
-        let http_listener = tokio::net::TcpListener::bind(config.ingest.http.listen)
+        let (ops_listener, ops_addr) = bind("ops.listen", config.ops.listen)
             .await
-            .map_err(|e| {
-                PipelineError::Start(format!(
-                    "ingest.http.listen = {}: cannot listen: {e}",
-                    config.ingest.http.listen
-                ))
-            })?;
-        let http_addr = http_listener.local_addr().map_err(start_err)?;
-        let ops_listener = tokio::net::TcpListener::bind(config.ops.listen)
-            .await
-            .map_err(|e| {
-                PipelineError::Start(format!(
-                    "ops.listen = {}: cannot listen: {e}",
-                    config.ops.listen
-                ))
-            })?;
-        let ops_addr = ops_listener.local_addr().map_err(start_err)?;
+            .map_err(PipelineError::OpsListener)?;
         // Loaded and indexed before any gateway accepts: a bad fence file is
         // a failed start. Reloaded at run time, until `shutdown`.
         let mut fences = FenceService::start(&config.geofence, shutdown.clone()).await?;
-
-        let (ping_tx, ping_rx) = mpsc::channel::<Accepted>(config.pipeline.ping_queue);
-        let (sink_tx, sink_rx) = mpsc::channel::<SinkRecord>(config.pipeline.sink_queue);
-
-        let limiter = RateLimiter::new(&config.ingest.rate_limit);
-        let ingestor = Ingestor::new(
-            Validator::new(config.ingest.limits.clone()),
-            limiter.clone(),
-            IngestOutput {
-                pings: ping_tx,
-                dead_letters: sink_tx.clone(),
-            },
-            config.pipeline.max_inflight_bytes,
-        );
+        let Queues {
+            ingestor,
+            pings,
+            enriched,
+            records,
+        } = Queues::new(config);
+        let limiter = ingestor.limiter().clone();
+        let cx = SourceContext {
+            ingestor: ingestor.clone(),
+            auth: Arc::clone(&auth),
+            shutdown: shutdown.clone(),
+        };
+        let sources = build_sources(config, &cx).await?;
+        // The sources hold what they need; this clone would keep the queues open.
+        drop(cx);
+        // Sinks that connect somewhere (and may wait for it) are built after
+        // the listeners are bound, so a taken port still fails fast.
+        let sinks = build_sinks(config).await?;
+        let enrich = start_enrichment(config, &fences, pings, enriched).await?;
 
         let failure = Failure::new(shutdown.clone());
-        let mut gateways = JoinSet::new();
-        // JWT mode with a JWKS file: its keys are re-read when it changes.
-        if let Some(watcher) = auth.jwks_watcher(shutdown.clone()) {
-            gateways.spawn(watcher);
-        }
-        // The fence file's watcher: stops with `shutdown`; dying before is a failure.
+        let mut stages = Tasks::new(failure.clone());
+        let kafka = sinks.iter().find_map(|sink| sink.kafka.clone());
+        run_sinks(&mut stages, records, sinks);
+        stages.spawn("enrichment", async move {
+            enrich.join().await.map_err(PipelineError::Enrichment)
+        });
+        let mut gateways = Tasks::new(failure.clone());
+        let listeners = run_sources(&mut gateways, sources);
+        let inflight = ingestor.inflight_probe();
+        run_housekeeping(&mut gateways, &auth, limiter, &inflight, &shutdown);
         if let Some(watcher) = fences.take_watcher() {
-            let failure = failure.clone();
-            gateways.spawn(async move {
-                if let Err(e) = watcher.run().await {
-                    failure.fail(PipelineError::Geofence(e));
-                }
+            gateways.spawn("geofence file watcher", async move {
+                watcher.run().await.map_err(PipelineError::Fences)
             });
         }
-        let (mut mqtt_addr, mut mqtt_v5_addr) = (None, None);
-        let mut mqtt_tls_addrs = (None, None);
-        match config.ingest.mqtt.mode {
-            MqttMode::Embedded => {
-                let broker = EmbeddedBroker::start(
-                    &config.ingest.mqtt,
-                    Arc::clone(&auth),
-                    ingestor.clone(),
-                    shutdown.clone(),
-                )
-                .await
-                .map_err(start_err)?;
-                mqtt_addr = broker.local_addr();
-                mqtt_v5_addr = broker.local_addr_v5();
-                mqtt_tls_addrs = (broker.addrs().v311_tls, broker.addrs().v5_tls);
-                let failure = failure.clone();
-                gateways.spawn(async move {
-                    if let Err(e) = broker.join().await {
-                        failure.fail(PipelineError::Gateway(e.to_string()));
-                    }
-                });
-            }
-            MqttMode::External => {
-                let consumer = ExternalConsumer::start(
-                    &config.ingest.mqtt,
-                    ingestor.clone(),
-                    shutdown.clone(),
-                )
-                .map_err(start_err)?;
-                gateways.spawn(consumer.join());
-            }
-            MqttMode::Off => {}
-        }
 
-        // Sinks that connect somewhere (and may wait for it) start after the
-        // listeners are bound, so a taken port still fails fast.
-        let kafka_sink = match &config.sink.kafka {
-            Some(c) => Some(KafkaSink::new(c.clone()).await.map_err(start_err)?),
-            None => None,
-        };
-        let kafka_bootstrap = kafka_sink.as_ref().map(KafkaSink::bootstrap_servers);
-        let embedded_kafka = kafka_sink.as_ref().and_then(KafkaSink::embedded);
-        let timescale_sink = match &config.sink.timescale {
-            Some(c) => Some(TimescaleSink::connect(c.clone()).await.map_err(start_err)?),
-            None => None,
-        };
-        let mut stages = JoinSet::new();
-        let mut sink_inputs: Vec<(&'static str, mpsc::Sender<SinkRecord>)> = Vec::new();
-        let queue = config.pipeline.sink_queue;
-        if let Some(sink) = file_sink {
-            let (tx, rx) = mpsc::channel::<SinkRecord>(queue);
-            sink_inputs.push(("file", tx));
-            stages.spawn(async move { sink.run(rx).await.map_err(|e| sink_failed("file", e)) });
-        }
-        if let Some(sink) = kafka_sink {
-            let (tx, rx) = mpsc::channel::<SinkRecord>(queue);
-            sink_inputs.push(("kafka", tx));
-            stages.spawn(async move { sink.run(rx).await.map_err(|e| sink_failed("kafka", e)) });
-        }
-        if let Some(sink) = timescale_sink {
-            let (tx, rx) = mpsc::channel::<SinkRecord>(queue);
-            sink_inputs.push(("timescale", tx));
-            stages
-                .spawn(async move { sink.run(rx).await.map_err(|e| sink_failed("timescale", e)) });
-        }
-        stages.spawn(fan_out(sink_rx, sink_inputs));
-        // Vehicle state lives next to the data: in the database when there
-        // is one (reached as the sink reaches it: same URL, same TLS), else
-        // in `enrich.state_dir`.
-        let store = match &config.sink.timescale {
-            Some(c) => StateStore::postgres(
-                fleetpipe_sink::timescale::SECTION,
-                &c.connection(),
-                &c.schema,
-            )
-            .map_err(start_err)?,
-            None => StateStore::Dir(config.enrich.state_dir.clone()),
-        };
-        let restored = store.load().await.map_err(start_err)?;
-        let setup = StageSetup {
-            fences: fences.index(),
-            store: Some(store),
-            restored,
-        };
-        let enrich =
-            EnrichService::start(&config.enrich, setup, ping_rx, sink_tx).map_err(start_err)?;
-        stages.spawn(async move {
-            enrich
-                .join()
-                .await
-                .map_err(|e| PipelineError::Sink(format!("enrichment: {e}")))
-        });
-
-        let auth_is_anonymous = auth.is_anonymous();
         let readiness = Readiness::new(shutdown.clone());
-        let inflight = ingestor.inflight_probe();
-        let probe = inflight.clone();
-        let http = &config.ingest.http;
-        let app = ingest_routes(ingestor, auth, http, shutdown.clone());
-        if let Some(tls) = &http_tls {
-            tokio::spawn(Arc::clone(tls).watch(shutdown.clone()));
-        }
-        gateways.spawn(serve(
-            http_listener,
-            app,
-            http.limits("device"),
-            http_tls,
-            shutdown.clone(),
-        ));
-        // The operations listener outlives `shutdown`: it stops when the
-        // drain is over (or this pipeline is dropped).
-        let ops_stop = CancellationToken::new();
-        let ops_app = ops::router(readiness.clone(), fences.reloader(), &config.ops);
-        let ops_limits = fleetpipe_ingest::http::ServeLimits {
-            max_connections: config.ops.max_connections,
-            ..http.limits("ops")
-        };
-        let ops = tokio::spawn(serve(
-            ops_listener,
-            ops_app,
-            ops_limits,
-            None,
-            ops_stop.clone(),
-        ));
-        if config.ops.admin_token.is_none() && !config.ops.listen.ip().is_loopback() {
-            tracing::warn!(
-                ops = %ops_addr,
-                "ops.listen is not loopback and ops.admin_token is not set: anyone who reaches it can reload geofences"
-            );
-        }
-        let sweep_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RATE_LIMIT_SWEEP);
-            loop {
-                tokio::select! {
-                    () = sweep_shutdown.cancelled() => break,
-                    _ = tick.tick() => limiter.forget_idle(),
-                }
-            }
-        });
-        let gauge_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let gauge = metrics::gauge!("fleetpipe_pipeline_inflight_bytes");
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    () = gauge_shutdown.cancelled() => break,
-                    _ = tick.tick() => gauge.set(probe.bytes() as f64),
-                }
-            }
-        });
-
-        if auth_is_anonymous {
-            tracing::warn!(
-                "ingest.auth.mode = \"none\": any device may publish for any vehicle; use only for development"
-            );
-        }
+        let (ops, ops_stop) = run_ops(config, ops_listener, readiness.clone(), &fences, &failure);
+        warn_about_open_doors(config, &auth, ops_addr);
         fences.log_loaded();
         readiness.set(true);
-        tracing::info!(http = %http_addr, ops = %ops_addr, mqtt = ?mqtt_addr, mqtt_v5 = ?mqtt_v5_addr, "fleetpipe is running");
+        let http_addr =
+            listen_addr(&listeners, "ingest.http.listen").unwrap_or(config.ingest.http.listen);
+        tracing::info!(
+            http = %http_addr,
+            ops = %ops_addr,
+            mqtt = ?listen_addr(&listeners, "ingest.mqtt.listen"),
+            mqtt_v5 = ?listen_addr(&listeners, "ingest.mqtt.listen_v5"),
+            "fleetpipe is running"
+        );
         Ok(Self {
             http_addr,
+            listeners,
             ops_addr,
             ops,
-            ops_stop: ops_stop.drop_guard(),
-            mqtt_addr,
-            mqtt_v5_addr,
-            mqtt_tls_addrs,
-            kafka_bootstrap,
-            embedded_kafka,
+            ops_stop,
+            kafka,
             inflight,
             shutdown,
             failure,
@@ -389,34 +259,34 @@ impl Pipeline {
 
     /// Address of the embedded broker's MQTT 3.1.1 listener.
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
-        self.mqtt_addr
+        listen_addr(&self.listeners, "ingest.mqtt.listen")
     }
 
     /// Address of the embedded broker's MQTT 5 listener.
     pub fn mqtt_v5_addr(&self) -> Option<SocketAddr> {
-        self.mqtt_v5_addr
+        listen_addr(&self.listeners, "ingest.mqtt.listen_v5")
     }
 
     /// Address of the embedded broker's MQTT 3.1.1 over TLS listener.
     pub fn mqtt_tls_addr(&self) -> Option<SocketAddr> {
-        self.mqtt_tls_addrs.0
+        listen_addr(&self.listeners, "ingest.mqtt.tls.listen")
     }
 
     /// Address of the embedded broker's MQTT 5 over TLS listener.
     pub fn mqtt_v5_tls_addr(&self) -> Option<SocketAddr> {
-        self.mqtt_tls_addrs.1
+        listen_addr(&self.listeners, "ingest.mqtt.tls.listen_v5")
     }
 
     /// Bootstrap servers of the Kafka sink (the mock cluster's address with
     /// `brokers = "embedded"`).
     pub fn kafka_bootstrap(&self) -> Option<&str> {
-        self.kafka_bootstrap.as_deref()
+        self.kafka.as_ref().map(|k| k.bootstrap_servers.as_str())
     }
 
     /// The embedded Kafka mock cluster (`sink.kafka.brokers = "embedded"`),
     /// e.g. to rehearse a broker outage.
     pub fn embedded_kafka(&self) -> Option<&EmbeddedKafka> {
-        self.embedded_kafka.as_ref()
+        self.kafka.as_ref().and_then(|k| k.embedded.as_ref())
     }
 
     /// The geofence index in use (swapped whole on every reload).
@@ -441,31 +311,252 @@ impl Pipeline {
         self.shutdown.cancelled().await;
         tracing::info!("shutting down: gateways stop accepting, queued records are drained");
         let drain = async {
-            while self.gateways.join_next().await.is_some() {}
+            self.gateways.join_all().await;
             tracing::info!("gateways stopped; draining enrichment and sinks");
-            let mut result = Ok(());
-            while let Some(done) = self.stages.join_next().await {
-                match done {
-                    Ok(Err(e)) => result = Err(e),
-                    Err(e) => result = Err(PipelineError::Sink(e.to_string())),
-                    Ok(Ok(())) => {}
-                }
-            }
-            result
+            self.stages.join_all().await;
         };
         let drained = tokio::time::timeout(self.shutdown_timeout, drain).await;
         // The operations listener last: it answers the requests in hand.
         drop(self.ops_stop);
         let _ = tokio::time::timeout(OPS_STOP_TIMEOUT, self.ops).await;
-        match drained {
-            Ok(result) => {
-                tracing::info!("fleetpipe stopped");
-                match self.failure.take() {
-                    Some(failure) => Err(failure),
-                    None => result,
-                }
-            }
-            Err(_) => Err(PipelineError::ShutdownTimeout(self.shutdown_timeout)),
+        if drained.is_err() {
+            return Err(PipelineError::ShutdownTimeout(self.shutdown_timeout));
+        }
+        tracing::info!("fleetpipe stopped");
+        match self.failure.take() {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Metric descriptions of the stages that describe theirs. Stages create
+/// their metric handles at start: the recorder must exist first.
+fn describe_metrics() {
+    ops::prometheus();
+    fleetpipe_ingest::gateway::describe_metrics();
+    fleetpipe_ingest::http::describe_metrics();
+}
+
+impl Queues {
+    /// The bounded queues (`pipeline.ping_queue`, `pipeline.sink_queue`)
+    /// and the ingestor in front of them.
+    fn new(config: &Config) -> Self {
+        let (ping_tx, pings) = mpsc::channel(config.pipeline.ping_queue);
+        let (enriched, records) = mpsc::channel(config.pipeline.sink_queue);
+        let ingestor = Ingestor::new(
+            Validator::new(config.ingest.limits.clone()),
+            RateLimiter::new(&config.ingest.rate_limit),
+            IngestOutput {
+                pings: ping_tx,
+                dead_letters: enriched.clone(),
+            },
+            config.pipeline.max_inflight_bytes,
+        );
+        Self {
+            ingestor,
+            pings,
+            enriched,
+            records,
+        }
+    }
+}
+
+/// Builds every configured source: its listeners are bound, its tasks not
+/// yet running.
+async fn build_sources(
+    config: &Config,
+    cx: &SourceContext,
+) -> Result<Vec<BuiltSource>, PipelineError> {
+    let mut built = Vec::new();
+    for source in config.ingest.sources() {
+        let source_name = source.name();
+        let source = source
+            .build(cx)
+            .await
+            .map_err(|source| PipelineError::SourceStart {
+                source_name,
+                source,
+            })?;
+        built.push(source);
+    }
+    Ok(built)
+}
+
+/// Builds every configured sink, each with its own bounded input queue.
+async fn build_sinks(config: &Config) -> Result<Vec<BuiltSink>, PipelineError> {
+    let cx = SinkContext {
+        queue: config.pipeline.sink_queue,
+    };
+    let mut built = Vec::new();
+    for sink in config.sink.configured() {
+        let name = sink.name();
+        let sink = sink
+            .build(cx)
+            .await
+            .map_err(|source| PipelineError::SinkStart { sink: name, source })?;
+        built.push(sink);
+    }
+    Ok(built)
+}
+
+/// Starts the enrichment stage, with the vehicle state restored from where
+/// it lives: in the database when there is one (reached as the sink reaches
+/// it: same URL, same TLS, same timeouts; the store creates its own
+/// `vehicle_state` table), else in `enrich.state_dir`.
+async fn start_enrichment(
+    config: &Config,
+    fences: &FenceService,
+    input: mpsc::Receiver<Accepted>,
+    output: mpsc::Sender<SinkRecord>,
+) -> Result<EnrichHandle, PipelineError> {
+    let store = match &config.sink.timescale {
+        Some(c) => StateStore::postgres(
+            fleetpipe_sink::timescale::SECTION,
+            &c.connection(),
+            &c.schema,
+        )?,
+        None => StateStore::Dir(config.enrich.state_dir.clone()),
+    };
+    let restored = store.load().await?;
+    let setup = StageSetup {
+        fences: fences.index(),
+        store: Some(store),
+        restored,
+    };
+    Ok(EnrichService::start(&config.enrich, setup, input, output)?)
+}
+
+/// Runs every sink, and the fan-out that copies each record into every
+/// sink's queue.
+fn run_sinks(stages: &mut Tasks, records: mpsc::Receiver<SinkRecord>, sinks: Vec<BuiltSink>) {
+    let mut inputs = Vec::with_capacity(sinks.len());
+    for sink in sinks {
+        let name = sink.name;
+        inputs.push((name, sink.input));
+        let run = sink.run;
+        stages.spawn(name, async move {
+            run.await
+                .map_err(|source| PipelineError::Sink { sink: name, source })
+        });
+    }
+    stages.spawn("fan-out", fan_out(records, inputs));
+}
+
+/// Runs every task of every source; returns their bound listeners.
+fn run_sources(gateways: &mut Tasks, sources: Vec<BuiltSource>) -> Vec<(&'static str, SocketAddr)> {
+    let mut listeners = Vec::new();
+    for source in sources {
+        listeners.extend(source.addrs);
+        for (task, run) in source.tasks {
+            gateways.spawn(task, async move {
+                run.await
+                    .map_err(|source| PipelineError::Source { task, source })
+            });
+        }
+    }
+    listeners
+}
+
+/// The tasks beside the sources that run until shutdown: JWKS reloads (JWT
+/// mode with a key file), the rate limiter's sweep, the in-flight gauge.
+fn run_housekeeping(
+    gateways: &mut Tasks,
+    auth: &Authenticator,
+    limiter: RateLimiter,
+    inflight: &InflightProbe,
+    shutdown: &CancellationToken,
+) {
+    if let Some(watcher) = auth.jwks_watcher(shutdown.clone()) {
+        gateways.spawn("jwks reload", async move {
+            watcher.await;
+            Ok(())
+        });
+    }
+    gateways.spawn(
+        "rate-limit sweep",
+        sweep_rate_limiter(limiter, shutdown.clone()),
+    );
+    let gauge = update_inflight_gauge(inflight.clone(), shutdown.clone());
+    gateways.spawn("in-flight gauge", gauge);
+}
+
+/// Serves the operations listener until the returned guard is dropped (it
+/// outlives `shutdown`: it stops when the drain is over). Its end before
+/// that is a failure.
+fn run_ops(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    readiness: Readiness,
+    fences: &FenceService,
+    failure: &Failure,
+) -> (JoinHandle<()>, DropGuard) {
+    let stop = CancellationToken::new();
+    let app = ops::router(readiness, fences.reloader(), &config.ops);
+    let limits = ServeLimits {
+        max_connections: config.ops.max_connections,
+        ..config.ingest.http.limits("ops")
+    };
+    let serving = serve(listener, app, limits, None, stop.clone());
+    let (failure, stopped) = (failure.clone(), stop.clone());
+    let ops = tokio::spawn(async move {
+        serving.await;
+        if !stopped.is_cancelled() {
+            failure.fail(PipelineError::TaskEnded {
+                task: "ops listener",
+            });
+        }
+    });
+    (ops, stop.drop_guard())
+}
+
+/// Warns about settings that leave a door open, once everything started.
+fn warn_about_open_doors(config: &Config, auth: &Authenticator, ops_addr: SocketAddr) {
+    if config.ops.admin_token.is_none() && !config.ops.listen.ip().is_loopback() {
+        tracing::warn!(
+            ops = %ops_addr,
+            "ops.listen is not loopback and ops.admin_token is not set: anyone who reaches it can reload geofences"
+        );
+    }
+    if auth.is_anonymous() {
+        tracing::warn!(
+            "ingest.auth.mode = \"none\": any device may publish for any vehicle; use only for development"
+        );
+    }
+}
+
+/// The address the listener of configuration key `key` is bound to.
+fn listen_addr(listeners: &[(&'static str, SocketAddr)], key: &str) -> Option<SocketAddr> {
+    listeners.iter().find(|(k, _)| *k == key).map(|(_, a)| *a)
+}
+
+/// Drops idle vehicles from the rate limiter every [`RATE_LIMIT_SWEEP`],
+/// until shutdown.
+async fn sweep_rate_limiter(
+    limiter: RateLimiter,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    let mut tick = tokio::time::interval(RATE_LIMIT_SWEEP);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => limiter.forget_idle(),
+        }
+    }
+}
+
+/// Sets `fleetpipe_pipeline_inflight_bytes` every [`INFLIGHT_GAUGE`], until
+/// shutdown.
+async fn update_inflight_gauge(
+    probe: InflightProbe,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    let gauge = metrics::gauge!("fleetpipe_pipeline_inflight_bytes");
+    let mut tick = tokio::time::interval(INFLIGHT_GAUGE);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => gauge.set(probe.bytes() as f64),
         }
     }
 }
@@ -483,15 +574,16 @@ async fn fan_out(
         .iter()
         .map(|(name, _)| metrics::gauge!("fleetpipe_sink_queue_depth", "sink" => *name))
         .collect();
-    let Some(((_, last), others)) = sinks.split_last() else {
+    let Some(((last_name, last), others)) = sinks.split_last() else {
         return Ok(());
     };
-    let closed = || PipelineError::Sink("a sink stopped taking records".into());
     let mut sent: u64 = 0;
     while let Some(record) = input.recv().await {
-        for (_, sink) in others {
+        for (name, sink) in others {
+            let closed = || PipelineError::SinkClosed { sink: name };
             sink.send(record.fork()).await.map_err(|_| closed())?;
         }
+        let closed = || PipelineError::SinkClosed { sink: last_name };
         last.send(record).await.map_err(|_| closed())?;
         sent += 1;
         if sent.is_multiple_of(256) || input.is_empty() {

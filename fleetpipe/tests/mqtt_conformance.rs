@@ -54,7 +54,7 @@ print(json.dumps(out))
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_0_is_accepted_and_a_silent_connection_closed_after_the_server_keep_alive() {
     let mut p = TestPipeline::start(|c| {
-        c.ingest.mqtt.server_keep_alive = Duration::from_secs(2);
+        broker(c).server_keep_alive = Duration::from_secs(2);
     })
     .await;
     let host = "127.0.0.1";

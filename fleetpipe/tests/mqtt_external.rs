@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use fleetpipe_ingest::mqtt::MqttMode;
+use fleetpipe_ingest::mqtt::{ExternalConfig, MqttConfig};
 
 const T: Duration = Duration::from_secs(20);
 const MOSQUITTO: &str = "127.0.0.1:1883";
@@ -28,11 +28,13 @@ fn unique(name: &str) -> String {
 }
 
 fn external(c: &mut fleetpipe::Config, prefix: &str, group: &str, client_id: &str) {
-    c.ingest.mqtt.mode = MqttMode::External;
-    c.ingest.mqtt.broker_url = format!("mqtt://{MOSQUITTO}");
-    c.ingest.mqtt.topic_prefix = prefix.into();
-    c.ingest.mqtt.share_group = group.into();
-    c.ingest.mqtt.client_id = client_id.into();
+    c.ingest.mqtt = MqttConfig::External(ExternalConfig {
+        broker_url: format!("mqtt://{MOSQUITTO}"),
+        topic_prefix: prefix.into(),
+        share_group: group.into(),
+        client_id: client_id.into(),
+        ..ExternalConfig::default()
+    });
 }
 
 async fn mosquitto_publisher() -> MqttClient {
@@ -260,7 +262,9 @@ async fn the_shipped_mosquitto_config_rides_out_a_fleetpipe_outage() {
     let (prefix, group, client_id) = (unique("fpo"), unique("grp"), unique("fp-o"));
     let configure = |c: &mut fleetpipe::Config| {
         external(c, &prefix, &group, &client_id);
-        c.ingest.mqtt.broker_url = format!("mqtt://{}", broker.addr);
+        if let Some(external) = c.ingest.mqtt.external_mut() {
+            external.broker_url = format!("mqtt://{}", broker.addr);
+        }
     };
     let mut first = TestPipeline::start(configure).await;
     let mut pubr = mqtt_client(broker.addr, &unique("pub"), None).await;

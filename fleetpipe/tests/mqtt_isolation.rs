@@ -454,6 +454,11 @@ async fn packets_only_a_server_may_send_close_the_sender_and_crash_nothing() {
         ("reserved 0", &[0x00, 0x00], &[]),
         ("AUTH", &[0xF0, 0x02, 0x00, 0x00], &[]),
     ];
+    for (name, bytes) in v4_packets {
+        let mut c = device_v4(&p, "van-1", Some(("van-1", "tok-1"))).await;
+        c.send_bytes(bytes).await;
+        assert!(c.closed_within(CLOSE).await, "3.1.1 {name} must close");
+    }
     for (name, bytes, answer) in v5_packets {
         let mut c = device_v5(&p, "van-1", Some(("van-1", "tok-1"))).await;
         c.send_bytes(bytes).await;

@@ -45,7 +45,7 @@ async fn tls_pipeline(dir: &Path, tls: MqttTlsConfig) -> TestPipeline {
     TestPipeline::start(|c| {
         c.ingest.auth.mode = AuthMode::Token;
         c.ingest.auth.credentials_file = Some(creds);
-        c.ingest.mqtt.tls = Some(tls);
+        broker(c).tls = Some(tls);
     })
     .await
 }
@@ -277,9 +277,9 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_device_ca() {
     let tls = write_tls_files(dir.path(), &ca.server(), Some(&devices));
     // TLS only: the plaintext listeners are off.
     let mut p = TestPipeline::start(|c| {
-        c.ingest.mqtt.listen = None;
-        c.ingest.mqtt.listen_v5 = None;
-        c.ingest.mqtt.tls = Some(tls);
+        broker(c).listen = None;
+        broker(c).listen_v5 = None;
+        broker(c).tls = Some(tls);
     })
     .await;
     assert_eq!((p.mqtt, p.mqtt_v5), (None, None));
@@ -325,8 +325,8 @@ async fn a_silent_client_holds_up_no_other_handshake_and_is_closed_after_connect
     let mut p = TestPipeline::start(|c| {
         c.ingest.auth.mode = AuthMode::Token;
         c.ingest.auth.credentials_file = Some(creds);
-        c.ingest.mqtt.tls = Some(tls);
-        c.ingest.mqtt.connect_timeout = Duration::from_secs(4);
+        broker(c).tls = Some(tls);
+        broker(c).connect_timeout = Duration::from_secs(4);
     })
     .await;
     let tls_v4 = p.mqtt_tls.unwrap();
@@ -360,8 +360,8 @@ async fn connections_over_max_connections_are_closed_at_once() {
     let mut p = TestPipeline::start(|c| {
         c.ingest.auth.mode = AuthMode::Token;
         c.ingest.auth.credentials_file = Some(creds);
-        c.ingest.mqtt.tls = Some(tls);
-        c.ingest.mqtt.max_connections = 2;
+        broker(c).tls = Some(tls);
+        broker(c).max_connections = 2;
     })
     .await;
     let client = connector(&ca, None);
@@ -548,7 +548,7 @@ async fn tls_start_errors_name_the_key() {
         let mut config = test_config(dir.path());
         let mut tls = good.clone();
         tweak(&mut tls);
-        config.ingest.mqtt.tls = Some(tls);
+        broker(&mut config).tls = Some(tls);
         let shutdown = tokio_util::sync::CancellationToken::new();
         let err = match fleetpipe::Pipeline::start(&config, shutdown.clone()).await {
             Ok(_) => panic!("{key}: started"),
@@ -559,7 +559,7 @@ async fn tls_start_errors_name_the_key() {
     }
     // The same files load with the right keys.
     let mut config = test_config(dir.path());
-    config.ingest.mqtt.tls = Some(good);
+    broker(&mut config).tls = Some(good);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let pipeline = fleetpipe::Pipeline::start(&config, shutdown.clone())
         .await

@@ -8,6 +8,8 @@
 //!   (WebSocket and HTTP): thin async shells around the core.
 //! - [`auth`] and [`ratelimit`]: who may publish, and how fast.
 //! - [`tls`]: TLS on the MQTT and HTTP listeners, and device certificates.
+//! - [`source`]: the gateways as components: `[ingest]`, its validation,
+//!   and each gateway built (listeners bound) into tasks the pipeline runs.
 
 pub mod auth;
 pub mod codec;
@@ -17,10 +19,15 @@ mod io;
 pub mod mqtt;
 pub mod ratelimit;
 mod reload;
+pub mod source;
 pub mod tls;
 pub mod validate;
 
 pub use auth::{AuthConfig, Authenticator};
 pub use gateway::{IngestOutput, Ingestor};
 pub use ratelimit::{RateLimitConfig, RateLimiter};
+pub use source::{
+    BuiltSource, IngestConfig, IngestConfigError, SourceConfig, SourceContext, SourceError,
+    SourceTask,
+};
 pub use validate::{ValidationConfig, Validator};

@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use fleetpipe_ingest::mqtt::MqttConfig;
+use fleetpipe_ingest::mqtt::EmbeddedConfig;
 use fleetpipe_ingest::mqtt::embedded::router_config;
 use rumqttd::Notification;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
@@ -69,9 +69,9 @@ fn route(acker: &mut LinkTx, devices: &mut LinkRx, n: u64, next_seq: &mut u64) {
 #[test]
 fn delivering_acks_does_not_grow_the_heap() {
     // As config/fleetpipe.toml suggests for devices on their own ack topic.
-    let config = MqttConfig {
+    let config = EmbeddedConfig {
         ack_segment_bytes: Some(32 * 1024),
-        ..MqttConfig::default()
+        ..EmbeddedConfig::default()
     };
     let router_tx = rumqttd::Router::new(0, router_config(&config)).spawn();
     let (mut acker, _acker_rx, _) = LinkBuilder::new("acker", router_tx.clone())

@@ -4,12 +4,17 @@
 //! marks each record's [`fleetpipe_model::Ack`] delivered only once the
 //! record is durable, so gateways can tell their senders the truth.
 //!
+//! Each sink is a component ([`SinkConfig`]): it validates its own settings
+//! and builds itself into a [`BuiltSink`] (its input queue and its loop),
+//! so the pipeline wires sinks without naming them.
+//!
 //! - [`file`]: the embedded default; newline-delimited JSON in rotating files.
 //! - [`kafka`]: Kafka topics through rdkafka (`brokers = "embedded"` runs
 //!   librdkafka's mock cluster inside fleetpipe).
 //! - [`timescale`]: TimescaleDB / PostgreSQL batch writer (binary COPY into a
 //!   staging table, then an idempotent insert).
 
+mod component;
 pub mod file;
 pub mod kafka;
 mod stream;
@@ -17,6 +22,9 @@ mod stream;
 mod test_metrics;
 pub mod timescale;
 
+pub use component::{
+    BuiltSink, KafkaEndpoint, SinkConfig, SinkContext, SinkError, SinkTask, SinksConfig,
+};
 pub use file::{FileSink, FileSinkConfig, FileSinkError};
 pub use kafka::{EmbeddedKafka, KafkaConfig, KafkaError, KafkaFormat, KafkaSink};
 pub use timescale::{StorageMode, TimescaleConfig, TimescaleError, TimescaleSink, migrate};

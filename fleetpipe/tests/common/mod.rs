@@ -54,11 +54,20 @@ pub async fn token_pipeline() -> (TestPipeline, tempfile::TempDir) {
     (p, dir)
 }
 
+/// The embedded broker's settings of `config` (embedded mode).
+pub fn broker(config: &mut Config) -> &mut fleetpipe_ingest::mqtt::EmbeddedConfig {
+    config
+        .ingest
+        .mqtt
+        .embedded_mut()
+        .expect("the embedded broker is configured")
+}
+
 /// A config with every listener on 127.0.0.1:0 and the file sink in `dir`.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::default();
-    config.ingest.mqtt.listen = Some("127.0.0.1:0".parse().unwrap());
-    config.ingest.mqtt.listen_v5 = Some("127.0.0.1:0".parse().unwrap());
+    broker(&mut config).listen = Some("127.0.0.1:0".parse().unwrap());
+    broker(&mut config).listen_v5 = Some("127.0.0.1:0".parse().unwrap());
     config.ingest.http.listen = "127.0.0.1:0".parse().unwrap();
     config.ops.listen = "127.0.0.1:0".parse().unwrap();
     // Tests reload as often as they need.

@@ -45,18 +45,18 @@ use rumqttd::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::{AclShared, DeviceProtocol, INTERNAL_CLIENT_ID, RefusedPublish};
 use super::watermark::{MessageTicket, Watermarks};
 use super::{
-    MqttConfig, ack_topic, hard_packet_limit, parse_topic, server_keep_alive_secs,
+    EmbeddedConfig, ack_topic, hard_packet_limit, parse_topic, server_keep_alive_secs,
     telemetry_filters,
 };
 use crate::auth::Authenticator;
 use crate::codec::{Rejection, VehicleScope};
 use crate::gateway::{Ingestor, Message};
+use crate::source::{SourceError, SourceTask, ok_at_end};
 use crate::tls::{ServerTls, TlsError, TlsGateway};
 
 /// How long the link must stay quiet at shutdown before the drain ends.
@@ -78,20 +78,34 @@ pub enum EmbeddedBrokerError {
     /// The TLS certificate, key or client CA does not load.
     #[error("{0}")]
     Tls(#[from] TlsError),
-    /// The local link to the router failed.
+    /// The local link to the router could not be made.
     #[error("embedded broker: local link: {0}")]
-    Link(String),
+    Link(#[source] Box<LinkError>),
+    /// The task making the local link died.
+    #[error("embedded broker: local link: {0}")]
+    LinkTask(#[source] tokio::task::JoinError),
     /// The local link closed while fleetpipe was running: no more MQTT
     /// publishes can be read, so the process must not go on as if healthy.
     #[error("embedded broker: the internal link closed unexpectedly: {0}")]
-    LinkClosed(String),
+    LinkClosed(#[source] Box<LinkError>),
 }
 
-/// A running embedded broker.
-#[derive(Debug)]
+/// An embedded broker with its listeners bound and its router running,
+/// and the tasks that serve it (accept loops, reader, acknowledgements,
+/// refusals, TLS reloads) not yet spawned: whoever runs them owns them.
 pub struct EmbeddedBroker {
     addrs: ListenAddrs,
-    reader: JoinHandle<Result<(), EmbeddedBrokerError>>,
+    tasks: Vec<(&'static str, SourceTask)>,
+}
+
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tasks: Vec<_> = self.tasks.iter().map(|(name, _)| name).collect();
+        f.debug_struct("EmbeddedBroker")
+            .field("addrs", &self.addrs)
+            .field("tasks", &tasks)
+            .finish()
+    }
 }
 
 /// Where the broker listens (port 0 resolved).
@@ -106,6 +120,30 @@ pub struct ListenAddrs {
     /// MQTT 5 over TLS.
     pub v5_tls: Option<SocketAddr>,
 }
+
+impl ListenAddrs {
+    /// Each bound listener with its configuration key.
+    pub fn keyed(&self) -> Vec<(&'static str, SocketAddr)> {
+        [
+            (LISTEN, self.v311),
+            (LISTEN_V5, self.v5),
+            (TLS_LISTEN, self.v311_tls),
+            (TLS_LISTEN_V5, self.v5_tls),
+        ]
+        .into_iter()
+        .filter_map(|(key, addr)| Some((key, addr?)))
+        .collect()
+    }
+}
+
+/// The configuration keys of the broker's listeners.
+pub const LISTEN: &str = "ingest.mqtt.listen";
+/// See [`LISTEN`].
+pub const LISTEN_V5: &str = "ingest.mqtt.listen_v5";
+/// See [`LISTEN`].
+pub const TLS_LISTEN: &str = "ingest.mqtt.tls.listen";
+/// See [`LISTEN`].
+pub const TLS_LISTEN_V5: &str = "ingest.mqtt.tls.listen_v5";
 
 /// Binds `addr` (the value of config key `key`): the only bind, so an
 /// error names the key and port 0 is resolved from the bound socket.
@@ -252,7 +290,7 @@ async fn handshake<P: Protocol>(
 /// own ack topic has its own log too, which with those sizes is never
 /// evicted; with `ack_segment_bytes` set, ack logs get
 /// `ack_segment_bytes × ack_segment_count` instead.
-pub fn router_config(config: &MqttConfig) -> RouterConfig {
+pub fn router_config(config: &EmbeddedConfig) -> RouterConfig {
     let custom_segment = config.ack_segment_bytes.map(|bytes| {
         let ack_segments = SegmentConfig {
             max_segment_size: bytes,
@@ -273,10 +311,12 @@ pub fn router_config(config: &MqttConfig) -> RouterConfig {
 }
 
 impl EmbeddedBroker {
-    /// Starts the listeners and the reader. Stops accepting when `shutdown`
-    /// fires, drains what rumqttd already acknowledged, then ends.
+    /// Binds the listeners and starts the router; the tasks
+    /// ([`into_tasks`](Self::into_tasks)) accept and read. They stop
+    /// accepting when `shutdown` fires, drain what rumqttd already
+    /// acknowledged, then end.
     pub async fn start(
-        config: &MqttConfig,
+        config: &EmbeddedConfig,
         auth: Arc<Authenticator>,
         ingestor: Ingestor,
         shutdown: CancellationToken,
@@ -289,20 +329,20 @@ impl EmbeddedBroker {
             .map(|c| ServerTls::load(TlsGateway::Mqtt, &c.files()).map(Arc::new))
             .transpose()?;
         let listen = match config.listen {
-            Some(addr) => Some(bind("ingest.mqtt.listen", addr).await?),
+            Some(addr) => Some(bind(LISTEN, addr).await?),
             None => None,
         };
         let listen_v5 = match config.listen_v5 {
-            Some(addr) => Some(bind("ingest.mqtt.listen_v5", addr).await?),
+            Some(addr) => Some(bind(LISTEN_V5, addr).await?),
             None => None,
         };
         let (mut listen_tls, mut listen_v5_tls) = (None, None);
         if let Some(c) = &config.tls {
             if let Some(addr) = c.listen {
-                listen_tls = Some(bind("ingest.mqtt.tls.listen", addr).await?);
+                listen_tls = Some(bind(TLS_LISTEN, addr).await?);
             }
             if let Some(addr) = c.listen_v5 {
-                listen_v5_tls = Some(bind("ingest.mqtt.tls.listen_v5", addr).await?);
+                listen_v5_tls = Some(bind(TLS_LISTEN_V5, addr).await?);
             }
         }
         let addrs = ListenAddrs {
@@ -324,15 +364,15 @@ impl EmbeddedBroker {
                 rumqttd::local::LinkBuilder::new(INTERNAL_CLIENT_ID, link_router_tx)
                     .dynamic_filters(true)
                     .build()
-                    .map_err(|e| EmbeddedBrokerError::Link(e.to_string()))?;
+                    .map_err(|e| EmbeddedBrokerError::Link(Box::new(e)))?;
             for filter in filters {
                 tx.subscribe(filter)
-                    .map_err(|e| EmbeddedBrokerError::Link(e.to_string()))?;
+                    .map_err(|e| EmbeddedBrokerError::Link(Box::new(e)))?;
             }
             Ok::<_, EmbeddedBrokerError>((tx, rx))
         })
         .await
-        .map_err(|e| EmbeddedBrokerError::Link(e.to_string()))??;
+        .map_err(EmbeddedBrokerError::LinkTask)??;
 
         let (refused_tx, refused_rx) = mpsc::channel(1024);
         let shared = Arc::new(AclShared {
@@ -378,71 +418,61 @@ impl EmbeddedBroker {
             handshake_timeout: config.connect_timeout,
             stop: stop_accepting.clone(),
         };
-        let mut listeners = Vec::new();
-        if let Some((listener, _)) = listen {
-            listeners.push(tokio::spawn(accept_loop(
-                "mqtt",
-                listener,
-                None,
-                v4_handler.clone(),
-                v4.clone(),
-                acceptance.clone(),
-            )));
+        // Every task runs until shutdown; the caller owns them.
+        let mut tasks: Vec<(&'static str, SourceTask)> = Vec::new();
+        let accept_loops = [
+            ("mqtt", listen, None, v4_handler.clone(), v4.clone()),
+            ("mqtt-tls", listen_tls, tls.clone(), v4_handler, v4),
+        ];
+        for (name, listener, tls, handler, protocol) in accept_loops {
+            if let Some((listener, _)) = listener {
+                let accept =
+                    accept_loop(name, listener, tls, handler, protocol, acceptance.clone());
+                tasks.push((name, Box::pin(ok_at_end(accept))));
+            }
         }
-        if let Some((listener, _)) = listen_v5 {
-            listeners.push(tokio::spawn(accept_loop(
-                "mqtt-v5",
-                listener,
-                None,
-                v5_handler.clone(),
-                v5.clone(),
-                acceptance.clone(),
-            )));
-        }
-        if let Some((listener, _)) = listen_tls {
-            listeners.push(tokio::spawn(accept_loop(
-                "mqtt-tls",
-                listener,
-                tls.clone(),
-                v4_handler,
-                v4,
-                acceptance.clone(),
-            )));
-        }
-        if let Some((listener, _)) = listen_v5_tls {
-            listeners.push(tokio::spawn(accept_loop(
-                "mqtt-v5-tls",
-                listener,
-                tls.clone(),
-                v5_handler,
-                v5,
-                acceptance,
-            )));
+        let accept_loops_v5 = [
+            ("mqtt-v5", listen_v5, None, v5_handler.clone(), v5.clone()),
+            ("mqtt-v5-tls", listen_v5_tls, tls.clone(), v5_handler, v5),
+        ];
+        for (name, listener, tls, handler, protocol) in accept_loops_v5 {
+            if let Some((listener, _)) = listener {
+                let accept =
+                    accept_loop(name, listener, tls, handler, protocol, acceptance.clone());
+                tasks.push((name, Box::pin(ok_at_end(accept))));
+            }
         }
         if let Some(tls) = tls {
-            tokio::spawn(tls.watch(shutdown.clone()));
+            let watch = tls.watch(shutdown.clone());
+            tasks.push(("mqtt tls reload", Box::pin(ok_at_end(watch))));
         }
-        tracing::info!(
-            listen = ?addrs.v311,
-            listen_v5 = ?addrs.v5,
-            listen_tls = ?addrs.v311_tls,
-            listen_v5_tls = ?addrs.v5_tls,
-            prefix = %config.topic_prefix,
-            "embedded MQTT broker listening"
-        );
 
-        tokio::spawn(record_refusals(
-            refused_rx,
-            ingestor.clone(),
-            shutdown.clone(),
-        ));
+        let refusals = record_refusals(refused_rx, ingestor.clone(), shutdown.clone());
+        tasks.push(("mqtt refused publishes", Box::pin(ok_at_end(refusals))));
         let prefix = config.topic_prefix.clone();
-        // The acker owns the link's sending half (dropping it would disconnect
-        // the link) and publishes durable watermarks when asked to.
-        let (acks_tx, acks_rx) = mpsc::channel(ACK_QUEUE);
-        tokio::spawn(publish_acks(acks_rx, link_tx, prefix.clone()));
-        let acks = config.ack_topic.then_some(acks_tx);
-        let reader = tokio::spawn(async move {
+        // The acker owns the link's sending half (dropping it would
+        // disconnect the link) and publishes durable watermarks when asked
+        // to; without the ack topic the reader keeps the sending half.
+        let (acks, link_tx) = if config.ack_topic {
+            let (acks_tx, acks_rx) = mpsc::channel(ACK_QUEUE);
+            let acker = publish_acks(acks_rx, link_tx, prefix.clone());
+            tasks.push(("mqtt acknowledgements", Box::pin(ok_at_end(acker))));
+            (Some(acks_tx), None)
+        } else {
+            (None, Some(link_tx))
+        };
+        let reader = async move {
+            // Logged once it runs: a start that fails later (another
+            // listener, a sink) prints only its error.
+            tracing::info!(
+                listen = ?addrs.v311,
+                listen_v5 = ?addrs.v5,
+                listen_tls = ?addrs.v311_tls,
+                listen_v5_tls = ?addrs.v5_tls,
+                prefix = %prefix,
+                "embedded MQTT broker listening"
+            );
+            let _link_tx = link_tx;
             let mut link_rx = link_rx;
             let reader = Reader {
                 prefix: &prefix,
@@ -454,9 +484,6 @@ impl EmbeddedBroker {
             // From here on every connection's next packet closes it unacknowledged.
             shared.closing.store(true, Ordering::SeqCst);
             stop_accepting.cancel();
-            for listener in &listeners {
-                listener.abort();
-            }
             match end {
                 ReadEnd::Done => {
                     // Publishes rumqttd already acknowledged must not be
@@ -466,12 +493,15 @@ impl EmbeddedBroker {
                     }
                 }
                 ReadEnd::PipelineClosed => {}
-                ReadEnd::LinkClosed(e) => return Err(EmbeddedBrokerError::LinkClosed(e)),
+                ReadEnd::LinkClosed(e) => {
+                    return Err(SourceError::from(EmbeddedBrokerError::LinkClosed(e)));
+                }
             }
             tracing::info!("embedded MQTT broker drained");
-            Ok(())
-        });
-        Ok(Self { addrs, reader })
+            Ok::<(), SourceError>(())
+        };
+        tasks.push(("mqtt reader", Box::pin(reader)));
+        Ok(Self { addrs, tasks })
     }
 
     /// The MQTT 3.1.1 listener's address, if enabled.
@@ -489,12 +519,11 @@ impl EmbeddedBroker {
         self.addrs
     }
 
-    /// Waits until the broker has stopped and drained. An error means it
-    /// stopped on its own, before shutdown: MQTT ingestion is gone.
-    pub async fn join(self) -> Result<(), EmbeddedBrokerError> {
-        self.reader
-            .await
-            .map_err(|e| EmbeddedBrokerError::LinkClosed(format!("reader task: {e}")))?
+    /// The broker's tasks, each named. Each runs until shutdown; the
+    /// reader ends with an error when the broker stopped on its own (MQTT
+    /// ingestion is gone).
+    pub fn into_tasks(self) -> Vec<(&'static str, SourceTask)> {
+        self.tasks
     }
 }
 
@@ -523,7 +552,7 @@ enum ReadEnd {
     /// The pipeline stopped taking input.
     PipelineClosed,
     /// The link to the router closed (the router dropped it).
-    LinkClosed(String),
+    LinkClosed(Box<LinkError>),
 }
 
 impl Reader<'_> {
@@ -547,7 +576,7 @@ impl Reader<'_> {
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "embedded broker link closed");
-                    return ReadEnd::LinkClosed(e.to_string());
+                    return ReadEnd::LinkClosed(Box::new(e));
                 }
             };
             match notification {
@@ -561,7 +590,7 @@ impl Reader<'_> {
                 Notification::Unschedule => {
                     if let Err(e) = link_rx.wake().await {
                         tracing::error!(error = %e, "embedded broker link cannot be woken");
-                        return ReadEnd::LinkClosed(e.to_string());
+                        return ReadEnd::LinkClosed(Box::new(e));
                     }
                 }
                 _ => {}
@@ -586,7 +615,7 @@ impl Reader<'_> {
             topic: Some(topic),
         };
         // Waits while the pipeline is full: the link stops reading, the
-        // router buffers in its log (see MqttConfig::segment_bytes).
+        // router buffers in its log (see EmbeddedConfig::segment_bytes).
         let Ok((outcome, batch)) = self.ingestor.ingest(msg).await else {
             return false;
         };
@@ -814,14 +843,14 @@ mod tests {
 
     #[test]
     fn ack_subscriptions_get_their_own_log_only_when_configured() {
-        let default = router_config(&MqttConfig::default());
+        let default = router_config(&EmbeddedConfig::default());
         assert!(default.custom_segment.is_none());
 
-        let bounded = router_config(&MqttConfig {
+        let bounded = router_config(&EmbeddedConfig {
             topic_prefix: "depot".into(),
             ack_segment_bytes: Some(32 * 1024),
             ack_segment_count: 2,
-            ..MqttConfig::default()
+            ..EmbeddedConfig::default()
         });
         let custom = bounded.custom_segment.expect("ack log configured");
         let ack = &custom["depot/+/ack"];
@@ -832,7 +861,7 @@ mod tests {
         assert_eq!(custom.len(), 1);
         assert_eq!(
             bounded.max_segment_size,
-            MqttConfig::default().segment_bytes
+            EmbeddedConfig::default().segment_bytes
         );
     }
 
@@ -894,11 +923,11 @@ mod tests {
     /// to every vehicle's ack topic.
     fn router_links() -> (LinkTx, LinkRx) {
         // The embedded broker's router, with room for a few links only.
-        let config = MqttConfig {
+        let config = EmbeddedConfig {
             max_connections: 0,
             segment_bytes: 1024 * 1024,
             segment_count: 4,
-            ..MqttConfig::default()
+            ..EmbeddedConfig::default()
         };
         let router_tx = Router::new(0, router_config(&config)).spawn();
         let (acker_tx, _, _) = rumqttd::local::LinkBuilder::new("acker", router_tx.clone())

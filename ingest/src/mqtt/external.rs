@@ -18,12 +18,12 @@ use fleetpipe_model::{AckStatus, Gateway};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{MqttConfig, hard_packet_limit, parse_topic, telemetry_filters};
+use super::{ExternalConfig, hard_packet_limit, parse_topic, telemetry_filters};
 use crate::codec::VehicleScope;
 use crate::gateway::{Ingestor, Message};
+use crate::source::{SourceTask, ok_at_end};
 
 /// Pause between reconnection attempts.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -38,10 +38,15 @@ pub enum ExternalConsumerError {
     BadUrl(String),
 }
 
-/// A running consumer.
-#[derive(Debug)]
+/// A consumer ready to run: its task, not yet spawned.
 pub struct ExternalConsumer {
-    task: JoinHandle<()>,
+    task: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl std::fmt::Debug for ExternalConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalConsumer").finish_non_exhaustive()
+    }
 }
 
 type PendingAck = Pin<Box<dyn Future<Output = (Publish, AckStatus)> + Send>>;
@@ -58,17 +63,30 @@ fn parse_broker_url(url: &str) -> Option<(String, u16)> {
     (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
+/// The host and port of `ingest.mqtt.broker_url`.
+///
+/// # Errors
+///
+/// [`ExternalConsumerError::BadUrl`] when it is not `mqtt://host[:port]`.
+pub(crate) fn broker_address(url: &str) -> Result<(String, u16), ExternalConsumerError> {
+    parse_broker_url(url).ok_or_else(|| ExternalConsumerError::BadUrl(url.to_owned()))
+}
+
 impl ExternalConsumer {
-    /// Connects (retrying in the background) and starts consuming. Stops
-    /// taking publishes when `shutdown` fires, waits for the acknowledgements
-    /// of what it took, then disconnects.
+    /// Prepares the consumer; its task ([`into_task`](Self::into_task))
+    /// connects (retrying) and consumes. It stops taking publishes when
+    /// `shutdown` fires, waits for the acknowledgements of what it took,
+    /// then disconnects.
+    ///
+    /// # Errors
+    ///
+    /// A broker URL that is not `mqtt://host:port`.
     pub fn start(
-        config: &MqttConfig,
+        config: &ExternalConfig,
         ingestor: Ingestor,
         shutdown: CancellationToken,
     ) -> Result<Self, ExternalConsumerError> {
-        let (host, port) = parse_broker_url(&config.broker_url)
-            .ok_or_else(|| ExternalConsumerError::BadUrl(config.broker_url.clone()))?;
+        let (host, port) = broker_address(&config.broker_url)?;
         let mut options = MqttOptions::new(config.client_id.clone(), host, port);
         let limit = hard_packet_limit(ingestor.validator().config().max_payload_bytes);
         options
@@ -87,19 +105,22 @@ impl ExternalConsumer {
             .map(|f| format!("$share/{}/{f}", config.share_group));
         let prefix = config.topic_prefix.clone();
         let capacity = config.max_unacked.saturating_add(16);
-        tracing::info!(broker = %config.broker_url, client_id = %config.client_id, group = %config.share_group, "consuming from external MQTT broker");
-        let task = tokio::spawn(async move {
+        let (broker, client_id, group) = (
+            config.broker_url.clone(),
+            config.client_id.clone(),
+            config.share_group.clone(),
+        );
+        let task = Box::pin(async move {
+            tracing::info!(%broker, %client_id, %group, "consuming from external MQTT broker");
             let (client, eventloop) = AsyncClient::new(options, capacity);
             run(client, eventloop, filters, prefix, ingestor, shutdown).await;
         });
         Ok(Self { task })
     }
 
-    /// Waits until the consumer has stopped.
-    pub async fn join(self) {
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "external MQTT consumer failed");
-        }
+    /// The consumer's task: runs until shutdown and the drain after it.
+    pub fn into_task(self) -> SourceTask {
+        Box::pin(ok_at_end(self.task))
     }
 }
 

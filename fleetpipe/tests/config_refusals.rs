@@ -1,0 +1,274 @@
+//! One validation: for every rule of the configuration, a file that breaks
+//! only that rule is refused by `fleetpipe config check` and by
+//! `fleetpipe run` with the same one-line message naming the key, and `run`
+//! refuses it before it binds anything (its operations port is taken, which
+//! would be a different error).
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+fn fleetpipe() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetpipe"));
+    // The tests' own environment must not leak config overrides in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLEETPIPE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// The embedded broker on loopback ports the OS picks.
+const MQTT: &str = "listen = \"127.0.0.1:0\"\nlisten_v5 = \"127.0.0.1:0\"\n";
+/// A TimescaleDB sink on the test server.
+const TIMESCALE: &str = "url = \"postgresql://postgres@127.0.0.1:5432/test\"\n";
+/// A section left out of the file.
+const OMIT: &str = "-";
+
+/// A configuration that would start, with `ops.listen` on `ops_port`; each
+/// `(section, body)` of `case` replaces that section (or adds it), and a
+/// body of [`OMIT`] leaves the section out.
+fn write_case(dir: &Path, ops_port: u16, case: &[(&str, &str)]) -> std::path::PathBuf {
+    let data = dir.join("data");
+    let state = dir.join("state");
+    let mut sections: BTreeMap<&str, String> = BTreeMap::from([
+        ("ingest.mqtt", MQTT.to_owned()),
+        ("ingest.http", "listen = \"127.0.0.1:0\"\n".to_owned()),
+        ("ops", format!("listen = \"127.0.0.1:{ops_port}\"\n")),
+        ("sink.file", format!("dir = {data:?}\n")),
+        ("enrich", format!("state_dir = {state:?}\n")),
+    ]);
+    for (section, body) in case {
+        sections.insert(section, (*body).to_owned());
+    }
+    let text: String = sections
+        .iter()
+        .filter(|(_, body)| body.as_str() != OMIT)
+        .map(|(section, body)| format!("[{section}]\n{body}"))
+        .collect();
+    let path = dir.join("fleetpipe.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `(name of the rule, the sections that break it, what the message names)`.
+type Case = (&'static str, Vec<(&'static str, String)>, &'static str);
+
+fn cases(ops_port: u16) -> Vec<Case> {
+    let ops = |extra: &str| format!("listen = \"127.0.0.1:{ops_port}\"\n{extra}");
+    vec![
+        (
+            "unknown key",
+            vec![("ingest.mqtt", format!("{MQTT}listen_port = 1\n"))],
+            "listen_port",
+        ),
+        (
+            "queues hold something",
+            vec![("pipeline", "ping_queue = 0\n".into())],
+            "pipeline.ping_queue",
+        ),
+        (
+            "topic prefix",
+            vec![("ingest.mqtt", format!("{MQTT}topic_prefix = \"fleet/#\"\n"))],
+            "ingest.mqtt.topic_prefix",
+        ),
+        (
+            "log segment",
+            vec![("ingest.mqtt", format!("{MQTT}segment_bytes = 100\n"))],
+            "ingest.mqtt.segment_bytes",
+        ),
+        (
+            "ack log segment",
+            vec![("ingest.mqtt", format!("{MQTT}ack_segment_count = 0\n"))],
+            "ingest.mqtt.ack_segment_count",
+        ),
+        (
+            "server keep alive",
+            vec![("ingest.mqtt", format!("{MQTT}server_keep_alive = \"0s\"\n"))],
+            "ingest.mqtt.server_keep_alive",
+        ),
+        (
+            "a listener for the embedded broker",
+            vec![("ingest.mqtt", "listen = \"off\"\nlisten_v5 = \"off\"\n".into())],
+            "ingest.mqtt: the embedded broker has no listener",
+        ),
+        (
+            "MQTT TLS files",
+            vec![(
+                "ingest.mqtt.tls",
+                "cert_file = \"/no/such/cert.pem\"\nkey_file = \"/no/such/key.pem\"\nlisten = \"127.0.0.1:0\"\nlisten_v5 = \"off\"\n".into(),
+            )],
+            "ingest.mqtt.tls.cert_file",
+        ),
+        (
+            "external share group",
+            vec![(
+                "ingest.mqtt",
+                "mode = \"external\"\nshare_group = \"a/b\"\n".into(),
+            )],
+            "ingest.mqtt.share_group",
+        ),
+        (
+            "external broker URL",
+            vec![(
+                "ingest.mqtt",
+                "mode = \"external\"\nbroker_url = \"http://broker:1883\"\n".into(),
+            )],
+            "ingest.mqtt.broker_url",
+        ),
+        (
+            "HTTP timeouts",
+            vec![(
+                "ingest.http",
+                "listen = \"127.0.0.1:0\"\nbody_timeout = \"0s\"\n".into(),
+            )],
+            "body_timeout",
+        ),
+        (
+            "HTTP connections",
+            vec![(
+                "ingest.http",
+                "listen = \"127.0.0.1:0\"\nmax_connections = 0\n".into(),
+            )],
+            "ingest.http.max_connections",
+        ),
+        (
+            "HTTP TLS files",
+            vec![(
+                "ingest.http.tls",
+                "cert_file = \"/no/such/cert.pem\"\nkey_file = \"/no/such/key.pem\"\n".into(),
+            )],
+            "ingest.http.tls.cert_file",
+        ),
+        (
+            "validation limits",
+            vec![("ingest.limits", "max_batch = 0\n".into())],
+            "ingest.limits.max_batch",
+        ),
+        (
+            "token mode credentials",
+            vec![("ingest.auth", "mode = \"token\"\n".into())],
+            "ingest.auth.credentials_file",
+        ),
+        (
+            "JWT keys",
+            vec![("ingest.auth", "mode = \"jwt\"\n".into())],
+            "ingest.auth.jwt_secret",
+        ),
+        (
+            "ops connections",
+            vec![("ops", ops("max_connections = 0\n"))],
+            "ops.max_connections",
+        ),
+        (
+            "ops admin token",
+            vec![("ops", ops("admin_token = \" \"\n"))],
+            "ops.admin_token",
+        ),
+        (
+            "H3 resolutions",
+            vec![("enrich", "h3_resolutions = [16]\n".into())],
+            "enrich.h3_resolutions",
+        ),
+        (
+            "enrichment queue",
+            vec![("enrich", "queue_capacity = 0\n".into())],
+            "enrich.queue_capacity",
+        ),
+        (
+            "fence file",
+            vec![("geofence", "file = \"/no/such/fences.geojson\"\n".into())],
+            "geofence.file",
+        ),
+        (
+            "a sink",
+            vec![("sink.file", OMIT.into())],
+            "no sink is configured",
+        ),
+        (
+            "file sink batch",
+            vec![(
+                "sink.file",
+                "dir = \"data\"\nbatch_max_records = 0\n".into(),
+            )],
+            "sink.file.batch_max_records",
+        ),
+        (
+            "Kafka compression",
+            vec![(
+                "sink.kafka",
+                "brokers = \"embedded\"\ncompression = \"brotli\"\n".into(),
+            )],
+            "sink.kafka.compression",
+        ),
+        (
+            "TimescaleDB writers",
+            vec![("sink.timescale", format!("{TIMESCALE}writers = 0\n"))],
+            "sink.timescale.writers",
+        ),
+        (
+            "TimescaleDB TLS",
+            vec![
+                ("sink.timescale", TIMESCALE.into()),
+                ("sink.timescale.tls", "mode = \"verify-full\"\n".into()),
+            ],
+            "sink.timescale.tls.ca_file",
+        ),
+        (
+            "compression after the oldest accepted ping",
+            vec![(
+                "sink.timescale",
+                format!("{TIMESCALE}compress_after = \"1day\"\n"),
+            )],
+            "sink.timescale.compress_after",
+        ),
+    ]
+}
+
+#[test]
+fn config_check_and_run_refuse_each_broken_rule_with_the_same_message() {
+    // `run` must refuse before it binds anything: with its operations port
+    // taken, binding first would be a different error.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ops_port = taken.local_addr().unwrap().port();
+    for (rule, case, needle) in cases(ops_port) {
+        let dir = tempfile::tempdir().unwrap();
+        let case: Vec<(&str, &str)> = case.iter().map(|(s, b)| (*s, b.as_str())).collect();
+        let path = write_case(dir.path(), ops_port, &case);
+        let check = fleetpipe()
+            .args(["config", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let run = fleetpipe()
+            .args(["run", "--config"])
+            .arg(&path)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let check_err = String::from_utf8_lossy(&check.stderr);
+        let run_err = String::from_utf8_lossy(&run.stderr);
+        assert!(!check.status.success(), "{rule}: config check accepted it");
+        assert!(!run.status.success(), "{rule}: run accepted it");
+        assert_eq!(check_err.lines().count(), 1, "{rule}: {check_err}");
+        assert!(check_err.contains(needle), "{rule}: {needle}: {check_err}");
+        assert_eq!(check_err, run_err, "{rule}");
+    }
+    // The same base configuration, unbroken, passes the check.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_case(dir.path(), ops_port, &[]);
+    let out = fleetpipe()
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -169,16 +169,4 @@ mod tests {
         assert_eq!(v[1]["seq"], 2);
         assert_eq!(&encode_protobuf(&batch)[..2], &proto::PING_BATCH_PREFIX);
     }
-
-    #[test]
-    fn topics_follow_the_encoding() {
-        assert_eq!(
-            mqtt_topic("fleet", "v1", Encoding::Json),
-            "fleet/v1/telemetry"
-        );
-        assert_eq!(
-            mqtt_topic("x", "v1", Encoding::Protobuf),
-            "x/v1/telemetry/pb"
-        );
-    }
 }

@@ -26,6 +26,7 @@ mod config;
 mod enricher;
 mod error;
 mod fence_lookup;
+pub mod metrics;
 mod service;
 mod store;
 mod tracker;

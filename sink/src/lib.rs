@@ -12,6 +12,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod metrics;
 mod stream;
 #[cfg(test)]
 mod test_metrics;

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod ops;
 pub mod pipeline;
 

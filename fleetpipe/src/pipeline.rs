@@ -126,8 +126,10 @@ impl Pipeline {
     ) -> Result<Self, PipelineError> {
         // Stages create their metric handles at start: the recorder must exist first.
         ops::prometheus();
-        fleetpipe_ingest::gateway::describe_metrics();
-        fleetpipe_ingest::http::describe_metrics();
+        fleetpipe_ingest::metrics::describe();
+        fleetpipe_enrich::metrics::describe();
+        fleetpipe_sink::metrics::describe();
+        crate::metrics::describe();
         let auth = Arc::new(Authenticator::from_config(&config.ingest.auth).map_err(start_err)?);
         // Everything that can fail on configuration or a taken port comes
         // first, so a failed start prints one error and nothing else.

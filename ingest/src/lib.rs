@@ -14,6 +14,7 @@ pub mod codec;
 pub mod gateway;
 pub mod http;
 mod io;
+pub mod metrics;
 pub mod mqtt;
 pub mod ratelimit;
 mod reload;

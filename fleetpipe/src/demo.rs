@@ -125,9 +125,8 @@ pub async fn run(
     config.geofence.file = Some(path.clone());
     config.geofence.postgres = None;
 
-    // Before the pipeline records anything: the event counts are read back
-    // in process.
-    let values = ops::install_with_values().ok_or_else(|| {
+    // The event counts are read back in process.
+    let values = ops::metric_values().ok_or_else(|| {
         DemoError::Config("a metrics recorder without in-process values is installed".into())
     })?;
     let shutdown = CancellationToken::new();

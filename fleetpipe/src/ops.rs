@@ -87,8 +87,8 @@ impl Readiness {
     }
 }
 
-/// The process-wide recorder: Prometheus, and with it, when installed by
-/// [`install_with_values`], the in-process [`MetricValues`].
+/// The process-wide recorder: Prometheus, and with it the in-process
+/// [`MetricValues`] unless [`install_for_serving`] installed it.
 #[derive(Debug)]
 struct Installed {
     prometheus: PrometheusHandle,
@@ -123,16 +123,22 @@ fn install(with_values: bool) -> &'static Installed {
 /// The process-wide Prometheus recorder, installed on first use. Pipelines
 /// started in one process (tests) share it.
 pub fn prometheus() -> PrometheusHandle {
-    install(false).prometheus.clone()
+    install(true).prometheus.clone()
 }
 
-/// Installs the process-wide recorder so that, besides serving `/metrics`,
-/// it keeps every counter and gauge readable in process: for tests and
-/// `fleetpipe demo`, which read values back without parsing the
-/// exposition text. `fleetpipe run` does not install it (each update would
-/// cost a second atomic operation). Must come before anything records;
-/// `None` if the plain recorder was installed first.
-pub fn install_with_values() -> Option<MetricValues> {
+/// Installs the process-wide recorder as Prometheus only, without
+/// [`MetricValues`]: `fleetpipe run` reads no value back, and each update
+/// would cost a second atomic operation. Must come before anything records
+/// (otherwise the recorder already installed stays).
+pub fn install_for_serving() {
+    install(false);
+}
+
+/// Every counter and gauge recorded in this process, read in process: how
+/// tests and `fleetpipe demo` read values back instead of parsing the
+/// exposition text. Installs the recorder if none is; `None` only after
+/// [`install_for_serving`].
+pub fn metric_values() -> Option<MetricValues> {
     install(true).values.clone()
 }
 
@@ -196,6 +202,32 @@ impl MetricValues {
             }
         });
         found
+    }
+}
+
+/// One line per series, `name{label="value",...} value`, sorted: for
+/// failure messages.
+impl std::fmt::Display for MetricValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let series = |key: &Key, value: String| {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}=\"{}\"", l.key(), l.value()))
+                .collect();
+            format!("{}{{{}}} {value}", key.name(), labels.join(","))
+        };
+        let mut lines = Vec::new();
+        self.registry.visit_counters(|key, value| {
+            lines.push(series(key, value.load(Ordering::Relaxed).to_string()));
+        });
+        self.registry.visit_gauges(|key, value| {
+            lines.push(series(key, f64::from_bits(value.load(Ordering::Relaxed)).to_string()));
+        });
+        lines.sort();
+        for line in lines {
+            writeln!(f, "{line}")?;
+        }
+        Ok(())
     }
 }
 

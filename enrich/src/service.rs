@@ -37,7 +37,6 @@ use crate::metrics::WorkerMetrics;
 use crate::store::StateStore;
 use crate::tracker::Tracker;
 
-
 /// Most pings taken from a channel at once. Batching amortises the channel's
 /// synchronisation and the metric updates; it adds no latency, because
 /// `recv_many` returns as soon as one ping is there.

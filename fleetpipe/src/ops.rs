@@ -16,9 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fleetpipe_geofence::service::FenceReloader;
-use metrics::{
-    Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use metrics_util::layers::FanoutBuilder;
 use metrics_util::registry::{AtomicStorage, Registry};
@@ -221,7 +219,10 @@ impl std::fmt::Display for MetricValues {
             lines.push(series(key, value.load(Ordering::Relaxed).to_string()));
         });
         self.registry.visit_gauges(|key, value| {
-            lines.push(series(key, f64::from_bits(value.load(Ordering::Relaxed)).to_string()));
+            lines.push(series(
+                key,
+                f64::from_bits(value.load(Ordering::Relaxed)).to_string(),
+            ));
         });
         lines.sort();
         for line in lines {
@@ -378,4 +379,32 @@ pub fn geofence_routes(reloader: FenceReloader, min_interval: Duration) -> Route
             }
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MetricValues;
+
+    #[test]
+    fn values_are_read_back_by_name_and_exact_labels() {
+        let values = MetricValues::default();
+        metrics::with_local_recorder(&values, || {
+            metrics::counter!("c", "sink" => "file", "stream" => "events").increment(3);
+            metrics::counter!("c", "sink" => "kafka", "stream" => "events").increment(1);
+            metrics::gauge!("g").set(2.5);
+            metrics::histogram!("h").record(1.0);
+        });
+        let both = [("stream", "events"), ("sink", "file")];
+        assert_eq!(values.counter("c", &both), Some(3));
+        assert_eq!(values.counter("c", &[("sink", "file")]), None);
+        assert_eq!(values.counter("g", &[]), None);
+        assert_eq!(values.gauge("g", &[]), Some(2.5));
+        let mut all: Vec<u64> = values.counters("c").into_iter().map(|(_, n)| n).collect();
+        all.sort_unstable();
+        assert_eq!(all, [1, 3]);
+        assert_eq!(
+            values.to_string(),
+            "c{sink=\"file\",stream=\"events\"} 3\nc{sink=\"kafka\",stream=\"events\"} 1\ng{} 2.5\n"
+        );
+    }
 }

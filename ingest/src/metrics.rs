@@ -198,12 +198,7 @@ pub const ALL: [Metric; 24] = [
         "Connections closed for a timeout, by listener and kind (idle, header, body, ws_idle)",
         &["listener", "kind"],
     ),
-    labelled(
-        WS_SESSIONS,
-        Kind::Gauge,
-        "Open WebSocket sessions",
-        &[],
-    ),
+    labelled(WS_SESSIONS, Kind::Gauge, "Open WebSocket sessions", &[]),
 ];
 
 /// Registers the help texts and units, and every `fleetpipe_rejected_total`

@@ -5,8 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetpipe_model::{Ack, SinkRecord};
 use ::metrics::{Gauge, Histogram};
+use fleetpipe_model::{Ack, SinkRecord};
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult};

@@ -8,6 +8,7 @@
 //!   (WebSocket and HTTP): thin async shells around the core.
 //! - [`auth`] and [`ratelimit`]: who may publish, and how fast.
 //! - [`tls`]: TLS on the MQTT and HTTP listeners, and device certificates.
+//! - [`metrics`]: every metric ingest records, declared once.
 
 pub mod auth;
 pub mod codec;

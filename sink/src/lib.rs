@@ -9,6 +9,8 @@
 //!   librdkafka's mock cluster inside fleetpipe).
 //! - [`timescale`]: TimescaleDB / PostgreSQL batch writer (binary COPY into a
 //!   staging table, then an idempotent insert).
+//! - [`metrics`]: every metric the sinks record, declared once; each sink
+//!   passes its own `sink` label.
 
 pub mod file;
 pub mod kafka;

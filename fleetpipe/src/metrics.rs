@@ -43,3 +43,70 @@ pub fn pipeline_inflight_bytes() -> Gauge {
 pub fn sink_queue_depth(sink: &'static str) -> Gauge {
     metrics::gauge!(SINK_QUEUE_DEPTH, "sink" => sink)
 }
+
+#[cfg(test)]
+mod tests {
+    use fleetpipe_model::metrics::Metric;
+    use metrics_util::MetricKind;
+    use metrics_util::debugging::DebuggingRecorder;
+
+    use super::*;
+
+    #[test]
+    fn every_metric_is_described_and_recorded_under_its_declared_name_and_labels() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            pipeline_inflight_bytes().set(1024.0);
+            sink_queue_depth("file").set(3.0);
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        for metric in ALL {
+            assert_eq!(metric.kind, Kind::Gauge, "{}", metric.name);
+            let (key, unit, description, _) = snapshot
+                .iter()
+                .find(|(key, ..)| {
+                    key.kind() == MetricKind::Gauge && key.key().name() == metric.name
+                })
+                .unwrap_or_else(|| panic!("{} not recorded", metric.name));
+            assert_eq!(*unit, Some(metric.unit), "{}", metric.name);
+            assert_eq!(
+                description.as_ref().map(|d| d.to_string()),
+                Some(metric.description.to_owned()),
+                "{}",
+                metric.name
+            );
+            let labels: Vec<&str> = key.key().labels().map(|l| l.key()).collect();
+            assert_eq!(labels, metric.labels, "{}", metric.name);
+        }
+    }
+
+    /// Every metric the process declares, from every crate.
+    fn declared() -> Vec<Metric> {
+        let mut all = Vec::new();
+        all.extend(fleetpipe_ingest::metrics::ALL);
+        all.extend(fleetpipe_enrich::metrics::ALL);
+        all.extend(fleetpipe_sink::metrics::ALL);
+        all.extend(ALL);
+        all
+    }
+
+    #[test]
+    fn names_are_unique_across_crates_and_architecture_md_lists_each() {
+        let architecture = include_str!("../../ARCHITECTURE.md");
+        let mut names: Vec<&str> = declared().iter().map(|m| m.name).collect();
+        names.extend(fleetpipe_geofence::metrics::ALL.iter().map(|m| m.name));
+        for name in &names {
+            assert!(
+                architecture.contains(&format!("`{name}`"))
+                    || architecture.contains(&format!("`{name}{{")),
+                "{name} is not listed in ARCHITECTURE.md"
+            );
+        }
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count, "a metric name is declared twice");
+    }
+}

@@ -11,9 +11,6 @@ use h3o::{LatLng, LatLngIndexer, Resolution};
 use crate::config::EnrichConfig;
 use crate::error::EnrichError;
 
-/// Counter: H3 cells that could not be computed and were left out of a record.
-pub(crate) const H3_ERRORS_TOTAL: &str = "fleetpipe_enrich_h3_errors_total";
-
 /// Enriches pings. Cheap to clone; holds only the validated configuration.
 #[derive(Debug, Clone)]
 pub struct Enricher {
@@ -83,7 +80,7 @@ impl Enricher {
                 );
             }
             Err(err) => {
-                metrics::counter!(H3_ERRORS_TOTAL).increment(self.resolutions.len() as u64);
+                crate::metrics::h3_cells_left_out(self.resolutions.len());
                 tracing::debug!(lat, lon, error = %err, "position not indexable by H3; cells left out");
             }
         }
@@ -102,6 +99,7 @@ mod tests {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
     use super::*;
+    use crate::metrics::H3_ERRORS_TOTAL;
 
     /// San Francisco point from the H3 documentation's indexing example.
     const SF: (f64, f64) = (37.775938728915946, -122.41795063018799);

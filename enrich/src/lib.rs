@@ -18,14 +18,13 @@
 //!   by vehicle over worker tasks, so each vehicle's pings are processed in
 //!   order on one core while the fleet spreads over all of them.
 //!
-//! Metrics: `fleetpipe_enrich_pings_total` (counter),
-//! `fleetpipe_enrich_queue_depth{worker}` (gauge) and
-//! `fleetpipe_enrich_h3_errors_total` (counter).
+//! Metrics: declared once, in [`metrics`].
 
 mod config;
 mod enricher;
 mod error;
 mod fence_lookup;
+pub mod metrics;
 mod service;
 mod store;
 mod tracker;

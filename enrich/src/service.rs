@@ -28,26 +28,14 @@ use std::time::Duration;
 
 use fleetpipe_geofence::SharedIndex;
 use fleetpipe_model::{Accepted, SinkRecord, VehicleId};
-use metrics::{Counter, Gauge};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::EnrichConfig;
-use crate::enricher::H3_ERRORS_TOTAL;
 use crate::error::EnrichError;
+use crate::metrics::WorkerMetrics;
 use crate::store::StateStore;
 use crate::tracker::Tracker;
-
-/// Counter: pings enriched and handed downstream.
-pub(crate) const PINGS_TOTAL: &str = "fleetpipe_enrich_pings_total";
-/// Counter, label `type`: events emitted.
-pub(crate) const EVENTS_TOTAL: &str = "fleetpipe_enrich_events_total";
-/// Gauge, label `worker`: pings waiting in a worker's queue.
-pub(crate) const QUEUE_DEPTH: &str = "fleetpipe_enrich_queue_depth";
-/// Gauge: vehicles tracked.
-pub(crate) const VEHICLES: &str = "fleetpipe_enrich_vehicles";
-/// Counter: checkpoints that failed (the previous one stays).
-pub(crate) const CHECKPOINT_ERRORS_TOTAL: &str = "fleetpipe_enrich_checkpoint_errors_total";
 
 /// Most pings taken from a channel at once. Batching amortises the channel's
 /// synchronisation and the metric updates; it adds no latency, because
@@ -94,7 +82,6 @@ impl EnrichService {
         config.validate()?;
         // `tokio::spawn` would panic outside a runtime; report it instead.
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| EnrichError::NoRuntime)?;
-        describe_metrics();
 
         let count = worker_count(config.workers);
         let mut trackers = Vec::with_capacity(count);
@@ -135,8 +122,7 @@ impl EnrichService {
                 control: control_rx,
                 output: output.clone(),
                 full,
-                pings: metrics::counter!(PINGS_TOTAL),
-                depth: metrics::gauge!(QUEUE_DEPTH, "worker" => index.to_string()),
+                metrics: WorkerMetrics::new(index),
             };
             workers.push(runtime.spawn(worker.run()));
         }
@@ -233,25 +219,6 @@ fn wall_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Registers help texts, so exporters can describe the metrics.
-fn describe_metrics() {
-    metrics::describe_counter!(PINGS_TOTAL, "Pings enriched and handed to the sinks.");
-    metrics::describe_counter!(EVENTS_TOTAL, "State-change events emitted, by type.");
-    metrics::describe_gauge!(
-        QUEUE_DEPTH,
-        "Pings waiting in an enrich worker's queue, sampled when the worker takes a batch."
-    );
-    metrics::describe_gauge!(VEHICLES, "Vehicles whose state enrichment keeps.");
-    metrics::describe_counter!(
-        CHECKPOINT_ERRORS_TOTAL,
-        "Vehicle state checkpoints that failed; the previous checkpoint stays."
-    );
-    metrics::describe_counter!(
-        H3_ERRORS_TOTAL,
-        "H3 cells left out of a record because H3 refused the position."
-    );
-}
-
 /// Routes every ping of `input` to the queue of its vehicle's worker.
 async fn dispatch(mut input: mpsc::Receiver<Accepted>, queues: Vec<mpsc::Sender<Accepted>>) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -286,7 +253,7 @@ async fn checkpoint_loop(
     workers: Vec<mpsc::Sender<CheckpointRequest>>,
     interval: Duration,
 ) {
-    let errors = metrics::counter!(CHECKPOINT_ERRORS_TOTAL);
+    let errors = crate::metrics::checkpoint_errors();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -323,8 +290,7 @@ struct Worker {
     output: mpsc::Sender<SinkRecord>,
     /// Checkpoints hold every vehicle, not only the changed ones.
     full: bool,
-    pings: Counter,
-    depth: Gauge,
+    metrics: WorkerMetrics,
 }
 
 impl Worker {
@@ -336,7 +302,6 @@ impl Worker {
         let mut out = Vec::with_capacity(BATCH * 2);
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let vehicles = metrics::gauge!(VEHICLES, "worker" => self.index.to_string());
         let mut open = true;
         while open {
             tokio::select! {
@@ -350,19 +315,19 @@ impl Worker {
                         break;
                     }
                     // What is still waiting after taking a batch is the backlog.
-                    self.depth.set(self.queue.len() as f64);
+                    self.metrics.depth.set(self.queue.len() as f64);
                     let pings = batch.len() as u64;
                     for accepted in batch.drain(..) {
                         self.tracker.ingest(accepted, &mut out);
                     }
                     open = self.forward(&mut out).await;
                     // One atomic add per batch instead of per ping.
-                    self.pings.increment(pings);
+                    self.metrics.pings.increment(pings);
                 }
                 _ = ticker.tick() => {
                     self.tracker.tick(wall_ms(), &mut out);
                     open = self.forward(&mut out).await;
-                    vehicles.set(self.tracker.vehicles() as f64);
+                    self.metrics.vehicles.set(self.tracker.vehicles() as f64);
                 }
             }
         }
@@ -377,7 +342,7 @@ impl Worker {
         } else {
             tracing::error!(worker = self.index, "enrich output closed; worker stopping");
         }
-        self.depth.set(0.0);
+        self.metrics.depth.set(0.0);
         tracing::debug!(worker = self.index, "enrich worker done");
         self.checkpoint()
     }
@@ -396,7 +361,7 @@ impl Worker {
         let mut records = out.drain(..);
         for record in records.by_ref() {
             if let SinkRecord::Event(event) = &record {
-                metrics::counter!(EVENTS_TOTAL, "type" => event.event_type.as_str()).increment(1);
+                crate::metrics::event_emitted(event.event_type.as_str());
             }
             if self.output.send(record).await.is_err() {
                 // The rest drop with `records`, failing their acks.
@@ -417,6 +382,7 @@ mod tests {
     use tokio::time::timeout;
 
     use super::*;
+    use crate::metrics::{PINGS_TOTAL, QUEUE_DEPTH};
 
     /// Long enough for every runnable task to settle, so a send still pending
     /// after it is blocked for real.

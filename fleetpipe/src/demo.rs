@@ -20,7 +20,8 @@ use fleetpipe_sim::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{Config, Pipeline, ops};
+use crate::ops::{self, MetricValues};
+use crate::{Config, Pipeline};
 
 /// What the demo simulates and for how long (the `fleetpipe demo` flags).
 #[derive(Debug, Clone, clap::Args)]
@@ -94,6 +95,10 @@ pub async fn run(
     config.geofence.file = Some(options.fences_out.clone());
     config.geofence.postgres = None;
 
+    // The event counts are read back in process.
+    let values = ops::metric_values().ok_or_else(|| {
+        DemoError::Config("a metrics recorder without in-process values is installed".into())
+    })?;
     let shutdown = CancellationToken::new();
     let pipeline = Pipeline::start(&config, shutdown.clone()).await?;
     let mqtt = pipeline
@@ -123,7 +128,7 @@ pub async fn run(
         tokio::select! {
             done = &mut fleet => break done,
             _ = ticker.tick() => {
-                let events = events_by_type(&ops::prometheus().render());
+                let events = events_by_type(&values);
                 let _ = writeln!(out, "{}", summary_line(started.elapsed(), &stats.snapshot()));
                 let _ = writeln!(out, "         {}", events_line(&events));
             }
@@ -142,7 +147,7 @@ pub async fn run(
             )));
         }
     };
-    let events = events_by_type(&ops::prometheus().render());
+    let events = events_by_type(&values);
     let _ = writeln!(out, "{}", summary_line(started.elapsed(), &fleet_stats));
     let _ = writeln!(out, "{}", events_line(&events));
     Ok(DemoSummary {
@@ -249,18 +254,14 @@ fn events_line(events: &[(String, u64)]) -> String {
     format!("events: {}", list.join(", "))
 }
 
-/// `fleetpipe_enrich_events_total{type="..."}` from Prometheus text.
-fn events_by_type(text: &str) -> Vec<(String, u64)> {
-    let mut out: Vec<(String, u64)> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("fleetpipe_enrich_events_total{"))
-        .filter_map(|l| {
-            let (labels, value) = l.rsplit_once("} ")?;
-            let ty = labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("type=\""))?
-                .strip_suffix('"')?;
-            Some((ty.to_owned(), value.trim().parse::<f64>().ok()? as u64))
+/// The events emitted so far, by type (enrich's events counter).
+fn events_by_type(values: &MetricValues) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = values
+        .counters(fleetpipe_enrich::metrics::EVENTS_TOTAL)
+        .into_iter()
+        .filter_map(|(labels, n)| {
+            let (_, ty) = labels.into_iter().find(|(k, _)| k == "type")?;
+            Some((ty, n))
         })
         .collect();
     out.sort();
@@ -272,11 +273,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_are_read_by_type_from_prometheus_text() {
-        let text = "# TYPE fleetpipe_enrich_events_total counter\n\
-            fleetpipe_enrich_events_total{type=\"vehicle.arrived\"} 3\n\
-            fleetpipe_enrich_events_total{type=\"geofence.entered\"} 12\n\
-            fleetpipe_enrich_pings_total 99\n";
+    fn events_are_read_by_type_from_the_in_process_values() {
+        use fleetpipe_enrich::metrics::{EVENTS_TOTAL, PINGS_TOTAL};
+        let values = MetricValues::default();
+        metrics::with_local_recorder(&values, || {
+            metrics::counter!(EVENTS_TOTAL, "type" => "vehicle.arrived").increment(3);
+            metrics::counter!(EVENTS_TOTAL, "type" => "geofence.entered").increment(12);
+            metrics::counter!(PINGS_TOTAL).increment(99);
+        });
+        let text = &values;
         assert_eq!(
             events_by_type(text),
             vec![

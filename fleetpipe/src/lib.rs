@@ -1,5 +1,6 @@
 //! fleetpipe, the binary's library half: configuration, the wiring of the
-//! stages, and the operational endpoints. `main.rs` is only the CLI.
+//! stages, the pipeline's own metrics ([`metrics`]), and the operational
+//! endpoints. `main.rs` is only the CLI.
 //!
 //! Stages never import each other; they meet here, connected by bounded
 //! queues, and acknowledgements travel back inside the records. The
@@ -9,6 +10,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod ops;
 pub mod pipeline;
 mod tasks;

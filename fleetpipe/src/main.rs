@@ -130,6 +130,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => run_with(&config, |config| async move {
+            // Prometheus only: a production process reads nothing back.
+            fleetpipe::ops::install_for_serving();
             let shutdown = CancellationToken::new();
             let pipeline = Pipeline::start(&config, shutdown.clone()).await?;
             tokio::spawn(cancel_on_signal(shutdown));

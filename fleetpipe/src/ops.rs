@@ -16,7 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fleetpipe_geofence::service::FenceReloader;
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::layers::FanoutBuilder;
+use metrics_util::registry::{AtomicStorage, Registry};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -114,20 +117,174 @@ impl Readiness {
     }
 }
 
+/// The process-wide recorder: Prometheus, and with it the in-process
+/// [`MetricValues`] unless [`install_for_serving`] installed it.
+#[derive(Debug)]
+struct Installed {
+    prometheus: PrometheusHandle,
+    values: Option<MetricValues>,
+}
+
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// Installs the process-wide recorder on first use (the first call decides
+/// whether it keeps [`MetricValues`] too); later calls return it.
+fn install(with_values: bool) -> &'static Installed {
+    INSTALLED.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let prometheus = recorder.handle();
+        let (installed, values) = if with_values {
+            let values = MetricValues::default();
+            let fanout = FanoutBuilder::default()
+                .add_recorder(recorder)
+                .add_recorder(values.clone())
+                .build();
+            (metrics::set_global_recorder(fanout).is_ok(), Some(values))
+        } else {
+            (metrics::set_global_recorder(recorder).is_ok(), None)
+        };
+        if !installed {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        Installed { prometheus, values }
+    })
+}
+
 /// The process-wide Prometheus recorder, installed on first use. Pipelines
 /// started in one process (tests) share it.
 pub fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+    install(true).prometheus.clone()
+}
+
+/// Installs the process-wide recorder as Prometheus only, without
+/// [`MetricValues`]: `fleetpipe run` reads no value back, and each update
+/// would cost a second atomic operation. Must come before anything records
+/// (otherwise the recorder already installed stays).
+pub fn install_for_serving() {
+    install(false);
+}
+
+/// Every counter and gauge recorded in this process, read in process: how
+/// tests and `fleetpipe demo` read values back instead of parsing the
+/// exposition text. Installs the recorder if none is; `None` only after
+/// [`install_for_serving`].
+pub fn metric_values() -> Option<MetricValues> {
+    install(true).values.clone()
+}
+
+/// Counters and gauges as recorded, by name and labels (histograms are not
+/// kept). Read with [`MetricValues::counter`] and friends; clones share
+/// the values.
+#[derive(Debug, Clone)]
+pub struct MetricValues {
+    registry: Arc<Registry<Key, AtomicStorage>>,
+}
+
+impl Default for MetricValues {
+    fn default() -> Self {
+        Self {
+            registry: Arc::new(Registry::atomic()),
+        }
+    }
+}
+
+/// Whether `key` has exactly the labels `labels` (in any order).
+fn has_labels(key: &Key, labels: &[(&str, &str)]) -> bool {
+    key.labels().count() == labels.len()
+        && labels
+            .iter()
+            .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
+}
+
+impl MetricValues {
+    /// The counter `name` with exactly `labels`, if it was registered.
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        let mut found = None;
+        self.registry.visit_counters(|key, value| {
+            if key.name() == name && has_labels(key, labels) {
+                found = Some(value.load(Ordering::Relaxed));
             }
-            handle
-        })
-        .clone()
+        });
+        found
+    }
+
+    /// Every series of counter `name`: its labels and value.
+    pub fn counters(&self, name: &str) -> Vec<(Vec<(String, String)>, u64)> {
+        let mut out = Vec::new();
+        self.registry.visit_counters(|key, value| {
+            if key.name() == name {
+                let labels = key
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect();
+                out.push((labels, value.load(Ordering::Relaxed)));
+            }
+        });
+        out
+    }
+
+    /// The gauge `name` with exactly `labels`, if it was registered.
+    pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut found = None;
+        self.registry.visit_gauges(|key, value| {
+            if key.name() == name && has_labels(key, labels) {
+                found = Some(f64::from_bits(value.load(Ordering::Relaxed)));
+            }
+        });
+        found
+    }
+}
+
+/// One line per series, `name{label="value",...} value`, sorted: for
+/// failure messages.
+impl std::fmt::Display for MetricValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let series = |key: &Key, value: String| {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}=\"{}\"", l.key(), l.value()))
+                .collect();
+            format!("{}{{{}}} {value}", key.name(), labels.join(","))
+        };
+        let mut lines = Vec::new();
+        self.registry.visit_counters(|key, value| {
+            lines.push(series(key, value.load(Ordering::Relaxed).to_string()));
+        });
+        self.registry.visit_gauges(|key, value| {
+            lines.push(series(
+                key,
+                f64::from_bits(value.load(Ordering::Relaxed)).to_string(),
+            ));
+        });
+        lines.sort();
+        for line in lines {
+            writeln!(f, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Recorder for MetricValues {
+    // Help texts are the exporter's business.
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        self.registry
+            .get_or_create_counter(key, |c| Counter::from_arc(Arc::clone(c)))
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        self.registry
+            .get_or_create_gauge(key, |g| Gauge::from_arc(Arc::clone(g)))
+    }
+
+    // Not kept: a histogram's samples would pile up for as long as the
+    // process runs.
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
 }
 
 /// Every route of the operations listener: `/healthz`, `/readyz`,
@@ -254,4 +411,32 @@ pub fn geofence_routes(reloader: FenceReloader, min_interval: Duration) -> Route
             }
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MetricValues;
+
+    #[test]
+    fn values_are_read_back_by_name_and_exact_labels() {
+        let values = MetricValues::default();
+        metrics::with_local_recorder(&values, || {
+            metrics::counter!("c", "sink" => "file", "stream" => "events").increment(3);
+            metrics::counter!("c", "sink" => "kafka", "stream" => "events").increment(1);
+            metrics::gauge!("g").set(2.5);
+            metrics::histogram!("h").record(1.0);
+        });
+        let both = [("stream", "events"), ("sink", "file")];
+        assert_eq!(values.counter("c", &both), Some(3));
+        assert_eq!(values.counter("c", &[("sink", "file")]), None);
+        assert_eq!(values.counter("g", &[]), None);
+        assert_eq!(values.gauge("g", &[]), Some(2.5));
+        let mut all: Vec<u64> = values.counters("c").into_iter().map(|(_, n)| n).collect();
+        all.sort_unstable();
+        assert_eq!(all, [1, 3]);
+        assert_eq!(
+            values.to_string(),
+            "c{sink=\"file\",stream=\"events\"} 3\nc{sink=\"kafka\",stream=\"events\"} 1\ng{} 2.5\n"
+        );
+    }
 }

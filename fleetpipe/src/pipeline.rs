@@ -334,8 +334,10 @@ impl Pipeline {
 /// their metric handles at start: the recorder must exist first.
 fn describe_metrics() {
     ops::prometheus();
-    fleetpipe_ingest::gateway::describe_metrics();
-    fleetpipe_ingest::http::describe_metrics();
+    fleetpipe_ingest::metrics::describe();
+    fleetpipe_enrich::metrics::describe();
+    fleetpipe_sink::metrics::describe();
+    crate::metrics::describe();
 }
 
 impl Queues {
@@ -551,7 +553,7 @@ async fn update_inflight_gauge(
     probe: InflightProbe,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
-    let gauge = metrics::gauge!("fleetpipe_pipeline_inflight_bytes");
+    let gauge = crate::metrics::pipeline_inflight_bytes();
     let mut tick = tokio::time::interval(INFLIGHT_GAUGE);
     loop {
         tokio::select! {
@@ -572,7 +574,7 @@ async fn fan_out(
 ) -> Result<(), PipelineError> {
     let depth: Vec<_> = sinks
         .iter()
-        .map(|(name, _)| metrics::gauge!("fleetpipe_sink_queue_depth", "sink" => *name))
+        .map(|(name, _)| crate::metrics::sink_queue_depth(name))
         .collect();
     let Some(((last_name, last), others)) = sinks.split_last() else {
         return Ok(());

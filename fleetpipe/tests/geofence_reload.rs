@@ -95,15 +95,14 @@ async fn post_reload(p: &TestPipeline) -> (u16, Value) {
     (status, response.json().await.unwrap())
 }
 
-/// The value of an unlabelled series in the pipeline's `/metrics`.
-async fn metric(p: &TestPipeline, name: &str) -> f64 {
-    let text = p.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
+/// The value of an unlabelled gauge or counter, read in process (every
+/// pipeline of this binary records into it, `p`'s included).
+async fn metric(_p: &TestPipeline, name: &str) -> f64 {
+    let values = common::metric_values();
+    values
+        .gauge(name, &[])
+        .or_else(|| values.counter(name, &[]).map(|n| n as f64))
+        .unwrap_or_else(|| panic!("{name} not recorded:\n{values}"))
 }
 
 #[tokio::test]

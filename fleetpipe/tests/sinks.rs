@@ -368,11 +368,8 @@ async fn a_locked_table_stops_acknowledgements_within_bounded_memory_then_resume
     // requests may take a while to arrive: read it until it shows them.
     let deadline = tokio::time::Instant::now() + T;
     let inflight = loop {
-        let metrics = p.metrics().await;
-        let inflight: f64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("fleetpipe_pipeline_inflight_bytes "))
-            .and_then(|v| v.trim().parse().ok())
+        let inflight: f64 = common::metric_values()
+            .gauge("fleetpipe_pipeline_inflight_bytes", &[])
             .unwrap_or(f64::MAX);
         if inflight > 0.0 || tokio::time::Instant::now() > deadline {
             break inflight;

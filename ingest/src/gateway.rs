@@ -17,6 +17,7 @@ use fleetpipe_model::{
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::codec::{self, Encoding, Rejection, VehicleScope};
+use crate::metrics::GatewayCounters;
 use crate::ratelimit::RateLimiter;
 use crate::validate::Validator;
 
@@ -174,29 +175,6 @@ struct Inner {
     inflight_max: u32,
     /// Per-message counters of each gateway, in [`Gateway::ALL`] order.
     counters: [GatewayCounters; Gateway::ALL.len()],
-}
-
-/// The counters every message of one gateway updates, registered once: a
-/// `counter!` with labels looks its series up in the registry on every call.
-#[derive(Debug)]
-struct GatewayCounters {
-    /// `fleetpipe_ingest_messages_total`.
-    messages: metrics::Counter,
-    /// `fleetpipe_ingest_bytes_total`.
-    bytes: metrics::Counter,
-    /// `fleetpipe_ingest_pings_total`.
-    pings: metrics::Counter,
-}
-
-impl GatewayCounters {
-    fn new(gateway: Gateway) -> Self {
-        let gateway = gateway.as_str();
-        Self {
-            messages: metrics::counter!("fleetpipe_ingest_messages_total", "gateway" => gateway),
-            bytes: metrics::counter!("fleetpipe_ingest_bytes_total", "gateway" => gateway),
-            pings: metrics::counter!("fleetpipe_ingest_pings_total", "gateway" => gateway),
-        }
-    }
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -426,12 +404,7 @@ impl Ingestor {
         topic: Option<&str>,
         ack: Ack,
     ) -> Result<(), PipelineClosed> {
-        metrics::counter!(
-            "fleetpipe_rejected_total",
-            "reason" => rejection.reason.as_str(),
-            "gateway" => origin.gateway.as_str()
-        )
-        .increment(1);
+        crate::metrics::rejected(rejection.reason, origin.gateway);
         tracing::debug!(
             reason = rejection.reason.as_str(),
             detail = %rejection.detail,
@@ -455,44 +428,6 @@ impl Ingestor {
             .send(SinkRecord::DeadLetter(record))
             .await
             .map_err(|_| PipelineClosed)
-    }
-}
-
-/// Describes the ingest metrics and registers every
-/// `fleetpipe_rejected_total` series at zero, so dashboards
-/// and alerts see the full set from the start.
-pub fn describe_metrics() {
-    metrics::describe_counter!(
-        "fleetpipe_rejected_total",
-        "Pings or messages refused and dead-lettered, by reason code and gateway"
-    );
-    metrics::describe_counter!(
-        "fleetpipe_ingest_messages_total",
-        "Messages received, by gateway"
-    );
-    metrics::describe_counter!("fleetpipe_ingest_pings_total", "Pings accepted, by gateway");
-    metrics::describe_counter!(
-        "fleetpipe_ingest_bytes_total",
-        "Payload bytes received, by gateway"
-    );
-    metrics::describe_counter!(
-        "fleetpipe_auth_jwks_reloads_total",
-        "New contents of ingest.auth.jwks_file loaded at run time"
-    );
-    metrics::describe_counter!(
-        "fleetpipe_auth_jwks_reload_errors_total",
-        "Failed reloads of ingest.auth.jwks_file (unreadable, not a JWKS, no usable key); the previous keys stay"
-    );
-    crate::tls::TlsGateway::describe_metrics();
-    metrics::describe_counter!(
-        "fleetpipe_mqtt_connections_refused_total",
-        "MQTT connections closed at once by the embedded broker, by reason (max_connections)"
-    );
-    for gateway in Gateway::ALL {
-        for reason in RejectReason::ALL {
-            metrics::counter!("fleetpipe_rejected_total", "reason" => reason.as_str(), "gateway" => gateway.as_str())
-                .increment(0);
-        }
     }
 }
 

@@ -47,7 +47,7 @@ use crate::tls::TlsConfig;
 
 mod serve;
 
-pub use serve::{ServeLimits, describe_metrics, serve};
+pub use serve::{ServeLimits, serve};
 
 /// `ingest.http`: the devices' HTTP listener (WebSocket and HTTP ingest).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -284,8 +284,7 @@ fn authenticate(
         }
     };
     verdict.map_err(|e| {
-        metrics::counter!("fleetpipe_rejected_total", "reason" => RejectReason::Unauthorized.as_str(), "gateway" => gateway.as_str())
-            .increment(1);
+        crate::metrics::rejected(RejectReason::Unauthorized, gateway);
         tracing::info!(gateway = gateway.as_str(), error = %e, "device refused");
         let body = error_body(RejectReason::Unauthorized.as_str(), &e);
         Box::new((StatusCode::UNAUTHORIZED, axum::Json(body)).into_response())
@@ -350,8 +349,7 @@ async fn post_pings(
     let payload = match read {
         Ok(Ok(b)) => b,
         Err(_) => {
-            metrics::counter!("fleetpipe_http_timeouts_total", "listener" => "device", "kind" => "body")
-                .increment(1);
+            crate::metrics::http_timed_out("device", "body");
             tracing::debug!(timeout = ?state.body_timeout, "request body too slow");
             let detail = format!(
                 "request body not received within {}",
@@ -421,7 +419,7 @@ async fn ws_upgrade(
 }
 
 async fn ws_session(mut socket: WebSocket, state: HttpState, session: Authenticated) {
-    metrics::gauge!("fleetpipe_ws_sessions").increment(1.0);
+    crate::metrics::ws_session_opened();
     let identity = session.identity;
     // A session lives as long as its credential: at its expiry (a JWT's
     // `exp` plus the leeway) it is closed, and the device reconnects with
@@ -457,8 +455,7 @@ async fn ws_session(mut socket: WebSocket, state: HttpState, session: Authentica
             frame = tokio::time::timeout(state.ws_idle_timeout, socket.recv()) => match frame {
                 Ok(frame) => frame,
                 Err(_) => {
-                    metrics::counter!("fleetpipe_http_timeouts_total", "listener" => "device", "kind" => "ws_idle")
-                        .increment(1);
+                    crate::metrics::http_timed_out("device", "ws_idle");
                     let close = CloseFrame { code: 1001, reason: "idle timeout".into() };
                     // Bounded: a device that reads nothing must not hold the session.
                     let _ = tokio::time::timeout(
@@ -490,5 +487,5 @@ async fn ws_session(mut socket: WebSocket, state: HttpState, session: Authentica
             break;
         }
     }
-    metrics::gauge!("fleetpipe_ws_sessions").decrement(1.0);
+    crate::metrics::ws_session_closed();
 }

@@ -10,12 +10,14 @@
 //! - [`tls`]: TLS on the MQTT and HTTP listeners, and device certificates.
 //! - [`source`]: the gateways as components: `[ingest]`, its validation,
 //!   and each gateway built (listeners bound) into tasks the pipeline runs.
+//! - [`metrics`]: every metric ingest records, declared once.
 
 pub mod auth;
 pub mod codec;
 pub mod gateway;
 pub mod http;
 mod io;
+pub mod metrics;
 pub mod mqtt;
 pub mod ratelimit;
 mod reload;

@@ -41,7 +41,8 @@ use tokio_util::sync::CancellationToken;
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
 /// The gateway a [`ServerTls`] serves: where its keys are in the
-/// configuration, what it negotiates, what its metrics are called.
+/// configuration, what it negotiates, and which of the TLS metrics in
+/// [`crate::metrics`] it counts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsGateway {
     /// The embedded broker's TLS listeners (`ingest.mqtt.tls`).
@@ -66,56 +67,6 @@ impl TlsGateway {
         match self {
             TlsGateway::Mqtt => Vec::new(),
             TlsGateway::Http => vec![b"http/1.1".to_vec()],
-        }
-    }
-
-    fn reloads_metric(self) -> &'static str {
-        match self {
-            TlsGateway::Mqtt => "fleetpipe_mqtt_tls_reloads_total",
-            TlsGateway::Http => "fleetpipe_http_tls_reloads_total",
-        }
-    }
-
-    fn reload_errors_metric(self) -> &'static str {
-        match self {
-            TlsGateway::Mqtt => "fleetpipe_mqtt_tls_reload_errors_total",
-            TlsGateway::Http => "fleetpipe_http_tls_reload_errors_total",
-        }
-    }
-
-    fn handshake_failures_metric(self) -> &'static str {
-        match self {
-            TlsGateway::Mqtt => "fleetpipe_mqtt_tls_handshake_failures_total",
-            TlsGateway::Http => "fleetpipe_http_tls_handshake_failures_total",
-        }
-    }
-
-    /// Registers the metric descriptions of both gateways' TLS.
-    pub fn describe_metrics() {
-        for (gateway, name) in [(TlsGateway::Mqtt, "MQTT"), (TlsGateway::Http, "HTTP")] {
-            let section = gateway.section();
-            metrics::describe_counter!(
-                gateway.reloads_metric(),
-                format!(
-                    "New contents of the {section} certificate, key or client CA files loaded at run time"
-                )
-            );
-            metrics::describe_counter!(
-                gateway.reload_errors_metric(),
-                format!(
-                    "Failed reloads of the {section} files (unreadable, not PEM, key not matching the certificate); the previous configuration stays"
-                )
-            );
-            let timeout = match gateway {
-                TlsGateway::Mqtt => "ingest.mqtt.connect_timeout",
-                TlsGateway::Http => "ingest.http.header_read_timeout",
-            };
-            metrics::describe_counter!(
-                gateway.handshake_failures_metric(),
-                format!(
-                    "{name} TLS handshakes that failed, by reason (error: refused or broken, for example no or an untrusted client certificate; timeout: none within {timeout})"
-                )
-            );
         }
     }
 }
@@ -252,8 +203,7 @@ impl ServerTls {
         peer: SocketAddr,
     ) -> Option<Handshake<S>> {
         let failed = |reason: &'static str, error: &dyn std::fmt::Display| {
-            metrics::counter!(self.gateway.handshake_failures_metric(), "reason" => reason)
-                .increment(1);
+            crate::metrics::tls_handshake_failed(self.gateway, reason);
             tracing::info!(listener, %peer, reason, error = %error, "TLS handshake failed");
         };
         let stream = match tokio::time::timeout(timeout, self.acceptor().accept(stream)).await {
@@ -313,7 +263,7 @@ impl ServerTls {
         *last = hash;
         let server = files.server_config(gateway, &self.config)?;
         self.current.store(Arc::new(server));
-        metrics::counter!(gateway.reloads_metric()).increment(1);
+        crate::metrics::tls_reloaded(gateway);
         tracing::info!(cert_file = %self.config.cert_file.display(), "{} reloaded", gateway.section());
         Ok(())
     }
@@ -494,7 +444,7 @@ impl crate::reload::Reload for ServerTls {
     }
 
     fn report(&self, error: &TlsError) {
-        metrics::counter!(self.gateway.reload_errors_metric()).increment(1);
+        crate::metrics::tls_reload_failed(self.gateway);
         tracing::error!(error = %error, "{}: reload failed; the previous certificate and key stay in use", self.gateway.section());
     }
 }

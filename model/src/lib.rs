@@ -10,6 +10,7 @@
 
 pub mod ack;
 pub mod event;
+pub mod metrics;
 pub mod ping;
 pub mod proto;
 pub mod reason;

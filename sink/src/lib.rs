@@ -13,10 +13,13 @@
 //!   librdkafka's mock cluster inside fleetpipe).
 //! - [`timescale`]: TimescaleDB / PostgreSQL batch writer (binary COPY into a
 //!   staging table, then an idempotent insert).
+//! - [`metrics`]: every metric the sinks record, declared once; each sink
+//!   passes its own `sink` label.
 
 mod component;
 pub mod file;
 pub mod kafka;
+pub mod metrics;
 mod stream;
 #[cfg(test)]
 mod test_metrics;

@@ -2,7 +2,6 @@
 //! topic (Kafka) or table, and the `stream` label of the sink metrics.
 
 use fleetpipe_model::SinkRecord;
-use metrics::{Counter, counter};
 
 /// A kind of record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,35 +47,6 @@ impl Stream {
             Stream::DeadLetter => 1,
             Stream::Event => 2,
         }
-    }
-}
-
-/// A sink's `fleetpipe_sink_records_total` and `fleetpipe_sink_bytes_total`,
-/// one handle per stream, registered once: counting a write on the hot path
-/// then costs two atomic adds instead of two registry lookups.
-#[derive(Debug, Clone)]
-pub(crate) struct StreamCounters {
-    records: [Counter; Stream::COUNT],
-    bytes: [Counter; Stream::COUNT],
-}
-
-impl StreamCounters {
-    /// Registers the handles of sink `sink` with the current recorder.
-    pub(crate) fn new(sink: &'static str) -> Self {
-        Self {
-            records: Stream::ALL.map(|s| {
-                counter!("fleetpipe_sink_records_total", "sink" => sink, "stream" => s.as_str())
-            }),
-            bytes: Stream::ALL.map(|s| {
-                counter!("fleetpipe_sink_bytes_total", "sink" => sink, "stream" => s.as_str())
-            }),
-        }
-    }
-
-    /// Counts `records` records of `bytes` bytes of `stream` as written.
-    pub(crate) fn written(&self, stream: Stream, records: u64, bytes: u64) {
-        self.records[stream.index()].increment(records);
-        self.bytes[stream.index()].increment(bytes);
     }
 }
 

@@ -170,6 +170,13 @@ impl TestPipeline {
     }
 }
 
+/// The metric values of this process (every pipeline a test binary starts
+/// records into the same recorder), read in process rather than parsed out
+/// of `/metrics`, which tests read only to check what it serves.
+pub fn metric_values() -> fleetpipe::ops::MetricValues {
+    fleetpipe::ops::metric_values().expect("the recorder keeps in-process values")
+}
+
 pub async fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {

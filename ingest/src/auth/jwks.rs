@@ -327,7 +327,7 @@ impl JwksFile {
         log_ignored(&self.path, &ignored);
         let count = set.len();
         self.keys.store(Arc::new(set));
-        metrics::counter!("fleetpipe_auth_jwks_reloads_total").increment(1);
+        crate::metrics::jwks_reloaded();
         tracing::info!(path = %self.path.display(), keys = count, "ingest.auth.jwks_file reloaded");
         Ok(())
     }
@@ -360,7 +360,7 @@ impl crate::reload::Reload for JwksFile {
     }
 
     fn report(&self, error: &String) {
-        metrics::counter!("fleetpipe_auth_jwks_reload_errors_total").increment(1);
+        crate::metrics::jwks_reload_failed();
         tracing::error!(
             path = %self.path.display(),
             error = %error,

@@ -83,22 +83,6 @@ const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Registers the listeners' metric descriptions.
-pub fn describe_metrics() {
-    metrics::describe_gauge!(
-        "fleetpipe_http_connections",
-        "Open connections (WebSocket sessions included), by listener"
-    );
-    metrics::describe_counter!(
-        "fleetpipe_http_connections_refused_total",
-        "Connections closed at once because the listener was at max_connections, by listener"
-    );
-    metrics::describe_counter!(
-        "fleetpipe_http_timeouts_total",
-        "Connections closed for a timeout, by listener and kind (idle, header, body, ws_idle)"
-    );
-}
-
 /// Serves `router` on `listener` until `shutdown`, then drains (see the
 /// module docs). Returns when the last connection is closed. With `tls`,
 /// every connection is TLS (its configuration kept current by whoever runs
@@ -113,8 +97,7 @@ pub async fn serve(
     let limits = Arc::new(limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
-    let refused =
-        metrics::counter!("fleetpipe_http_connections_refused_total", "listener" => limits.name);
+    let refused = crate::metrics::http_connections_refused(limits.name);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -248,8 +231,7 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     && let Some((_, kind)) = limit
                 {
                     if kind != "shutdown" {
-                        metrics::counter!("fleetpipe_http_timeouts_total", "listener" => limits.name, "kind" => kind)
-                            .increment(1);
+                        crate::metrics::http_timed_out(limits.name, kind);
                     }
                     tracing::debug!(listener = limits.name, kind, "connection closed");
                     return;
@@ -359,7 +341,7 @@ struct TrackedIo {
 
 impl TrackedIo {
     fn new(stream: TcpStream, slot: OwnedSemaphorePermit, listener: &'static str) -> Self {
-        let gauge = metrics::gauge!("fleetpipe_http_connections", "listener" => listener);
+        let gauge = crate::metrics::http_connections(listener);
         gauge.increment(1.0);
         Self {
             stream,

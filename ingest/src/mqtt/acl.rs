@@ -393,7 +393,7 @@ impl<P: Protocol> DeviceProtocol<P> {
     /// error that makes rumqttd close it after sending [`answer`].
     fn refuse(&self, kind: &'static str, refusal: &Refusal) -> Error {
         tracing::warn!(client_id = %self.client_id, kind, reason = %refusal, "MQTT packet refused, closing connection");
-        metrics::counter!("fleetpipe_mqtt_refused_total", "kind" => kind).increment(1);
+        crate::metrics::mqtt_refused(kind);
         closing(answer(refusal, self.inner.is_v5()))
     }
 
@@ -401,7 +401,7 @@ impl<P: Protocol> DeviceProtocol<P> {
     /// connection staying up.
     fn refuse_in_ack(&self, kind: &'static str, refusal: &Refusal) {
         tracing::warn!(client_id = %self.client_id, kind, reason = %refusal, "MQTT packet refused with a reason code");
-        metrics::counter!("fleetpipe_mqtt_refused_total", "kind" => kind).increment(1);
+        crate::metrics::mqtt_refused(kind);
     }
 
     /// Dead-letters a refused publish (it was never acknowledged).
@@ -415,7 +415,7 @@ impl<P: Protocol> DeviceProtocol<P> {
         };
         if self.shared.refused.try_send(refused).is_err() {
             // The device still holds the publish (it was never acknowledged).
-            metrics::counter!("fleetpipe_mqtt_refused_not_recorded_total").increment(1);
+            crate::metrics::mqtt_refused_not_recorded();
         }
     }
 
@@ -447,8 +447,10 @@ impl<P: Protocol> DeviceProtocol<P> {
                     .map_err(Refusal::from),
             };
             if verdict.is_err() {
-                metrics::counter!("fleetpipe_rejected_total", "reason" => fleetpipe_model::RejectReason::Unauthorized.as_str(), "gateway" => "mqtt")
-                    .increment(1);
+                crate::metrics::rejected(
+                    fleetpipe_model::RejectReason::Unauthorized,
+                    fleetpipe_model::Gateway::Mqtt,
+                );
             }
             let will_topic = will.as_ref().map(|w| String::from_utf8_lossy(&w.topic));
             return self

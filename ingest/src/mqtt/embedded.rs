@@ -197,7 +197,7 @@ async fn accept_loop<P: Protocol + Clone + Send + 'static>(
             }
         };
         let Ok(permit) = Arc::clone(&acceptance.permits).try_acquire_owned() else {
-            metrics::counter!("fleetpipe_mqtt_connections_refused_total", "reason" => "max_connections").increment(1);
+            crate::metrics::mqtt_connection_refused("max_connections");
             tracing::debug!(listener = name, %peer, "MQTT connection over ingest.mqtt.max_connections closed");
             drop(stream);
             continue;
@@ -695,7 +695,7 @@ async fn publish_acks(
                 .await;
                 let withheld = settled.iter().filter(|(_, s)| *s == AckStatus::Failed).count();
                 if withheld > 0 {
-                    metrics::counter!("fleetpipe_mqtt_ack_withheld_total").increment(withheld as u64);
+                    crate::metrics::mqtt_acks_withheld(withheld);
                 }
                 let acks = watermarks.settled_together(settled);
                 if let Some(((vehicle, seq), rest)) = acks.split_last() {
@@ -782,11 +782,11 @@ fn publish_ack(link_tx: &mut LinkTx, topic: Bytes, payload: Bytes) -> Option<(By
     match link_tx.try_send_publish(ack_publish(topic.clone(), payload.clone())) {
         Ok(_) => None,
         Err(LinkError::TrySend(flume::TrySendError::Full(_))) => {
-            metrics::counter!("fleetpipe_mqtt_ack_publish_deferred_total").increment(1);
+            crate::metrics::mqtt_ack_publish_deferred();
             Some((topic, payload))
         }
         Err(e) => {
-            metrics::counter!("fleetpipe_mqtt_ack_publish_errors_total").increment(1);
+            crate::metrics::mqtt_ack_publish_failed();
             tracing::warn!(error = %e, topic = %String::from_utf8_lossy(&topic), "cannot publish acknowledgement");
             None
         }

@@ -148,7 +148,7 @@ async fn run(
                         }
                     }
                     AckStatus::Failed => {
-                        metrics::counter!("fleetpipe_mqtt_unacked_total", "reason" => "not_durable").increment(1);
+                        crate::metrics::mqtt_unacked("not_durable");
                         tracing::warn!(topic = %publish.topic, "publish not durable, leaving it unacknowledged for redelivery");
                     }
                 }
@@ -194,7 +194,7 @@ async fn run(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    metrics::counter!("fleetpipe_mqtt_connection_errors_total").increment(1);
+                    crate::metrics::mqtt_connection_failed();
                     tracing::warn!(error = %e, "external MQTT broker connection failed, retrying");
                     tokio::select! {
                         () = tokio::time::sleep(RECONNECT_DELAY) => {}

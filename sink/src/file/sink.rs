@@ -4,11 +4,11 @@
 use std::time::Instant;
 
 use fleetpipe_model::SinkRecord;
-use metrics::{counter, histogram};
 use tokio::sync::mpsc;
 
 use super::writer::{BatchReport, RotatingWriter, Stream, StreamReport};
 use super::{FileSinkConfig, FileSinkError};
+use crate::metrics::{self, StreamCounters};
 
 /// Value of the `sink` label of every metric this sink records.
 const SINK: &str = "file";
@@ -67,6 +67,7 @@ impl FileSink {
             mut writer,
             batch_max_records,
         } = self;
+        let written = StreamCounters::new(SINK);
         let mut batch = Vec::with_capacity(batch_max_records);
         loop {
             let deadline = writer.deadline();
@@ -88,7 +89,7 @@ impl FileSink {
                     .await
                     .map_err(FileSinkError::Task)?;
                     (writer, batch) = (w, b);
-                    settle_batch(report);
+                    settle_batch(report, &written);
                 }
                 Event::FileExpired => {
                     let (w, reports) = tokio::task::spawn_blocking(move || {
@@ -98,7 +99,7 @@ impl FileSink {
                     .await
                     .map_err(FileSinkError::Task)?;
                     writer = w;
-                    settle_streams(reports);
+                    settle_streams(reports, &written);
                 }
             }
         }
@@ -118,7 +119,7 @@ impl FileSink {
                 count_io_error();
                 first_failure.get_or_insert(e);
             }
-            settle_stream(stream, report);
+            settle_stream(stream, report, &written);
         }
         first_failure.map_or(Ok(()), Err)
     }
@@ -133,29 +134,28 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Acknowledges, logs and counts what one batch did.
-fn settle_batch(report: BatchReport) {
-    histogram!("fleetpipe_sink_batch_records", "sink" => SINK).record(report.records as f64);
-    histogram!("fleetpipe_sink_batch_seconds", "sink" => SINK).record(report.io_time.as_secs_f64());
+fn settle_batch(report: BatchReport, written: &StreamCounters) {
+    metrics::batch_written(SINK, report.records, report.io_time.as_secs_f64());
     for (stream, e) in &report.serialize_errors {
         tracing::error!(
             error = %e,
             stream = stream.as_str(),
             "file sink: record could not be serialized; it is dropped and its ack fails"
         );
-        counter!("fleetpipe_sink_errors_total", "sink" => SINK, "kind" => "serialize").increment(1);
+        metrics::error(SINK, "serialize");
     }
-    settle_streams(report.streams);
+    settle_streams(report.streams, written);
 }
 
 /// [`settle_stream`] for every stream.
-fn settle_streams(reports: [StreamReport; Stream::COUNT]) {
+fn settle_streams(reports: [StreamReport; Stream::COUNT], written: &StreamCounters) {
     for (stream, report) in Stream::ALL.into_iter().zip(reports) {
-        settle_stream(stream, report);
+        settle_stream(stream, report, written);
     }
 }
 
 /// Marks the durable records delivered, logs and counts the rest.
-fn settle_stream(stream: Stream, report: StreamReport) {
+fn settle_stream(stream: Stream, report: StreamReport, written: &StreamCounters) {
     let name = stream.as_str();
     if let Some(e) = &report.failed {
         tracing::error!(
@@ -177,14 +177,10 @@ fn settle_stream(stream: Stream, report: StreamReport) {
         count_io_error();
     }
     if report.rotations > 0 {
-        counter!("fleetpipe_sink_rotations_total", "sink" => SINK, "stream" => name)
-            .increment(report.rotations);
+        metrics::rotated(SINK, stream, report.rotations);
     }
     if !report.durable.is_empty() {
-        counter!("fleetpipe_sink_records_total", "sink" => SINK, "stream" => name)
-            .increment(report.durable.len() as u64);
-        counter!("fleetpipe_sink_bytes_total", "sink" => SINK, "stream" => name)
-            .increment(report.bytes);
+        written.written(stream, report.durable.len() as u64, report.bytes);
     }
     for ack in report.durable {
         ack.delivered();
@@ -192,7 +188,7 @@ fn settle_stream(stream: Stream, report: StreamReport) {
 }
 
 fn count_io_error() {
-    counter!("fleetpipe_sink_errors_total", "sink" => SINK, "kind" => "io").increment(1);
+    metrics::error(SINK, "io");
 }
 
 /// The path an error names, for the `path` log field.

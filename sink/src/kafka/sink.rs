@@ -5,8 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ::metrics::{Gauge, Histogram};
 use fleetpipe_model::{Ack, SinkRecord};
-use metrics::{Gauge, Histogram, counter, gauge, histogram};
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult};
@@ -15,7 +15,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use super::encode::{self, Encoded, Stream};
 use super::service::{self, EmbeddedCluster, ErrorSignal, Producer};
 use super::{KafkaConfig, KafkaError, KafkaFormat};
-use crate::stream::StreamCounters;
+use crate::metrics::{self, StreamCounters};
 
 /// Value of the `sink` label of every metric this sink records.
 const SINK: &str = "kafka";
@@ -319,7 +319,7 @@ impl Sender<'_> {
                     // librdkafka's queue holds records until their reports
                     // are served: wait for one (or a short while) and retry
                     // the same record, so input order is kept.
-                    counter!("fleetpipe_sink_retries_total", "sink" => SINK).increment(1);
+                    metrics::retried(SINK);
                     message = back;
                     let _ =
                         tokio::time::timeout(QUEUE_FULL_BACKOFF, self.report_arrived.notified())
@@ -347,8 +347,8 @@ impl DeliveryMetrics {
     fn new() -> Self {
         Self {
             written: StreamCounters::new(SINK),
-            seconds: histogram!("fleetpipe_sink_delivery_seconds", "sink" => SINK),
-            in_flight: gauge!("fleetpipe_sink_inflight", "sink" => SINK),
+            seconds: metrics::delivery_seconds(SINK),
+            in_flight: metrics::inflight(SINK),
         }
     }
 }
@@ -509,7 +509,7 @@ pub(crate) const fn is_retriable(code: RDKafkaErrorCode) -> bool {
 }
 
 fn count_error(kind: ErrorKind) {
-    counter!("fleetpipe_sink_errors_total", "sink" => SINK, "kind" => kind.as_str()).increment(1);
+    metrics::error(SINK, kind.as_str());
 }
 
 /// The embedded mock cluster of a [`KafkaSink`]: its address, and a switch

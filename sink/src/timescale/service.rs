@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{Hook, HookError, Pool, PoolError};
 use fleetpipe_model::SinkRecord;
-use metrics::{counter, gauge, histogram};
 use rand::Rng as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -18,6 +17,7 @@ use super::error::describe;
 use super::migrate::{StorageMode, migrate, quote_ident};
 use super::writer::{DeadRow, Row, Statements, WriteStats, write_rows};
 use super::{TimescaleConfig, TimescaleError};
+use crate::metrics::{self, PoolGauges, StreamCounters};
 use crate::stream::Stream;
 
 /// Value of the `sink` label of every metric this sink records.
@@ -121,6 +121,7 @@ impl TimescaleSink {
             sql,
             retry_initial: config.retry_initial,
             retry_max: config.retry_max,
+            written: StreamCounters::new(SINK),
         });
         let inflight = Arc::new(Inflight::default());
         inflight.publish();
@@ -288,6 +289,8 @@ struct BatchWriter {
     sql: Arc<Statements>,
     retry_initial: Duration,
     retry_max: Duration,
+    /// `fleetpipe_sink_records_total` and `fleetpipe_sink_bytes_total`.
+    written: StreamCounters,
 }
 
 /// Why one attempt at a part of a batch failed.
@@ -368,9 +371,7 @@ impl BatchWriter {
             }
         }
 
-        histogram!("fleetpipe_sink_batch_records", "sink" => SINK).record(batch.len() as f64);
-        histogram!("fleetpipe_sink_batch_seconds", "sink" => SINK)
-            .record(started.elapsed().as_secs_f64());
+        metrics::batch_written(SINK, batch.len(), started.elapsed().as_secs_f64());
         for (stream, records, bytes) in [
             (Stream::Telemetry, stats.telemetry, stats.telemetry_bytes),
             (
@@ -381,16 +382,11 @@ impl BatchWriter {
             (Stream::Event, stats.events, stats.event_bytes),
         ] {
             if records > 0 {
-                let stream = stream.as_str();
-                counter!("fleetpipe_sink_records_total", "sink" => SINK, "stream" => stream)
-                    .increment(records);
-                counter!("fleetpipe_sink_bytes_total", "sink" => SINK, "stream" => stream)
-                    .increment(bytes);
+                self.written.written(stream, records, bytes);
             }
         }
         if stats.staged_parts > 0 {
-            counter!("fleetpipe_sink_staged_parts_total", "sink" => SINK)
-                .increment(stats.staged_parts);
+            metrics::staged_parts(SINK, stats.staged_parts);
         }
         // Every part above has committed (or was given up): only now are
         // the records acknowledged.
@@ -414,14 +410,12 @@ impl BatchWriter {
             let error = match self.attempt(part).await {
                 Ok(stats) => return Ok(stats),
                 Err(AttemptError::Db(e)) if classify(&e) == ErrorKind::Permanent => {
-                    counter!("fleetpipe_sink_errors_total", "sink" => SINK, "kind" => "permanent")
-                        .increment(1);
+                    metrics::error(SINK, "permanent");
                     return Err(e);
                 }
                 Err(e) => e,
             };
-            counter!("fleetpipe_sink_errors_total", "sink" => SINK, "kind" => "retriable")
-                .increment(1);
+            metrics::error(SINK, "retriable");
             let delay = backoff.next_delay();
             let (text, expected) = match &error {
                 AttemptError::Pool(e) => (pool_error_text(e), true),
@@ -449,7 +443,7 @@ impl BatchWriter {
                 );
             }
             tokio::time::sleep(delay).await;
-            counter!("fleetpipe_sink_retries_total", "sink" => SINK).increment(1);
+            metrics::retried(SINK);
             attempt += 1;
         }
     }
@@ -569,14 +563,13 @@ impl Inflight {
     /// `fleetpipe_sink_oldest_unacked_seconds` from the current state.
     fn publish(&self) {
         let batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
-        gauge!("fleetpipe_sink_inflight_batches", "sink" => SINK).set(batches.len() as f64);
         let age = batches.values().min().map_or(0.0, |oldest| {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
             (now.saturating_sub(*oldest)).max(0) as f64 / 1000.0
         });
-        gauge!("fleetpipe_sink_oldest_unacked_seconds", "sink" => SINK).set(age);
+        metrics::inflight_batches(SINK, batches.len(), age);
     }
 }
 
@@ -630,9 +623,7 @@ impl Drop for InflightGuard {
 /// is stuck shows a growing age.
 async fn refresh_gauges(inflight: Arc<Inflight>, pool: Pool) {
     let mut tick = tokio::time::interval(GAUGE_INTERVAL);
-    let in_use = gauge!("fleetpipe_sink_pool_connections", "sink" => SINK, "state" => "in_use");
-    let idle = gauge!("fleetpipe_sink_pool_connections", "sink" => SINK, "state" => "idle");
-    let waiting = gauge!("fleetpipe_sink_pool_waiting", "sink" => SINK);
+    let pool_gauges = PoolGauges::new(SINK);
     loop {
         tick.tick().await;
         inflight.publish();
@@ -640,9 +631,11 @@ async fn refresh_gauges(inflight: Arc<Inflight>, pool: Pool) {
         // idle, `waiting` writers queued for one (never above `writers`,
         // one per lane, unless a lane leaks its connection).
         let status = pool.status();
-        in_use.set(status.size.saturating_sub(status.available) as f64);
-        idle.set(status.available as f64);
-        waiting.set(status.waiting as f64);
+        pool_gauges.set(
+            status.size.saturating_sub(status.available),
+            status.available,
+            status.waiting,
+        );
     }
 }
 

@@ -1,0 +1,164 @@
+//! The metrics of the enrichment stage, declared once: [`ALL`] lists each
+//! one's name, kind, unit, help text and labels; [`describe`] registers
+//! them, and the stage records them only through the functions below.
+
+use fleetpipe_model::metrics::{Kind, Metric, Unit};
+use metrics::{Counter, Gauge};
+
+/// Counter: pings enriched and handed downstream.
+pub const PINGS_TOTAL: &str = "fleetpipe_enrich_pings_total";
+/// Counter, label `type`: events emitted.
+pub const EVENTS_TOTAL: &str = "fleetpipe_enrich_events_total";
+/// Gauge, label `worker`: pings waiting in a worker's queue.
+pub const QUEUE_DEPTH: &str = "fleetpipe_enrich_queue_depth";
+/// Gauge, label `worker`: vehicles tracked.
+pub const VEHICLES: &str = "fleetpipe_enrich_vehicles";
+/// Counter: checkpoints that failed (the previous one stays).
+pub const CHECKPOINT_ERRORS_TOTAL: &str = "fleetpipe_enrich_checkpoint_errors_total";
+/// Counter: H3 cells that could not be computed and were left out of a record.
+pub const H3_ERRORS_TOTAL: &str = "fleetpipe_enrich_h3_errors_total";
+
+/// Every metric of the enrichment stage.
+pub const ALL: [Metric; 6] = [
+    Metric {
+        name: PINGS_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        description: "Pings enriched and handed to the sinks.",
+        labels: &[],
+    },
+    Metric {
+        name: EVENTS_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        description: "State-change events emitted, by type.",
+        labels: &["type"],
+    },
+    Metric {
+        name: QUEUE_DEPTH,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        description: "Pings waiting in an enrich worker's queue, sampled when the worker takes a batch.",
+        labels: &["worker"],
+    },
+    Metric {
+        name: VEHICLES,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        description: "Vehicles whose state enrichment keeps.",
+        labels: &["worker"],
+    },
+    Metric {
+        name: CHECKPOINT_ERRORS_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        description: "Vehicle state checkpoints that failed; the previous checkpoint stays.",
+        labels: &[],
+    },
+    Metric {
+        name: H3_ERRORS_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        description: "H3 cells left out of a record because H3 refused the position.",
+        labels: &[],
+    },
+];
+
+/// Registers the help texts and units, so exporters can describe the metrics.
+pub fn describe() {
+    fleetpipe_model::metrics::describe(&ALL);
+}
+
+/// The handles one worker updates on every batch, registered once: labelled
+/// `counter!`/`gauge!` look their series up in the registry on every call.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerMetrics {
+    /// [`PINGS_TOTAL`].
+    pub(crate) pings: Counter,
+    /// [`QUEUE_DEPTH`] of this worker.
+    pub(crate) depth: Gauge,
+    /// [`VEHICLES`] of this worker.
+    pub(crate) vehicles: Gauge,
+}
+
+impl WorkerMetrics {
+    /// The handles of worker `index`.
+    pub(crate) fn new(index: usize) -> Self {
+        let worker = index.to_string();
+        Self {
+            pings: metrics::counter!(PINGS_TOTAL),
+            depth: metrics::gauge!(QUEUE_DEPTH, "worker" => worker.clone()),
+            vehicles: metrics::gauge!(VEHICLES, "worker" => worker),
+        }
+    }
+}
+
+/// An event of type `event_type` was emitted.
+pub(crate) fn event_emitted(event_type: &'static str) {
+    metrics::counter!(EVENTS_TOTAL, "type" => event_type).increment(1);
+}
+
+/// The handle of [`CHECKPOINT_ERRORS_TOTAL`].
+pub(crate) fn checkpoint_errors() -> Counter {
+    metrics::counter!(CHECKPOINT_ERRORS_TOTAL)
+}
+
+/// `cells` H3 cells were left out of a record.
+pub(crate) fn h3_cells_left_out(cells: usize) {
+    metrics::counter!(H3_ERRORS_TOTAL).increment(cells as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use metrics_util::MetricKind;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    #[test]
+    fn every_metric_is_described_and_recorded_under_its_declared_name_and_labels() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            let worker = WorkerMetrics::new(3);
+            worker.pings.increment(2);
+            worker.depth.set(4.0);
+            worker.vehicles.set(5.0);
+            event_emitted("geofence.entered");
+            checkpoint_errors().increment(1);
+            h3_cells_left_out(2);
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        for metric in ALL {
+            let kind = match metric.kind {
+                Kind::Counter => MetricKind::Counter,
+                Kind::Gauge => MetricKind::Gauge,
+                Kind::Histogram => MetricKind::Histogram,
+            };
+            let (key, unit, description, value) = snapshot
+                .iter()
+                .find(|(key, ..)| key.kind() == kind && key.key().name() == metric.name)
+                .unwrap_or_else(|| panic!("{} not recorded", metric.name));
+            assert_eq!(*unit, Some(metric.unit), "{}", metric.name);
+            assert_eq!(
+                description.as_ref().map(|d| d.to_string()),
+                Some(metric.description.to_owned()),
+                "{}",
+                metric.name
+            );
+            let labels: Vec<&str> = key.key().labels().map(|l| l.key()).collect();
+            assert_eq!(labels, metric.labels, "{}", metric.name);
+            let expected = match metric.name {
+                PINGS_TOTAL | H3_ERRORS_TOTAL => DebugValue::Counter(2),
+                EVENTS_TOTAL | CHECKPOINT_ERRORS_TOTAL => DebugValue::Counter(1),
+                QUEUE_DEPTH => DebugValue::Gauge(4.0.into()),
+                VEHICLES => DebugValue::Gauge(5.0.into()),
+                other => panic!("{other} has no expectation"),
+            };
+            assert_eq!(*value, expected, "{}", metric.name);
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! them with the recorder, and the service records them only through the
 //! functions below, never by a name written elsewhere.
 
-use ::metrics::Unit;
+use fleetpipe_model::metrics::{Kind, Metric, Unit};
 
 /// Fences in the geofence index in use (gauge).
 pub const FENCES: &str = "fleetpipe_geofence_fences";
@@ -11,31 +11,6 @@ pub const FENCES: &str = "fleetpipe_geofence_fences";
 pub const RELOADS_TOTAL: &str = "fleetpipe_geofence_reloads_total";
 /// Reloads that failed, the previous index staying in use (counter).
 pub const RELOAD_ERRORS_TOTAL: &str = "fleetpipe_geofence_reload_errors_total";
-
-/// What a metric counts or measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Only goes up.
-    Counter,
-    /// A current value.
-    Gauge,
-}
-
-/// One metric's declaration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Metric {
-    /// Its name, as exported.
-    pub name: &'static str,
-    /// Counter or gauge.
-    pub kind: Kind,
-    /// Its unit.
-    pub unit: Unit,
-    /// The help text exporters show.
-    pub description: &'static str,
-    /// Names of its labels (none of the geofence metrics has any: one
-    /// index per process).
-    pub labels: &'static [&'static str],
-}
 
 /// Every metric of the geofence service.
 pub const ALL: [Metric; 3] = [
@@ -65,16 +40,9 @@ pub const ALL: [Metric; 3] = [
 /// Registers the descriptions, and the counters at their current value (0
 /// in a new process), so that they are exported before the first reload.
 pub fn describe() {
-    for metric in ALL {
-        match metric.kind {
-            Kind::Counter => {
-                ::metrics::describe_counter!(metric.name, metric.unit, metric.description);
-                ::metrics::counter!(metric.name).increment(0);
-            }
-            Kind::Gauge => {
-                ::metrics::describe_gauge!(metric.name, metric.unit, metric.description);
-            }
-        }
+    fleetpipe_model::metrics::describe(&ALL);
+    for metric in ALL.iter().filter(|m| m.kind == Kind::Counter) {
+        ::metrics::counter!(metric.name).increment(0);
     }
 }
 
@@ -118,6 +86,7 @@ mod tests {
             let kind = match metric.kind {
                 Kind::Counter => MetricKind::Counter,
                 Kind::Gauge => MetricKind::Gauge,
+                Kind::Histogram => MetricKind::Histogram,
             };
             let (_, unit, description, value) = snapshot
                 .iter()

@@ -23,9 +23,6 @@ pub enum EnrichError {
         /// What is wrong with its value.
         reason: String,
     },
-    /// The final state checkpoint could not be written.
-    #[error("vehicle state checkpoint: {0}")]
-    Checkpoint(String),
     /// [`crate::EnrichService::start`] was called outside a Tokio runtime.
     #[error("the enrichment stage must be started from within a Tokio runtime")]
     NoRuntime,

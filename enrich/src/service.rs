@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use crate::config::EnrichConfig;
 use crate::error::EnrichError;
 use crate::metrics::WorkerMetrics;
-use crate::store::StateStore;
+use crate::store::{StateStore, StoreError};
 use crate::tracker::Tracker;
 
 /// Most pings taken from a channel at once. Batching amortises the channel's
@@ -170,7 +170,7 @@ impl EnrichHandle {
     /// # Errors
     ///
     /// The final checkpoint could not be written.
-    pub async fn join(self) -> Result<(), EnrichError> {
+    pub async fn join(self) -> Result<(), StoreError> {
         if let Err(err) = self.dispatcher.await {
             tracing::error!(error = %err, "enrich dispatcher failed");
         }
@@ -189,10 +189,7 @@ impl EnrichHandle {
         }
         if let Some(store) = &self.store {
             let vehicles = state.len();
-            store
-                .save(state)
-                .await
-                .map_err(|e| EnrichError::Checkpoint(e.to_string()))?;
+            store.save(state).await?;
             tracing::info!(vehicles, "final vehicle state checkpoint written");
         }
         Ok(())

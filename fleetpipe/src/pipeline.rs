@@ -91,6 +91,9 @@ pub enum PipelineError {
     /// The enrichment stage could not start, or failed.
     #[error("enrichment: {0}")]
     Enrichment(#[from] EnrichError),
+    /// The final vehicle state checkpoint could not be written at shutdown.
+    #[error("enrichment: vehicle state checkpoint: {0}")]
+    FinalCheckpoint(#[source] fleetpipe_enrich::StoreError),
     /// A source's task failed while the pipeline was running.
     #[error("{task} failed: {source}")]
     Source {
@@ -204,7 +207,7 @@ impl Pipeline {
         let kafka = sinks.iter().find_map(|sink| sink.kafka.clone());
         run_sinks(&mut stages, records, sinks);
         stages.spawn("enrichment", async move {
-            enrich.join().await.map_err(PipelineError::Enrichment)
+            enrich.join().await.map_err(PipelineError::FinalCheckpoint)
         });
         let mut gateways = Tasks::new(failure.clone());
         let listeners = run_sources(&mut gateways, sources);

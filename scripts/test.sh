@@ -7,8 +7,8 @@
 # (Debian/Ubuntu, as root), and kcat (a real Kafka client used against the
 # embedded mock cluster), and the stock MQTT clients the conformance tests
 # run (mosquitto-clients; paho-mqtt from PyPI in a virtualenv under
-# target/). Then checks formatting and
-# lints and runs `cargo test --workspace --no-fail-fast`, then validates
+# target/). Then checks formatting, lints and the API docs' links, and
+# runs `cargo test --workspace --no-fail-fast`, then validates
 # deploy/ (scripts/check-deploy.sh). Tests never skip: a missing service
 # makes them fail.
 set -euo pipefail
@@ -28,6 +28,8 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+log "cargo doc (intra-doc links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 log "cargo test"
 cargo test --workspace --no-fail-fast
 log "deploy/ files"

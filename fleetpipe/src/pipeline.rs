@@ -4,9 +4,9 @@
 //!
 //! It is assembled from the configured components ([`SourceConfig`] and
 //! [`SinkConfig`]): each validates and builds itself, and the wiring here
-//! never names a concrete source or sink. Every task runs in a [`Tasks`]
+//! never names a concrete source or sink. Every task runs in a `Tasks`
 //! set under the shutdown token; one that ends before shutdown stops the
-//! pipeline ([`crate::tasks`]).
+//! pipeline (`tasks.rs`).
 //!
 //! Shutdown is one [`CancellationToken`]: the sources stop accepting and
 //! finish what they took; dropping their queue senders lets enrichment drain

@@ -28,7 +28,7 @@
 //! The CA and client certificate files are read for each new connection,
 //! so renewed files apply without a restart.
 //!
-//! With the `test-support` feature, [`test_support`] sets the local test
+//! With the `test-support` feature, `test_support` sets the local test
 //! server up for TLS.
 
 #[cfg(feature = "connect")]

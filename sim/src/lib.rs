@@ -9,7 +9,7 @@
 //!   GeoJSON fences fleetpipe loads: [`City::geofences_geojson`]) and a
 //!   [`Fleet`] of vehicles that drive delivery tours through it.
 //!   [`Fleet::advance`] moves simulated time forward and yields, in time
-//!   order, the [`SimMessage`]s each device publishes; [`encode`] turns one
+//!   order, the [`SimMessage`]s each device publishes; [`encode()`] turns one
 //!   into wire contract v1 JSON or Protobuf. Same config and seed, same
 //!   bytes.
 //! - **The publisher** (tokio): [`Publisher`] drives a fleet at a target

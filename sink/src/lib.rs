@@ -8,7 +8,7 @@
 //! and builds itself into a [`BuiltSink`] (its input queue and its loop),
 //! so the pipeline wires sinks without naming them.
 //!
-//! - [`file`]: the embedded default; newline-delimited JSON in rotating files.
+//! - [`mod@file`]: the embedded default; newline-delimited JSON in rotating files.
 //! - [`kafka`]: Kafka topics through rdkafka (`brokers = "embedded"` runs
 //!   librdkafka's mock cluster inside fleetpipe).
 //! - [`timescale`]: TimescaleDB / PostgreSQL batch writer (binary COPY into a

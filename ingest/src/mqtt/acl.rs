@@ -21,7 +21,7 @@
 //!   acknowledged that fleetpipe will not read.
 //!
 //! The rules are decided by [`ConnectionRules`], pure and without I/O;
-//! [`DeviceProtocol`] applies them to rumqttd's packets, and [`answer`]
+//! `DeviceProtocol` applies them to rumqttd's packets, and [`answer`]
 //! says how the device learns of a refusal (wire contract §9), so that it
 //! can tell one from a network fault: a refused CONNECT gets a CONNACK with
 //! a reason code, a refused SUBSCRIBE filter its SUBACK code (the

@@ -12,7 +12,7 @@
 //!   connection to a task of its own, which does the handshake with a
 //!   timeout and then runs rumqttd's handling;
 //! - there is no stop API: the accept loops stop at shutdown, and the
-//!   per-connection [`DeviceProtocol`] codec refuses every packet once
+//!   per-connection `DeviceProtocol` codec refuses every packet once
 //!   fleetpipe is closing, so no publish is acknowledged that fleetpipe
 //!   will not read;
 //! - `Broker::start()` blocks and owns its servers, so fleetpipe builds the

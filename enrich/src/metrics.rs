@@ -112,7 +112,7 @@ pub(crate) fn h3_cells_left_out(cells: usize) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
 
-    use metrics_util::MetricKind;
+    use fleetpipe_model::metrics::recorded;
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
     use super::*;
@@ -133,24 +133,7 @@ mod tests {
         });
         let snapshot = snapshotter.snapshot().into_vec();
         for metric in ALL {
-            let kind = match metric.kind {
-                Kind::Counter => MetricKind::Counter,
-                Kind::Gauge => MetricKind::Gauge,
-                Kind::Histogram => MetricKind::Histogram,
-            };
-            let (key, unit, description, value) = snapshot
-                .iter()
-                .find(|(key, ..)| key.kind() == kind && key.key().name() == metric.name)
-                .unwrap_or_else(|| panic!("{} not recorded", metric.name));
-            assert_eq!(*unit, Some(metric.unit), "{}", metric.name);
-            assert_eq!(
-                description.as_ref().map(|d| d.to_string()),
-                Some(metric.description.to_owned()),
-                "{}",
-                metric.name
-            );
-            let labels: Vec<&str> = key.key().labels().map(|l| l.key()).collect();
-            assert_eq!(labels, metric.labels, "{}", metric.name);
+            let value = recorded(&metric, &snapshot)[0];
             let expected = match metric.name {
                 PINGS_TOTAL | H3_ERRORS_TOTAL => DebugValue::Counter(2),
                 EVENTS_TOTAL | CHECKPOINT_ERRORS_TOTAL => DebugValue::Counter(1),

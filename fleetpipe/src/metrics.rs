@@ -47,7 +47,7 @@ pub fn sink_queue_depth(sink: &'static str) -> Gauge {
 #[cfg(test)]
 mod tests {
     use fleetpipe_model::metrics::Metric;
-    use metrics_util::MetricKind;
+    use fleetpipe_model::metrics::recorded;
     use metrics_util::debugging::DebuggingRecorder;
 
     use super::*;
@@ -64,21 +64,7 @@ mod tests {
         let snapshot = snapshotter.snapshot().into_vec();
         for metric in ALL {
             assert_eq!(metric.kind, Kind::Gauge, "{}", metric.name);
-            let (key, unit, description, _) = snapshot
-                .iter()
-                .find(|(key, ..)| {
-                    key.kind() == MetricKind::Gauge && key.key().name() == metric.name
-                })
-                .unwrap_or_else(|| panic!("{} not recorded", metric.name));
-            assert_eq!(*unit, Some(metric.unit), "{}", metric.name);
-            assert_eq!(
-                description.as_ref().map(|d| d.to_string()),
-                Some(metric.description.to_owned()),
-                "{}",
-                metric.name
-            );
-            let labels: Vec<&str> = key.key().labels().map(|l| l.key()).collect();
-            assert_eq!(labels, metric.labels, "{}", metric.name);
+            recorded(&metric, &snapshot);
         }
     }
 

@@ -66,7 +66,7 @@ pub(crate) fn reload_failed() {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use metrics_util::MetricKind;
+    use fleetpipe_model::metrics::recorded;
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
     use super::*;
@@ -83,22 +83,7 @@ mod tests {
         });
         let snapshot = snapshotter.snapshot().into_vec();
         for metric in ALL {
-            let kind = match metric.kind {
-                Kind::Counter => MetricKind::Counter,
-                Kind::Gauge => MetricKind::Gauge,
-                Kind::Histogram => MetricKind::Histogram,
-            };
-            let (_, unit, description, value) = snapshot
-                .iter()
-                .find(|(key, ..)| key.kind() == kind && key.key().name() == metric.name)
-                .unwrap_or_else(|| panic!("{} not recorded", metric.name));
-            assert_eq!(*unit, Some(metric.unit), "{}", metric.name);
-            assert_eq!(
-                description.as_ref().map(|d| d.to_string()),
-                Some(metric.description.to_owned()),
-                "{}",
-                metric.name
-            );
+            let value = recorded(&metric, &snapshot)[0];
             let expected = match metric.name {
                 FENCES => DebugValue::Gauge(5.0.into()),
                 RELOADS_TOTAL => DebugValue::Counter(2),

@@ -48,3 +48,51 @@ pub fn describe(all: &[Metric]) {
         }
     }
 }
+
+/// One series of a `metrics_util` [`DebuggingRecorder`] snapshot.
+///
+/// [`DebuggingRecorder`]: metrics_util::debugging::DebuggingRecorder
+#[cfg(feature = "test-support")]
+pub type Series = (
+    metrics_util::CompositeKey,
+    Option<Unit>,
+    Option<::metrics::SharedString>,
+    metrics_util::debugging::DebugValue,
+);
+
+/// Test support for every stage's metrics test: the values of the series
+/// `snapshot` holds for `metric` (its kind and name), in snapshot order,
+/// after asserting that there is at least one and that each carries the
+/// declared unit, help text and label names.
+///
+/// # Panics
+///
+/// When `metric` was not recorded, or a series differs from its declaration.
+#[cfg(feature = "test-support")]
+pub fn recorded<'a>(
+    metric: &Metric,
+    snapshot: &'a [Series],
+) -> Vec<&'a metrics_util::debugging::DebugValue> {
+    let kind = match metric.kind {
+        Kind::Counter => metrics_util::MetricKind::Counter,
+        Kind::Gauge => metrics_util::MetricKind::Gauge,
+        Kind::Histogram => metrics_util::MetricKind::Histogram,
+    };
+    let series: Vec<_> = snapshot
+        .iter()
+        .filter(|(key, ..)| key.kind() == kind && key.key().name() == metric.name)
+        .collect();
+    assert!(!series.is_empty(), "{} not recorded", metric.name);
+    for (key, unit, description, _) in &series {
+        assert_eq!(*unit, Some(metric.unit), "{}", metric.name);
+        assert_eq!(
+            description.as_ref().map(|d| d.to_string()),
+            Some(metric.description.to_owned()),
+            "{}",
+            metric.name
+        );
+        let labels: Vec<&str> = key.key().labels().map(|l| l.key()).collect();
+        assert_eq!(labels, metric.labels, "{}", metric.name);
+    }
+    series.into_iter().map(|(.., value)| value).collect()
+}

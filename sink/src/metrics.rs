@@ -244,7 +244,7 @@ impl PoolGauges {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
 
-    use metrics_util::MetricKind;
+    use fleetpipe_model::metrics::recorded;
     use metrics_util::debugging::DebuggingRecorder;
 
     use super::*;
@@ -268,27 +268,7 @@ mod tests {
         });
         let snapshot = snapshotter.snapshot().into_vec();
         for metric in ALL {
-            let kind = match metric.kind {
-                Kind::Counter => MetricKind::Counter,
-                Kind::Gauge => MetricKind::Gauge,
-                Kind::Histogram => MetricKind::Histogram,
-            };
-            let recorded: Vec<_> = snapshot
-                .iter()
-                .filter(|(key, ..)| key.kind() == kind && key.key().name() == metric.name)
-                .collect();
-            assert!(!recorded.is_empty(), "{} not recorded", metric.name);
-            for (key, unit, description, _) in recorded {
-                assert_eq!(*unit, Some(metric.unit), "{}", metric.name);
-                assert_eq!(
-                    description.as_ref().map(|d| d.to_string()),
-                    Some(metric.description.to_owned()),
-                    "{}",
-                    metric.name
-                );
-                let labels: Vec<&str> = key.key().labels().map(|l| l.key()).collect();
-                assert_eq!(labels, metric.labels, "{}", metric.name);
-            }
+            recorded(&metric, &snapshot);
         }
     }
 }

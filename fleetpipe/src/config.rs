@@ -377,6 +377,35 @@ mod tests {
         }
     }
 
+    /// The commented external-mode keys of `[ingest.mqtt]`, uncommented
+    /// with `mode = "external"`, make a valid external consumer with the
+    /// documented defaults (the credentials, which have none, aside).
+    #[test]
+    fn the_commented_external_mqtt_keys_document_their_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let keys: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# External: the broker"))
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+            .filter(|l| !l.starts_with("username") && !l.starts_with("password"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(keys.lines().count(), 5, "{keys}");
+        let table = format!("{MINIMAL}[ingest.mqtt]\nmode = \"external\"\n{keys}");
+        let c = load(&table, &[]).unwrap();
+        let external = c.ingest.mqtt.external().unwrap();
+        assert_eq!(*external, fleetpipe_ingest::mqtt::ExternalConfig::default());
+        // Under the shipped embedded mode they are refused, naming their mode.
+        let e = load(&format!("{MINIMAL}[ingest.mqtt]\n{keys}"), &[]).unwrap_err();
+        assert!(
+            e.contains("ingest.mqtt.broker_url is a key of mode \"external\""),
+            "{e}"
+        );
+    }
+
     #[test]
     fn mqtt5_listener_can_be_turned_off() {
         let off = load(
@@ -437,9 +466,14 @@ mod tests {
             )
             .is_ok()
         );
-        // Only the embedded broker has this log.
+        // Only the embedded broker has this log: in external mode the key
+        // itself is refused, whatever its value.
         let external = format!("{MINIMAL}[ingest.mqtt]\nmode = \"external\"\nsegment_bytes = 1\n");
-        assert!(load(&external, &[]).is_ok());
+        let e = load(&external, &[]).unwrap_err();
+        assert!(
+            e.contains("ingest.mqtt.segment_bytes is a key of mode \"embedded\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -651,14 +685,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("no listener"), "{e}");
-        let off = load(
-            &format!(
-                "{MINIMAL}[ingest.mqtt]\nmode = \"off\"\nlisten = \"off\"\nlisten_v5 = \"off\"\n"
-            ),
+        let off = load(&format!("{MINIMAL}[ingest.mqtt]\nmode = \"off\"\n"), &[]).unwrap();
+        assert_eq!(off.ingest.mqtt, MqttConfig::Off);
+        // "off" has no keys of its own.
+        let e = load(
+            &format!("{MINIMAL}[ingest.mqtt]\nmode = \"off\"\nlisten = \"off\"\n"),
             &[],
         )
-        .unwrap();
-        assert_eq!(off.ingest.mqtt, MqttConfig::Off);
+        .unwrap_err();
+        assert!(e.contains("not of mode \"off\""), "{e}");
     }
 
     #[test]

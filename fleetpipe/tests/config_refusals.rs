@@ -67,6 +67,14 @@ fn cases(ops_port: u16) -> Vec<Case> {
             "listen_port",
         ),
         (
+            "a key of another MQTT mode",
+            vec![(
+                "ingest.mqtt",
+                format!("{MQTT}share_group = \"fleetpipe\"\n"),
+            )],
+            "ingest.mqtt.share_group is a key of mode \"external\", not of mode \"embedded\"",
+        ),
+        (
             "queues hold something",
             vec![("pipeline", "ping_queue = 0\n".into())],
             "pipeline.ping_queue",

@@ -359,6 +359,23 @@ async fn graceful_shutdown_loses_nothing_that_was_acknowledged() {
     late.wait_closed(T).await;
 }
 
+/// The broker owns its connections: at shutdown, once the drain is done, a
+/// device that is connected and silent is disconnected, on both protocol
+/// versions (rather than left open until the process, or here the test's
+/// runtime, ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_connected_devices_after_the_drain() {
+    use common::raw_mqtt::{RawMqtt, accepted_v4, accepted_v5};
+    let mut p = TestPipeline::start(|_| {}).await;
+    let mut v4 = RawMqtt::open(p.mqtt.unwrap()).await;
+    assert!(accepted_v4(&v4.connect_v4("dev-a", None, None, true).await));
+    let mut v5 = RawMqtt::open(p.mqtt_v5.unwrap()).await;
+    assert!(accepted_v5(&v5.connect_v5("dev-b", None, None).await));
+    p.stop().await;
+    assert!(v4.closed_within(Duration::from_secs(3)).await);
+    assert!(v5.closed_within(Duration::from_secs(3)).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ack_topic_reports_the_highest_durable_seq() {
     let creds_dir = tempfile::tempdir().unwrap();

@@ -23,6 +23,8 @@ pub const JWKS_RELOADS_TOTAL: &str = "fleetpipe_auth_jwks_reloads_total";
 pub const JWKS_RELOAD_ERRORS_TOTAL: &str = "fleetpipe_auth_jwks_reload_errors_total";
 /// Counter, label `reason`: MQTT connections closed at once.
 pub const MQTT_CONNECTIONS_REFUSED_TOTAL: &str = "fleetpipe_mqtt_connections_refused_total";
+/// Counter, label `listener`: MQTT connection tasks that panicked.
+pub const MQTT_CONNECTION_PANICS_TOTAL: &str = "fleetpipe_mqtt_connection_panics_total";
 /// Counter, label `kind`: MQTT packets refused by the ACL.
 pub const MQTT_REFUSED_TOTAL: &str = "fleetpipe_mqtt_refused_total";
 /// Counter: refused publishes the dead-letter queue had no room for.
@@ -80,7 +82,7 @@ const fn labelled(
 }
 
 /// Every metric of ingest.
-pub const ALL: [Metric; 24] = [
+pub const ALL: [Metric; 25] = [
     labelled(
         REJECTED_TOTAL,
         Kind::Counter,
@@ -119,6 +121,12 @@ pub const ALL: [Metric; 24] = [
         Kind::Counter,
         "MQTT connections closed at once by the embedded broker, by reason (max_connections)",
         &["reason"],
+    ),
+    labelled(
+        MQTT_CONNECTION_PANICS_TOTAL,
+        Kind::Counter,
+        "Embedded-broker connection tasks that panicked, by listener (the connection is closed; others go on). Should stay 0: report it",
+        &["listener"],
     ),
     labelled(
         MQTT_REFUSED_TOTAL,
@@ -257,6 +265,11 @@ pub(crate) fn jwks_reload_failed() {
 /// The embedded broker closed a connection at once, for `reason`.
 pub(crate) fn mqtt_connection_refused(reason: &'static str) {
     counter!(MQTT_CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// A connection's task on `listener` panicked.
+pub(crate) fn mqtt_connection_panicked(listener: &'static str) {
+    counter!(MQTT_CONNECTION_PANICS_TOTAL, "listener" => listener).increment(1);
 }
 
 /// The embedded broker refused a packet of `kind`.

@@ -3,16 +3,17 @@
 //! for the broker inside fleetpipe, [`ExternalConfig`] for a subscription
 //! to another broker, nothing for `off`.
 //!
-//! The table is read as written ([`MqttKeys`]: every key of every mode,
-//! unknown keys refused, each error naming its key), then `mode` picks the
-//! variant. Keys of the other modes are accepted and unused, as they always
-//! were, so one file can switch modes by `mode` alone (the shipped
-//! `config/fleetpipe.toml` documents both modes' keys in one table).
+//! `mode` is read first and picks the variant; the rest of the table is then
+//! read into that variant with `deny_unknown_fields`, so a key of another
+//! mode is refused like any unknown key, with a message that says which mode
+//! it belongs to (the shipped `config/fleetpipe.toml` keeps the external
+//! mode's keys commented out). Each error names its key.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 
 use super::MqttTlsConfig;
 use super::external::broker_address;
@@ -37,8 +38,7 @@ pub enum MqttMode {
 }
 
 /// `ingest.mqtt`: the MQTT gateway, the variant `mode` selects.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "MqttKeys")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MqttConfig {
     /// `mode = "embedded"` (the default).
     Embedded(EmbeddedConfig),
@@ -98,15 +98,18 @@ impl MqttConfig {
 }
 
 /// `ingest.mqtt` with `mode = "embedded"`: the rumqttd broker inside fleetpipe.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct EmbeddedConfig {
     /// First topic level of every telemetry topic.
     pub topic_prefix: String,
     /// MQTT 3.1.1 listener; `"off"` disables it (for example when devices
     /// must use the TLS listeners only).
+    #[serde(deserialize_with = "super::address_or_off")]
     pub listen: Option<SocketAddr>,
     /// MQTT 5 listener (rumqttd serves each protocol version on its own
     /// port); `"off"` disables it.
+    #[serde(deserialize_with = "super::address_or_off")]
     pub listen_v5: Option<SocketAddr>,
     /// Publish `{"ack": N}` on `{prefix}/{vehicle_id}/ack` once every ping
     /// of the vehicle with `seq <= N` is durable (rumqttd's own PUBACK only
@@ -120,6 +123,7 @@ pub struct EmbeddedConfig {
     pub max_connections: usize,
     /// Time a new connection has for its TLS handshake (TLS listeners), and
     /// then again to send CONNECT.
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// The keep alive a device gets when its CONNECT turns MQTT keep alive
     /// off (keep alive 0). Its connection is then closed after 1.5 times
@@ -127,6 +131,7 @@ pub struct EmbeddedConfig {
     /// own keep alive, so a dead connection does not hold its place for
     /// ever; an MQTT 5 device is told in the CONNACK (Server Keep Alive),
     /// which it must use. 1 s to 65535 s, whole seconds.
+    #[serde(with = "humantime_serde")]
     pub server_keep_alive: Duration,
     /// Unacknowledged QoS 1 publishes per connection.
     pub max_inflight: usize,
@@ -156,29 +161,42 @@ pub struct EmbeddedConfig {
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
-        let keys = MqttKeys::default();
-        Self::from_keys(&keys)
+        Self {
+            topic_prefix: DEFAULT_TOPIC_PREFIX.into(),
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
+            listen_v5: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
+            ack_topic: true,
+            tls: None,
+            max_connections: 100_000,
+            connect_timeout: Duration::from_secs(10),
+            server_keep_alive: Duration::from_secs(600),
+            max_inflight: 100,
+            segment_bytes: 32 * 1024 * 1024,
+            segment_count: 8,
+            ack_segment_bytes: None,
+            ack_segment_count: 1,
+        }
     }
 }
 
 impl EmbeddedConfig {
-    fn from_keys(keys: &MqttKeys) -> Self {
-        Self {
-            topic_prefix: keys.topic_prefix.clone(),
-            listen: keys.listen,
-            listen_v5: keys.listen_v5,
-            ack_topic: keys.ack_topic,
-            tls: keys.tls.clone(),
-            max_connections: keys.max_connections,
-            connect_timeout: keys.connect_timeout,
-            server_keep_alive: keys.server_keep_alive,
-            max_inflight: keys.max_inflight,
-            segment_bytes: keys.segment_bytes,
-            segment_count: keys.segment_count,
-            ack_segment_bytes: keys.ack_segment_bytes,
-            ack_segment_count: keys.ack_segment_count,
-        }
-    }
+    /// Every key of `ingest.mqtt` in this mode besides `mode` (to tell a key
+    /// of another mode from an unknown one).
+    pub const KEYS: &'static [&'static str] = &[
+        "topic_prefix",
+        "listen",
+        "listen_v5",
+        "ack_topic",
+        "tls",
+        "max_connections",
+        "connect_timeout",
+        "server_keep_alive",
+        "max_inflight",
+        "segment_bytes",
+        "segment_count",
+        "ack_segment_bytes",
+        "ack_segment_count",
+    ];
 
     /// Logs rumqttd accepts, a keep alive MQTT can carry, at least one
     /// listener, and TLS files that load.
@@ -226,7 +244,8 @@ impl EmbeddedConfig {
 
 /// `ingest.mqtt` with `mode = "external"`: a shared subscription on an
 /// existing broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ExternalConfig {
     /// First topic level of every telemetry topic.
     pub topic_prefix: String,
@@ -241,6 +260,7 @@ pub struct ExternalConfig {
     /// Password for the broker.
     pub password: Option<String>,
     /// MQTT keep-alive interval.
+    #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
     /// QoS 1 messages the broker may have in flight to fleetpipe
     /// unacknowledged (the broker's own limit applies too; Mosquitto's
@@ -250,23 +270,31 @@ pub struct ExternalConfig {
 
 impl Default for ExternalConfig {
     fn default() -> Self {
-        Self::from_keys(&MqttKeys::default())
+        Self {
+            topic_prefix: DEFAULT_TOPIC_PREFIX.into(),
+            broker_url: "mqtt://127.0.0.1:1883".into(),
+            client_id: "fleetpipe-1".into(),
+            share_group: "fleetpipe".into(),
+            username: None,
+            password: None,
+            keep_alive: Duration::from_secs(30),
+            max_unacked: 1024,
+        }
     }
 }
 
 impl ExternalConfig {
-    fn from_keys(keys: &MqttKeys) -> Self {
-        Self {
-            topic_prefix: keys.topic_prefix.clone(),
-            broker_url: keys.broker_url.clone(),
-            client_id: keys.client_id.clone(),
-            share_group: keys.share_group.clone(),
-            username: keys.username.clone(),
-            password: keys.password.clone(),
-            keep_alive: keys.keep_alive,
-            max_unacked: keys.max_unacked,
-        }
-    }
+    /// Every key of `ingest.mqtt` in this mode besides `mode`.
+    pub const KEYS: &'static [&'static str] = &[
+        "topic_prefix",
+        "broker_url",
+        "client_id",
+        "share_group",
+        "username",
+        "password",
+        "keep_alive",
+        "max_unacked",
+    ];
 
     /// A group that keeps the shared subscription's shape, and a broker URL
     /// the consumer can connect to.
@@ -296,97 +324,77 @@ fn validate_prefix(prefix: &str) -> Result<(), IngestConfigError> {
     Ok(())
 }
 
-/// Every key of `[ingest.mqtt]` as written, with its default; documented
-/// on [`EmbeddedConfig`] and [`ExternalConfig`] (and in
-/// `config/fleetpipe.toml`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct MqttKeys {
-    /// `embedded`, `external` or `off`.
-    mode: MqttMode,
-    /// Both modes: [`EmbeddedConfig::topic_prefix`].
-    topic_prefix: String,
-    /// [`EmbeddedConfig::listen`].
-    #[serde(deserialize_with = "super::address_or_off")]
-    listen: Option<SocketAddr>,
-    /// [`EmbeddedConfig::listen_v5`].
-    #[serde(deserialize_with = "super::address_or_off")]
-    listen_v5: Option<SocketAddr>,
-    /// [`EmbeddedConfig::ack_topic`].
-    ack_topic: bool,
-    /// [`EmbeddedConfig::tls`].
-    tls: Option<MqttTlsConfig>,
-    /// [`EmbeddedConfig::max_connections`].
-    max_connections: usize,
-    /// [`EmbeddedConfig::connect_timeout`].
-    #[serde(with = "humantime_serde")]
-    connect_timeout: Duration,
-    /// [`EmbeddedConfig::server_keep_alive`].
-    #[serde(with = "humantime_serde")]
-    server_keep_alive: Duration,
-    /// [`EmbeddedConfig::max_inflight`].
-    max_inflight: usize,
-    /// [`EmbeddedConfig::segment_bytes`].
-    segment_bytes: usize,
-    /// [`EmbeddedConfig::segment_count`].
-    segment_count: usize,
-    /// [`EmbeddedConfig::ack_segment_bytes`].
-    ack_segment_bytes: Option<usize>,
-    /// [`EmbeddedConfig::ack_segment_count`].
-    ack_segment_count: usize,
-    /// [`ExternalConfig::broker_url`].
-    broker_url: String,
-    /// [`ExternalConfig::client_id`].
-    client_id: String,
-    /// [`ExternalConfig::share_group`].
-    share_group: String,
-    /// [`ExternalConfig::username`].
-    username: Option<String>,
-    /// [`ExternalConfig::password`].
-    password: Option<String>,
-    /// [`ExternalConfig::keep_alive`].
-    #[serde(with = "humantime_serde")]
-    keep_alive: Duration,
-    /// [`ExternalConfig::max_unacked`].
-    max_unacked: usize,
-}
+/// First topic level of every telemetry topic, unless `topic_prefix` says otherwise.
+const DEFAULT_TOPIC_PREFIX: &str = "fleet";
 
-impl Default for MqttKeys {
-    fn default() -> Self {
-        Self {
-            mode: MqttMode::Embedded,
-            topic_prefix: "fleet".into(),
-            listen: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
-            listen_v5: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
-            ack_topic: true,
-            tls: None,
-            max_connections: 100_000,
-            connect_timeout: Duration::from_secs(10),
-            server_keep_alive: Duration::from_secs(600),
-            max_inflight: 100,
-            segment_bytes: 32 * 1024 * 1024,
-            segment_count: 8,
-            ack_segment_bytes: None,
-            ack_segment_count: 1,
-            broker_url: "mqtt://127.0.0.1:1883".into(),
-            client_id: "fleetpipe-1".into(),
-            share_group: "fleetpipe".into(),
-            username: None,
-            password: None,
-            keep_alive: Duration::from_secs(30),
-            max_unacked: 1024,
+/// `mode` first (default `embedded`), then the rest of the table as that
+/// mode's variant, each with `deny_unknown_fields`.
+impl<'de> Deserialize<'de> for MqttConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let mode = match table.remove("mode") {
+            None => MqttMode::default(),
+            Some(mode) => MqttMode::deserialize(mode)
+                .map_err(|e| D::Error::custom(format!("ingest.mqtt.mode: {e}")))?,
+        };
+        refuse_other_modes_keys(mode, &table).map_err(D::Error::custom)?;
+        let rest = toml::Value::Table(table);
+        match mode {
+            MqttMode::Embedded => variant(rest).map(MqttConfig::Embedded),
+            MqttMode::External => variant(rest).map(MqttConfig::External),
+            MqttMode::Off => Ok(MqttConfig::Off),
         }
+        .map_err(D::Error::custom)
     }
 }
 
-impl From<MqttKeys> for MqttConfig {
-    fn from(keys: MqttKeys) -> Self {
-        match keys.mode {
-            MqttMode::Embedded => MqttConfig::Embedded(EmbeddedConfig::from_keys(&keys)),
-            MqttMode::External => MqttConfig::External(ExternalConfig::from_keys(&keys)),
-            MqttMode::Off => MqttConfig::Off,
+/// The first key of `table` that belongs to a mode other than `mode`, as
+/// an error that says so (a plain "unknown field" would suggest a typo).
+fn refuse_other_modes_keys(mode: MqttMode, table: &toml::Table) -> Result<(), String> {
+    let own: &[&str] = match mode {
+        MqttMode::Embedded => EmbeddedConfig::KEYS,
+        MqttMode::External => ExternalConfig::KEYS,
+        MqttMode::Off => &[],
+    };
+    let others = [
+        ("embedded", EmbeddedConfig::KEYS),
+        ("external", ExternalConfig::KEYS),
+    ];
+    for key in table.keys().filter(|k| !own.contains(&k.as_str())) {
+        let owners: Vec<String> = others
+            .iter()
+            .filter(|(_, keys)| keys.contains(&key.as_str()))
+            .map(|(name, _)| format!("{name:?}"))
+            .collect();
+        if !owners.is_empty() {
+            return Err(format!(
+                "ingest.mqtt.{key} is a key of mode {}, not of mode {:?}: remove it or comment it out",
+                owners.join(" and "),
+                mode_name(mode),
+            ));
         }
     }
+    Ok(())
+}
+
+fn mode_name(mode: MqttMode) -> &'static str {
+    match mode {
+        MqttMode::Embedded => "embedded",
+        MqttMode::External => "external",
+        MqttMode::Off => "off",
+    }
+}
+
+/// `rest` as a mode's settings; an error names the key it is about.
+fn variant<T: serde::de::DeserializeOwned>(rest: toml::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(rest).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            format!("ingest.mqtt: {}", e.inner())
+        } else {
+            format!("ingest.mqtt.{path}: {}", e.inner())
+        }
+    })
 }
 
 #[cfg(test)]
@@ -420,15 +428,54 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_refused_and_other_modes_keys_unused() {
+    fn unknown_keys_and_other_modes_keys_are_refused_naming_the_key() {
         let e = parse("listen_port = 1\n").unwrap_err();
         assert!(e.contains("listen_port"), "{e}");
         let e = parse("mode = \"sideways\"\n").unwrap_err();
         assert!(e.contains("sideways"), "{e}");
-        // An embedded broker with the external keys of the shipped file.
-        let c = parse("broker_url = \"mqtt://elsewhere:1883\"\nshare_group = \"a/b\"\n").unwrap();
-        assert_eq!(c, MqttConfig::default());
-        c.embedded().unwrap().validate().unwrap();
+        // The external keys of an older shipped file, under an embedded broker.
+        let e = parse("broker_url = \"mqtt://elsewhere:1883\"\n").unwrap_err();
+        assert!(
+            e.contains(
+                "ingest.mqtt.broker_url is a key of mode \"external\", not of mode \"embedded\""
+            ),
+            "{e}"
+        );
+        let e = parse("mode = \"external\"\nlisten = \"off\"\n").unwrap_err();
+        assert!(
+            e.contains(
+                "ingest.mqtt.listen is a key of mode \"embedded\", not of mode \"external\""
+            ),
+            "{e}"
+        );
+        let e = parse("mode = \"off\"\ntopic_prefix = \"fleet\"\n").unwrap_err();
+        assert!(
+            e.contains("ingest.mqtt.topic_prefix is a key of mode \"embedded\" and \"external\", not of mode \"off\""),
+            "{e}"
+        );
+        // A bad value names its key, nested ones too.
+        let e = parse("listen = \"nowhere\"\n").unwrap_err();
+        assert!(e.contains("ingest.mqtt.listen: "), "{e}");
+        let e = parse("[tls]\ncert_file = 1\n").unwrap_err();
+        assert!(e.contains("ingest.mqtt.tls.cert_file: "), "{e}");
+    }
+
+    /// `KEYS` (used only to name a key's mode) lists exactly the fields
+    /// serde accepts, as serde's own unknown-field message enumerates them.
+    #[test]
+    fn each_modes_key_list_is_its_fields() {
+        let expected = |toml: &str| -> Vec<String> {
+            let e = parse(toml).unwrap_err();
+            let list = e.split("expected one of ").nth(1).unwrap_or_default();
+            list.split(", ")
+                .map(|k| k.trim().trim_matches('`').to_owned())
+                .collect()
+        };
+        assert_eq!(expected("no_such_key = 1\n"), EmbeddedConfig::KEYS);
+        assert_eq!(
+            expected("mode = \"external\"\nno_such_key = 1\n"),
+            ExternalConfig::KEYS
+        );
     }
 
     #[test]

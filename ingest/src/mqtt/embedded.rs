@@ -45,6 +45,7 @@ use rumqttd::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::{AclShared, DeviceProtocol, INTERNAL_CLIENT_ID, RefusedPublish};
@@ -166,12 +167,29 @@ struct Acceptance {
     handshake_timeout: Duration,
     /// Stops the accept loops.
     stop: CancellationToken,
+    /// Closes the connections still open, once the last acknowledgement
+    /// went out (or the reader ended, without the ack topic): until then a
+    /// device may still get its `{"ack": N}` for what was drained.
+    release: CancellationToken,
 }
+
+/// After [`Acceptance::release`], how long open connections are left to
+/// write what the router handed them last (the final acks) before they are
+/// closed. The router runs on its own thread and hands an ack over within
+/// microseconds; this bounds a device that does not read.
+const ACK_DELIVERY_GRACE: Duration = Duration::from_millis(200);
 
 /// Accepts connections on `listener` until `acceptance.stop` fires; each
 /// gets a task of its own (TLS handshake, then rumqttd's handling), so no
 /// connection waits for another. Over `max_connections`, a new connection
 /// is closed at once.
+///
+/// The loop owns its connections' tasks: one that panics is logged and
+/// counted (the others go on), and after `stop` the loop keeps them until
+/// `acceptance.release`, then closes those still open and waits for them.
+/// With an MQTT 5 will delay, rumqttd's task outlives its connection by
+/// the delay; at shutdown that wait is cut short (a closing fleetpipe
+/// refuses every packet, wills included).
 async fn accept_loop<P: Protocol + Clone + Send + 'static>(
     name: &'static str,
     listener: TcpListener,
@@ -180,10 +198,15 @@ async fn accept_loop<P: Protocol + Clone + Send + 'static>(
     protocol: DeviceProtocol<P>,
     acceptance: Acceptance,
 ) {
+    let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
             biased;
-            () = acceptance.stop.cancelled() => return,
+            () = acceptance.stop.cancelled() => break,
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                connection_ended(name, ended);
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -206,7 +229,7 @@ async fn accept_loop<P: Protocol + Clone + Send + 'static>(
         let handler = handler.clone();
         let protocol = protocol.clone();
         let timeout = acceptance.handshake_timeout;
-        tokio::spawn(async move {
+        connections.spawn(async move {
             match tls {
                 None => {
                     handler
@@ -224,6 +247,31 @@ async fn accept_loop<P: Protocol + Clone + Send + 'static>(
                 }
             }
         });
+    }
+    drop(listener);
+    loop {
+        tokio::select! {
+            () = acceptance.release.cancelled() => break,
+            Some(ended) = connections.join_next() => connection_ended(name, ended),
+        }
+    }
+    if !connections.is_empty() {
+        tokio::time::sleep(ACK_DELIVERY_GRACE).await;
+    }
+    connections.shutdown().await;
+}
+
+/// A connection's task ended: a panic in rumqttd's handling is logged and
+/// counted (it cost that device its connection, nobody else anything).
+fn connection_ended(listener: &'static str, ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended
+        && e.is_panic()
+    {
+        crate::metrics::mqtt_connection_panicked(listener);
+        tracing::error!(
+            listener,
+            "an MQTT connection's task panicked; the connection is closed"
+        );
     }
 }
 
@@ -411,12 +459,14 @@ impl EmbeddedBroker {
         let v5_handler =
             Server::new(settings(), router_tx.clone(), v5.clone()).connection_handler();
         let stop_accepting = shutdown.child_token();
+        let release = CancellationToken::new();
         let acceptance = Acceptance {
             permits: Arc::new(Semaphore::new(
                 config.max_connections.min(Semaphore::MAX_PERMITS),
             )),
             handshake_timeout: config.connect_timeout,
             stop: stop_accepting.clone(),
+            release: release.clone(),
         };
         // Every task runs until shutdown; the caller owns them.
         let mut tasks: Vec<(&'static str, SourceTask)> = Vec::new();
@@ -456,6 +506,11 @@ impl EmbeddedBroker {
         let (acks, link_tx) = if config.ack_topic {
             let (acks_tx, acks_rx) = mpsc::channel(ACK_QUEUE);
             let acker = publish_acks(acks_rx, link_tx, prefix.clone());
+            let release = release.clone();
+            let acker = async move {
+                acker.await;
+                release.cancel();
+            };
             tasks.push(("mqtt acknowledgements", Box::pin(ok_at_end(acker))));
             (Some(acks_tx), None)
         } else {
@@ -473,6 +528,9 @@ impl EmbeddedBroker {
                 "embedded MQTT broker listening"
             );
             let _link_tx = link_tx;
+            // Without the ack topic nothing goes out after the drain: the
+            // connections close when the reader ends, however it ends.
+            let _release = acks.is_none().then(|| release.drop_guard());
             let mut link_rx = link_rx;
             let reader = Reader {
                 prefix: &prefix,

@@ -381,6 +381,7 @@ mod tests {
             jwks_reloaded();
             jwks_reload_failed();
             mqtt_connection_refused("max_connections");
+            mqtt_connection_panicked("mqtt");
             mqtt_refused("publish");
             mqtt_refused_not_recorded();
             mqtt_acks_withheld(2);

@@ -288,21 +288,33 @@ mod tests {
         assert_eq!(c.pipeline.ping_queue, 7);
     }
 
-    #[test]
-    fn the_commented_timescale_table_documents_its_defaults() {
+    /// The paragraph of the shipped `config/fleetpipe.toml` that starts at
+    /// the first line `starts` accepts, uncommented: its `[table]` headers
+    /// and `key = value` lines (prose dropped), in order.
+    fn shipped_commented(starts: impl Fn(&str) -> bool) -> Vec<String> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
         let text = std::fs::read_to_string(path).unwrap();
-        // Uncomment the [sink.timescale] block: its header and its `# key = value` lines.
-        let block: String = text
-            .lines()
-            .skip_while(|l| *l != "# [sink.timescale]")
+        text.lines()
+            .skip_while(|l| !starts(l))
             .take_while(|l| !l.is_empty())
             .filter_map(|l| l.strip_prefix("# "))
             .filter(|l| {
-                l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
+                (l.starts_with('[') && l.ends_with(']'))
+                    || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
             })
-            .map(|l| format!("{l}\n"))
-            .collect();
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// [`shipped_commented`] as TOML text, one line each.
+    fn lines(block: &[String]) -> String {
+        block.iter().map(|l| format!("{l}\n")).collect()
+    }
+
+    #[test]
+    fn the_commented_timescale_table_documents_its_defaults() {
+        // Uncomment the [sink.timescale] block: its header and its `# key = value` lines.
+        let block = lines(&shipped_commented(|l| l == "# [sink.timescale]"));
         assert!(block.starts_with("[sink.timescale]\nurl = "), "{block}");
         let c = load(&block, &[]).unwrap();
         let ts = c.sink.timescale.unwrap();
@@ -315,16 +327,9 @@ mod tests {
     /// they are out of range.
     #[test]
     fn the_commented_timescale_timeouts_are_keys_of_the_table() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
-        let text = std::fs::read_to_string(path).unwrap();
-        let keys: String = text
-            .lines()
-            .skip_while(|l| !l.starts_with("# Timeouts of every connection to sink.timescale.url"))
-            .take_while(|l| !l.is_empty())
-            .filter_map(|l| l.strip_prefix("# "))
-            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let keys = lines(&shipped_commented(|l| {
+            l.starts_with("# Timeouts of every connection to sink.timescale.url")
+        }));
         assert_eq!(
             keys,
             "connect_timeout = \"5s\"\nstatement_timeout = \"30s\"\n"
@@ -347,18 +352,10 @@ mod tests {
     /// `verify-full`, they make a valid configuration.
     #[test]
     fn the_commented_postgres_tls_tables_document_every_key() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
-        let text = std::fs::read_to_string(path).unwrap();
         for header in ["# [sink.timescale.tls]", "# [geofence.postgres.tls]"] {
-            let keys: String = text
-                .lines()
-                .skip_while(|l| *l != header)
-                .skip(1)
-                .take_while(|l| !l.is_empty())
-                .filter_map(|l| l.strip_prefix("# "))
-                .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
-                .map(|l| format!("{l}\n"))
-                .collect();
+            let block = shipped_commented(|l| l == header);
+            assert_eq!(Some(&header[2..]), block.first().map(String::as_str));
+            let keys = lines(&block[1..]);
             let tls: fleetpipe_postgres::PostgresTls = toml::from_str(&keys).unwrap();
             assert_eq!(
                 tls.mode,
@@ -382,17 +379,11 @@ mod tests {
     /// documented defaults (the credentials, which have none, aside).
     #[test]
     fn the_commented_external_mqtt_keys_document_their_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
-        let text = std::fs::read_to_string(path).unwrap();
-        let keys: String = text
-            .lines()
-            .skip_while(|l| !l.starts_with("# External: the broker"))
-            .take_while(|l| !l.is_empty())
-            .filter_map(|l| l.strip_prefix("# "))
-            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+        let keys: Vec<String> = shipped_commented(|l| l.starts_with("# External: the broker"))
+            .into_iter()
             .filter(|l| !l.starts_with("username") && !l.starts_with("password"))
-            .map(|l| format!("{l}\n"))
             .collect();
+        let keys = lines(&keys);
         assert_eq!(keys.lines().count(), 5, "{keys}");
         let table = format!("{MINIMAL}[ingest.mqtt]\nmode = \"external\"\n{keys}");
         let c = load(&table, &[]).unwrap();
@@ -580,15 +571,12 @@ mod tests {
     #[test]
     fn the_commented_mqtt_tls_table_documents_its_defaults_and_is_checked() {
         use fleetpipe_ingest::mqtt::MqttTlsConfig;
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
-        let text = std::fs::read_to_string(path).unwrap();
-        let block: Vec<&str> = text
-            .lines()
-            .skip_while(|l| *l != "# [ingest.mqtt.tls]")
-            .take_while(|l| !l.is_empty())
-            .filter_map(|l| l.strip_prefix("# "))
-            .collect();
-        assert_eq!(block.first(), Some(&"[ingest.mqtt.tls]"), "{block:?}");
+        let block = shipped_commented(|l| l == "# [ingest.mqtt.tls]");
+        assert_eq!(
+            block.first().map(String::as_str),
+            Some("[ingest.mqtt.tls]"),
+            "{block:?}"
+        );
         let body = block[1..].join("\n");
         let tls: MqttTlsConfig = toml::from_str(&body).unwrap();
         assert_eq!(
@@ -617,15 +605,12 @@ mod tests {
     #[test]
     fn the_commented_http_tls_table_documents_its_defaults_and_is_checked() {
         use fleetpipe_ingest::tls::TlsConfig;
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fleetpipe.toml");
-        let text = std::fs::read_to_string(path).unwrap();
-        let block: Vec<&str> = text
-            .lines()
-            .skip_while(|l| *l != "# [ingest.http.tls]")
-            .take_while(|l| !l.is_empty())
-            .filter_map(|l| l.strip_prefix("# "))
-            .collect();
-        assert_eq!(block.first(), Some(&"[ingest.http.tls]"), "{block:?}");
+        let block = shipped_commented(|l| l == "# [ingest.http.tls]");
+        assert_eq!(
+            block.first().map(String::as_str),
+            Some("[ingest.http.tls]"),
+            "{block:?}"
+        );
         let body = block[1..].join("\n");
         let tls: TlsConfig = toml::from_str(&body).unwrap();
         assert_eq!(

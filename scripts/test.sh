@@ -5,9 +5,11 @@
 # geofencing peer of the benchmarks) and Mosquitto (127.0.0.1:1883) when
 # they are not running, installing them with apt-get when they are missing
 # (Debian/Ubuntu, as root), and kcat (a real Kafka client used against the
-# embedded mock cluster), and the stock MQTT clients the conformance tests
-# run (mosquitto-clients; paho-mqtt from PyPI in a virtualenv under
-# target/). Then checks formatting, lints and the API docs' links, and
+# embedded mock cluster), the stock MQTT clients the conformance tests run
+# (mosquitto-clients; paho-mqtt from PyPI in a virtualenv under target/),
+# and the Tansu Kafka broker that fleetpipe-kafka's tests start (cargo
+# install tansu 0.6.0 into ~/.cargo/bin unless that version is there
+# already). Then checks formatting, lints and the API docs' links, and
 # runs `cargo test --workspace --no-fail-fast`, then validates
 # deploy/ (scripts/check-deploy.sh). Tests never skip: a missing service
 # makes them fail.
@@ -23,6 +25,7 @@ ensure_postgis
 ensure_mosquitto
 ensure_mqtt_clients
 ensure_kcat
+ensure_tansu
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,7 +1,8 @@
 # Shared by scripts/test.sh and scripts/bench-deps.sh (sourced): make sure
 # the services fleetpipe's tests and benchmarks talk to run on loopback,
-# installing what is missing with apt-get (Debian/Ubuntu, as root) and
-# changing nothing that already works.
+# installing what is missing with apt-get (Debian/Ubuntu, as root), or with
+# cargo install for Tansu (not packaged by Debian), and changing nothing
+# that already works.
 
 log() { printf '==> %s\n' "$*"; }
 
@@ -105,6 +106,25 @@ ensure_kcat() {
         log "installing kcat"
         apt_install kcat
     fi
+}
+
+# Tansu, a Kafka-compatible broker from crates.io, which the tests that need
+# a broker in a process of its own start on a port of their own
+# (fleetpipe-kafka's test_support::Tansu, which runs $TANSU if set). Built
+# with cargo install only when the binary does not already report
+# $TANSU_VERSION, so a machine (or CI runner) that has it reuses it; the
+# build takes minutes. Exports TANSU as the binary it checked, so the tests
+# run that one whatever else is on PATH.
+TANSU_VERSION=0.6.0
+ensure_tansu() {
+    local tansu
+    tansu=$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")
+    if [ "$("$tansu" --version 2>/dev/null)" != "tansu $TANSU_VERSION" ]; then
+        log "installing tansu $TANSU_VERSION (cargo install: takes minutes)"
+        cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features --features dynostore
+        tansu="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+    fi
+    export TANSU="$tansu"
 }
 
 

@@ -1,0 +1,34 @@
+//! fleetpipe's Kafka infrastructure, shared by every role that talks to
+//! Kafka (gateway, enrich, writer, and the Kafka sink): the one place that
+//! decides how records are partitioned and that provisions topics.
+//!
+//! - Partitioning: [`producer_config`] is the configuration every fleetpipe
+//!   producer starts from; it fixes librdkafka's partitioner to
+//!   [`PARTITIONER`] (`murmur2_random`, the Java client's murmur2), so that
+//!   all producers of a topic, fleetpipe's and Java/Kafka Streams ones,
+//!   send a vehicle's records to the same partition. [`partition_for`]
+//!   computes that partition without a client, [`murmur2`] the hash.
+//!   [`client_config`] is the same configuration for consumers and admin
+//!   clients (without the producer-only option).
+//! - Topics: [`ensure_topics`] creates the topics of a set of
+//!   [`TopicSpec`]s that are missing, with their configs, and refuses an
+//!   existing topic whose partition count differs
+//!   ([`TopicError::PartitionMismatch`]: per-vehicle state is owned by
+//!   partition, so fleetpipe never repartitions); each [`TopicOutcome`]
+//!   says whether the topic was created and how its configs compare.
+//!
+//! With the `test-support` feature, `test_support` runs brokers for tests:
+//! Tansu in a process of its own, and librdkafka's mock cluster.
+
+mod partitioner;
+mod topics;
+
+#[cfg(feature = "test-support")]
+pub mod test_support;
+
+pub use partitioner::{
+    ClientConfigError, PARTITIONER, client_config, murmur2, partition_for, producer_config,
+};
+pub use topics::{
+    ConfigCheck, ConfigDifference, TopicError, TopicOutcome, TopicSpec, TopicStatus, ensure_topics,
+};

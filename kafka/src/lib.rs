@@ -17,9 +17,15 @@
 //!   partition, so fleetpipe never repartitions); each [`TopicOutcome`]
 //!   says whether the topic was created and how its configs compare.
 //!
+//! - Consumer groups: [`group::GroupConsumer`] is a group member whose
+//!   offsets follow the data's acknowledgements (cooperative-sticky
+//!   assignment, optional static membership), for the roles that read
+//!   topics.
+//!
 //! With the `test-support` feature, `test_support` runs brokers for tests:
 //! Tansu in a process of its own, and librdkafka's mock cluster.
 
+pub mod group;
 mod partitioner;
 mod topics;
 

@@ -10,21 +10,24 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::ack::Ack;
-use crate::ping::{VehicleId, serialize_ts_ms};
+use crate::ping::{VehicleId, deserialize_ts_ms, serialize_ts_ms};
 
 /// CloudEvents spec version written into every event.
 pub const CLOUDEVENTS_SPEC_VERSION: &str = "1.0";
+
+/// The `datacontenttype` of every event: `data` is JSON.
+pub const EVENT_DATA_CONTENT_TYPE: &str = "application/json";
 
 /// Namespace of event ids (UUIDv5), fixed forever: changing it changes every
 /// id and breaks consumers' deduplication across the change.
 const EVENT_ID_NAMESPACE: uuid::Uuid = uuid::uuid!("5d1f0e4c-9a63-4b8e-8f43-2f6c1b7a9e10");
 
 /// What happened. The CloudEvents `type` is [`EventType::as_str`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum EventType {
     /// The vehicle is inside a geofence it was outside of.
     #[serde(rename = "geofence.entered")]
@@ -144,6 +147,12 @@ impl fmt::Display for EventType {
 ///  "subject":"van-42","time":"2026-11-23T08:00:00.000Z",
 ///  "datacontenttype":"application/json","data":{"fence_id":"depot-7",…}}
 /// ```
+///
+/// It deserializes from that object (from JSON only: `data` is kept as the
+/// raw JSON it was), with an untracked [`Ack`]; a `specversion` other than
+/// [`CLOUDEVENTS_SPEC_VERSION`] or a `datacontenttype` other than
+/// [`EVENT_DATA_CONTENT_TYPE`] is refused, other (extension) attributes
+/// are ignored.
 #[derive(Debug, Serialize)]
 pub struct VehicleEvent {
     /// Always [`CLOUDEVENTS_SPEC_VERSION`].
@@ -192,7 +201,7 @@ impl VehicleEvent {
             event_type,
             subject,
             time_ms,
-            datacontenttype: "application/json",
+            datacontenttype: EVENT_DATA_CONTENT_TYPE,
             data,
             ack,
         }
@@ -217,6 +226,58 @@ impl VehicleEvent {
     pub fn to_json(&self) -> String {
         // Every field serializes infallibly (strings, numbers, raw JSON).
         serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What an event's JSON holds, read before [`VehicleEvent`]'s fixed
+/// attributes are checked.
+#[derive(Deserialize)]
+struct EventJson {
+    specversion: String,
+    id: String,
+    source: std::sync::Arc<str>,
+    #[serde(rename = "type")]
+    event_type: EventType,
+    subject: VehicleId,
+    #[serde(rename = "time", deserialize_with = "deserialize_ts_ms")]
+    time_ms: i64,
+    datacontenttype: String,
+    data: Box<RawValue>,
+}
+
+impl<'de> Deserialize<'de> for VehicleEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        VehicleEvent::try_from(EventJson::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl TryFrom<EventJson> for VehicleEvent {
+    type Error = String;
+
+    fn try_from(e: EventJson) -> Result<Self, String> {
+        if e.specversion != CLOUDEVENTS_SPEC_VERSION {
+            return Err(format!(
+                "specversion {:?} is not {CLOUDEVENTS_SPEC_VERSION:?}",
+                e.specversion
+            ));
+        }
+        if e.datacontenttype != EVENT_DATA_CONTENT_TYPE {
+            return Err(format!(
+                "datacontenttype {:?} is not {EVENT_DATA_CONTENT_TYPE:?}",
+                e.datacontenttype
+            ));
+        }
+        Ok(VehicleEvent {
+            specversion: CLOUDEVENTS_SPEC_VERSION,
+            id: e.id,
+            source: e.source,
+            event_type: e.event_type,
+            subject: e.subject,
+            time_ms: e.time_ms,
+            datacontenttype: EVENT_DATA_CONTENT_TYPE,
+            data: e.data,
+            ack: Ack::none(),
+        })
     }
 }
 

@@ -6,6 +6,9 @@
 //! ([`Ack`]) that travels with each record so a gateway learns when its data
 //! is durable without importing the sink.
 //!
+//! [`topic_record`] defines the records of fleetpipe's Kafka topics, both
+//! ways (encode and decode), for the Kafka sink and the scale-out roles.
+//!
 //! This crate does no I/O and imports no stage.
 
 pub mod ack;
@@ -15,6 +18,7 @@ pub mod ping;
 pub mod proto;
 pub mod reason;
 pub mod record;
+pub mod topic_record;
 pub mod wire;
 
 pub use ack::{Ack, AckStatus, BatchAck};
@@ -22,7 +26,8 @@ pub use event::{EventType, VehicleEvent, event_id};
 pub use ping::{AttrValue, Ping, VehicleId, VehicleIdError};
 pub use reason::RejectReason;
 pub use record::{
-    Accepted, DeadLetter, Enrichment, Gateway, Origin, PingFlags, SinkRecord, TelemetryRecord,
+    Accepted, DeadLetter, Enrichment, Gateway, Origin, PingFlags, RawRecord, SinkRecord,
+    TelemetryRecord,
 };
 
 /// Version of the wire contract and of the output record schema.

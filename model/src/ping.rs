@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::{Serialize, Serializer};
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Longest vehicle id wire contract v1 accepts.
 pub const VEHICLE_ID_MAX_LEN: usize = 64;
@@ -122,8 +123,30 @@ impl Serialize for VehicleId {
     }
 }
 
+/// Reads a string and validates it ([`VehicleId::parse`]): an invalid id is
+/// a deserialization error naming the rule it breaks.
+impl<'de> Deserialize<'de> for VehicleId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl Visitor<'_> for IdVisitor {
+            type Value = VehicleId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a vehicle id string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<VehicleId, E> {
+                VehicleId::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(IdVisitor)
+    }
+}
+
 /// A scalar value of a ping's `attrs` map.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// Read back (untagged) in variant order: a JSON integer is an `Int` when
+/// it fits `i64`, a number with a fraction or exponent (`21.5`, `1.0`, as
+/// `Float` is always written) or a larger integer is a `Float`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum AttrValue {
     /// `true` / `false`.
@@ -139,7 +162,15 @@ pub enum AttrValue {
 /// One validated report of a vehicle. Every field satisfies wire contract v1:
 /// coordinates are finite and in range, the timestamp is inside the accepted
 /// window, lists and strings are within their limits.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// It serializes as the ping fields of the output schema
+/// (docs/output-format.md §4) and deserializes from them (absent optional
+/// fields are `None` or empty, `ts` is read as an RFC 3339 timestamp).
+/// Deserializing checks the vehicle id but not the rest of the wire
+/// contract: it reads records fleetpipe wrote
+/// ([`crate::topic_record::decode`]), not device input, which only the
+/// ingest crate's validation turns into a `Ping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ping {
     /// Vehicle the ping belongs to.
     pub vehicle_id: VehicleId,
@@ -147,7 +178,11 @@ pub struct Ping {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     /// Device time, milliseconds since the Unix epoch (UTC).
-    #[serde(rename = "ts", serialize_with = "serialize_ts_ms")]
+    #[serde(
+        rename = "ts",
+        serialize_with = "serialize_ts_ms",
+        deserialize_with = "deserialize_ts_ms"
+    )]
     pub ts_ms: i64,
     /// Latitude, WGS84 degrees.
     pub lat: f64,
@@ -181,10 +216,10 @@ pub struct Ping {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ignition: Option<bool>,
     /// Active OBD-II diagnostic trouble codes, e.g. `P0301`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dtcs: Vec<String>,
     /// Extra scalar values.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attrs: BTreeMap<String, AttrValue>,
 }
 
@@ -222,7 +257,61 @@ pub fn serialize_ts_ms<S: Serializer>(ts_ms: &i64, s: S) -> Result<S::Ok, S::Err
     s.collect_str(&Rfc3339Millis(*ts_ms))
 }
 
-/// Displays epoch milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+/// Deserializes an RFC 3339 timestamp (as [`serialize_ts_ms`] writes it)
+/// to epoch milliseconds: the inverse of [`serialize_ts_ms`]. See
+/// [`parse_rfc3339_ms`] for what it accepts.
+pub fn deserialize_ts_ms<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    struct TsVisitor;
+    impl Visitor<'_> for TsVisitor {
+        type Value = i64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an RFC 3339 timestamp string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<i64, E> {
+            parse_rfc3339_ms(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(TsVisitor)
+}
+
+/// Why a string is not a timestamp [`parse_rfc3339_ms`] reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not an RFC 3339 timestamp: {reason}")]
+pub struct TimestampError {
+    /// The refused string (its first 40 characters).
+    input: String,
+    /// What is wrong with it.
+    reason: String,
+}
+
+/// Reads an RFC 3339 timestamp, e.g. `2026-11-23T08:00:00.123Z`, as epoch
+/// milliseconds: the inverse of [`Rfc3339Millis`] for years 0000 to 9999.
+/// Any offset is accepted (and applied); a fraction finer than milliseconds
+/// is rounded down (towards the past).
+///
+/// # Errors
+///
+/// Anything that is not an RFC 3339 date-time (e.g. epoch numbers in a
+/// string, a missing offset, a year outside 0000 to 9999).
+pub fn parse_rfc3339_ms(s: &str) -> Result<i64, TimestampError> {
+    use time::format_description::well_known::Rfc3339;
+    match time::OffsetDateTime::parse(s, &Rfc3339) {
+        // Years 0000 to 9999 are within ±2^53 ms: the conversion cannot fail.
+        Ok(t) => i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).map_err(|_| {
+            TimestampError {
+                input: s.chars().take(40).collect(),
+                reason: "out of range".to_owned(),
+            }
+        }),
+        Err(e) => Err(TimestampError {
+            input: s.chars().take(40).collect(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Displays epoch milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`
+/// ([`parse_rfc3339_ms`] reads it back).
 #[derive(Debug, Clone, Copy)]
 pub struct Rfc3339Millis(pub i64);
 
@@ -330,5 +419,67 @@ mod tests {
             "2000-02-29T00:00:00.000Z"
         );
         assert_eq!(Rfc3339Millis(-1).to_string(), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn rfc3339_reads_back_what_rfc3339_millis_writes() {
+        for ms in [
+            0,
+            -1,
+            1_795_420_800_123,
+            951_782_400_000,
+            -62_167_219_200_000,
+            253_402_300_799_999,
+        ] {
+            assert_eq!(parse_rfc3339_ms(&Rfc3339Millis(ms).to_string()), Ok(ms));
+        }
+        // Other offsets, precisions and the separators RFC 3339 allows
+        // (lower case; a space for the `T`, its §5.6 note).
+        let t = 1_795_420_800_123;
+        for text in [
+            "2026-11-23T09:00:00.123+01:00",
+            "2026-11-23T03:30:00.123-04:30",
+            "2026-11-23T08:00:00.123456789Z",
+            "2026-11-23t08:00:00.123z",
+            "2026-11-23 08:00:00.123Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(text), Ok(t), "{text}");
+        }
+        assert_eq!(parse_rfc3339_ms("2026-11-23T08:00:00Z"), Ok(t - 123));
+        // Sub-millisecond fractions round towards the past, also before 1970.
+        assert_eq!(parse_rfc3339_ms("1969-12-31T23:59:59.9995Z"), Ok(-1));
+    }
+
+    #[test]
+    fn rfc3339_refuses_what_is_not_a_timestamp() {
+        for text in [
+            "",
+            "1795420800123",
+            "2026-11-23",
+            "2026-11-23T08:00:00.123",
+            "2026-13-01T00:00:00.000Z",
+            "2026-02-30T00:00:00.000Z",
+            "10000-01-01T00:00:00.000Z",
+            "-001-01-01T00:00:00.000Z",
+        ] {
+            let error = parse_rfc3339_ms(text).expect_err(text);
+            assert!(
+                error.to_string().contains("is not an RFC 3339 timestamp"),
+                "{error}"
+            );
+        }
+        let long = "9".repeat(1000);
+        let message = parse_rfc3339_ms(&long).map_err(|e| e.to_string());
+        assert!(message.is_err_and(|m| m.len() < 200));
+    }
+
+    #[test]
+    fn vehicle_ids_are_validated_when_read() {
+        let id: Result<VehicleId, _> = serde_json::from_str("\"van-42\"");
+        assert_eq!(id.map(|v| v.to_string()).ok().as_deref(), Some("van-42"));
+        for bad in ["\"\"", "\"a/b\"", "42", "null"] {
+            let id: Result<VehicleId, _> = serde_json::from_str(bad);
+            assert!(id.is_err(), "{bad}");
+        }
     }
 }

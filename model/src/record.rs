@@ -3,15 +3,16 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
 
 use crate::ack::Ack;
 use crate::event::VehicleEvent;
-use crate::ping::{Ping, VehicleId, serialize_ts_ms};
+use crate::ping::{Ping, VehicleId, deserialize_ts_ms, serialize_ts_ms};
 use crate::reason::RejectReason;
 
 /// The gateway a record entered through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Gateway {
     /// The embedded MQTT broker.
@@ -42,10 +43,15 @@ impl Gateway {
             Gateway::Http => "http",
         }
     }
+
+    /// The gateway [`Gateway::as_str`] names, if any.
+    pub fn from_name(name: &str) -> Option<Gateway> {
+        Gateway::ALL.into_iter().find(|g| g.as_str() == name)
+    }
 }
 
 /// Where and when a record was received.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     /// Gateway it arrived through.
     #[serde(rename = "source")]
@@ -53,10 +59,13 @@ pub struct Origin {
     /// The authenticated device of a WebSocket/HTTP request, or the MQTT
     /// client id of a publish refused by the topic ACL; absent otherwise
     /// (the embedded broker's link does not say which client published).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<Arc<str>>,
     /// Receive time on the fleetpipe host, epoch milliseconds.
-    #[serde(serialize_with = "serialize_ts_ms")]
+    #[serde(
+        serialize_with = "serialize_ts_ms",
+        deserialize_with = "deserialize_ts_ms"
+    )]
     pub received_at: i64,
 }
 
@@ -72,7 +81,12 @@ pub struct Accepted {
 }
 
 /// An enriched ping, ready for the sinks.
-#[derive(Debug, Serialize)]
+///
+/// It serializes as the telemetry record of the output schema
+/// (docs/output-format.md §4) and deserializes from it, with an untracked
+/// [`Ack`] ([`Ack::none`]); [`crate::topic_record::decode`] also checks the
+/// record's headers and key.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct TelemetryRecord {
     /// Output schema version ([`crate::SCHEMA_VERSION`]).
     pub schema_version: u32,
@@ -85,35 +99,37 @@ pub struct TelemetryRecord {
     /// H3 cells of the position, one per configured resolution, as
     /// `(resolution, cell index)` in hex.
     #[serde(
+        default,
         skip_serializing_if = "Vec::is_empty",
-        serialize_with = "serialize_cells"
+        serialize_with = "serialize_cells",
+        deserialize_with = "deserialize_cells"
     )]
     pub h3: Vec<(u8, u64)>,
     /// What enrichment derived from the vehicle's history.
     #[serde(flatten)]
     pub enrichment: Enrichment,
     /// Settled by the sinks.
-    #[serde(skip)]
+    #[serde(skip, default = "Ack::none")]
     pub ack: Ack,
 }
 
 /// Per-ping facts derived from the vehicle's state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Enrichment {
     /// Ids of the geofences containing the position (exact test), in the
     /// order of the fence file.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fences: Vec<Arc<str>>,
     /// Great-circle distance from the vehicle's previous ping in device time,
     /// metres; absent for its first ping and for late pings.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distance_m: Option<f64>,
     /// Speed implied by `distance_m` over the time since the previous ping,
     /// km/h; only when the ping carries no `speed_kmh`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub derived_speed_kmh: Option<f64>,
     /// Quality flags.
-    #[serde(skip_serializing_if = "PingFlags::is_empty")]
+    #[serde(default, skip_serializing_if = "PingFlags::is_empty")]
     pub flags: PingFlags,
 }
 
@@ -155,6 +171,39 @@ impl Serialize for PingFlags {
     }
 }
 
+/// Reads the list of names [`PingFlags`] serializes as, in any order; an
+/// unknown name is an error.
+impl<'de> Deserialize<'de> for PingFlags {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Flag {
+            Late,
+            Duplicate,
+            Jump,
+        }
+        struct FlagsVisitor;
+        impl<'de> Visitor<'de> for FlagsVisitor {
+            type Value = PingFlags;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of flag names (late, duplicate, jump)")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<PingFlags, A::Error> {
+                let mut flags = PingFlags::default();
+                while let Some(flag) = seq.next_element::<Flag>()? {
+                    match flag {
+                        Flag::Late => flags.late = true,
+                        Flag::Duplicate => flags.duplicate = true,
+                        Flag::Jump => flags.jump = true,
+                    }
+                }
+                Ok(flags)
+            }
+        }
+        d.deserialize_seq(FlagsVisitor)
+    }
+}
+
 fn serialize_cells<S: serde::Serializer>(cells: &[(u8, u64)], s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
     let mut map = s.serialize_map(Some(cells.len()))?;
@@ -171,6 +220,82 @@ struct Displayed<T>(T);
 impl<T: std::fmt::Display> Serialize for Displayed<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&self.0)
+    }
+}
+
+/// Reads the `h3` object [`serialize_cells`] writes, keeping its order:
+/// keys are resolutions in decimal, values cell indexes in hex.
+fn deserialize_cells<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u8, u64)>, D::Error> {
+    struct CellsVisitor;
+    impl<'de> Visitor<'de> for CellsVisitor {
+        type Value = Vec<(u8, u64)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of H3 cells: resolution (decimal) to cell index (hex)")
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut cells = Vec::with_capacity(map.size_hint().unwrap_or(0).min(16));
+            while let Some((Parsed(res), Parsed(cell))) =
+                map.next_entry::<Parsed<Resolution>, Parsed<CellIndex>>()?
+            {
+                cells.push((res.0, cell.0));
+            }
+            Ok(cells)
+        }
+    }
+    d.deserialize_map(CellsVisitor)
+}
+
+/// A value deserialized from a string by its [`FromStr`](std::str::FromStr).
+struct Parsed<T>(T);
+
+impl<'de, T> Deserialize<'de> for Parsed<T>
+where
+    T: std::str::FromStr<Err = &'static str>,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ParsedVisitor<T>(std::marker::PhantomData<T>);
+        impl<T: std::str::FromStr<Err = &'static str>> Visitor<'_> for ParsedVisitor<T> {
+            type Value = Parsed<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Parsed<T>, E> {
+                v.parse()
+                    .map(Parsed)
+                    .map_err(|why| E::custom(format_args!("{v:?}: {why}")))
+            }
+        }
+        d.deserialize_str(ParsedVisitor(std::marker::PhantomData))
+    }
+}
+
+/// An H3 resolution as an `h3` key: decimal digits.
+struct Resolution(u8);
+
+impl std::str::FromStr for Resolution {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("an H3 resolution is written in decimal digits");
+        }
+        s.parse()
+            .map(Resolution)
+            .map_err(|_| "H3 resolution out of range")
+    }
+}
+
+/// An H3 cell index as an `h3` value: 1 to 16 hex digits.
+struct CellIndex(u64);
+
+impl std::str::FromStr for CellIndex {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("an H3 cell index is written in 1 to 16 hex digits");
+        }
+        u64::from_str_radix(s, 16)
+            .map(CellIndex)
+            .map_err(|_| "H3 cell index out of range")
     }
 }
 
@@ -205,6 +330,28 @@ pub struct DeadLetter {
 fn serialize_base64<S: serde::Serializer>(raw: &Bytes, s: S) -> Result<S::Ok, S::Error> {
     use base64::Engine as _;
     s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
+/// What the gateways hand to enrichment: an accepted ping or a dead letter.
+/// In one process they travel on separate queues; between a `gateway` and
+/// an `enrich` role, both go through the raw topic
+/// ([`crate::topic_record::encode_raw`]).
+#[derive(Debug)]
+pub enum RawRecord {
+    /// A ping that passed validation.
+    Ping(Accepted),
+    /// A rejected input.
+    DeadLetter(DeadLetter),
+}
+
+impl RawRecord {
+    /// The record's acknowledgement handle.
+    pub fn into_ack(self) -> Ack {
+        match self {
+            RawRecord::Ping(a) => a.ack,
+            RawRecord::DeadLetter(d) => d.ack,
+        }
+    }
 }
 
 /// Everything a sink writes.

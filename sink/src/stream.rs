@@ -1,5 +1,10 @@
 //! The kinds of record every sink keeps apart: its directory (file sink),
 //! topic (Kafka) or table, and the `stream` label of the sink metrics.
+//!
+//! The Kafka topics' streams, which add the raw topic between the
+//! `gateway` and `enrich` roles (no sink writes it), are the model's
+//! [`topic_record::Stream`](fleetpipe_model::topic_record::Stream); the
+//! names of the three they share are the same.
 
 use fleetpipe_model::SinkRecord;
 
@@ -63,5 +68,17 @@ mod tests {
             Stream::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(names.len(), Stream::COUNT);
         assert_eq!(Stream::Event.as_str(), "events");
+    }
+
+    #[test]
+    fn names_are_the_topic_streams_names() {
+        use fleetpipe_model::topic_record::Stream as Topic;
+        for (sink, topic) in
+            Stream::ALL
+                .into_iter()
+                .zip([Topic::Telemetry, Topic::DeadLetter, Topic::Event])
+        {
+            assert_eq!(sink.as_str(), topic.as_str());
+        }
     }
 }

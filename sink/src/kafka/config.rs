@@ -7,6 +7,12 @@ use serde::Deserialize;
 
 use super::KafkaError;
 
+/// Encoding of telemetry values (`json` or `protobuf`): the model's
+/// [`TelemetryFormat`](fleetpipe_model::topic_record::TelemetryFormat),
+/// since the topics' record format is defined there
+/// ([`fleetpipe_model::topic_record`]).
+pub use fleetpipe_model::topic_record::TelemetryFormat as KafkaFormat;
+
 /// Value of [`KafkaConfig::brokers`] that starts librdkafka's mock cluster
 /// inside fleetpipe instead of connecting to a real one.
 pub const EMBEDDED: &str = "embedded";
@@ -31,32 +37,6 @@ const RESERVED_OPTIONS: [&str; 1] = [
     // Without a report per successful record no ack could ever be marked.
     "delivery.report.only.error",
 ];
-
-/// Encoding of record values.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KafkaFormat {
-    /// Telemetry as the JSON output schema (the file sink's lines, without
-    /// the newline); content type `application/json`.
-    #[default]
-    Json,
-    /// Telemetry as a Protobuf `fleetpipe.v1.Ping` (the model crate's
-    /// `proto/fleetpipe/v1/telemetry.proto`); content type
-    /// `application/x-protobuf`. It carries the ping only, not the origin,
-    /// H3 cells or enrichment. Dead letters keep their raw bytes and events
-    /// are CloudEvents JSON either way.
-    Protobuf,
-}
-
-impl KafkaFormat {
-    /// The `content-type` header of telemetry records.
-    pub const fn content_type(self) -> &'static str {
-        match self {
-            KafkaFormat::Json => "application/json",
-            KafkaFormat::Protobuf => "application/x-protobuf",
-        }
-    }
-}
 
 /// Settings of the Kafka sink.
 ///

@@ -15,8 +15,9 @@
 //! get a real Kafka protocol endpoint without a broker to install.
 //!
 //! - [`config`](KafkaConfig): the `[sink.kafka]` settings.
-//! - `encode`: the pure mapping of a record to key, value and headers;
-//!   `protobuf` writes the Protobuf value.
+//! - The pure mapping of a record to key, value and headers is the model's
+//!   [`topic_record`](fleetpipe_model::topic_record), shared with the roles
+//!   that consume these topics.
 //! - `service`: producer creation (options, librdkafka callbacks) and the
 //!   embedded mock cluster.
 //! - `sink`: [`KafkaSink::run`], the async loop that sends records in input
@@ -24,7 +25,6 @@
 //!   records metrics.
 
 mod config;
-mod encode;
 mod error;
 mod service;
 mod sink;

@@ -6,16 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::metrics::{Gauge, Histogram};
+use fleetpipe_model::topic_record::{self, Encoded};
 use fleetpipe_model::{Ack, SinkRecord};
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::encode::{self, Encoded, Stream};
 use super::service::{self, EmbeddedCluster, ErrorSignal, Producer};
 use super::{KafkaConfig, KafkaError, KafkaFormat};
 use crate::metrics::{self, StreamCounters};
+use crate::stream::Stream;
 
 /// Value of the `sink` label of every metric this sink records.
 const SINK: &str = "kafka";
@@ -247,7 +248,7 @@ impl Sender<'_> {
                 break;
             };
             let stream = Stream::of(&record);
-            let encoded = match encode::encode(&record, self.format) {
+            let encoded = match topic_record::encode(&record, self.format) {
                 Ok(encoded) => encoded,
                 Err(e) => {
                     tracing::error!(
@@ -270,7 +271,7 @@ impl Sender<'_> {
                     self.in_flight.clone(),
                 ),
             });
-            if let Err(e) = self.send(&encoded, delivery).await {
+            if let Err(e) = self.send(stream, &encoded, delivery).await {
                 let kind = ErrorKind::of(&e);
                 tracing::error!(
                     error = %e,
@@ -287,10 +288,16 @@ impl Sender<'_> {
         let _ = self.permits.acquire_many(all).await;
     }
 
-    /// Hands `record` to librdkafka, waiting while its queue is full. A
-    /// refused record's `delivery` is dropped, which fails its ack.
-    async fn send(&self, record: &Encoded, delivery: Box<Delivery>) -> Result<(), RdKafkaError> {
-        let topic = match record.stream {
+    /// Hands `record` (of `stream`) to librdkafka, waiting while its queue
+    /// is full. A refused record's `delivery` is dropped, which fails its
+    /// ack.
+    async fn send(
+        &self,
+        stream: Stream,
+        record: &Encoded,
+        delivery: Box<Delivery>,
+    ) -> Result<(), RdKafkaError> {
+        let topic = match stream {
             Stream::Telemetry => self.telemetry_topic,
             Stream::DeadLetter => self.dlq_topic,
             Stream::Event => self.events_topic,

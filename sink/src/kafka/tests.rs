@@ -1,6 +1,7 @@
-//! Tests of the Kafka sink: pure encoding on fixtures, then records in and
-//! Kafka records out through a real Kafka protocol endpoint (librdkafka's
-//! mock cluster), read back with an rdkafka consumer and with kcat.
+//! Tests of the Kafka sink: records in and Kafka records out through a real
+//! Kafka protocol endpoint (librdkafka's mock cluster), read back with an
+//! rdkafka consumer and with kcat. The pure encoding is tested on fixtures
+//! where it is defined, the model's `topic_record`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -8,12 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use fleetpipe_model::proto;
+use fleetpipe_model::topic_record;
 use fleetpipe_model::{
     Ack, AckStatus, AttrValue, BatchAck, DeadLetter, Enrichment, EventType, Gateway, Origin, Ping,
     PingFlags, RejectReason, SCHEMA_VERSION, SinkRecord, TelemetryRecord, VehicleEvent, VehicleId,
 };
-use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, Message as _, Timestamp};
@@ -23,7 +23,6 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::encode::{self, Stream};
 use super::service::{self, EmbeddedCluster};
 use super::sink::{ErrorKind, is_retriable};
 use super::{KafkaConfig, KafkaError, KafkaFormat, KafkaSink};
@@ -309,146 +308,7 @@ fn assert_per_vehicle_order(records: &[Read], per_key: u64) -> usize {
     seqs.len()
 }
 
-// ---- encoding ---------------------------------------------------------------
-
-#[test]
-fn json_value_is_the_output_schema_with_its_headers() {
-    let SinkRecord::Telemetry(record) = telemetry(42, 7, Ack::none()) else {
-        unreachable!()
-    };
-    let expected = serde_json::to_vec(&record).expect("encodes");
-    let record = SinkRecord::Telemetry(record);
-    let encoded = encode::encode(&record, KafkaFormat::Json).expect("encodes");
-
-    assert_eq!(encoded.stream, Stream::Telemetry);
-    assert_eq!(encoded.key.as_ref().map(VehicleId::as_str), Some("veh-042"));
-    assert_eq!(&encoded.value[..], &expected[..]);
-    let value: Value = serde_json::from_slice(&encoded.value).expect("JSON");
-    assert_eq!(value["schema_version"], SCHEMA_VERSION);
-    assert_eq!(value["vehicle_id"], "veh-042");
-    assert_eq!(value["seq"], 7);
-    assert_eq!(value["ts"], "2026-11-23T08:00:00.007Z");
-    assert_eq!(value["lat"], 52.52);
-    assert_eq!(value["lon"], 13.405);
-    assert_eq!(value["speed_kmh"], 42.5);
-    assert_eq!(value["soc_pct"], 81.25);
-    assert_eq!(value["ignition"], true);
-    assert_eq!(value["dtcs"][0], "P0301");
-    assert_eq!(value["attrs"]["door"], "open");
-    assert_eq!(value["source"], "mqtt");
-    assert_eq!(value["client"], "dev-7");
-    assert_eq!(value["received_at"], "2026-11-23T08:00:00.500Z");
-    assert_eq!(value["h3"]["7"], "871f1d489fffffff");
-    assert!(
-        value.get("ack").is_none() && value.get("alt_m").is_none(),
-        "{value}"
-    );
-    assert_eq!(
-        encoded.headers,
-        vec![
-            ("schema_version", "1".to_owned()),
-            ("content-type", "application/json".to_owned()),
-        ]
-    );
-    assert_eq!(encoded.timestamp_ms, Some(T0_MS + 500));
-    // Nothing derived: no enrichment field, never null or empty.
-    for field in ["fences", "distance_m", "derived_speed_kmh", "flags"] {
-        assert!(value.get(field).is_none(), "{field}: {value}");
-    }
-}
-
-#[test]
-fn json_telemetry_carries_the_enrichment() {
-    let mut record = telemetry_record(vehicle(42), 7, Ack::none());
-    record.enrichment = enrichment();
-    let record = SinkRecord::Telemetry(record);
-    let encoded = encode::encode(&record, KafkaFormat::Json).expect("encodes");
-    let value: Value = serde_json::from_slice(&encoded.value).expect("JSON");
-    assert_eq!(
-        value["fences"],
-        serde_json::json!(["depot-7", "city-centre"])
-    );
-    assert_eq!(value["distance_m"], 152.25);
-    assert_eq!(value["derived_speed_kmh"], 54.81);
-    assert_eq!(value["flags"], serde_json::json!(["duplicate", "jump"]));
-    assert_eq!(value["seq"], 7);
-}
-
-#[test]
-fn event_value_is_the_cloudevent_in_structured_mode_whatever_the_format() {
-    for format in [KafkaFormat::Json, KafkaFormat::Protobuf] {
-        for n in 0..EventType::ALL.len() as u64 {
-            let record = event(3, n, Ack::none());
-            let SinkRecord::Event(sent) = &record else {
-                unreachable!()
-            };
-            let encoded = encode::encode(&record, format).expect("encodes");
-            assert_eq!(encoded.stream, Stream::Event);
-            assert_eq!(encoded.key.as_ref().map(VehicleId::as_str), Some("veh-003"));
-            assert_eq!(
-                std::str::from_utf8(&encoded.value).expect("UTF-8"),
-                sent.to_json(),
-                "{format:?}"
-            );
-            let value: Value = serde_json::from_slice(&encoded.value).expect("JSON");
-            assert_eq!(value["specversion"], "1.0");
-            assert_eq!(value["type"], EventType::ALL[n as usize].as_str());
-            assert_eq!(value["subject"], "veh-003");
-            assert_eq!(value["data"]["n"], n);
-            assert_eq!(
-                encoded.headers,
-                vec![
-                    ("content-type", "application/cloudevents+json".to_owned()),
-                    ("ce_id", sent.id.clone()),
-                    ("ce_type", EventType::ALL[n as usize].as_str().to_owned()),
-                ]
-            );
-            // Produce time, not the (device) event time.
-            assert_eq!(encoded.timestamp_ms, None);
-        }
-    }
-}
-
-#[test]
-fn dead_letter_value_is_the_raw_bytes_with_metadata_in_headers() {
-    let record = dead_letter(3, Some(vehicle(9)), Ack::none());
-    let encoded = encode::encode(&record, KafkaFormat::Json).expect("encodes");
-    assert_eq!(encoded.stream, Stream::DeadLetter);
-    assert_eq!(&encoded.value[..], RAW);
-    assert_eq!(encoded.key.as_ref().map(VehicleId::as_str), Some("veh-009"));
-    assert_eq!(
-        encoded.headers,
-        vec![
-            ("reason", "coord_invalid".to_owned()),
-            (
-                "detail",
-                "dead letter 3: lat 91.5 is outside [-90, 90]".to_owned()
-            ),
-            ("source", "mqtt".to_owned()),
-            ("received_at", "2026-11-23T08:00:00.500Z".to_owned()),
-            ("topic", "fleet/v1/veh-009/telemetry".to_owned()),
-            ("vehicle_id", "veh-009".to_owned()),
-            ("schema_version", "1".to_owned()),
-        ]
-    );
-
-    // The format applies to telemetry only; an unknown vehicle means no key.
-    let record = dead_letter(4, None, Ack::none());
-    let encoded = encode::encode(&record, KafkaFormat::Protobuf).expect("encodes");
-    assert_eq!(&encoded.value[..], RAW);
-    assert_eq!(encoded.key, None);
-    let names: Vec<&str> = encoded.headers.iter().map(|(k, _)| *k).collect();
-    assert_eq!(
-        names,
-        [
-            "reason",
-            "detail",
-            "source",
-            "received_at",
-            "schema_version"
-        ]
-    );
-}
+// ---- Protobuf fixture ----------------------------------------------------------
 
 /// A ping exercising every field kind, and the bytes prost 0.14 encodes for
 /// its `fleetpipe.v1.Ping`, pinned so an accidental change of the wire
@@ -490,79 +350,6 @@ fn full_ping() -> (Ping, &'static str) {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[test]
-fn protobuf_value_is_the_wire_contract_ping_byte_for_byte() {
-    let (full, prost_hex) = full_ping();
-    let record = SinkRecord::Telemetry(TelemetryRecord {
-        schema_version: SCHEMA_VERSION,
-        ping: full,
-        origin: origin(),
-        h3: Vec::new(),
-        enrichment: Enrichment::default(),
-        ack: Ack::none(),
-    });
-    let encoded = encode::encode(&record, KafkaFormat::Protobuf).expect("encodes");
-    assert_eq!(hex(&encoded.value), prost_hex);
-    let SinkRecord::Telemetry(telemetry) = &record else {
-        unreachable!()
-    };
-    let decoded = proto::Ping::decode(encoded.value.clone()).expect("prost decodes the value");
-    assert_eq!(decoded, proto::Ping::from(&telemetry.ping));
-    assert_eq!(encoded.key.as_ref().map(VehicleId::as_str), Some("van-42"));
-    assert_eq!(
-        encoded.headers,
-        vec![
-            ("schema_version", "1".to_owned()),
-            ("content-type", "application/x-protobuf".to_owned()),
-        ]
-    );
-
-    // Only the required fields, a negative time and a zero coordinate
-    // (written: explicit presence).
-    let mut minimal = ping(VehicleId::parse("a").expect("valid id"), 0);
-    minimal.seq = None;
-    minimal.ts_ms = -1;
-    minimal.lat = 0.0;
-    minimal.lon = -180.0;
-    minimal.speed_kmh = None;
-    minimal.soc_pct = None;
-    minimal.ignition = None;
-    minimal.dtcs.clear();
-    minimal.attrs.clear();
-    let buf = proto::Ping::from(&minimal).encode_to_vec();
-    assert_eq!(
-        hex(&buf),
-        "0a016118ffffffffffffffffff012100000000000000002900000000008066c0"
-    );
-}
-
-#[test]
-fn to_proto_maps_every_field() {
-    use fleetpipe_model::proto::attr_value::Kind;
-    let (ping, _) = full_ping();
-    let p = proto::Ping::from(&ping);
-    assert_eq!(p.vehicle_id, "van-42");
-    assert_eq!(p.seq, Some(300));
-    assert_eq!(p.ts_ms, Some(1_795_420_800_123));
-    assert_eq!((p.lat, p.lon), (Some(52.52), Some(13.405)));
-    assert_eq!(p.alt_m, Some(-12.5));
-    assert_eq!(p.speed_kmh, Some(42.5));
-    assert_eq!(p.heading_deg, Some(359.9));
-    assert_eq!(p.accuracy_m, Some(3.0));
-    assert_eq!(p.soc_pct, Some(81.25));
-    assert_eq!(p.battery_v, Some(12.6));
-    assert_eq!(p.charging, Some(false));
-    assert_eq!(p.odometer_km, Some(123_456.7));
-    assert_eq!(p.ignition, Some(true));
-    assert_eq!(p.dtcs, ["P0301", ""]);
-    let kind = |k: &str| p.attrs.get(k).and_then(|a| a.kind.clone());
-    assert_eq!(kind("door"), Some(Kind::StringValue("open".to_owned())));
-    assert_eq!(kind("neg"), Some(Kind::IntValue(-3)));
-    assert_eq!(kind("temp"), Some(Kind::DoubleValue(-4.25)));
-    assert_eq!(kind("ok"), Some(Kind::BoolValue(false)));
-    assert_eq!(p.attrs.len(), 6);
 }
 
 // ---- errors -------------------------------------------------------------------
@@ -1277,7 +1064,7 @@ fn metrics_follow_the_contract() {
     let telemetry_bytes: u64 = (0..TELEMETRY)
         .map(|seq| {
             let record = telemetry(0, seq, Ack::none());
-            encode::encode(&record, KafkaFormat::Json)
+            topic_record::encode(&record, KafkaFormat::Json)
                 .expect("encodes")
                 .value
                 .len() as u64
@@ -1285,7 +1072,7 @@ fn metrics_follow_the_contract() {
         .sum();
     let event_bytes: u64 = (0..EVENTS)
         .map(|n| {
-            encode::encode(&event(0, n, Ack::none()), KafkaFormat::Json)
+            topic_record::encode(&event(0, n, Ack::none()), KafkaFormat::Json)
                 .expect("encodes")
                 .value
                 .len() as u64

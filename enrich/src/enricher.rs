@@ -5,7 +5,7 @@
 //! its own; the per-vehicle state machine (`vehicle.rs`, geofences, trips)
 //! lives next to it without knowing about channels either.
 
-use fleetpipe_model::{Accepted, Enrichment, SCHEMA_VERSION, TelemetryRecord};
+use fleetpipe_model::{Accepted, TelemetryRecord};
 use h3o::{LatLng, LatLngIndexer, Resolution};
 
 use crate::config::EnrichConfig;
@@ -44,15 +44,10 @@ impl Enricher {
     /// `fleetpipe_enrich_h3_errors_total` once per missing cell, rather than
     /// losing the ping.
     pub fn enrich(&self, accepted: Accepted) -> TelemetryRecord {
-        let Accepted { ping, origin, ack } = accepted;
-        let h3 = self.cells(ping.lat, ping.lon);
+        let h3 = self.cells(accepted.ping.lat, accepted.ping.lon);
         TelemetryRecord {
-            schema_version: SCHEMA_VERSION,
-            ping,
-            origin,
             h3,
-            enrichment: Enrichment::default(),
-            ack,
+            ..TelemetryRecord::unenriched(accepted)
         }
     }
 
@@ -225,7 +220,7 @@ mod tests {
     #[test]
     fn carries_ping_and_origin_unchanged_with_schema_version() {
         let record = enricher(&[7, 9]).enrich(accepted(SF.0, SF.1, Ack::none()));
-        assert_eq!(record.schema_version, SCHEMA_VERSION);
+        assert_eq!(record.schema_version, fleetpipe_model::SCHEMA_VERSION);
         assert_eq!(record.ping, ping(SF.0, SF.1));
         assert_eq!(record.origin, origin());
     }

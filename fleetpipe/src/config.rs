@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use fleetpipe_enrich::{EnrichConfig, EnrichError};
 use fleetpipe_geofence::GeofenceConfig;
 use fleetpipe_ingest::IngestConfigError;
@@ -19,6 +19,7 @@ use serde::Deserialize;
 pub use fleetpipe_ingest::IngestConfig;
 pub use fleetpipe_sink::SinksConfig as SinkConfig;
 
+use crate::cluster::{ClusterConfig, ClusterConfigError, Role};
 use crate::ops::{OpsConfig, OpsConfigError};
 use fleetpipe_geofence::service::LoadError;
 
@@ -47,6 +48,10 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[cluster]`: the role of this process and the Kafka topics and
+    /// groups between the roles.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 /// `pipeline`: the bounded queues between stages.
@@ -163,23 +168,34 @@ pub enum InvalidConfig {
     /// A rule of `[ops]`.
     #[error(transparent)]
     Ops(#[from] OpsConfigError),
+    /// A rule of `[cluster]`, or between the role and `[sink]`.
+    #[error(transparent)]
+    Cluster(#[from] ClusterConfigError),
 }
 
 impl Config {
     /// Loads `path`, then applies `FLEETPIPE_*` environment overrides, then checks.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::load_with_env(path, Env::prefixed("FLEETPIPE_").split("__"))
+        Self::load_as(path, None)
     }
 
-    fn load_with_env(path: &Path, env: Env) -> Result<Self, ConfigError> {
+    /// [`Config::load`], with `cluster.role` set to `role` when given (it
+    /// wins over the file and the environment: `fleetpipe run --role`).
+    pub fn load_as(path: &Path, role: Option<Role>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, Env::prefixed("FLEETPIPE_").split("__"), role)
+    }
+
+    fn load_with_env(path: &Path, env: Env, role: Option<Role>) -> Result<Self, ConfigError> {
         // Read it ourselves: figment would silently treat a missing file as empty.
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
             path: path.display().to_string(),
             source,
         })?;
-        let config: Config = Figment::new()
-            .merge(Toml::string(&text))
-            .merge(env)
+        let mut figment = Figment::new().merge(Toml::string(&text)).merge(env);
+        if let Some(role) = role {
+            figment = figment.merge(Serialized::default("cluster.role", role.as_str()));
+        }
+        let config: Config = figment
             .extract()
             .map_err(|e| InvalidConfig::Parse(one_line(&e)))?;
         config.check()?;
@@ -203,6 +219,7 @@ impl Config {
         // Parses the fence file (without indexing it).
         fleetpipe_geofence::service::check_config(&self.geofence)?;
         self.sink.validate(self.ingest.limits.max_past)?;
+        self.cluster.validate(&self.sink)?;
         Ok(())
     }
 }
@@ -395,6 +412,19 @@ mod tests {
             e.contains("ingest.mqtt.broker_url is a key of mode \"external\""),
             "{e}"
         );
+    }
+
+    /// The shipped role configurations pass the check, in their role.
+    #[test]
+    fn the_shipped_role_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/roles");
+        for (file, role) in [
+            ("gateway.toml", Role::Gateway),
+            ("writer.toml", Role::Writer),
+        ] {
+            let c = Config::load(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(c.cluster.role, role, "{file}");
+        }
     }
 
     #[test]

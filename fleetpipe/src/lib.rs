@@ -7,12 +7,16 @@
 //! pipeline is assembled from the configured components (sources from
 //! `fleetpipe-ingest`, sinks from `fleetpipe-sink`), and every task it runs
 //! is owned by a supervised set (`tasks`): one that ends early stops it.
+//! Which part of the pipeline a process runs is its role ([`cluster`]):
+//! the whole of it, or one part of a layout connected by Kafka topics.
 
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;
+mod roles;
 mod tasks;
 
 pub use config::Config;

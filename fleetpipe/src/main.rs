@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fleetpipe::cluster::Role;
 use fleetpipe::config::LogFormat;
 use fleetpipe::demo::DemoOptions;
 use fleetpipe::{Config, Pipeline};
@@ -37,6 +38,10 @@ enum Command {
         /// Configuration file (TOML); keys can be overridden by FLEETPIPE_* variables.
         #[arg(long, short, default_value = "config/fleetpipe.toml")]
         config: PathBuf,
+        /// What this process runs; wins over cluster.role (see [cluster] in
+        /// the configuration and ARCHITECTURE.md, "Roles").
+        #[arg(long, value_enum)]
+        role: Option<Role>,
     },
     /// Run the pipeline with a simulated fleet driving through it: vans on
     /// delivery tours in a synthetic city publish over MQTT, and a summary
@@ -129,7 +134,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => run_with(&config, |config| async move {
+        Command::Run { config, role } => run_with(&config, role, |config| async move {
             // Prometheus only: a production process reads nothing back.
             fleetpipe::ops::install_for_serving();
             let shutdown = CancellationToken::new();
@@ -138,7 +143,7 @@ fn main() -> ExitCode {
             pipeline.wait().await?;
             Ok(())
         }),
-        Command::Demo { config, options } => run_with(&config, |config| async move {
+        Command::Demo { config, options } => run_with(&config, None, |config| async move {
             let stop = CancellationToken::new();
             tokio::spawn(cancel_on_signal(stop.clone()));
             fleetpipe::demo::run(config, options, stop, std::io::stdout()).await?;
@@ -150,12 +155,12 @@ fn main() -> ExitCode {
 /// Loads the config, starts logging and a multi-threaded runtime, and runs
 /// `body` on it; errors end as one line on stderr, whatever the log format,
 /// since operators and supervisors read the last line of a failed start.
-fn run_with<F, Fut>(config: &std::path::Path, body: F) -> ExitCode
+fn run_with<F, Fut>(config: &std::path::Path, role: Option<Role>, body: F) -> ExitCode
 where
     F: FnOnce(Config) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let config = match Config::load(config) {
+    let config = match Config::load_as(config, role) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

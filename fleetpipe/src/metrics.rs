@@ -11,8 +11,12 @@ pub const PIPELINE_INFLIGHT_BYTES: &str = "fleetpipe_pipeline_inflight_bytes";
 /// Gauge, label `sink`: records waiting in a sink's queue.
 pub const SINK_QUEUE_DEPTH: &str = "fleetpipe_sink_queue_depth";
 
+/// Counter, label `topic`: records of an output topic the writer role could
+/// not decode (each stored as a `decode_failed` dead letter).
+pub const WRITER_UNDECODABLE_TOTAL: &str = "fleetpipe_writer_undecodable_total";
+
 /// Every metric the pipeline records itself.
-pub const ALL: [Metric; 2] = [
+pub const ALL: [Metric; 3] = [
     Metric {
         name: PIPELINE_INFLIGHT_BYTES,
         kind: Kind::Gauge,
@@ -26,6 +30,13 @@ pub const ALL: [Metric; 2] = [
         unit: Unit::Count,
         description: "Records waiting in each sink's queue, by sink",
         labels: &["sink"],
+    },
+    Metric {
+        name: WRITER_UNDECODABLE_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        description: "Writer role: records of an output topic that did not decode, by topic (each stored as a decode_failed dead letter)",
+        labels: &["topic"],
     },
 ];
 
@@ -44,6 +55,11 @@ pub fn sink_queue_depth(sink: &'static str) -> Gauge {
     metrics::gauge!(SINK_QUEUE_DEPTH, "sink" => sink)
 }
 
+/// The writer could not decode a record of `topic`.
+pub fn writer_undecodable(topic: &str) {
+    metrics::counter!(WRITER_UNDECODABLE_TOTAL, "topic" => topic.to_owned()).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use fleetpipe_model::metrics::Metric;
@@ -60,10 +76,10 @@ mod tests {
             describe();
             pipeline_inflight_bytes().set(1024.0);
             sink_queue_depth("file").set(3.0);
+            writer_undecodable("fleet.telemetry.v1");
         });
         let snapshot = snapshotter.snapshot().into_vec();
         for metric in ALL {
-            assert_eq!(metric.kind, Kind::Gauge, "{}", metric.name);
             recorded(&metric, &snapshot);
         }
     }

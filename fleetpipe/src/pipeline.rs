@@ -4,7 +4,9 @@
 //!
 //! It is assembled from the configured components ([`SourceConfig`] and
 //! [`SinkConfig`]): each validates and builds itself, and the wiring here
-//! never names a concrete source or sink. Every task runs in a `Tasks`
+//! never names a concrete source or sink. That is the `all` role; the
+//! other roles (`cluster.role`) arrange the same components around Kafka
+//! topics (`roles.rs`), and this module runs whichever was chosen. Every task runs in a `Tasks`
 //! set under the shutdown token; one that ends before shutdown stops the
 //! pipeline (`tasks.rs`).
 //!
@@ -33,13 +35,14 @@ use fleetpipe_ingest::{
     Validator,
 };
 use fleetpipe_model::{Accepted, SinkRecord};
-use fleetpipe_sink::{BuiltSink, EmbeddedKafka, KafkaEndpoint, SinkContext, SinkError};
+use fleetpipe_sink::{BuiltSink, EmbeddedKafka, KafkaEndpoint, SinkConfig, SinkContext, SinkError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::{Config, InvalidConfig};
 use crate::ops::{self, Readiness};
+use crate::roles::{RoleContext, Running};
 use crate::tasks::{Failure, Tasks};
 
 /// Longest the operations listener may take to answer its requests in hand
@@ -128,6 +131,20 @@ pub enum PipelineError {
         /// The task.
         task: &'static str,
     },
+    /// A role that reads or writes Kafka has no `[sink.kafka]` (the
+    /// configuration check refuses this first).
+    #[error("cluster.role needs [sink.kafka]")]
+    NoKafka,
+    /// The Kafka client options are refused (`sink.kafka.librdkafka`).
+    #[error("sink.kafka.librdkafka: {0}")]
+    KafkaClient(#[from] fleetpipe_kafka::ClientConfigError),
+    /// The role's topics could not be created or are not as configured
+    /// (e.g. another partition count).
+    #[error("kafka topics: {0}")]
+    Topics(#[from] fleetpipe_kafka::TopicError),
+    /// The consumer group member could not start, or failed.
+    #[error(transparent)]
+    Consumer(#[from] fleetpipe_kafka::group::GroupError),
     /// Shutdown did not finish within `pipeline.shutdown_timeout`.
     #[error("shutdown did not finish within {0:?}; records still queued may not be written")]
     ShutdownTimeout(Duration),
@@ -143,24 +160,25 @@ pub struct Pipeline {
     ops: JoinHandle<()>,
     ops_stop: DropGuard,
     kafka: Option<KafkaEndpoint>,
-    inflight: InflightProbe,
+    inflight: Option<InflightProbe>,
     shutdown: CancellationToken,
     failure: Failure,
     shutdown_timeout: Duration,
     fences: FenceService,
-    /// Sources and what serves them: they end first at shutdown.
-    gateways: Tasks,
-    /// Enrichment, fan-out and sinks: they drain after the sources.
+    /// What takes data in (sources and what serves them, or a consumer
+    /// group): it ends first at shutdown.
+    intake: Tasks,
+    /// Enrichment, fan-out and sinks: they drain after the intake.
     stages: Tasks,
 }
 
 /// The queues between the stages and the acknowledgement plumbing the
 /// sources hand messages to.
-struct Queues {
-    ingestor: Ingestor,
-    pings: mpsc::Receiver<Accepted>,
-    enriched: mpsc::Sender<SinkRecord>,
-    records: mpsc::Receiver<SinkRecord>,
+pub(crate) struct Queues {
+    pub(crate) ingestor: Ingestor,
+    pub(crate) pings: mpsc::Receiver<Accepted>,
+    pub(crate) enriched: mpsc::Sender<SinkRecord>,
+    pub(crate) records: mpsc::Receiver<SinkRecord>,
 }
 
 impl Pipeline {
@@ -182,39 +200,23 @@ impl Pipeline {
         // Loaded and indexed before any gateway accepts: a bad fence file is
         // a failed start. Reloaded at run time, until `shutdown`.
         let mut fences = FenceService::start(&config.geofence, shutdown.clone()).await?;
-        let Queues {
-            ingestor,
-            pings,
-            enriched,
-            records,
-        } = Queues::new(config);
-        let limiter = ingestor.limiter().clone();
-        let cx = SourceContext {
-            ingestor: ingestor.clone(),
-            auth: Arc::clone(&auth),
-            shutdown: shutdown.clone(),
-        };
-        let sources = build_sources(config, &cx).await?;
-        // The sources hold what they need; this clone would keep the queues open.
-        drop(cx);
-        // Sinks that connect somewhere (and may wait for it) are built after
-        // the listeners are bound, so a taken port still fails fast.
-        let sinks = build_sinks(config).await?;
-        let enrich = start_enrichment(config, &fences, pings, enriched).await?;
-
         let failure = Failure::new(shutdown.clone());
-        let mut stages = Tasks::new(failure.clone());
-        let kafka = sinks.iter().find_map(|sink| sink.kafka.clone());
-        run_sinks(&mut stages, records, sinks);
-        stages.spawn("enrichment", async move {
-            enrich.join().await.map_err(PipelineError::FinalCheckpoint)
-        });
-        let mut gateways = Tasks::new(failure.clone());
-        let listeners = run_sources(&mut gateways, sources);
-        let inflight = ingestor.inflight_probe();
-        run_housekeeping(&mut gateways, &auth, limiter, &inflight, &shutdown);
+        let role = RoleContext {
+            config,
+            auth: &auth,
+            fences: &fences,
+            shutdown: &shutdown,
+            failure: &failure,
+        };
+        let Running {
+            mut intake,
+            stages,
+            listeners,
+            kafka,
+            inflight,
+        } = role.start().await?;
         if let Some(watcher) = fences.take_watcher() {
-            gateways.spawn("geofence file watcher", async move {
+            intake.spawn("geofence file watcher", async move {
                 watcher.run().await.map_err(PipelineError::Fences)
             });
         }
@@ -227,6 +229,7 @@ impl Pipeline {
         let http_addr =
             listen_addr(&listeners, "ingest.http.listen").unwrap_or(config.ingest.http.listen);
         tracing::info!(
+            role = config.cluster.role.as_str(),
             http = %http_addr,
             ops = %ops_addr,
             mqtt = ?listen_addr(&listeners, "ingest.mqtt.listen"),
@@ -245,7 +248,7 @@ impl Pipeline {
             failure,
             shutdown_timeout: config.pipeline.shutdown_timeout,
             fences,
-            gateways,
+            intake,
             stages,
         })
     }
@@ -305,7 +308,7 @@ impl Pipeline {
     /// Payload bytes whose records are in the pipeline now (see
     /// `pipeline.max_inflight_bytes`).
     pub fn inflight_bytes(&self) -> usize {
-        self.inflight.bytes()
+        self.inflight.as_ref().map_or(0, InflightProbe::bytes)
     }
 
     /// Waits for shutdown to be requested, then drains every stage.
@@ -314,8 +317,8 @@ impl Pipeline {
         self.shutdown.cancelled().await;
         tracing::info!("shutting down: gateways stop accepting, queued records are drained");
         let drain = async {
-            self.gateways.join_all().await;
-            tracing::info!("gateways stopped; draining enrichment and sinks");
+            self.intake.join_all().await;
+            tracing::info!("intake stopped; draining enrichment and sinks");
             self.stages.join_all().await;
         };
         let drained = tokio::time::timeout(self.shutdown_timeout, drain).await;
@@ -346,7 +349,7 @@ fn describe_metrics() {
 impl Queues {
     /// The bounded queues (`pipeline.ping_queue`, `pipeline.sink_queue`)
     /// and the ingestor in front of them.
-    fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         let (ping_tx, pings) = mpsc::channel(config.pipeline.ping_queue);
         let (enriched, records) = mpsc::channel(config.pipeline.sink_queue);
         let ingestor = Ingestor::new(
@@ -369,7 +372,7 @@ impl Queues {
 
 /// Builds every configured source: its listeners are bound, its tasks not
 /// yet running.
-async fn build_sources(
+pub(crate) async fn build_sources(
     config: &Config,
     cx: &SourceContext,
 ) -> Result<Vec<BuiltSource>, PipelineError> {
@@ -388,13 +391,16 @@ async fn build_sources(
     Ok(built)
 }
 
-/// Builds every configured sink, each with its own bounded input queue.
-async fn build_sinks(config: &Config) -> Result<Vec<BuiltSink>, PipelineError> {
+/// Builds `sinks`, each with its own bounded input queue.
+pub(crate) async fn build_sinks(
+    config: &Config,
+    sinks: Vec<SinkConfig>,
+) -> Result<Vec<BuiltSink>, PipelineError> {
     let cx = SinkContext {
         queue: config.pipeline.sink_queue,
     };
     let mut built = Vec::new();
-    for sink in config.sink.configured() {
+    for sink in sinks {
         let name = sink.name();
         let sink = sink
             .build(cx)
@@ -409,7 +415,7 @@ async fn build_sinks(config: &Config) -> Result<Vec<BuiltSink>, PipelineError> {
 /// it lives: in the database when there is one (reached as the sink reaches
 /// it: same URL, same TLS, same timeouts; the store creates its own
 /// `vehicle_state` table), else in `enrich.state_dir`.
-async fn start_enrichment(
+pub(crate) async fn start_enrichment(
     config: &Config,
     fences: &FenceService,
     input: mpsc::Receiver<Accepted>,
@@ -434,7 +440,11 @@ async fn start_enrichment(
 
 /// Runs every sink, and the fan-out that copies each record into every
 /// sink's queue.
-fn run_sinks(stages: &mut Tasks, records: mpsc::Receiver<SinkRecord>, sinks: Vec<BuiltSink>) {
+pub(crate) fn run_sinks(
+    stages: &mut Tasks,
+    records: mpsc::Receiver<SinkRecord>,
+    sinks: Vec<BuiltSink>,
+) {
     let mut inputs = Vec::with_capacity(sinks.len());
     for sink in sinks {
         let name = sink.name;
@@ -449,7 +459,10 @@ fn run_sinks(stages: &mut Tasks, records: mpsc::Receiver<SinkRecord>, sinks: Vec
 }
 
 /// Runs every task of every source; returns their bound listeners.
-fn run_sources(gateways: &mut Tasks, sources: Vec<BuiltSource>) -> Vec<(&'static str, SocketAddr)> {
+pub(crate) fn run_sources(
+    gateways: &mut Tasks,
+    sources: Vec<BuiltSource>,
+) -> Vec<(&'static str, SocketAddr)> {
     let mut listeners = Vec::new();
     for source in sources {
         listeners.extend(source.addrs);
@@ -465,7 +478,7 @@ fn run_sources(gateways: &mut Tasks, sources: Vec<BuiltSource>) -> Vec<(&'static
 
 /// The tasks beside the sources that run until shutdown: JWKS reloads (JWT
 /// mode with a key file), the rate limiter's sweep, the in-flight gauge.
-fn run_housekeeping(
+pub(crate) fn run_housekeeping(
     gateways: &mut Tasks,
     auth: &Authenticator,
     limiter: RateLimiter,

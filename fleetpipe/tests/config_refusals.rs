@@ -214,6 +214,56 @@ fn cases(ops_port: u16) -> Vec<Case> {
             "sink.kafka.compression",
         ),
         (
+            "Kafka partitioner",
+            vec![(
+                "sink.kafka",
+                "brokers = \"k:9092\"\n[sink.kafka.librdkafka]\npartitioner = \"consistent\"\n"
+                    .into(),
+            )],
+            "partitioner",
+        ),
+        (
+            "a role's shared Kafka",
+            vec![("cluster", "role = \"writer\"\n".into())],
+            "cluster.role = \"writer\" needs [sink.kafka]",
+        ),
+        (
+            "the gateway's only sink",
+            vec![
+                ("cluster", "role = \"gateway\"\n".into()),
+                ("sink.kafka", "brokers = \"k:9092\"\n".into()),
+            ],
+            "cluster.role = \"gateway\" writes only the raw topic",
+        ),
+        (
+            "the writer's sinks",
+            vec![
+                ("cluster", "role = \"writer\"\n".into()),
+                ("sink.kafka", "brokers = \"k:9092\"\n".into()),
+                ("sink.file", OMIT.into()),
+            ],
+            "cluster.role = \"writer\" needs [sink.file] or [sink.timescale]",
+        ),
+        (
+            "a raw topic of its own",
+            vec![
+                ("cluster", "role = \"gateway\"\nraw_topic = \"fleet.events.v1\"\n".into()),
+                ("sink.kafka", "brokers = \"k:9092\"\n".into()),
+                ("sink.file", OMIT.into()),
+            ],
+            "cluster.raw_topic",
+        ),
+        (
+            "partitions",
+            vec![("cluster", "partitions = 0\n".into())],
+            "cluster.partitions",
+        ),
+        (
+            "a revoke within the session",
+            vec![("cluster.group", "revoke_timeout = \"10s\"\n".into())],
+            "cluster.group.revoke_timeout",
+        ),
+        (
             "TimescaleDB writers",
             vec![("sink.timescale", format!("{TIMESCALE}writers = 0\n"))],
             "sink.timescale.writers",
@@ -278,5 +328,38 @@ fn config_check_and_run_refuse_each_broken_rule_with_the_same_message() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `run --role` wins over `cluster.role` and is checked like it: the valid
+/// base configuration run as a writer is refused for what a writer lacks.
+#[test]
+fn run_role_is_checked_like_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ops_port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_case(dir.path(), ops_port, &[]);
+    let run = fleetpipe()
+        .args(["run", "--role", "writer", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("cluster.role = \"writer\" needs [sink.kafka]"),
+        "{err}"
+    );
+    let bad = fleetpipe()
+        .args(["run", "--role", "sideways", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("sideways"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
     );
 }

@@ -35,6 +35,8 @@ pub mod test_support;
 pub use partitioner::{
     ClientConfigError, PARTITIONER, client_config, murmur2, partition_for, producer_config,
 };
+/// librdkafka client options, as [`client_config`] and [`producer_config`] make them.
+pub use rdkafka::ClientConfig;
 pub use topics::{
     ConfigCheck, ConfigDifference, TopicError, TopicOutcome, TopicSpec, TopicStatus, ensure_topics,
 };

@@ -23,10 +23,13 @@ pub enum Gateway {
     Websocket,
     /// `POST /v1/pings`.
     Http,
+    /// Not a device gateway: a record the `writer` role read from an output
+    /// topic and could not decode, kept as a dead letter.
+    Kafka,
 }
 
 impl Gateway {
-    /// Every gateway (used to pre-register metrics).
+    /// Every gateway devices reach (used to pre-register ingest metrics).
     pub const ALL: [Gateway; 4] = [
         Gateway::Mqtt,
         Gateway::MqttExternal,
@@ -41,12 +44,16 @@ impl Gateway {
             Gateway::MqttExternal => "mqtt_external",
             Gateway::Websocket => "websocket",
             Gateway::Http => "http",
+            Gateway::Kafka => "kafka",
         }
     }
 
     /// The gateway [`Gateway::as_str`] names, if any.
     pub fn from_name(name: &str) -> Option<Gateway> {
-        Gateway::ALL.into_iter().find(|g| g.as_str() == name)
+        Gateway::ALL
+            .into_iter()
+            .chain([Gateway::Kafka])
+            .find(|g| g.as_str() == name)
     }
 }
 
@@ -111,6 +118,22 @@ pub struct TelemetryRecord {
     /// Settled by the sinks.
     #[serde(skip, default = "Ack::none")]
     pub ack: Ack,
+}
+
+impl TelemetryRecord {
+    /// `accepted` as a record with nothing derived yet: no H3 cells, empty
+    /// enrichment (what a gateway forwards, and where enrichment starts).
+    pub fn unenriched(accepted: Accepted) -> Self {
+        let Accepted { ping, origin, ack } = accepted;
+        TelemetryRecord {
+            schema_version: crate::SCHEMA_VERSION,
+            ping,
+            origin,
+            h3: Vec::new(),
+            enrichment: Enrichment::default(),
+            ack,
+        }
+    }
 }
 
 /// Per-ping facts derived from the vehicle's state.
@@ -369,6 +392,19 @@ pub enum SinkRecord {
 }
 
 impl SinkRecord {
+    /// The record with `ack` as its acknowledgement (a record read back
+    /// from a topic, whose offset waits for it).
+    pub fn with_ack(self, ack: Ack) -> SinkRecord {
+        match self {
+            SinkRecord::Telemetry(r) => SinkRecord::Telemetry(TelemetryRecord { ack, ..r }),
+            SinkRecord::DeadLetter(r) => SinkRecord::DeadLetter(DeadLetter { ack, ..r }),
+            SinkRecord::Event(mut e) => {
+                e.ack = ack;
+                SinkRecord::Event(e)
+            }
+        }
+    }
+
     /// A copy of the record for another sink. Its ack is split from this
     /// one's, so the sender hears "delivered" only when every copy is.
     pub fn fork(&self) -> SinkRecord {

@@ -87,6 +87,14 @@ pub enum SinkConfig {
     Kafka(KafkaConfig),
     /// `[sink.timescale]`.
     Timescale(TimescaleConfig),
+    /// `[sink.kafka]`'s cluster, every record to the raw topic `topic` (the
+    /// `gateway` role's only sink).
+    RawKafka {
+        /// The cluster and producer settings.
+        kafka: KafkaConfig,
+        /// The raw topic (`cluster.raw_topic`).
+        topic: String,
+    },
 }
 
 /// What every sink is built with.
@@ -137,7 +145,7 @@ impl SinkConfig {
     pub fn name(&self) -> &'static str {
         match self {
             SinkConfig::File(_) => "file",
-            SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Kafka(_) | SinkConfig::RawKafka { .. } => "kafka",
             SinkConfig::Timescale(_) => "timescale",
         }
     }
@@ -151,7 +159,7 @@ impl SinkConfig {
     pub fn validate(&self) -> Result<(), SinkError> {
         match self {
             SinkConfig::File(c) => c.validate()?,
-            SinkConfig::Kafka(c) => c.validate()?,
+            SinkConfig::Kafka(c) | SinkConfig::RawKafka { kafka: c, .. } => c.validate()?,
             SinkConfig::Timescale(c) => {
                 c.validate()?;
                 // The URL and the TLS files, as the sink reads them at start.
@@ -176,14 +184,9 @@ impl SinkConfig {
                 let sink = FileSink::new(c.clone())?;
                 (Box::pin(async { Ok(sink.run(records).await?) }), None)
             }
-            SinkConfig::Kafka(c) => {
-                let sink = KafkaSink::new(c.clone()).await?;
-                let endpoint = KafkaEndpoint {
-                    bootstrap_servers: sink.bootstrap_servers(),
-                    embedded: sink.embedded(),
-                };
-                let run = Box::pin(async { Ok(sink.run(records).await?) });
-                (run, Some(endpoint))
+            SinkConfig::Kafka(c) => kafka_task(KafkaSink::new(c.clone()).await?, records),
+            SinkConfig::RawKafka { kafka, topic } => {
+                kafka_task(KafkaSink::raw(kafka.clone(), topic.clone()).await?, records)
             }
             SinkConfig::Timescale(c) => {
                 let sink = TimescaleSink::connect(c.clone()).await?;
@@ -197,6 +200,19 @@ impl SinkConfig {
             kafka,
         })
     }
+}
+
+/// A Kafka sink's loop and where readers find what it writes.
+fn kafka_task(
+    sink: KafkaSink,
+    records: mpsc::Receiver<SinkRecord>,
+) -> (SinkTask, Option<KafkaEndpoint>) {
+    let endpoint = KafkaEndpoint {
+        bootstrap_servers: sink.bootstrap_servers(),
+        embedded: sink.embedded(),
+    };
+    let run = Box::pin(async { Ok(sink.run(records).await?) });
+    (run, Some(endpoint))
 }
 
 /// Why a sink could not be configured, built or run.

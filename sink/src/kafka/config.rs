@@ -33,9 +33,11 @@ pub(crate) const MAX_IN_FLIGHT: usize = i32::MAX as usize;
 
 /// librdkafka options fleetpipe relies on and therefore does not let the
 /// pass-through map change.
-const RESERVED_OPTIONS: [&str; 1] = [
+const RESERVED_OPTIONS: [&str; 2] = [
     // Without a report per successful record no ack could ever be marked.
     "delivery.report.only.error",
+    // Every producer of a topic must send a vehicle to the same partition.
+    "partitioner",
 ];
 
 /// Settings of the Kafka sink.

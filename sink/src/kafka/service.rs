@@ -105,6 +105,10 @@ pub(crate) fn producer_config(config: &KafkaConfig, bootstrap: &str) -> ClientCo
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", bootstrap)
+        // One partitioner for every producer of a topic: the Java client's
+        // murmur2 (see fleetpipe-kafka), which the roles' consumers and any
+        // Kafka Streams application co-partitioning by vehicle agree with.
+        .set("partitioner", fleetpipe_kafka::PARTITIONER)
         .set("client.id", "fleetpipe")
         .set("enable.idempotence", "true")
         .set("acks", "all")

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ::metrics::{Gauge, Histogram};
 use fleetpipe_model::topic_record::{self, Encoded};
-use fleetpipe_model::{Ack, SinkRecord};
+use fleetpipe_model::{Accepted, Ack, RawRecord, SinkRecord};
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult};
@@ -36,9 +36,7 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(50);
 pub struct KafkaSink {
     producer: Producer,
     errors: Arc<ErrorSignal>,
-    telemetry_topic: String,
-    events_topic: String,
-    dlq_topic: String,
+    routing: Routing,
     format: KafkaFormat,
     max_in_flight: usize,
     bootstrap: String,
@@ -54,9 +52,7 @@ impl fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaSink")
             .field("bootstrap", &self.bootstrap)
-            .field("telemetry_topic", &self.telemetry_topic)
-            .field("events_topic", &self.events_topic)
-            .field("dlq_topic", &self.dlq_topic)
+            .field("routing", &self.routing)
             .field("format", &self.format)
             .field("max_in_flight", &self.max_in_flight)
             .field("embedded", &self.embedded.is_some())
@@ -78,13 +74,30 @@ impl KafkaSink {
     /// An invalid setting, a mock cluster that cannot start, or options
     /// librdkafka refuses (e.g. an unknown pass-through key).
     pub async fn new(config: KafkaConfig) -> Result<Self, KafkaError> {
+        let routing = Routing::Outputs {
+            telemetry: config.telemetry_topic.clone(),
+            events: config.events_topic.clone(),
+            dead_letters: config.dlq_topic.clone(),
+        };
+        Self::build(config, routing).await
+    }
+
+    /// A sink that produces every record to the raw topic `topic` instead
+    /// (the `gateway` role): telemetry records as the accepted pings they
+    /// are (no enrichment yet), dead letters as they are, each with the raw
+    /// topic's `record` header (see `fleetpipe_model::topic_record`).
+    ///
+    /// # Errors
+    ///
+    /// As [`KafkaSink::new`].
+    pub async fn raw(config: KafkaConfig, topic: String) -> Result<Self, KafkaError> {
+        Self::build(config, Routing::Raw { topic }).await
+    }
+
+    async fn build(config: KafkaConfig, routing: Routing) -> Result<Self, KafkaError> {
         config.validate()?;
         let embedded = if config.is_embedded() {
-            let topics = vec![
-                config.telemetry_topic.clone(),
-                config.events_topic.clone(),
-                config.dlq_topic.clone(),
-            ];
+            let topics = routing.topics();
             let cluster = EmbeddedCluster::start(
                 service::EMBEDDED_BROKERS,
                 topics,
@@ -117,9 +130,7 @@ impl KafkaSink {
             producer,
             errors,
             in_flight,
-            telemetry_topic: config.telemetry_topic,
-            events_topic: config.events_topic,
-            dlq_topic: config.dlq_topic,
+            routing,
             format: config.format,
             max_in_flight: config.max_in_flight,
             bootstrap,
@@ -166,9 +177,7 @@ impl KafkaSink {
         let KafkaSink {
             producer,
             errors,
-            telemetry_topic,
-            events_topic,
-            dlq_topic,
+            routing,
             format,
             max_in_flight,
             bootstrap: _,
@@ -177,9 +186,7 @@ impl KafkaSink {
         } = self;
         let sender = Sender {
             producer: &producer,
-            telemetry_topic: &telemetry_topic,
-            events_topic: &events_topic,
-            dlq_topic: &dlq_topic,
+            routing: &routing,
             format,
             max_in_flight,
             permits: Arc::new(Semaphore::new(max_in_flight)),
@@ -221,12 +228,85 @@ impl KafkaSink {
     }
 }
 
+/// Which topics the sink produces to, and in which records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Routing {
+    /// The output topics (roles `all` and, later, `enrich`): each stream
+    /// to its own topic.
+    Outputs {
+        telemetry: String,
+        events: String,
+        dead_letters: String,
+    },
+    /// Everything to the raw topic (role `gateway`).
+    Raw { topic: String },
+}
+
+impl Routing {
+    /// Every topic it writes (created in the embedded mock cluster).
+    fn topics(&self) -> Vec<String> {
+        match self {
+            Routing::Outputs {
+                telemetry,
+                events,
+                dead_letters,
+            } => vec![telemetry.clone(), events.clone(), dead_letters.clone()],
+            Routing::Raw { topic } => vec![topic.clone()],
+        }
+    }
+
+    /// The topic of a record of `stream`.
+    fn topic(&self, stream: Stream) -> &str {
+        match (self, stream) {
+            (Routing::Raw { topic }, _) => topic,
+            (Routing::Outputs { telemetry, .. }, Stream::Telemetry) => telemetry,
+            (Routing::Outputs { events, .. }, Stream::Event) => events,
+            (Routing::Outputs { dead_letters, .. }, Stream::DeadLetter) => dead_letters,
+        }
+    }
+
+    /// `record` as produced, and its ack.
+    fn encode(
+        &self,
+        record: SinkRecord,
+        format: KafkaFormat,
+    ) -> Result<(Encoded, Ack), EncodeError> {
+        match self {
+            Routing::Outputs { .. } => {
+                let encoded = topic_record::encode(&record, format)?;
+                Ok((encoded, record.into_ack()))
+            }
+            Routing::Raw { .. } => {
+                let raw = match record {
+                    SinkRecord::Telemetry(t) => RawRecord::Ping(Accepted {
+                        ping: t.ping,
+                        origin: t.origin,
+                        ack: t.ack,
+                    }),
+                    SinkRecord::DeadLetter(d) => RawRecord::DeadLetter(d),
+                    // Events come from enrichment, which a gateway does not run.
+                    SinkRecord::Event(_) => return Err(EncodeError::EventOnRawTopic),
+                };
+                let encoded = topic_record::encode_raw(&raw)?;
+                Ok((encoded, raw.into_ack()))
+            }
+        }
+    }
+}
+
+/// Why a record could not be encoded.
+#[derive(Debug, thiserror::Error)]
+enum EncodeError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("an event has no place on the raw topic")]
+    EventOnRawTopic,
+}
+
 /// The sending half of a running sink.
 struct Sender<'a> {
     producer: &'a Producer,
-    telemetry_topic: &'a str,
-    events_topic: &'a str,
-    dlq_topic: &'a str,
+    routing: &'a Routing,
     format: KafkaFormat,
     /// Permits of `permits` in all.
     max_in_flight: usize,
@@ -248,7 +328,7 @@ impl Sender<'_> {
                 break;
             };
             let stream = Stream::of(&record);
-            let encoded = match topic_record::encode(&record, self.format) {
+            let (encoded, ack) = match self.routing.encode(record, self.format) {
                 Ok(encoded) => encoded,
                 Err(e) => {
                     tracing::error!(
@@ -261,7 +341,7 @@ impl Sender<'_> {
                 }
             };
             let delivery = Box::new(Delivery {
-                ack: record.into_ack(),
+                ack,
                 stream,
                 bytes: encoded.value.len() as u64,
                 sent_at: Instant::now(),
@@ -297,11 +377,7 @@ impl Sender<'_> {
         record: &Encoded,
         delivery: Box<Delivery>,
     ) -> Result<(), RdKafkaError> {
-        let topic = match stream {
-            Stream::Telemetry => self.telemetry_topic,
-            Stream::DeadLetter => self.dlq_topic,
-            Stream::Event => self.events_topic,
-        };
+        let topic = self.routing.topic(stream);
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (key, value) in &record.headers {
             headers = headers.insert(Header {

@@ -1,0 +1,175 @@
+//! `[cluster]`: which part of the pipeline this process runs, and the
+//! Kafka topics and consumer groups that connect the parts when they run
+//! in separate processes.
+//!
+//! - `all` (the default): the whole pipeline in one process.
+//! - `gateway`: the sources only; each accepted ping and each dead letter
+//!   is produced to the raw topic (keyed by vehicle), and a device hears
+//!   "stored" when the raw record's delivery report is in.
+//! - `writer`: a member of the consumer group `{group_prefix}.writer` on
+//!   the telemetry, events and dead-letter topics of `[sink.kafka]`, writing
+//!   them to `[sink.file]` and/or `[sink.timescale]`; a record's offset is
+//!   committed only once every sink holds it.
+//!
+//! Every role reads the same Kafka cluster: `[sink.kafka]` (its `brokers`,
+//! topic names and `librdkafka` options).
+
+use std::time::Duration;
+
+use fleetpipe_kafka::group::{GroupConfig, GroupError};
+use fleetpipe_kafka::{ClientConfig, TopicSpec, client_config};
+use fleetpipe_sink::{KafkaConfig, SinksConfig};
+use serde::Deserialize;
+
+/// What one fleetpipe process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The whole pipeline in one process.
+    #[default]
+    All,
+    /// Sources, authentication, validation and rate limits; output to the
+    /// raw topic.
+    Gateway,
+    /// The telemetry, events and dead-letter topics into the database and
+    /// files.
+    Writer,
+}
+
+impl Role {
+    /// Its name, as configured.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Gateway => "gateway",
+            Role::Writer => "writer",
+        }
+    }
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// What this process runs (`fleetpipe run --role` wins over it).
+    pub role: Role,
+    /// Topic of what the gateways accepted and refused, keyed by vehicle,
+    /// read by the enrichment members. Internal between the roles.
+    pub raw_topic: String,
+    /// Partitions of the topics fleetpipe creates (the raw topic): the unit
+    /// of per-vehicle ownership. An existing topic with another count is a
+    /// start error; fleetpipe never repartitions.
+    pub partitions: i32,
+    /// Replication factor of the topics fleetpipe creates. With 3, and the
+    /// cluster's `min.insync.replicas = 2`, a record acknowledged with
+    /// `acks=all` survives the loss of one broker.
+    pub replication_factor: i32,
+    /// Consumer groups are named `{group_prefix}.{role}`.
+    pub group_prefix: String,
+    /// Consumer group membership (`[cluster.group]`).
+    pub group: GroupConfig,
+    /// Longest creating or checking the topics at start may take.
+    #[serde(with = "humantime_serde")]
+    pub topic_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            role: Role::All,
+            raw_topic: "fleet.raw.v1".into(),
+            partitions: 12,
+            replication_factor: 3,
+            group_prefix: "fleetpipe".into(),
+            group: GroupConfig::default(),
+            topic_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A `[cluster]` rule broken: the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterConfigError {
+    /// The role needs a Kafka cluster other processes share.
+    #[error(
+        "cluster.role = \"{0}\" needs [sink.kafka] with brokers other processes reach (not \"embedded\", which lives and dies with this process)"
+    )]
+    NoSharedKafka(&'static str),
+    /// The gateway writes only to the raw topic.
+    #[error(
+        "cluster.role = \"gateway\" writes only the raw topic: [sink.file] and [sink.timescale] belong to the writer role (or to role \"all\")"
+    )]
+    GatewaySinks,
+    /// The writer needs somewhere to write.
+    #[error("cluster.role = \"writer\" needs [sink.file] or [sink.timescale] to write to")]
+    WriterSinks,
+    /// A topic name is used twice.
+    #[error("cluster.raw_topic = {0:?} is also one of [sink.kafka]'s topics")]
+    RawTopic(String),
+    /// Partitions or replication out of range.
+    #[error("cluster.{0} must be at least 1")]
+    Count(&'static str),
+    /// A group setting.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+}
+
+impl ClusterConfig {
+    /// The rules of `[cluster]` and those between the role and `[sink]`.
+    ///
+    /// # Errors
+    ///
+    /// The first rule broken.
+    pub fn validate(&self, sinks: &SinksConfig) -> Result<(), ClusterConfigError> {
+        if self.partitions < 1 {
+            return Err(ClusterConfigError::Count("partitions"));
+        }
+        if self.replication_factor < 1 {
+            return Err(ClusterConfigError::Count("replication_factor"));
+        }
+        self.group.validate("cluster.group")?;
+        let role = self.role;
+        if role == Role::All {
+            return Ok(());
+        }
+        let kafka = match &sinks.kafka {
+            Some(kafka) if !kafka.is_embedded() => kafka,
+            _ => return Err(ClusterConfigError::NoSharedKafka(role.as_str())),
+        };
+        let topics = [
+            &kafka.telemetry_topic,
+            &kafka.events_topic,
+            &kafka.dlq_topic,
+        ];
+        if topics.contains(&&self.raw_topic) {
+            return Err(ClusterConfigError::RawTopic(self.raw_topic.clone()));
+        }
+        let local = sinks.file.is_some() || sinks.timescale.is_some();
+        match role {
+            Role::Gateway if local => Err(ClusterConfigError::GatewaySinks),
+            Role::Writer if !local => Err(ClusterConfigError::WriterSinks),
+            _ => Ok(()),
+        }
+    }
+
+    /// The consumer group of `role`.
+    pub fn group_id(&self, role: Role) -> String {
+        format!("{}.{}", self.group_prefix, role.as_str())
+    }
+
+    /// The raw topic as fleetpipe creates it.
+    pub fn raw_topic_spec(&self) -> TopicSpec {
+        TopicSpec::new(&self.raw_topic, self.partitions, self.replication_factor)
+    }
+}
+
+/// A client of `[sink.kafka]`'s cluster for consumers and admin requests.
+///
+/// # Errors
+///
+/// The pass-through options set what fleetpipe must decide itself.
+pub fn consumer_client(
+    kafka: &KafkaConfig,
+) -> Result<ClientConfig, fleetpipe_kafka::ClientConfigError> {
+    client_config(&kafka.brokers, &kafka.librdkafka)
+}

@@ -1,0 +1,306 @@
+//! The topology of each role (`cluster.role`), assembled from the same
+//! components:
+//!
+//! ```text
+//! all:     sources ─▶ enrichment ─▶ fan-out ─▶ sinks
+//! gateway: sources ─▶ raw ─────────▶ fan-out ─▶ Kafka (raw topic)
+//! writer:  Kafka group (telemetry, events, dead letters) ─▶ decode ─▶ fan-out ─▶ sinks
+//! ```
+//!
+//! Each returns its tasks in two sets: those that take data in (the
+//! sources, the consumer group), which stop first at shutdown, and the
+//! stages behind them, which drain after.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fleetpipe_geofence::service::FenceService;
+use fleetpipe_ingest::gateway::InflightProbe;
+use fleetpipe_ingest::{Authenticator, SourceContext};
+use fleetpipe_kafka::ensure_topics;
+use fleetpipe_kafka::group::{Delivery, GroupConsumer};
+use fleetpipe_model::topic_record::{Decoded, Stream, decode};
+use fleetpipe_model::{Accepted, DeadLetter, Gateway, Origin, RejectReason, SinkRecord};
+use fleetpipe_sink::{KafkaEndpoint, SinkConfig};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Role, consumer_client};
+use crate::config::Config;
+use crate::pipeline::{
+    PipelineError, Queues, build_sinks, build_sources, run_housekeeping, run_sinks, run_sources,
+    start_enrichment,
+};
+use crate::tasks::{Failure, Tasks};
+
+/// What a role's topology runs.
+pub(crate) struct Running {
+    /// What takes data in: ends first at shutdown.
+    pub(crate) intake: Tasks,
+    /// The stages behind it: they drain after.
+    pub(crate) stages: Tasks,
+    /// Every bound listener of the sources: configuration key, address.
+    pub(crate) listeners: Vec<(&'static str, SocketAddr)>,
+    /// Where Kafka readers find what the Kafka sink writes.
+    pub(crate) kafka: Option<KafkaEndpoint>,
+    /// Bytes of the sources' messages in the pipeline (none without sources).
+    pub(crate) inflight: Option<InflightProbe>,
+}
+
+/// What every role starts from.
+pub(crate) struct RoleContext<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) auth: &'a Arc<Authenticator>,
+    pub(crate) fences: &'a FenceService,
+    pub(crate) shutdown: &'a CancellationToken,
+    pub(crate) failure: &'a Failure,
+}
+
+impl RoleContext<'_> {
+    /// Starts the topology of `cluster.role`.
+    pub(crate) async fn start(&self) -> Result<Running, PipelineError> {
+        match self.config.cluster.role {
+            Role::All => self.all().await,
+            Role::Gateway => self.gateway().await,
+            Role::Writer => self.writer().await,
+        }
+    }
+
+    /// The whole pipeline: sources → enrichment → every configured sink.
+    async fn all(&self) -> Result<Running, PipelineError> {
+        let config = self.config;
+        let queues = Queues::new(config);
+        let sources = build_sources(config, &self.source_context(&queues)).await?;
+        // Sinks that connect somewhere (and may wait for it) are built after
+        // the listeners are bound, so a taken port still fails fast.
+        let sinks = build_sinks(config, config.sink.configured()).await?;
+        let Queues {
+            ingestor,
+            pings,
+            enriched,
+            records,
+        } = queues;
+        let enrich = start_enrichment(config, self.fences, pings, enriched).await?;
+        let mut stages = Tasks::new(self.failure.clone());
+        let kafka = sinks.iter().find_map(|sink| sink.kafka.clone());
+        run_sinks(&mut stages, records, sinks);
+        stages.spawn("enrichment", async move {
+            enrich.join().await.map_err(PipelineError::FinalCheckpoint)
+        });
+        let (intake, listeners, inflight) = self.run_intake(&ingestor, sources);
+        Ok(Running {
+            intake,
+            stages,
+            listeners,
+            kafka,
+            inflight: Some(inflight),
+        })
+    }
+
+    /// The sources, with every accepted ping and dead letter produced to the
+    /// raw topic: a device hears "stored" when the raw record is in Kafka.
+    async fn gateway(&self) -> Result<Running, PipelineError> {
+        let config = self.config;
+        let queues = Queues::new(config);
+        let sources = build_sources(config, &self.source_context(&queues)).await?;
+        let kafka = config.sink.kafka.as_ref().ok_or(PipelineError::NoKafka)?;
+        self.ensure_raw_topic(kafka).await?;
+        let raw = SinkConfig::RawKafka {
+            kafka: kafka.clone(),
+            topic: config.cluster.raw_topic.clone(),
+        };
+        let sinks = build_sinks(config, vec![raw]).await?;
+        let Queues {
+            ingestor,
+            pings,
+            enriched,
+            records,
+        } = queues;
+        let mut stages = Tasks::new(self.failure.clone());
+        let endpoint = sinks.iter().find_map(|sink| sink.kafka.clone());
+        run_sinks(&mut stages, records, sinks);
+        stages.spawn("raw", forward_raw(pings, enriched));
+        let (intake, listeners, inflight) = self.run_intake(&ingestor, sources);
+        Ok(Running {
+            intake,
+            stages,
+            listeners,
+            kafka: endpoint,
+            inflight: Some(inflight),
+        })
+    }
+
+    /// A member of the writer group: the output topics into the file and
+    /// database sinks, each offset committed once every sink holds its record.
+    async fn writer(&self) -> Result<Running, PipelineError> {
+        let config = self.config;
+        let kafka = config.sink.kafka.as_ref().ok_or(PipelineError::NoKafka)?;
+        let local: Vec<SinkConfig> = config
+            .sink
+            .configured()
+            .into_iter()
+            .filter(|sink| !matches!(sink, SinkConfig::Kafka(_)))
+            .collect();
+        let sinks = build_sinks(config, local).await?;
+        let topics = OutputTopics {
+            telemetry: kafka.telemetry_topic.clone(),
+            events: kafka.events_topic.clone(),
+            dead_letters: kafka.dlq_topic.clone(),
+        };
+        let client = consumer_client(kafka)?;
+        let group = config.cluster.group_id(Role::Writer);
+        let consumer = GroupConsumer::start(
+            client,
+            &group,
+            &config.cluster.group,
+            &[&topics.telemetry, &topics.events, &topics.dead_letters],
+        )?;
+        let (deliveries_tx, deliveries) = mpsc::channel(config.pipeline.ping_queue);
+        let (records_tx, records) = mpsc::channel(config.pipeline.sink_queue);
+        let mut stages = Tasks::new(self.failure.clone());
+        run_sinks(&mut stages, records, sinks);
+        stages.spawn("decode", decode_outputs(deliveries, records_tx, topics));
+        let mut intake = Tasks::new(self.failure.clone());
+        let shutdown = self.shutdown.clone();
+        intake.spawn("kafka consumer", async move {
+            consumer
+                .run(deliveries_tx, shutdown)
+                .await
+                .map_err(PipelineError::Consumer)
+        });
+        tracing::info!(%group, "writer: consuming the output topics");
+        Ok(Running {
+            intake,
+            stages,
+            listeners: Vec::new(),
+            kafka: None,
+            inflight: None,
+        })
+    }
+
+    fn source_context(&self, queues: &Queues) -> SourceContext {
+        SourceContext {
+            ingestor: queues.ingestor.clone(),
+            auth: Arc::clone(self.auth),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    /// Runs the sources and the housekeeping beside them.
+    fn run_intake(
+        &self,
+        ingestor: &fleetpipe_ingest::Ingestor,
+        sources: Vec<fleetpipe_ingest::BuiltSource>,
+    ) -> (Tasks, Vec<(&'static str, SocketAddr)>, InflightProbe) {
+        let mut intake = Tasks::new(self.failure.clone());
+        let listeners = run_sources(&mut intake, sources);
+        let inflight = ingestor.inflight_probe();
+        let limiter = ingestor.limiter().clone();
+        run_housekeeping(&mut intake, self.auth, limiter, &inflight, self.shutdown);
+        (intake, listeners, inflight)
+    }
+
+    /// Creates the raw topic, or checks its partition count.
+    async fn ensure_raw_topic(
+        &self,
+        kafka: &fleetpipe_sink::KafkaConfig,
+    ) -> Result<(), PipelineError> {
+        let cluster = &self.config.cluster;
+        let client = consumer_client(kafka)?;
+        let outcomes =
+            ensure_topics(&client, &[cluster.raw_topic_spec()], cluster.topic_timeout).await?;
+        for outcome in outcomes {
+            tracing::info!(topic = %outcome.name, partitions = outcome.partitions, status = ?outcome.status, "raw topic");
+        }
+        Ok(())
+    }
+}
+
+/// Accepted pings as they are, for the raw topic: enrichment happens in the
+/// enrich role.
+async fn forward_raw(
+    mut pings: mpsc::Receiver<Accepted>,
+    records: mpsc::Sender<SinkRecord>,
+) -> Result<(), PipelineError> {
+    while let Some(accepted) = pings.recv().await {
+        let record = SinkRecord::Telemetry(fleetpipe_model::TelemetryRecord::unenriched(accepted));
+        if records.send(record).await.is_err() {
+            return Err(PipelineError::SinkClosed { sink: "kafka" });
+        }
+    }
+    Ok(())
+}
+
+/// The writer's topics, to tell which stream a record came from.
+struct OutputTopics {
+    telemetry: String,
+    events: String,
+    dead_letters: String,
+}
+
+impl OutputTopics {
+    fn stream(&self, topic: &str) -> Stream {
+        if topic == self.telemetry {
+            Stream::Telemetry
+        } else if topic == self.events {
+            Stream::Event
+        } else {
+            Stream::DeadLetter
+        }
+    }
+}
+
+/// Turns each consumed record back into the record it was, with the
+/// delivery's acknowledgement. A record that does not decode is not lost:
+/// it becomes a dead letter (`decode_failed`, the value kept as its raw
+/// bytes, the topic, partition and offset in its detail).
+async fn decode_outputs(
+    mut deliveries: mpsc::Receiver<Delivery>,
+    records: mpsc::Sender<SinkRecord>,
+    topics: OutputTopics,
+) -> Result<(), PipelineError> {
+    while let Some(Delivery { record, ack }) = deliveries.recv().await {
+        let headers: Vec<(&str, &[u8])> = record
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_ref()))
+            .collect();
+        let stream = topics.stream(&record.topic);
+        let decoded = decode(stream, record.key.as_deref(), &record.value, &headers);
+        let out = match decoded {
+            Ok(Decoded::Sink(decoded)) => decoded.with_ack(ack),
+            Ok(Decoded::Raw(_)) => undecodable(&record, ack, "a raw record on an output topic"),
+            Err(e) => undecodable(&record, ack, &e.to_string()),
+        };
+        if records.send(out).await.is_err() {
+            return Err(PipelineError::SinkClosed { sink: "fan-out" });
+        }
+    }
+    Ok(())
+}
+
+fn undecodable(
+    record: &fleetpipe_kafka::group::ConsumedRecord,
+    ack: fleetpipe_model::Ack,
+    why: &str,
+) -> SinkRecord {
+    crate::metrics::writer_undecodable(&record.topic);
+    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, error = why, "a record of an output topic does not decode; stored as a dead letter");
+    SinkRecord::DeadLetter(DeadLetter {
+        schema_version: fleetpipe_model::SCHEMA_VERSION,
+        reason: RejectReason::DecodeFailed,
+        detail: format!(
+            "{}/{}@{}: {why}",
+            record.topic, record.partition, record.offset
+        ),
+        vehicle_id: None,
+        topic: Some(record.topic.clone()),
+        origin: Origin {
+            gateway: Gateway::Kafka,
+            client: None,
+            received_at: record.timestamp_ms.unwrap_or_default(),
+        },
+        raw: record.value.clone(),
+        ack,
+    })
+}

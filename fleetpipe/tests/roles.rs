@@ -1,0 +1,279 @@
+//! The `gateway` and `writer` roles (`cluster.role`) against a Kafka
+//! endpoint in a process of its own (Tansu 0.6.0): the gateway answers a
+//! device only once the raw record is in Kafka, and the writer stores the
+//! output topics and commits only what it stored.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use fleetpipe::Pipeline;
+use fleetpipe::cluster::Role;
+use fleetpipe_kafka::test_support::Tansu;
+use fleetpipe_kafka::{TopicSpec, client_config, ensure_topics, partition_for, producer_config};
+use fleetpipe_model::RawRecord;
+use fleetpipe_model::topic_record::{Decoded, Stream, decode};
+use fleetpipe_sink::KafkaConfig;
+use rdkafka::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Headers as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(30);
+
+fn tansu() -> Tansu {
+    Tansu::start().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `[sink.kafka]` on Tansu, producing with a short linger.
+fn kafka(tansu: &Tansu) -> KafkaConfig {
+    KafkaConfig {
+        linger: Duration::from_millis(5),
+        ..KafkaConfig::new(tansu.bootstrap())
+    }
+}
+
+fn admin(tansu: &Tansu) -> ClientConfig {
+    client_config(&tansu.bootstrap(), &BTreeMap::new()).unwrap()
+}
+
+/// Every record of `topic` (its `partitions` partitions) from the start,
+/// until `count` arrived: (partition, key, value, headers).
+type Read = (i32, Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
+fn read_topic(tansu: &Tansu, topic: &str, partitions: i32, count: usize) -> Vec<Read> {
+    let consumer: BaseConsumer = admin(tansu)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = std::time::Instant::now() + T;
+    let mut out = Vec::new();
+    while out.len() < count && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((
+                m.partition(),
+                m.key().map(<[u8]>::to_vec),
+                m.payload().unwrap_or_default().to_vec(),
+                headers,
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_answers_once_the_raw_record_is_in_kafka() {
+    let tansu = tansu();
+    let mut p = TestPipeline::start(|c| {
+        c.sink.file = None;
+        c.sink.kafka = Some(kafka(&tansu));
+        c.cluster.role = Role::Gateway;
+        c.cluster.partitions = 3;
+        c.cluster.replication_factor = 1;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    for seq in 1..=5 {
+        let r = http
+            .post(p.url("/v1/pings"))
+            .body(json_ping("van-7", seq))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            serde_json::json!({ "ack": seq })
+        );
+    }
+    let bad = http
+        .post(p.url("/v1/pings"))
+        .body(json_ping("van-7", 6).replace("52.52", "91.5"))
+        .send()
+        .await
+        .unwrap();
+    assert!(bad.status().is_client_error(), "{}", bad.status());
+    p.stop().await;
+
+    // Answered means in the raw topic: every ping, in order, in the
+    // vehicle's partition by the one partitioner; the refusal too.
+    let records = read_topic(&tansu, "fleet.raw.v1", 3, 6);
+    assert_eq!(records.len(), 6, "{records:?}");
+    let partition = partition_for(b"van-7", 3).unwrap();
+    let mut seqs = Vec::new();
+    let mut dead = 0;
+    for (part, key, value, headers) in &records {
+        assert_eq!(*part, partition);
+        assert_eq!(key.as_deref(), Some(&b"van-7"[..]));
+        let headers: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        match decode(Stream::Raw, key.as_deref(), value, &headers).unwrap() {
+            Decoded::Raw(RawRecord::Ping(accepted)) => {
+                assert_eq!(accepted.ping.vehicle_id.as_str(), "van-7");
+                seqs.push(accepted.ping.seq.unwrap());
+            }
+            Decoded::Raw(RawRecord::DeadLetter(d)) => {
+                assert_eq!(d.reason.as_str(), "coord_invalid");
+                dead += 1;
+            }
+            other => panic!("not a raw record: {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!(dead, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_refuses_a_raw_topic_with_another_partition_count() {
+    let tansu = tansu();
+    ensure_topics(&admin(&tansu), &[TopicSpec::new("fleet.raw.v1", 2, 1)], T)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.sink.file = None;
+    config.sink.kafka = Some(kafka(&tansu));
+    config.cluster.role = Role::Gateway;
+    config.cluster.partitions = 3;
+    config.cluster.replication_factor = 1;
+    let e = Pipeline::start(&config, CancellationToken::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("fleet.raw.v1") && e.contains('2') && e.contains('3'),
+        "{e}"
+    );
+}
+
+/// The `all` role writes to Kafka (and to its own files); a `writer` reads
+/// the output topics into files of its own: the same lines. A second
+/// writer of the group finds nothing left (the first committed what it
+/// stored); a record that does not decode becomes a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_stores_the_output_topics_and_commits_what_it_stored() {
+    let tansu = tansu();
+    // Topics as an operator creates them for the roles.
+    let topics =
+        ["fleet.telemetry.v1", "fleet.events.v1", "fleet.dlq.v1"].map(|t| TopicSpec::new(t, 3, 1));
+    ensure_topics(&admin(&tansu), &topics, T).await.unwrap();
+    let mut all = TestPipeline::start(|c| c.sink.kafka = Some(kafka(&tansu))).await;
+    let http = reqwest::Client::new();
+    for (vehicle, seq) in [("van-1", 1), ("van-2", 1), ("van-1", 2), ("van-3", 1)] {
+        let r = http
+            .post(all.url("/v1/pings"))
+            .body(json_ping(vehicle, seq))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    all.stop().await;
+    let written = all.telemetry();
+    assert_eq!(written.len(), 4);
+
+    let writer = |dir: &std::path::Path| {
+        let mut c = test_config(dir);
+        c.sink.kafka = Some(kafka(&tansu));
+        c.cluster.role = Role::Writer;
+        c.cluster.group.commit_interval = Duration::from_millis(100);
+        c
+    };
+    let first = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let pipeline = Pipeline::start(&writer(first.path()), shutdown.clone())
+        .await
+        .unwrap();
+    let stored = wait_for(T, || {
+        let lines = read_stream(first.path(), "telemetry");
+        (lines.len() >= 4).then_some(lines)
+    })
+    .await
+    .expect("the writer stored the telemetry");
+    shutdown.cancel();
+    pipeline.wait().await.unwrap();
+    let key = |v: &Value| {
+        (
+            v["vehicle_id"].as_str().unwrap().to_owned(),
+            v["seq"].as_u64(),
+        )
+    };
+    let mut want: Vec<_> = written.iter().map(key).collect();
+    let mut got: Vec<_> = stored.iter().map(key).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    // The same lines: decoding and encoding again changed nothing.
+    let mut w: Vec<String> = written.iter().map(Value::to_string).collect();
+    let mut s: Vec<String> = stored.iter().map(Value::to_string).collect();
+    w.sort();
+    s.sort();
+    assert_eq!(s, w);
+
+    // A record that is no telemetry, then a second writer of the group.
+    let producer: FutureProducer = producer_config(&tansu.bootstrap(), &BTreeMap::new())
+        .unwrap()
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to("fleet.telemetry.v1")
+                .key("van-9")
+                .payload("not json"),
+            T,
+        )
+        .await
+        .unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let pipeline = Pipeline::start(&writer(second.path()), shutdown.clone())
+        .await
+        .unwrap();
+    let dead = wait_for(T, || {
+        let lines = read_stream(second.path(), "dead_letter");
+        (!lines.is_empty()).then_some(lines)
+    })
+    .await
+    .expect("the undecodable record became a dead letter");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    shutdown.cancel();
+    pipeline.wait().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "decode_failed");
+    assert!(
+        dead[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("fleet.telemetry.v1/"),
+        "{}",
+        dead[0]
+    );
+    assert_eq!(
+        read_stream(second.path(), "telemetry"),
+        Vec::<Value>::new(),
+        "nothing the first writer stored is read again"
+    );
+}

@@ -277,3 +277,123 @@ async fn the_writer_stores_the_output_topics_and_commits_what_it_stored() {
         "nothing the first writer stored is read again"
     );
 }
+
+/// The Kafka endpoint frozen for 10 s (SIGSTOP: it answers nothing, as
+/// behind a partition, and keeps what it has): a gateway's answer to a
+/// device waits, neither "stored" nor lost, and once Kafka is back the
+/// ping is in the raw topic exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_waits_out_a_kafka_outage_and_never_lies() {
+    let mut tansu = tansu();
+    let mut p = TestPipeline::start(|c| {
+        c.sink.file = None;
+        c.sink.kafka = Some(kafka(&tansu));
+        c.cluster.role = Role::Gateway;
+        c.cluster.partitions = 3;
+        c.cluster.replication_factor = 1;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let post = |seq: u64| {
+        http.post(p.url("/v1/pings"))
+            .body(json_ping("van-5", seq))
+            .send()
+    };
+    assert_eq!(post(1).await.unwrap().status(), 200);
+    tansu.pause().unwrap();
+    let during = tokio::spawn(post(2));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        !during.is_finished(),
+        "answered while Kafka was away: {:?}",
+        during.await
+    );
+    tansu.resume().unwrap();
+    let answer = tokio::time::timeout(T, during)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer.json::<Value>().await.unwrap(),
+        serde_json::json!({ "ack": 2 })
+    );
+    p.stop().await;
+    let seqs: Vec<u64> = read_topic(&tansu, "fleet.raw.v1", 3, 2)
+        .iter()
+        .map(|(_, _, value, _)| {
+            serde_json::from_slice::<Value>(value).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+}
+
+/// A writer keeps going across a 10 s Kafka outage: what arrives after it
+/// is stored, and the writer never fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_rides_out_a_kafka_outage() {
+    let mut tansu = tansu();
+    let topics =
+        ["fleet.telemetry.v1", "fleet.events.v1", "fleet.dlq.v1"].map(|t| TopicSpec::new(t, 3, 1));
+    ensure_topics(&admin(&tansu), &topics, T).await.unwrap();
+    let sink = kafka(&tansu);
+    let send = |vehicles: &'static [&'static str]| {
+        let tansu_kafka = sink.clone();
+        async move {
+            let mut all = TestPipeline::start(|c| c.sink.kafka = Some(tansu_kafka)).await;
+            let http = reqwest::Client::new();
+            for vehicle in vehicles {
+                let r = http
+                    .post(all.url("/v1/pings"))
+                    .body(json_ping(vehicle, 1))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+            all.stop().await;
+        }
+    };
+    send(&["van-1", "van-2"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.sink.kafka = Some(kafka(&tansu));
+    config.cluster.role = Role::Writer;
+    config.cluster.group.commit_interval = Duration::from_millis(100);
+    // The outage outlasts the session: the member is expired and rejoins.
+    // Tansu 0.6.0 then holds the rebalance until the rebalance timeout
+    // (max_poll_interval) runs out for the expired member: with the 5 min
+    // default, no assignment came back within a minute of the outage.
+    config.cluster.group.session_timeout = Duration::from_secs(6);
+    config.cluster.group.max_poll_interval = Duration::from_secs(12);
+    config.cluster.group.revoke_timeout = Duration::from_secs(3);
+    let shutdown = CancellationToken::new();
+    let writer = Pipeline::start(&config, shutdown.clone()).await.unwrap();
+    let path = dir.path().to_path_buf();
+    let vehicles = |n: usize| {
+        let path = path.clone();
+        wait_for(T * 2, move || {
+            let mut v: Vec<String> = read_stream(&path, "telemetry")
+                .iter()
+                .map(|l| l["vehicle_id"].as_str().unwrap().to_owned())
+                .collect();
+            v.sort();
+            v.dedup();
+            (v.len() >= n).then_some(v)
+        })
+    };
+    assert_eq!(vehicles(2).await.unwrap(), ["van-1", "van-2"]);
+    tansu.pause().unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    tansu.resume().unwrap();
+    send(&["van-3", "van-4"]).await;
+    assert_eq!(
+        vehicles(4).await.expect("stored after the outage"),
+        ["van-1", "van-2", "van-3", "van-4"]
+    );
+    shutdown.cancel();
+    writer.wait().await.unwrap();
+}

@@ -259,6 +259,47 @@ impl Tansu {
         Ok(())
     }
 
+    /// Freezes it (SIGSTOP to its process group): the endpoint stops
+    /// answering, as behind a network partition, and keeps everything it
+    /// holds (records, offsets, groups) for [`Tansu::resume`]. Doing
+    /// nothing when it is not running.
+    ///
+    /// # Errors
+    ///
+    /// [`TestBrokerError::Io`] when it cannot be signalled.
+    pub fn pause(&mut self) -> Result<(), TestBrokerError> {
+        self.signal_only("STOP")
+    }
+
+    /// Lets a paused broker run again (SIGCONT).
+    ///
+    /// # Errors
+    ///
+    /// [`TestBrokerError::Io`] when it cannot be signalled.
+    pub fn resume(&mut self) -> Result<(), TestBrokerError> {
+        self.signal_only("CONT")
+    }
+
+    /// Sends `signal` to the process group, with no fallback: SIGSTOP and
+    /// SIGCONT must not turn into a SIGKILL.
+    fn signal_only(&mut self, signal: &str) -> Result<(), TestBrokerError> {
+        let Some(child) = &self.child else {
+            return Ok(());
+        };
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), "--", &format!("-{}", child.id())])
+            .status()
+            .map_err(io("signalling tansu"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(TestBrokerError::Io {
+                what: "signalling tansu",
+                source: std::io::Error::other(format!("kill -{signal} failed: {status}")),
+            })
+        }
+    }
+
     /// Starts it again on the same port (stopping it first if it runs) and
     /// waits until it answers. With in-memory storage it comes back empty:
     /// no topics, no records, no committed offsets.

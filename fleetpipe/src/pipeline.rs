@@ -343,6 +343,7 @@ fn describe_metrics() {
     fleetpipe_ingest::metrics::describe();
     fleetpipe_enrich::metrics::describe();
     fleetpipe_sink::metrics::describe();
+    fleetpipe_kafka::metrics::describe();
     crate::metrics::describe();
 }
 

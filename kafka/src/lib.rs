@@ -26,6 +26,7 @@
 //! Tansu in a process of its own, and librdkafka's mock cluster.
 
 pub mod group;
+pub mod metrics;
 mod partitioner;
 mod topics;
 

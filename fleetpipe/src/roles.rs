@@ -92,7 +92,7 @@ impl RoleContext<'_> {
             Transform::Enrichment => config.sink.configured(),
             Transform::Raw => {
                 let kafka = config.sink.kafka.as_ref().ok_or(PipelineError::NoKafka)?;
-                self.ensure_raw_topic(kafka).await?;
+                self.ensure(kafka, &[&config.cluster.raw_topic]).await?;
                 vec![SinkConfig::RawKafka {
                     kafka: kafka.clone(),
                     topic: config.cluster.raw_topic.clone(),
@@ -146,6 +146,11 @@ impl RoleContext<'_> {
             events: kafka.events_topic.clone(),
             dead_letters: kafka.dlq_topic.clone(),
         };
+        self.ensure(
+            kafka,
+            &[&topics.telemetry, &topics.events, &topics.dead_letters],
+        )
+        .await?;
         let client = consumer_client(kafka)?;
         let group = config.cluster.group_id(Role::Writer);
         let consumer = GroupConsumer::start(
@@ -199,17 +204,18 @@ impl RoleContext<'_> {
         (intake, listeners, inflight)
     }
 
-    /// Creates the raw topic, or checks its partition count.
-    async fn ensure_raw_topic(
+    /// Creates `topics` where missing, and checks the partition count of
+    /// those that exist (`cluster.partitions`).
+    async fn ensure(
         &self,
         kafka: &fleetpipe_sink::KafkaConfig,
+        topics: &[&str],
     ) -> Result<(), PipelineError> {
         let cluster = &self.config.cluster;
         let client = consumer_client(kafka)?;
-        let outcomes =
-            ensure_topics(&client, &[cluster.raw_topic_spec()], cluster.topic_timeout).await?;
-        for outcome in outcomes {
-            tracing::info!(topic = %outcome.name, partitions = outcome.partitions, status = ?outcome.status, "raw topic");
+        let specs: Vec<_> = topics.iter().map(|t| cluster.topic_spec(t)).collect();
+        for outcome in ensure_topics(&client, &specs, cluster.topic_timeout).await? {
+            tracing::info!(topic = %outcome.name, partitions = outcome.partitions, status = ?outcome.status, "kafka topic");
         }
         Ok(())
     }

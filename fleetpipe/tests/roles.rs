@@ -199,6 +199,7 @@ async fn the_writer_stores_the_output_topics_and_commits_what_it_stored() {
         let mut c = test_config(dir);
         c.sink.kafka = Some(kafka(&tansu));
         c.cluster.role = Role::Writer;
+        c.cluster.partitions = 3;
         c.cluster.group.commit_interval = Duration::from_millis(100);
         c
     };
@@ -362,6 +363,7 @@ async fn a_writer_rides_out_a_kafka_outage() {
     let mut config = test_config(dir.path());
     config.sink.kafka = Some(kafka(&tansu));
     config.cluster.role = Role::Writer;
+    config.cluster.partitions = 3;
     config.cluster.group.commit_interval = Duration::from_millis(100);
     // The outage outlasts the session: the member is expired and rejoins.
     // Tansu 0.6.0 then holds the rebalance until the rebalance timeout
@@ -396,4 +398,31 @@ async fn a_writer_rides_out_a_kafka_outage() {
     );
     shutdown.cancel();
     writer.wait().await.unwrap();
+}
+
+/// A writer creates the topics it reads when they are missing, with
+/// `cluster.partitions`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_creates_its_topics_when_missing() {
+    let tansu = tansu();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.sink.kafka = Some(kafka(&tansu));
+    config.cluster.role = Role::Writer;
+    config.cluster.partitions = 4;
+    config.cluster.replication_factor = 1;
+    let shutdown = CancellationToken::new();
+    let writer = Pipeline::start(&config, shutdown.clone()).await.unwrap();
+    shutdown.cancel();
+    writer.wait().await.unwrap();
+    let topics =
+        ["fleet.telemetry.v1", "fleet.events.v1", "fleet.dlq.v1"].map(|t| TopicSpec::new(t, 4, 1));
+    for outcome in ensure_topics(&admin(&tansu), &topics, T).await.unwrap() {
+        assert_eq!(
+            (outcome.status, outcome.partitions),
+            (fleetpipe_kafka::TopicStatus::AlreadyPresent, 4),
+            "{}",
+            outcome.name
+        );
+    }
 }

@@ -13,6 +13,8 @@
 
 pub mod ack;
 pub mod event;
+#[cfg(any(test, feature = "test-support"))]
+pub mod fixtures;
 pub mod metrics;
 pub mod ping;
 pub mod proto;

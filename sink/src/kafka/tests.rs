@@ -9,17 +9,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use fleetpipe_model::fixtures::*;
 use fleetpipe_model::topic_record;
 use fleetpipe_model::{
-    Ack, AckStatus, AttrValue, BatchAck, DeadLetter, Enrichment, EventType, Gateway, Origin, Ping,
-    PingFlags, RejectReason, SCHEMA_VERSION, SinkRecord, TelemetryRecord, VehicleEvent, VehicleId,
+    Ack, AckStatus, AttrValue, BatchAck, Enrichment, EventType, Ping, SCHEMA_VERSION, SinkRecord,
+    TelemetryRecord, VehicleId,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, Message as _, Timestamp};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -27,99 +27,12 @@ use super::service::{self, EmbeddedCluster};
 use super::sink::{ErrorKind, is_retriable};
 use super::{KafkaConfig, KafkaError, KafkaFormat, KafkaSink};
 
-/// 2026-11-23T08:00:00.000Z.
-const T0_MS: i64 = 1_795_420_800_000;
-/// Raw bytes of dead letters: not UTF-8, so nothing may re-encode them.
-const RAW: &[u8] = b"{\"lat\":91.5,\xff\x00\x80}";
 /// Upper bound for anything a test awaits, so a bug hangs no test run.
 const PATIENCE: Duration = Duration::from_secs(30);
 /// How long a send into the sink's input must stall to count as blocked.
 const BLOCKED: Duration = Duration::from_millis(500);
 
 // ---- fixtures -------------------------------------------------------------
-
-fn origin() -> Origin {
-    Origin {
-        gateway: Gateway::Mqtt,
-        client: Some(Arc::from("dev-7")),
-        received_at: T0_MS + 500,
-    }
-}
-
-fn vehicle(v: usize) -> VehicleId {
-    VehicleId::parse(&format!("veh-{v:03}")).expect("valid id")
-}
-
-fn ping(vehicle_id: VehicleId, seq: u64) -> Ping {
-    Ping {
-        seq: Some(seq),
-        speed_kmh: Some(42.5),
-        soc_pct: Some(81.25),
-        ignition: Some(true),
-        dtcs: vec!["P0301".to_owned()],
-        attrs: BTreeMap::from([("door".to_owned(), AttrValue::Str("open".to_owned()))]),
-        ..Ping::new(vehicle_id, T0_MS + seq as i64, 52.52, 13.405)
-    }
-}
-
-fn telemetry_record(vehicle_id: VehicleId, seq: u64, ack: Ack) -> TelemetryRecord {
-    TelemetryRecord {
-        schema_version: SCHEMA_VERSION,
-        ping: ping(vehicle_id, seq),
-        origin: origin(),
-        h3: vec![(7, 0x871f_1d48_9fff_ffff)],
-        enrichment: Enrichment::default(),
-        ack,
-    }
-}
-
-/// What enrichment derived, with every field set.
-fn enrichment() -> Enrichment {
-    Enrichment {
-        fences: vec![Arc::from("depot-7"), Arc::from("city-centre")],
-        distance_m: Some(152.25),
-        derived_speed_kmh: Some(54.81),
-        flags: PingFlags {
-            late: false,
-            duplicate: true,
-            jump: true,
-        },
-    }
-}
-
-/// Event number `n` of vehicle `v`: every type in turn.
-fn event(v: usize, n: u64, ack: Ack) -> SinkRecord {
-    let data =
-        RawValue::from_string(format!(r#"{{"n":{n},"fence_id":"depot-7"}}"#)).expect("valid JSON");
-    SinkRecord::Event(VehicleEvent::new(
-        Arc::from("fleetpipe-test"),
-        EventType::ALL[n as usize % EventType::ALL.len()],
-        vehicle(v),
-        &format!("key-{n}"),
-        T0_MS + n as i64,
-        data,
-        ack,
-    ))
-}
-
-fn telemetry(v: usize, seq: u64, ack: Ack) -> SinkRecord {
-    SinkRecord::Telemetry(telemetry_record(vehicle(v), seq, ack))
-}
-
-fn dead_letter(n: u64, vehicle_id: Option<VehicleId>, ack: Ack) -> SinkRecord {
-    SinkRecord::DeadLetter(DeadLetter {
-        schema_version: SCHEMA_VERSION,
-        reason: RejectReason::CoordInvalid,
-        detail: format!("dead letter {n}: lat 91.5 is outside [-90, 90]"),
-        topic: vehicle_id
-            .as_ref()
-            .map(|v| format!("fleet/v1/{v}/telemetry")),
-        vehicle_id,
-        origin: origin(),
-        raw: Bytes::from_static(RAW),
-        ack,
-    })
-}
 
 /// An embedded-mode configuration that reconnects quickly after an outage
 /// (librdkafka's default backoff grows to 10 s).

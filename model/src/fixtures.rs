@@ -111,3 +111,46 @@ pub fn dead_letter(n: u64, vehicle_id: Option<VehicleId>, ack: Ack) -> SinkRecor
         ack,
     })
 }
+
+/// A ping exercising every field kind, and the bytes prost 0.14 encodes for
+/// its `fleetpipe.v1.Ping`, pinned so an accidental change of the wire
+/// encoding shows.
+pub fn full_ping() -> (Ping, &'static str) {
+    let ping = Ping {
+        vehicle_id: VehicleId::parse("van-42").expect("valid id"),
+        seq: Some(300),
+        ts_ms: 1_795_420_800_123,
+        lat: 52.52,
+        lon: 13.405,
+        alt_m: Some(-12.5),
+        speed_kmh: Some(42.5),
+        heading_deg: Some(359.9),
+        accuracy_m: Some(3.0),
+        soc_pct: Some(81.25),
+        battery_v: Some(12.6),
+        charging: Some(false),
+        odometer_km: Some(123_456.7),
+        ignition: Some(true),
+        dtcs: vec!["P0301".to_owned(), String::new()],
+        attrs: BTreeMap::from([
+            (String::new(), AttrValue::Str(String::new())),
+            ("door".to_owned(), AttrValue::Str("open".to_owned())),
+            ("neg".to_owned(), AttrValue::Int(-3)),
+            ("temp".to_owned(), AttrValue::Float(-4.25)),
+            ("big".to_owned(), AttrValue::Int(i64::MIN)),
+            ("ok".to_owned(), AttrValue::Bool(false)),
+        ]),
+    };
+    let prost = "0a0676616e2d343210ac0218fb88adbba03421c3f5285c8f424a40298fc2f5285ccf2a40\
+                 3100000000000029c03900000000004045404166666666667e76404900000000000008\
+                 40510000000000505440593333333333332940600069333333330b24fe4070017a0550\
+                 303330317a0082010412020a008201120a03626967120b18ffffffffffffffffff0182\
+                 010e0a04646f6f7212060a046f70656e8201090a036e6567120218058201080a026f6b\
+                 120220008201110a0474656d7012091100000000000011c0";
+    (ping, prost)
+}
+
+/// `bytes` as lower-case hex, to compare with a pinned encoding.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

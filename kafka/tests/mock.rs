@@ -13,13 +13,12 @@ use std::time::Duration;
 
 use fleetpipe_kafka::test_support::MockKafka;
 use fleetpipe_kafka::{
-    ConfigCheck, TopicError, TopicSpec, TopicStatus, client_config, ensure_topics, partition_for,
-    producer_config,
+    ConfigCheck, TopicError, TopicSpec, TopicStatus, client_config, ensure_topics, producer_config,
 };
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use common::{TIMEOUT, delivered_partitions, vehicle_keys};
+use common::{TIMEOUT, assert_partitioned_by_key, delivered_partitions, vehicle_keys};
 
 fn admin(mock: &MockKafka) -> ClientConfig {
     client_config(mock.bootstrap(), &BTreeMap::new()).unwrap()
@@ -146,19 +145,7 @@ async fn records_land_in_partition_for_their_key() {
     let keys = vehicle_keys(60);
     let producer = producer_config(mock.bootstrap(), &BTreeMap::new()).unwrap();
     let delivered = delivered_partitions(&producer, "fleet.telemetry.v1", &keys).await;
-    for (key, partition) in keys.iter().zip(&delivered) {
-        assert_eq!(
-            Some(*partition),
-            partition_for(key.as_bytes(), 6),
-            "record {key:?}"
-        );
-    }
-    // The keys spread over every partition, so a partitioner that
-    // disagreed with partition_for could not pass by luck.
-    let mut used = delivered.clone();
-    used.sort_unstable();
-    used.dedup();
-    assert_eq!(used, (0..6).collect::<Vec<_>>());
+    assert_partitioned_by_key(&keys, &delivered, 6);
 
     // librdkafka's default (CRC32) places some of the same keys elsewhere:
     // the partitioner setting is what makes the difference.

@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use fleetpipe_kafka::test_support::{Tansu, TestBrokerError};
 use fleetpipe_kafka::{
     ConfigCheck, ConfigDifference, TopicError, TopicSpec, TopicStatus, client_config,
-    ensure_topics, partition_for, producer_config,
+    ensure_topics, producer_config,
 };
 use rdkafka::ClientConfig;
 
-use common::{TIMEOUT, delivered_partitions, vehicle_keys};
+use common::{TIMEOUT, assert_partitioned_by_key, delivered_partitions, vehicle_keys};
 
 fn admin(tansu: &Tansu) -> ClientConfig {
     client_config(&tansu.bootstrap(), &BTreeMap::new()).unwrap()
@@ -206,17 +206,7 @@ async fn records_land_in_partition_for_their_key() {
     options.insert("enable.idempotence".to_owned(), "true".to_owned());
     let producer = producer_config(&tansu.bootstrap(), &options).unwrap();
     let delivered = delivered_partitions(&producer, "fleet.telemetry.v1", &keys).await;
-    for (key, partition) in keys.iter().zip(&delivered) {
-        assert_eq!(
-            Some(*partition),
-            partition_for(key.as_bytes(), 6),
-            "record {key:?}"
-        );
-    }
-    let mut used = delivered.clone();
-    used.sort_unstable();
-    used.dedup();
-    assert_eq!(used, (0..6).collect::<Vec<_>>());
+    assert_partitioned_by_key(&keys, &delivered, 6);
 }
 
 /// The test broker's life cycle: killed, it refuses connections; restarted,

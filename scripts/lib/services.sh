@@ -6,6 +6,18 @@
 
 log() { printf '==> %s\n' "$*"; }
 
+# A cold build of the workspace and its tests takes ~10 GB under target/;
+# say how much room there is, so "No space left on device" from the linker
+# is not the first sign.
+report_disk() {
+    local free_kb
+    free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+    log "disk: $((free_kb / 1024 / 1024)) GiB free where target/ is"
+    if [ "$free_kb" -lt $((12 * 1024 * 1024)) ]; then
+        log "warning: under 12 GiB free; the build may run out of disk"
+    fi
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_port() {

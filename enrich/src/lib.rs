@@ -25,6 +25,7 @@ mod enricher;
 mod error;
 mod fence_lookup;
 pub mod metrics;
+pub mod partitioned;
 mod service;
 mod store;
 mod tracker;

@@ -18,8 +18,20 @@ pub const CHECKPOINT_ERRORS_TOTAL: &str = "fleetpipe_enrich_checkpoint_errors_to
 /// Counter: H3 cells that could not be computed and were left out of a record.
 pub const H3_ERRORS_TOTAL: &str = "fleetpipe_enrich_h3_errors_total";
 
+/// Gauge: changelog records still to read by the restore in progress (enrich
+/// role; 0 when none runs).
+pub const RESTORE_REMAINING: &str = "fleetpipe_enrich_restore_remaining_records";
+/// Counter: vehicles restored from the changelog (enrich role).
+pub const RESTORED_TOTAL: &str = "fleetpipe_enrich_restored_vehicles_total";
+/// Gauge: how long the last restore took, seconds (enrich role).
+pub const RESTORE_SECONDS: &str = "fleetpipe_enrich_last_restore_seconds";
+/// Counter: raw records skipped because the restored state had applied them.
+pub const REPLAY_SKIPPED_TOTAL: &str = "fleetpipe_enrich_replay_skipped_total";
+/// Counter: vehicle snapshots written to the changelog (enrich role).
+pub const SNAPSHOTS_TOTAL: &str = "fleetpipe_enrich_changelog_snapshots_total";
+
 /// Every metric of the enrichment stage.
-pub const ALL: [Metric; 6] = [
+pub const ALL: [Metric; 11] = [
     Metric {
         name: PINGS_TOTAL,
         kind: Kind::Counter,
@@ -60,6 +72,41 @@ pub const ALL: [Metric; 6] = [
         kind: Kind::Counter,
         unit: Unit::Count,
         description: "H3 cells left out of a record because H3 refused the position.",
+        labels: &[],
+    },
+    Metric {
+        name: RESTORE_REMAINING,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        description: "Changelog records the restore in progress still has to read (enrich role); /readyz is 503 while a restore runs.",
+        labels: &[],
+    },
+    Metric {
+        name: RESTORED_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        description: "Vehicles restored from the changelog on partition assignment (enrich role).",
+        labels: &[],
+    },
+    Metric {
+        name: RESTORE_SECONDS,
+        kind: Kind::Gauge,
+        unit: Unit::Seconds,
+        description: "Duration of the last restore of assigned partitions (enrich role).",
+        labels: &[],
+    },
+    Metric {
+        name: REPLAY_SKIPPED_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        description: "Raw records skipped because the restored vehicle state had already applied them (enrich role).",
+        labels: &[],
+    },
+    Metric {
+        name: SNAPSHOTS_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        description: "Vehicle snapshots written to the changelog (enrich role).",
         labels: &[],
     },
 ];
@@ -108,6 +155,32 @@ pub(crate) fn h3_cells_left_out(cells: usize) {
     metrics::counter!(H3_ERRORS_TOTAL).increment(cells as u64);
 }
 
+/// The restore in progress has `left` records to read.
+pub(crate) fn restore_remaining(left: i64) {
+    metrics::gauge!(RESTORE_REMAINING).set(left as f64);
+}
+
+/// A restore of `vehicles` finished in `took`.
+pub(crate) fn restored(vehicles: usize, took: std::time::Duration) {
+    metrics::counter!(RESTORED_TOTAL).increment(vehicles as u64);
+    metrics::gauge!(RESTORE_SECONDS).set(took.as_secs_f64());
+}
+
+/// A raw record the restored state had applied was skipped.
+pub(crate) fn replay_skipped() {
+    metrics::counter!(REPLAY_SKIPPED_TOTAL).increment(1);
+}
+
+/// `n` snapshots reached the changelog.
+pub(crate) fn snapshots_written(n: usize) {
+    metrics::counter!(SNAPSHOTS_TOTAL).increment(n as u64);
+}
+
+/// A changelog checkpoint failed (the member stops).
+pub(crate) fn checkpoint_failed() {
+    checkpoint_errors().increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
@@ -130,13 +203,23 @@ mod tests {
             event_emitted("geofence.entered");
             checkpoint_errors().increment(1);
             h3_cells_left_out(2);
+            restore_remaining(7);
+            restored(2, std::time::Duration::from_secs(3));
+            replay_skipped();
+            snapshots_written(2);
         });
         let snapshot = snapshotter.snapshot().into_vec();
         for metric in ALL {
             let value = recorded(&metric, &snapshot)[0];
             let expected = match metric.name {
-                PINGS_TOTAL | H3_ERRORS_TOTAL => DebugValue::Counter(2),
-                EVENTS_TOTAL | CHECKPOINT_ERRORS_TOTAL => DebugValue::Counter(1),
+                PINGS_TOTAL | H3_ERRORS_TOTAL | RESTORED_TOTAL | SNAPSHOTS_TOTAL => {
+                    DebugValue::Counter(2)
+                }
+                EVENTS_TOTAL | CHECKPOINT_ERRORS_TOTAL | REPLAY_SKIPPED_TOTAL => {
+                    DebugValue::Counter(1)
+                }
+                RESTORE_REMAINING => DebugValue::Gauge(7.0.into()),
+                RESTORE_SECONDS => DebugValue::Gauge(3.0.into()),
                 QUEUE_DEPTH => DebugValue::Gauge(4.0.into()),
                 VEHICLES => DebugValue::Gauge(5.0.into()),
                 other => panic!("{other} has no expectation"),

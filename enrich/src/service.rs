@@ -202,7 +202,7 @@ impl EnrichHandle {
 }
 
 /// Resolves `workers = 0` to the number of CPU cores.
-fn worker_count(configured: usize) -> usize {
+pub(crate) fn worker_count(configured: usize) -> usize {
     if configured > 0 {
         return configured;
     }
@@ -210,7 +210,7 @@ fn worker_count(configured: usize) -> usize {
 }
 
 /// Wall clock, epoch milliseconds.
-fn wall_ms() -> i64 {
+pub(crate) fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -359,6 +359,12 @@ impl Tracker {
             .collect()
     }
 
+    /// Forgets a vehicle (its partition moved to another member). Its timer
+    /// and listings are skipped when they come up.
+    pub fn remove(&mut self, vehicle: &VehicleId) {
+        self.vehicles.remove(vehicle);
+    }
+
     /// Restores a vehicle from its checkpoint. Its offline timer starts at
     /// `now`: the time fleetpipe itself was down is not held against it.
     ///

@@ -6,6 +6,10 @@
 //! - `gateway`: the sources only; each accepted ping and each dead letter
 //!   is produced to the raw topic (keyed by vehicle), and a device hears
 //!   "stored" when the raw record's delivery report is in.
+//! - `enrich`: a member of the consumer group `{group_prefix}.enrich` on
+//!   the raw topic; enriches the pings of the partitions it owns into the
+//!   output topics of `[sink.kafka]`, with each vehicle's state in the
+//!   compacted changelog topic, restored when a partition moves to it.
 //! - `writer`: a member of the consumer group `{group_prefix}.writer` on
 //!   the telemetry, events and dead-letter topics of `[sink.kafka]`, writing
 //!   them to `[sink.file]` and/or `[sink.timescale]`; a record's offset is
@@ -31,6 +35,9 @@ pub enum Role {
     /// Sources, authentication, validation and rate limits; output to the
     /// raw topic.
     Gateway,
+    /// The raw topic's partitions this member owns, enriched into the
+    /// telemetry, events and dead-letter topics.
+    Enrich,
     /// The telemetry, events and dead-letter topics into the database and
     /// files.
     Writer,
@@ -42,6 +49,7 @@ impl Role {
         match self {
             Role::All => "all",
             Role::Gateway => "gateway",
+            Role::Enrich => "enrich",
             Role::Writer => "writer",
         }
     }
@@ -56,6 +64,21 @@ pub struct ClusterConfig {
     /// Topic of what the gateways accepted and refused, keyed by vehicle,
     /// read by the enrichment members. Internal between the roles.
     pub raw_topic: String,
+    /// Compacted topic of the enrich members' per-vehicle state, one record
+    /// per vehicle (its latest snapshot), partitioned like the raw topic.
+    /// Internal to the enrich role.
+    pub changelog_topic: String,
+    /// How often an enrich worker writes the snapshots of its changed
+    /// vehicles. The raw offsets are committed after them, so this is also
+    /// about how much a new owner of a partition reads again.
+    #[serde(with = "humantime_serde")]
+    pub changelog_interval: Duration,
+    /// Longest an enrich member may take to restore the partitions it was
+    /// assigned from the changelog (it reads nothing meanwhile). Below
+    /// `cluster.group.max_poll_interval`; a restore that does not finish
+    /// stops the member, so the group gives the partitions to another.
+    #[serde(with = "humantime_serde")]
+    pub restore_timeout: Duration,
     /// Partitions of the topics fleetpipe creates (the raw topic at a
     /// gateway's start, the output topics at a writer's): the unit of
     /// per-vehicle ownership. An existing topic with another count is a
@@ -79,6 +102,9 @@ impl Default for ClusterConfig {
         Self {
             role: Role::All,
             raw_topic: "fleet.raw.v1".into(),
+            changelog_topic: "fleet.enrich.changelog.v1".into(),
+            changelog_interval: Duration::from_millis(250),
+            restore_timeout: Duration::from_secs(60),
             partitions: 12,
             replication_factor: 3,
             group_prefix: "fleetpipe".into(),
@@ -101,6 +127,24 @@ pub enum ClusterConfigError {
         "cluster.role = \"gateway\" writes only the raw topic: [sink.file] and [sink.timescale] belong to the writer role (or to role \"all\")"
     )]
     GatewaySinks,
+    /// The enrich role writes only to Kafka.
+    #[error(
+        "cluster.role = \"enrich\" writes only the output topics: [sink.file] and [sink.timescale] belong to the writer role (or to role \"all\")"
+    )]
+    EnrichSinks,
+    /// The changelog topic is one of the others.
+    #[error(
+        "cluster.changelog_topic = {0:?} is also the raw topic or one of [sink.kafka]'s topics"
+    )]
+    ChangelogTopic(String),
+    /// A duration out of range.
+    #[error("cluster.{key}: {rule}")]
+    Duration {
+        /// The key.
+        key: &'static str,
+        /// What it must be.
+        rule: &'static str,
+    },
     /// The writer needs somewhere to write.
     #[error("cluster.role = \"writer\" needs [sink.file] or [sink.timescale] to write to")]
     WriterSinks,
@@ -129,7 +173,23 @@ impl ClusterConfig {
             return Err(ClusterConfigError::Count("replication_factor"));
         }
         self.group.validate("cluster.group")?;
+        if self.changelog_interval.is_zero() {
+            return Err(ClusterConfigError::Duration {
+                key: "changelog_interval",
+                rule: "longer than 0s",
+            });
+        }
         let role = self.role;
+        // Only an enrich member restores (a writer may poll more often).
+        if role == Role::Enrich
+            && (self.restore_timeout.is_zero()
+                || self.restore_timeout >= self.group.max_poll_interval)
+        {
+            return Err(ClusterConfigError::Duration {
+                key: "restore_timeout",
+                rule: "longer than 0s and below cluster.group.max_poll_interval (a restore blocks polling)",
+            });
+        }
         if role == Role::All {
             return Ok(());
         }
@@ -145,9 +205,15 @@ impl ClusterConfig {
         if topics.contains(&&self.raw_topic) {
             return Err(ClusterConfigError::RawTopic(self.raw_topic.clone()));
         }
+        if topics.contains(&&self.changelog_topic) || self.changelog_topic == self.raw_topic {
+            return Err(ClusterConfigError::ChangelogTopic(
+                self.changelog_topic.clone(),
+            ));
+        }
         let local = sinks.file.is_some() || sinks.timescale.is_some();
         match role {
             Role::Gateway if local => Err(ClusterConfigError::GatewaySinks),
+            Role::Enrich if local => Err(ClusterConfigError::EnrichSinks),
             Role::Writer if !local => Err(ClusterConfigError::WriterSinks),
             _ => Ok(()),
         }

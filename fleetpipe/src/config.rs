@@ -182,7 +182,12 @@ impl Config {
     /// [`Config::load`], with `cluster.role` set to `role` when given (it
     /// wins over the file and the environment: `fleetpipe run --role`).
     pub fn load_as(path: &Path, role: Option<Role>) -> Result<Self, ConfigError> {
-        Self::load_with_env(path, Env::prefixed("FLEETPIPE_").split("__"), role)
+        // FLEETPIPE_CRASH_AT arms a crash point for the kill tests
+        // (fleetpipe_kafka::CRASH_AT); it is no configuration key.
+        let env = Env::prefixed("FLEETPIPE_")
+            .ignore(&["crash_at"])
+            .split("__");
+        Self::load_with_env(path, env, role)
     }
 
     fn load_with_env(path: &Path, env: Env, role: Option<Role>) -> Result<Self, ConfigError> {
@@ -420,6 +425,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/roles");
         for (file, role) in [
             ("gateway.toml", Role::Gateway),
+            ("enrich.toml", Role::Enrich),
             ("writer.toml", Role::Writer),
         ] {
             let c = Config::load(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
@@ -95,6 +95,9 @@ pub enum OpsConfigError {
 pub struct Readiness {
     started: Arc<AtomicBool>,
     shutdown: CancellationToken,
+    /// Work in progress that keeps the process not ready while above 0
+    /// (an enrich member restoring its partitions).
+    holds: Option<Arc<AtomicUsize>>,
 }
 
 impl Readiness {
@@ -103,7 +106,15 @@ impl Readiness {
         Self {
             started: Arc::default(),
             shutdown,
+            holds: None,
         }
+    }
+
+    /// Not ready either while `holds` is above 0.
+    #[must_use]
+    pub fn holding_while(mut self, holds: Option<Arc<AtomicUsize>>) -> Self {
+        self.holds = holds;
+        self
     }
 
     /// Marks ready or not.
@@ -113,7 +124,12 @@ impl Readiness {
 
     /// Whether ready.
     pub fn get(&self) -> bool {
-        self.started.load(Ordering::SeqCst) && !self.shutdown.is_cancelled()
+        self.started.load(Ordering::SeqCst)
+            && !self.shutdown.is_cancelled()
+            && self
+                .holds
+                .as_ref()
+                .is_none_or(|holds| holds.load(Ordering::SeqCst) == 0)
     }
 }
 

@@ -145,6 +145,13 @@ pub enum PipelineError {
     /// The consumer group member could not start, or failed.
     #[error(transparent)]
     Consumer(#[from] fleetpipe_kafka::group::GroupError),
+    /// The enrich role's changelog client could not be created.
+    #[error(transparent)]
+    Changelog(#[from] fleetpipe_kafka::changelog::ChangelogError),
+    /// The enrich role's stage stopped (its outputs or snapshots were not
+    /// stored; the group replays from the last commit).
+    #[error("enrich role: {0}")]
+    Partitioned(#[from] fleetpipe_enrich::partitioned::PartitionedError),
     /// Shutdown did not finish within `pipeline.shutdown_timeout`.
     #[error("shutdown did not finish within {0:?}; records still queued may not be written")]
     ShutdownTimeout(Duration),
@@ -214,6 +221,7 @@ impl Pipeline {
             listeners,
             kafka,
             inflight,
+            restoring,
         } = role.start().await?;
         if let Some(watcher) = fences.take_watcher() {
             intake.spawn("geofence file watcher", async move {
@@ -221,7 +229,7 @@ impl Pipeline {
             });
         }
 
-        let readiness = Readiness::new(shutdown.clone());
+        let readiness = Readiness::new(shutdown.clone()).holding_while(restoring);
         let (ops, ops_stop) = run_ops(config, ops_listener, readiness.clone(), &fences, &failure);
         warn_about_open_doors(config, &auth, ops_addr);
         fences.log_loaded();

@@ -4,6 +4,8 @@
 //! ```text
 //! all:     sources ─▶ enrichment ─▶ fan-out ─▶ sinks
 //! gateway: sources ─▶ raw ─────────▶ fan-out ─▶ Kafka (raw topic)
+//! enrich:  Kafka group (raw topic) ─▶ decode ─▶ partitioned enrichment ─▶ Kafka (outputs)
+//!                                                      └▶ changelog topic
 //! writer:  Kafka group (telemetry, events, dead letters) ─▶ decode ─▶ fan-out ─▶ sinks
 //! ```
 //!
@@ -13,14 +15,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
+use fleetpipe_enrich::partitioned::{
+    PartitionedEnrich, PartitionedError, PartitionedInput, PartitionedSetup,
+};
 use fleetpipe_geofence::service::FenceService;
 use fleetpipe_ingest::gateway::InflightProbe;
 use fleetpipe_ingest::{Authenticator, SourceContext};
-use fleetpipe_kafka::ensure_topics;
-use fleetpipe_kafka::group::{Delivery, GroupConsumer};
+use fleetpipe_kafka::changelog::Changelog;
+use fleetpipe_kafka::group::{Delivery, GroupConsumer, OwnershipListener};
+use fleetpipe_kafka::{TopicSpec, ensure_topics, producer_config};
 use fleetpipe_model::topic_record::{Decoded, Stream, decode};
-use fleetpipe_model::{Accepted, DeadLetter, Gateway, Origin, RejectReason, SinkRecord};
+use fleetpipe_model::{Accepted, DeadLetter, Gateway, Origin, RawRecord, RejectReason, SinkRecord};
 use fleetpipe_sink::{KafkaEndpoint, SinkConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +52,8 @@ pub(crate) struct Running {
     pub(crate) kafka: Option<KafkaEndpoint>,
     /// Bytes of the sources' messages in the pipeline (none without sources).
     pub(crate) inflight: Option<InflightProbe>,
+    /// Restores in progress (enrich role): not ready while above 0.
+    pub(crate) restoring: Option<Arc<AtomicUsize>>,
 }
 
 /// What turns accepted pings into records in the roles that ingest.
@@ -74,6 +83,7 @@ impl RoleContext<'_> {
         match self.config.cluster.role {
             Role::All => self.ingest(Transform::Enrichment).await,
             Role::Gateway => self.ingest(Transform::Raw).await,
+            Role::Enrich => self.enrich().await,
             Role::Writer => self.writer().await,
         }
     }
@@ -126,6 +136,93 @@ impl RoleContext<'_> {
             listeners,
             kafka,
             inflight: Some(inflight),
+            restoring: None,
+        })
+    }
+
+    /// A member of the enrich group: the raw topic's owned partitions,
+    /// enriched into the output topics, each vehicle's state in the
+    /// changelog; a raw offset is committed once the outputs and the
+    /// snapshot of what it changed are in Kafka.
+    async fn enrich(&self) -> Result<Running, PipelineError> {
+        let config = self.config;
+        let cluster = &config.cluster;
+        let kafka = config.sink.kafka.as_ref().ok_or(PipelineError::NoKafka)?;
+        let topics = [
+            cluster.topic_spec(&cluster.raw_topic),
+            cluster.topic_spec(&kafka.telemetry_topic),
+            cluster.topic_spec(&kafka.events_topic),
+            cluster.topic_spec(&kafka.dlq_topic),
+            Changelog::spec(
+                &cluster.changelog_topic,
+                cluster.partitions,
+                cluster.replication_factor,
+            ),
+        ];
+        self.ensure_specs(kafka, &topics).await?;
+        let sinks = build_sinks(config, vec![SinkConfig::Kafka(kafka.clone())]).await?;
+        let client = consumer_client(kafka)?;
+        let changelog = Changelog::new(
+            &cluster.changelog_topic,
+            producer_config(&kafka.brokers, &kafka.librdkafka)?,
+            client.clone(),
+        )?;
+        let (records_tx, records) = mpsc::channel(config.pipeline.sink_queue);
+        let setup = PartitionedSetup {
+            fences: self.fences.index(),
+            changelog,
+            changelog_interval: cluster.changelog_interval,
+            restore_timeout: cluster.restore_timeout,
+        };
+        let stage = PartitionedEnrich::start(&config.enrich, setup, records_tx.clone())?;
+        let restoring = stage.ownership.restoring();
+        let listener: Arc<dyn OwnershipListener> = stage.ownership;
+        let group = cluster.group_id(Role::Enrich);
+        let consumer = GroupConsumer::start_with(
+            client,
+            &group,
+            &cluster.group,
+            &[&cluster.raw_topic],
+            Some(listener),
+        )?;
+        let (deliveries_tx, deliveries) = mpsc::channel(config.pipeline.ping_queue);
+        let mut stages = Tasks::new(self.failure.clone());
+        run_sinks(&mut stages, records, sinks);
+        stages.spawn(
+            "decode raw",
+            decode_raw(
+                deliveries,
+                stage.input,
+                records_tx,
+                cluster.raw_topic.clone(),
+            ),
+        );
+        let mut enrich_tasks = stage.tasks;
+        stages.spawn("partitioned enrichment", async move {
+            while let Some(outcome) = enrich_tasks.join_next().await {
+                match outcome {
+                    Ok(result) => result?,
+                    Err(e) => return Err(PartitionedError::Task(e.to_string()).into()),
+                }
+            }
+            Ok(())
+        });
+        let mut intake = Tasks::new(self.failure.clone());
+        let shutdown = self.shutdown.clone();
+        intake.spawn("kafka consumer", async move {
+            consumer
+                .run(deliveries_tx, shutdown)
+                .await
+                .map_err(PipelineError::Consumer)
+        });
+        tracing::info!(%group, changelog = %cluster.changelog_topic, "enrich: consuming the raw topic");
+        Ok(Running {
+            intake,
+            stages,
+            listeners: Vec::new(),
+            kafka: None,
+            inflight: None,
+            restoring: Some(restoring),
         })
     }
 
@@ -179,6 +276,7 @@ impl RoleContext<'_> {
             listeners: Vec::new(),
             kafka: None,
             inflight: None,
+            restoring: None,
         })
     }
 
@@ -212,9 +310,19 @@ impl RoleContext<'_> {
         topics: &[&str],
     ) -> Result<(), PipelineError> {
         let cluster = &self.config.cluster;
-        let client = consumer_client(kafka)?;
         let specs: Vec<_> = topics.iter().map(|t| cluster.topic_spec(t)).collect();
-        for outcome in ensure_topics(&client, &specs, cluster.topic_timeout).await? {
+        self.ensure_specs(kafka, &specs).await
+    }
+
+    /// Creates the topics of `specs` where missing and checks the rest.
+    async fn ensure_specs(
+        &self,
+        kafka: &fleetpipe_sink::KafkaConfig,
+        specs: &[TopicSpec],
+    ) -> Result<(), PipelineError> {
+        let client = consumer_client(kafka)?;
+        let timeout = self.config.cluster.topic_timeout;
+        for outcome in ensure_topics(&client, specs, timeout).await? {
             tracing::info!(topic = %outcome.name, partitions = outcome.partitions, status = ?outcome.status, "kafka topic");
         }
         Ok(())
@@ -232,6 +340,49 @@ async fn forward_raw(
         if records.send(record).await.is_err() {
             return Err(PipelineError::SinkClosed { sink: "kafka" });
         }
+    }
+    Ok(())
+}
+
+/// Turns each raw record back into the accepted ping (for enrichment) or
+/// the dead letter (straight to the dead-letter topic) it was, with the
+/// delivery's acknowledgement. A record that does not decode becomes a
+/// `decode_failed` dead letter.
+async fn decode_raw(
+    mut deliveries: mpsc::Receiver<Delivery>,
+    pings: mpsc::Sender<PartitionedInput>,
+    records: mpsc::Sender<SinkRecord>,
+    raw_topic: String,
+) -> Result<(), PipelineError> {
+    let stopped = |sink| PipelineError::SinkClosed { sink };
+    while let Some(Delivery { record, ack }) = deliveries.recv().await {
+        let headers: Vec<(&str, &[u8])> = record
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_ref()))
+            .collect();
+        let decoded = decode(Stream::Raw, record.key.as_deref(), &record.value, &headers);
+        let dead_letter = match decoded {
+            Ok(Decoded::Raw(RawRecord::Ping(accepted))) => {
+                let input = PartitionedInput::Ping {
+                    accepted: Accepted { ack, ..accepted },
+                    partition: record.partition,
+                    offset: record.offset,
+                };
+                pings.send(input).await.map_err(|_| stopped("enrichment"))?;
+                continue;
+            }
+            Ok(Decoded::Raw(RawRecord::DeadLetter(dead))) => {
+                SinkRecord::DeadLetter(DeadLetter { ack, ..dead })
+            }
+            Ok(Decoded::Sink(_)) => undecodable(&record, ack, "an output record on the raw topic"),
+            Err(e) => undecodable(&record, ack, &e.to_string()),
+        };
+        debug_assert_eq!(record.topic, raw_topic);
+        records
+            .send(dead_letter)
+            .await
+            .map_err(|_| stopped("kafka"))?;
     }
     Ok(())
 }

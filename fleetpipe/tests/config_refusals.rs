@@ -254,6 +254,37 @@ fn cases(ops_port: u16) -> Vec<Case> {
             "cluster.raw_topic",
         ),
         (
+            "the enrich role's only sinks",
+            vec![
+                ("cluster", "role = \"enrich\"\n".into()),
+                ("sink.kafka", "brokers = \"k:9092\"\n".into()),
+            ],
+            "cluster.role = \"enrich\" writes only the output topics",
+        ),
+        (
+            "a changelog topic of its own",
+            vec![
+                ("cluster", "role = \"enrich\"\nchangelog_topic = \"fleet.raw.v1\"\n".into()),
+                ("sink.kafka", "brokers = \"k:9092\"\n".into()),
+                ("sink.file", OMIT.into()),
+            ],
+            "cluster.changelog_topic",
+        ),
+        (
+            "a restore within the poll interval",
+            vec![
+                ("cluster", "role = \"enrich\"\nrestore_timeout = \"10m\"\n".into()),
+                ("sink.kafka", "brokers = \"k:9092\"\n".into()),
+                ("sink.file", OMIT.into()),
+            ],
+            "cluster.restore_timeout",
+        ),
+        (
+            "a changelog interval",
+            vec![("cluster", "changelog_interval = \"0s\"\n".into())],
+            "cluster.changelog_interval",
+        ),
+        (
             "partitions",
             vec![("cluster", "partitions = 0\n".into())],
             "cluster.partitions",

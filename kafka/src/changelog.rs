@@ -73,6 +73,16 @@ pub enum ChangelogError {
     },
 }
 
+/// A key's latest value in the changelog, and the partition it was read
+/// from (the partition of the key's input records: one partitioner).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// The partition.
+    pub partition: i32,
+    /// The latest value.
+    pub value: Bytes,
+}
+
 /// A changelog topic: write snapshots, restore partitions.
 pub struct Changelog {
     topic: String,
@@ -170,7 +180,7 @@ impl Changelog {
         partitions: &[i32],
         timeout: Duration,
         progress: impl Fn(i64) + Send + 'static,
-    ) -> Result<BTreeMap<String, Bytes>, ChangelogError> {
+    ) -> Result<BTreeMap<String, Restored>, ChangelogError> {
         let topic = self.topic.clone();
         let reader = self.reader.clone();
         let partitions = partitions.to_vec();
@@ -196,7 +206,7 @@ fn restore_blocking(
     partitions: &[i32],
     timeout: Duration,
     progress: &dyn Fn(i64),
-) -> Result<BTreeMap<String, Bytes>, (i32, String)> {
+) -> Result<BTreeMap<String, Restored>, (i32, String)> {
     let deadline = Instant::now() + timeout;
     let consumer: BaseConsumer = reader
         // A group id is required to create a consumer; it only assigns, so
@@ -269,7 +279,13 @@ fn restore_blocking(
                 };
                 match message.payload() {
                     Some(value) if !value.is_empty() => {
-                        state.insert(key.to_owned(), Bytes::copy_from_slice(value));
+                        state.insert(
+                            key.to_owned(),
+                            Restored {
+                                partition: message.partition(),
+                                value: Bytes::copy_from_slice(value),
+                            },
+                        );
                     }
                     _ => {
                         state.remove(key);

@@ -29,6 +29,7 @@
 //! Tansu in a process of its own, and librdkafka's mock cluster.
 
 pub mod changelog;
+mod crash_point;
 pub mod group;
 pub mod metrics;
 mod partitioner;
@@ -37,10 +38,11 @@ mod topics;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 
+/// librdkafka client options, as [`client_config`] and [`producer_config`] make them.
+pub use crash_point::{CRASH_AT, crash_point};
 pub use partitioner::{
     ClientConfigError, PARTITIONER, client_config, murmur2, partition_for, producer_config,
 };
-/// librdkafka client options, as [`client_config`] and [`producer_config`] make them.
 pub use rdkafka::ClientConfig;
 pub use topics::{
     ConfigCheck, ConfigDifference, TopicError, TopicOutcome, TopicSpec, TopicStatus,

@@ -62,7 +62,11 @@ async fn a_restore_gives_each_partitions_vehicles_their_latest_state() {
         })
         .await
         .unwrap();
-    assert_eq!(all, want);
+    let values: BTreeMap<_, _> = all
+        .iter()
+        .map(|(vehicle, restored)| (vehicle.clone(), restored.value.clone()))
+        .collect();
+    assert_eq!(values, want);
     assert_eq!(
         left.load(Ordering::SeqCst),
         0,
@@ -77,14 +81,15 @@ async fn a_restore_gives_each_partitions_vehicles_their_latest_state() {
             .restore(&[partition], TIMEOUT, |_| {})
             .await
             .unwrap();
-        for vehicle in part.keys() {
+        for (vehicle, restored) in part {
             assert_eq!(
                 partition_for(vehicle.as_bytes(), 3),
                 Some(partition),
                 "{vehicle}"
             );
+            assert_eq!(restored.partition, partition, "{vehicle}");
+            union.insert(vehicle, restored.value);
         }
-        union.extend(part);
     }
     assert_eq!(union, want);
 }

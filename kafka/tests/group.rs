@@ -161,3 +161,115 @@ async fn a_second_member_takes_partitions_over_without_rereading_what_was_stored
     // partitions were revoked, so B started after it.
     assert_eq!(all, want);
 }
+
+/// Records what the listener was told, and refuses take-overs when asked.
+#[derive(Default)]
+struct Recorder {
+    events: std::sync::Mutex<Vec<String>>,
+    refuse: bool,
+}
+
+impl fleetpipe_kafka::group::OwnershipListener for Recorder {
+    fn assigned(&self, partitions: &[(String, i32)]) -> Result<(), String> {
+        // Slow on purpose: nothing of these partitions may be handed out
+        // while this runs.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut events = self.events.lock().unwrap();
+        for (_, partition) in partitions {
+            events.push(format!("assigned {partition}"));
+        }
+        if self.refuse {
+            Err("state not restored".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn revoked(&self, partitions: &[(String, i32)], lost: bool) {
+        let mut events = self.events.lock().unwrap();
+        for (_, partition) in partitions {
+            events.push(format!("revoked {partition} lost={lost}"));
+        }
+    }
+}
+
+/// The listener hears of every partition before any of its records is
+/// handed out, and of its revoke at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_takes_partitions_over_before_their_records_flow() {
+    let (tansu, keys) = setup(30).await;
+    let client = client_config(&tansu.bootstrap(), &BTreeMap::new()).unwrap();
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let listener: std::sync::Arc<dyn fleetpipe_kafka::group::OwnershipListener> = recorder.clone();
+    let consumer = GroupConsumer::start_with(
+        client,
+        "listened",
+        &group_settings(),
+        &[TOPIC],
+        Some(listener),
+    )
+    .unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let stop = CancellationToken::new();
+    let run = tokio::spawn({
+        let stop = stop.clone();
+        async move { consumer.run(tx, stop).await }
+    });
+    let mut seen = 0;
+    while seen < keys.len() {
+        let delivery = tokio::time::timeout(TIMEOUT, rx.recv())
+            .await
+            .expect("records flow")
+            .expect("the member runs");
+        let assigned = format!("assigned {}", delivery.record.partition);
+        assert!(
+            recorder.events.lock().unwrap().contains(&assigned),
+            "a record of partition {} before the listener took it over",
+            delivery.record.partition
+        );
+        delivery.ack.delivered();
+        seen += 1;
+    }
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    let events = recorder.events.lock().unwrap().clone();
+    for partition in 0..3 {
+        assert!(
+            events.contains(&format!("assigned {partition}")),
+            "{events:?}"
+        );
+        assert!(
+            events.contains(&format!("revoked {partition} lost=false")),
+            "{events:?}"
+        );
+    }
+}
+
+/// A listener that cannot take its partitions over stops the member with
+/// the reason, and nothing of them is handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_take_over_stops_the_member_and_hands_out_nothing() {
+    let (tansu, _keys) = setup(10).await;
+    let client = client_config(&tansu.bootstrap(), &BTreeMap::new()).unwrap();
+    let listener: std::sync::Arc<dyn fleetpipe_kafka::group::OwnershipListener> =
+        std::sync::Arc::new(Recorder {
+            refuse: true,
+            ..Recorder::default()
+        });
+    let consumer = GroupConsumer::start_with(
+        client,
+        "refusing",
+        &group_settings(),
+        &[TOPIC],
+        Some(listener),
+    )
+    .unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let stop = CancellationToken::new();
+    let result = tokio::time::timeout(TIMEOUT, consumer.run(tx, stop))
+        .await
+        .expect("the member stops on its own");
+    let error = result.expect_err("a refused take-over is an error");
+    assert!(error.to_string().contains("state not restored"), "{error}");
+    assert!(rx.try_recv().is_err(), "a record was handed out");
+}

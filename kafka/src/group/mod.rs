@@ -17,6 +17,10 @@
 //!   session timeout) for what is in flight to settle, and commits
 //!   synchronously; a **lost** assignment (the member was fenced) commits
 //!   nothing: another member owns the partitions already;
+//! - an [`OwnershipListener`] (the enrich role's state store) is told of
+//!   both on the poll thread: a new partition's records are fetched only
+//!   once `assigned` returned (its state restored), and `revoked` runs after
+//!   the commit (its state dropped);
 //! - at **shutdown**, polling stops, what is in flight settles, and the
 //!   stored offsets are committed before the member leaves the group.
 
@@ -154,6 +158,33 @@ pub enum GroupError {
     /// The poll thread ended on its own.
     #[error("kafka consumer: the poll thread stopped")]
     PollThread,
+    /// The [`OwnershipListener`] could not take over assigned partitions
+    /// (they are paused: this member must stop so another takes them).
+    #[error("kafka consumer: taking over partitions {partitions:?}: {reason}")]
+    TakeOver {
+        /// The partitions assigned.
+        partitions: Vec<TopicPartition>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Told when this member's partitions change, on the poll thread while
+/// librdkafka waits (keep it below `max_poll_interval`).
+pub trait OwnershipListener: Send + Sync + 'static {
+    /// `partitions` were assigned. No record of theirs is handed out before
+    /// this returns; an error pauses them and stops the member
+    /// ([`GroupError::TakeOver`]).
+    ///
+    /// # Errors
+    ///
+    /// The partitions cannot be taken over (e.g. their state not restored).
+    fn assigned(&self, partitions: &[TopicPartition]) -> Result<(), String>;
+
+    /// `partitions` are gone: after their records in flight settled (or
+    /// `revoke_timeout` passed) and what settled was committed; `lost`
+    /// when the member was fenced, and nothing was committed.
+    fn revoked(&self, partitions: &[TopicPartition], lost: bool);
 }
 
 /// One record as the group delivered it.
@@ -192,9 +223,25 @@ struct Shared {
     /// Signalled on every settlement, for a revoke waiting for its partitions.
     settled: Condvar,
     revoke_timeout: Duration,
+    /// Why the listener could not take partitions over, for `run` to end on.
+    take_over: Mutex<Option<GroupError>>,
 }
 
 impl Shared {
+    fn failed_take_over(&self) -> bool {
+        self.take_over
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    fn take_over_error(&self) -> Option<GroupError> {
+        self.take_over
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
     fn offsets(&self) -> MutexGuard<'_, Offsets> {
         // A panic while holding the lock leaves plain data behind: keep going.
         self.offsets.lock().unwrap_or_else(PoisonError::into_inner)
@@ -204,6 +251,7 @@ impl Shared {
 /// librdkafka's callbacks: assignment and revoke bookkeeping.
 struct GroupContext {
     shared: Arc<Shared>,
+    listener: Option<Arc<dyn OwnershipListener>>,
 }
 
 impl ClientContext for GroupContext {
@@ -266,6 +314,9 @@ impl ConsumerContext for GroupContext {
         crate::metrics::partitions_given_up(given_up, tps.len());
         if lost {
             tracing::warn!(partitions = ?tps, "partitions lost (this member was fenced or timed out): nothing committed, their new owner reads them again");
+            if let Some(listener) = &self.listener {
+                listener.revoked(&tps, true);
+            }
             return;
         }
         if unsettled > 0 {
@@ -278,18 +329,44 @@ impl ConsumerContext for GroupContext {
                 tracing::warn!(error = %e, "revoke: commit failed; the new owner reads from the previous commit");
             }
         }
+        if let Some(listener) = &self.listener {
+            listener.revoked(&tps, false);
+        }
         tracing::info!(partitions = ?tps, committed = ?points, "partitions revoked");
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let tps = topic_partitions(tpl);
-            let mut offsets = self.shared.offsets();
-            for tp in &tps {
-                offsets.assign(tp.clone());
-            }
-            tracing::info!(partitions = ?tps, "partitions assigned");
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(tpl) = rebalance else {
+            return;
+        };
+        let tps = topic_partitions(tpl);
+        if tps.is_empty() {
+            return;
         }
+        if let Some(listener) = &self.listener
+            && let Err(reason) = listener.assigned(&tps)
+        {
+            // Nothing of them may be read without their state: pause them
+            // and stop, so the group gives them to another member.
+            if let Err(e) = consumer.pause(tpl) {
+                tracing::error!(error = %e, "pausing partitions that could not be taken over");
+            }
+            tracing::error!(partitions = ?tps, %reason, "partitions could not be taken over; this member stops");
+            *self
+                .shared
+                .take_over
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(GroupError::TakeOver {
+                partitions: tps,
+                reason,
+            });
+            return;
+        }
+        let mut offsets = self.shared.offsets();
+        for tp in &tps {
+            offsets.assign(tp.clone());
+        }
+        tracing::info!(partitions = ?tps, "partitions assigned");
     }
 }
 
@@ -372,15 +449,32 @@ impl GroupConsumer {
     ///
     /// A setting out of range or refused by librdkafka.
     pub fn start(
+        client: ClientConfig,
+        group_id: &str,
+        group: &GroupConfig,
+        topics: &[&str],
+    ) -> Result<Self, GroupError> {
+        Self::start_with(client, group_id, group, topics, None)
+    }
+
+    /// [`GroupConsumer::start`], telling `listener` of every change of
+    /// this member's partitions.
+    ///
+    /// # Errors
+    ///
+    /// A setting out of range or refused by librdkafka.
+    pub fn start_with(
         mut client: ClientConfig,
         group_id: &str,
         group: &GroupConfig,
         topics: &[&str],
+        listener: Option<Arc<dyn OwnershipListener>>,
     ) -> Result<Self, GroupError> {
         let shared = Arc::new(Shared {
             offsets: Mutex::default(),
             settled: Condvar::new(),
             revoke_timeout: group.revoke_timeout,
+            take_over: Mutex::new(None),
         });
         client
             .set("group.id", group_id)
@@ -411,6 +505,7 @@ impl GroupConsumer {
         }
         let context = GroupContext {
             shared: Arc::clone(&shared),
+            listener,
         };
         let consumer: BaseConsumer<GroupContext> = client.create_with_context(context)?;
         consumer.subscribe(topics)?;
@@ -465,7 +560,7 @@ impl GroupConsumer {
                 () = shutdown.cancelled() => break,
                 record = records.recv() => {
                     let Some(record) = record else {
-                        result = Err(GroupError::PollThread);
+                        result = Err(shared.take_over_error().unwrap_or(GroupError::PollThread));
                         break;
                     };
                     let tp = (record.topic.clone(), record.partition);
@@ -526,6 +621,7 @@ fn settle(
         AckStatus::Delivered => Settled::Delivered,
         AckStatus::Failed => Settled::Failed,
     };
+    crate::crash_point("group.settled");
     let changed = {
         let mut offsets = shared.offsets();
         offsets.settle(tp, offset, settled);
@@ -552,6 +648,10 @@ fn poll(
     stop: &AtomicBool,
 ) {
     while !stop.load(Ordering::SeqCst) {
+        if consumer.context().shared.failed_take_over() {
+            // Ending drops `records`: `run` reports why.
+            return;
+        }
         match consumer.poll(POLL_WAIT) {
             None => {}
             Some(Err(e)) => {

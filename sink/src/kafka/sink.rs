@@ -490,6 +490,7 @@ impl Delivery {
         match report {
             Ok(_) => {
                 metrics.written.written(stream, 1, bytes);
+                fleetpipe_kafka::crash_point("sink.kafka.delivered");
                 ack.delivered();
             }
             Err((e, message)) => {

@@ -29,9 +29,11 @@ pub const RESTORE_SECONDS: &str = "fleetpipe_enrich_last_restore_seconds";
 pub const REPLAY_SKIPPED_TOTAL: &str = "fleetpipe_enrich_replay_skipped_total";
 /// Counter: vehicle snapshots written to the changelog (enrich role).
 pub const SNAPSHOTS_TOTAL: &str = "fleetpipe_enrich_changelog_snapshots_total";
+/// Counter: bytes of the snapshots written to the changelog (enrich role).
+pub const SNAPSHOT_BYTES_TOTAL: &str = "fleetpipe_enrich_changelog_bytes_total";
 
 /// Every metric of the enrichment stage.
-pub const ALL: [Metric; 11] = [
+pub const ALL: [Metric; 12] = [
     Metric {
         name: PINGS_TOTAL,
         kind: Kind::Counter,
@@ -109,6 +111,13 @@ pub const ALL: [Metric; 11] = [
         description: "Vehicle snapshots written to the changelog (enrich role).",
         labels: &[],
     },
+    Metric {
+        name: SNAPSHOT_BYTES_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Bytes,
+        description: "Bytes of the vehicle snapshots written to the changelog (values, enrich role).",
+        labels: &[],
+    },
 ];
 
 /// Registers the help texts and units, so exporters can describe the metrics.
@@ -171,9 +180,10 @@ pub(crate) fn replay_skipped() {
     metrics::counter!(REPLAY_SKIPPED_TOTAL).increment(1);
 }
 
-/// `n` snapshots reached the changelog.
-pub(crate) fn snapshots_written(n: usize) {
+/// `n` snapshots of `bytes` in all reached the changelog.
+pub(crate) fn snapshots_written(n: usize, bytes: usize) {
     metrics::counter!(SNAPSHOTS_TOTAL).increment(n as u64);
+    metrics::counter!(SNAPSHOT_BYTES_TOTAL).increment(bytes as u64);
 }
 
 /// A changelog checkpoint failed (the member stops).
@@ -206,15 +216,14 @@ mod tests {
             restore_remaining(7);
             restored(2, std::time::Duration::from_secs(3));
             replay_skipped();
-            snapshots_written(2);
+            snapshots_written(2, 2);
         });
         let snapshot = snapshotter.snapshot().into_vec();
         for metric in ALL {
             let value = recorded(&metric, &snapshot)[0];
             let expected = match metric.name {
-                PINGS_TOTAL | H3_ERRORS_TOTAL | RESTORED_TOTAL | SNAPSHOTS_TOTAL => {
-                    DebugValue::Counter(2)
-                }
+                PINGS_TOTAL | H3_ERRORS_TOTAL | RESTORED_TOTAL | SNAPSHOTS_TOTAL
+                | SNAPSHOT_BYTES_TOTAL => DebugValue::Counter(2),
                 EVENTS_TOTAL | CHECKPOINT_ERRORS_TOTAL | REPLAY_SKIPPED_TOTAL => {
                     DebugValue::Counter(1)
                 }

@@ -340,9 +340,11 @@ impl OwnershipListener for StateOwnership {
 }
 
 /// Routes pings by vehicle; restores by vehicle, releases to every worker.
+/// A worker gets the same inputs for its share: its vehicles, and a `done`
+/// of its own, which the dispatcher awaits before answering the whole.
 async fn dispatch(
     mut input: mpsc::Receiver<PartitionedInput>,
-    queues: Vec<mpsc::Sender<WorkerInput>>,
+    queues: Vec<mpsc::Sender<PartitionedInput>>,
 ) -> Result<(), PartitionedError> {
     let gone = || PartitionedError::Task("an enrich worker stopped".into());
     let mut batch = Vec::with_capacity(BATCH);
@@ -355,7 +357,7 @@ async fn dispatch(
                     offset,
                 } => {
                     let index = accepted.ping.vehicle_id.shard(queues.len());
-                    let ping = WorkerInput::Ping {
+                    let ping = PartitionedInput::Ping {
                         accepted,
                         partition,
                         offset,
@@ -374,7 +376,7 @@ async fn dispatch(
                     let mut installed = Vec::with_capacity(queues.len());
                     for (queue, vehicles) in queues.iter().zip(shares) {
                         let (tx, rx) = oneshot::channel();
-                        let restore = WorkerInput::Restore {
+                        let restore = PartitionedInput::Restore {
                             partitions: partitions.clone(),
                             vehicles,
                             done: tx,
@@ -391,7 +393,7 @@ async fn dispatch(
                     let mut released = Vec::with_capacity(queues.len());
                     for queue in &queues {
                         let (tx, rx) = oneshot::channel();
-                        let release = WorkerInput::Release {
+                        let release = PartitionedInput::Release {
                             partitions: partitions.clone(),
                             done: tx,
                         };
@@ -407,29 +409,6 @@ async fn dispatch(
         }
     }
     Ok(())
-}
-
-/// One worker's share of a [`PartitionedInput`].
-#[derive(Debug)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "as PartitionedInput: pings are nearly every item"
-)]
-enum WorkerInput {
-    Ping {
-        accepted: Accepted,
-        partition: i32,
-        offset: i64,
-    },
-    Restore {
-        partitions: Vec<i32>,
-        vehicles: Vec<(i32, VehicleId, Bytes)>,
-        done: oneshot::Sender<()>,
-    },
-    Release {
-        partitions: Vec<i32>,
-        done: oneshot::Sender<()>,
-    },
 }
 
 /// What a checkpoint writes, and what waits for it.
@@ -460,7 +439,7 @@ struct PartitionWorker {
     /// Raw acks waiting for the next checkpoint, with their partition.
     held: Vec<(i32, Ack)>,
     barrier: BatchAck,
-    queue: mpsc::Receiver<WorkerInput>,
+    queue: mpsc::Receiver<PartitionedInput>,
     output: mpsc::Sender<SinkRecord>,
     checkpoints: mpsc::Sender<Checkpoint>,
     metrics: WorkerMetrics,
@@ -504,14 +483,14 @@ impl PartitionWorker {
         Ok(())
     }
 
-    fn take(&mut self, input: WorkerInput, out: &mut Vec<SinkRecord>) {
+    fn take(&mut self, input: PartitionedInput, out: &mut Vec<SinkRecord>) {
         match input {
-            WorkerInput::Ping {
+            PartitionedInput::Ping {
                 accepted,
                 partition,
                 offset,
             } => self.ping(accepted, partition, offset, out),
-            WorkerInput::Restore {
+            PartitionedInput::Restore {
                 partitions,
                 vehicles,
                 done,
@@ -538,7 +517,7 @@ impl PartitionWorker {
                 }
                 let _ = done.send(());
             }
-            WorkerInput::Release { partitions, done } => {
+            PartitionedInput::Release { partitions, done } => {
                 for partition in &partitions {
                     self.owned.remove(partition);
                 }
@@ -681,11 +660,15 @@ async fn write_checkpoints(
         };
         if !entries.is_empty() {
             let written = entries.len();
+            let bytes = entries
+                .iter()
+                .map(|(_, value)| value.as_ref().map_or(0, Bytes::len))
+                .sum();
             if let Err(e) = changelog.write(entries).await {
                 crate::metrics::checkpoint_failed();
                 return Err(e.into());
             }
-            crate::metrics::snapshots_written(written);
+            crate::metrics::snapshots_written(written, bytes);
         }
         fleetpipe_kafka::crash_point("enrich.snapshots_written");
         for ack in held {

@@ -207,14 +207,7 @@ impl RoleContext<'_> {
             }
             Ok(())
         });
-        let mut intake = Tasks::new(self.failure.clone());
-        let shutdown = self.shutdown.clone();
-        intake.spawn("kafka consumer", async move {
-            consumer
-                .run(deliveries_tx, shutdown)
-                .await
-                .map_err(PipelineError::Consumer)
-        });
+        let intake = self.run_consumer(consumer, deliveries_tx);
         tracing::info!(%group, changelog = %cluster.changelog_topic, "enrich: consuming the raw topic");
         Ok(Running {
             intake,
@@ -261,14 +254,7 @@ impl RoleContext<'_> {
         let mut stages = Tasks::new(self.failure.clone());
         run_sinks(&mut stages, records, sinks);
         stages.spawn("decode", decode_outputs(deliveries, records_tx, topics));
-        let mut intake = Tasks::new(self.failure.clone());
-        let shutdown = self.shutdown.clone();
-        intake.spawn("kafka consumer", async move {
-            consumer
-                .run(deliveries_tx, shutdown)
-                .await
-                .map_err(PipelineError::Consumer)
-        });
+        let intake = self.run_consumer(consumer, deliveries_tx);
         tracing::info!(%group, "writer: consuming the output topics");
         Ok(Running {
             intake,
@@ -278,6 +264,20 @@ impl RoleContext<'_> {
             inflight: None,
             restoring: None,
         })
+    }
+
+    /// The intake of the roles that read Kafka: the group member, handing
+    /// its records to `deliveries` until shutdown.
+    fn run_consumer(&self, consumer: GroupConsumer, deliveries: mpsc::Sender<Delivery>) -> Tasks {
+        let mut intake = Tasks::new(self.failure.clone());
+        let shutdown = self.shutdown.clone();
+        intake.spawn("kafka consumer", async move {
+            consumer
+                .run(deliveries, shutdown)
+                .await
+                .map_err(PipelineError::Consumer)
+        });
+        intake
     }
 
     fn source_context(&self, queues: &Queues) -> SourceContext {

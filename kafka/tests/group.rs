@@ -193,23 +193,32 @@ impl fleetpipe_kafka::group::OwnershipListener for Recorder {
     }
 }
 
+/// A member of `group` telling `listener`, and the channel it hands to.
+fn listened(
+    tansu: &Tansu,
+    group: &str,
+    listener: std::sync::Arc<Recorder>,
+) -> (
+    GroupConsumer,
+    mpsc::Sender<Delivery>,
+    mpsc::Receiver<Delivery>,
+) {
+    let client = client_config(&tansu.bootstrap(), &BTreeMap::new()).unwrap();
+    let listener: std::sync::Arc<dyn fleetpipe_kafka::group::OwnershipListener> = listener;
+    let consumer =
+        GroupConsumer::start_with(client, group, &group_settings(), &[TOPIC], Some(listener))
+            .unwrap();
+    let (tx, rx) = mpsc::channel(64);
+    (consumer, tx, rx)
+}
+
 /// The listener hears of every partition before any of its records is
 /// handed out, and of its revoke at shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_takes_partitions_over_before_their_records_flow() {
     let (tansu, keys) = setup(30).await;
-    let client = client_config(&tansu.bootstrap(), &BTreeMap::new()).unwrap();
     let recorder = std::sync::Arc::new(Recorder::default());
-    let listener: std::sync::Arc<dyn fleetpipe_kafka::group::OwnershipListener> = recorder.clone();
-    let consumer = GroupConsumer::start_with(
-        client,
-        "listened",
-        &group_settings(),
-        &[TOPIC],
-        Some(listener),
-    )
-    .unwrap();
-    let (tx, mut rx) = mpsc::channel(64);
+    let (consumer, tx, mut rx) = listened(&tansu, "listened", recorder.clone());
     let stop = CancellationToken::new();
     let run = tokio::spawn({
         let stop = stop.clone();
@@ -250,21 +259,11 @@ async fn the_listener_takes_partitions_over_before_their_records_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_take_over_stops_the_member_and_hands_out_nothing() {
     let (tansu, _keys) = setup(10).await;
-    let client = client_config(&tansu.bootstrap(), &BTreeMap::new()).unwrap();
-    let listener: std::sync::Arc<dyn fleetpipe_kafka::group::OwnershipListener> =
-        std::sync::Arc::new(Recorder {
-            refuse: true,
-            ..Recorder::default()
-        });
-    let consumer = GroupConsumer::start_with(
-        client,
-        "refusing",
-        &group_settings(),
-        &[TOPIC],
-        Some(listener),
-    )
-    .unwrap();
-    let (tx, mut rx) = mpsc::channel(64);
+    let refusing = std::sync::Arc::new(Recorder {
+        refuse: true,
+        ..Recorder::default()
+    });
+    let (consumer, tx, mut rx) = listened(&tansu, "refusing", refusing);
     let stop = CancellationToken::new();
     let result = tokio::time::timeout(TIMEOUT, consumer.run(tx, stop))
         .await

@@ -43,7 +43,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::offsets::{Offsets, Settled, TopicPartition};
+use self::offsets::{Offsets, Settled, Ticket, TopicPartition};
 
 /// How long one poll waits for a record before the thread looks at the
 /// stop flag again.
@@ -554,8 +554,8 @@ impl GroupConsumer {
         loop {
             tokio::select! {
                 biased;
-                Some((tp, offset, status)) = settling.next(), if !settling.is_empty() => {
-                    settle(&consumer, &shared, &tp, offset, status);
+                Some((tp, ticket, offset, status)) = settling.next(), if !settling.is_empty() => {
+                    settle(&consumer, &shared, &tp, ticket, offset, status);
                 }
                 () = shutdown.cancelled() => break,
                 record = records.recv() => {
@@ -565,14 +565,14 @@ impl GroupConsumer {
                     };
                     let tp = (record.topic.clone(), record.partition);
                     let offset = record.offset;
-                    if !shared.offsets().hand_out(&tp, offset) {
+                    let Some(ticket) = shared.offsets().hand_out(&tp, offset) else {
                         // Its partition is being revoked (or was): the next
                         // owner reads it.
                         continue;
-                    }
+                    };
                     let batch = BatchAck::new();
                     let ack = batch.ack();
-                    settling.push(async move { (tp, offset, batch.wait().await) });
+                    settling.push(async move { (tp, ticket, offset, batch.wait().await) });
                     if output.send(Delivery { record, ack }).await.is_err() {
                         // The pipeline stopped taking records: shutdown.
                         break;
@@ -583,8 +583,8 @@ impl GroupConsumer {
         // Stop polling; records already fetched are not handed out.
         stop.store(true, Ordering::SeqCst);
         drop(records);
-        while let Some((tp, offset, status)) = settling.next().await {
-            settle(&consumer, &shared, &tp, offset, status);
+        while let Some((tp, ticket, offset, status)) = settling.next().await {
+            settle(&consumer, &shared, &tp, ticket, offset, status);
         }
         // Blocking calls (joining the thread, the commit, leaving the group)
         // off the async workers.
@@ -614,6 +614,7 @@ fn settle(
     consumer: &BaseConsumer<GroupContext>,
     shared: &Shared,
     tp: &TopicPartition,
+    ticket: Ticket,
     offset: i64,
     status: AckStatus,
 ) {
@@ -624,7 +625,7 @@ fn settle(
     crate::crash_point("group.settled");
     let changed = {
         let mut offsets = shared.offsets();
-        offsets.settle(tp, offset, settled);
+        offsets.settle(tp, ticket, offset, settled);
         offsets.take_changed()
     };
     shared.settled.notify_all();

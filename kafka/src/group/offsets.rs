@@ -28,9 +28,18 @@ pub enum Settled {
     Failed,
 }
 
+/// Which ownership of its partition a handed-out record belongs to: a
+/// record settling after its partition was revoked and assigned again must
+/// not move (or hold) the new ownership's commit point, even at an offset
+/// the new owner has handed out again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
 /// One owned partition's records in flight.
 #[derive(Debug, Default)]
 struct Partition {
+    /// Which ownership this is (see [`Ticket`]).
+    generation: u64,
     /// Records handed out and not yet released from the front, by offset:
     /// `None` while in flight, `Some` once settled.
     in_flight: BTreeMap<i64, Option<Settled>>,
@@ -73,6 +82,8 @@ impl Partition {
 #[derive(Debug, Default)]
 pub struct Offsets {
     partitions: HashMap<TopicPartition, Partition>,
+    /// The generation the next assignment gets.
+    next_generation: u64,
 }
 
 impl Offsets {
@@ -80,7 +91,12 @@ impl Offsets {
     /// out from now on (a fresh start: nothing of a previous ownership
     /// carries over).
     pub fn assign(&mut self, tp: TopicPartition) {
-        self.partitions.insert(tp, Partition::default());
+        self.next_generation += 1;
+        let partition = Partition {
+            generation: self.next_generation,
+            ..Partition::default()
+        };
+        self.partitions.insert(tp, partition);
     }
 
     /// `tp` is being revoked: nothing more of it is handed out, and
@@ -97,21 +113,24 @@ impl Offsets {
     }
 
     /// Whether a record of `tp` at `offset` may be handed out (the partition
-    /// is owned and not being revoked); if so, it is now in flight.
-    pub fn hand_out(&mut self, tp: &TopicPartition, offset: i64) -> bool {
+    /// is owned and not being revoked); if so, it is now in flight, and the
+    /// ticket goes with its settlement.
+    pub fn hand_out(&mut self, tp: &TopicPartition, offset: i64) -> Option<Ticket> {
         match self.partitions.get_mut(tp) {
             Some(p) if !p.revoking => {
                 p.in_flight.insert(offset, None);
-                true
+                Some(Ticket(p.generation))
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    /// The record of `tp` at `offset` settled. A settlement of a partition
-    /// no longer owned (revoked meanwhile) changes nothing.
-    pub fn settle(&mut self, tp: &TopicPartition, offset: i64, settled: Settled) {
+    /// The record of `tp` at `offset`, handed out with `ticket`, settled. A
+    /// settlement of an ownership that ended (the partition revoked
+    /// meanwhile, perhaps assigned again since) changes nothing.
+    pub fn settle(&mut self, tp: &TopicPartition, ticket: Ticket, offset: i64, settled: Settled) {
         if let Some(p) = self.partitions.get_mut(tp)
+            && p.generation == ticket.0
             && let Some(slot) = p.in_flight.get_mut(&offset)
         {
             *slot = Some(settled);
@@ -174,21 +193,32 @@ mod tests {
         ("t".to_owned(), p)
     }
 
+    /// Hands out `offsets` of `tp`, all of one ownership: its ticket.
+    fn hand_out(
+        o: &mut Offsets,
+        tp: &TopicPartition,
+        offsets: impl IntoIterator<Item = i64>,
+    ) -> Ticket {
+        let mut ticket = None;
+        for offset in offsets {
+            ticket = Some(o.hand_out(tp, offset).expect("owned"));
+        }
+        ticket.expect("at least one offset")
+    }
+
     #[test]
     fn the_commit_point_follows_the_delivered_prefix_whatever_the_order() {
         let mut o = Offsets::default();
         o.assign(tp(0));
-        for offset in [10, 11, 12, 14] {
-            assert!(o.hand_out(&tp(0), offset));
-        }
-        o.settle(&tp(0), 12, Settled::Delivered);
-        o.settle(&tp(0), 11, Settled::Delivered);
+        let t = hand_out(&mut o, &tp(0), [10, 11, 12, 14]);
+        o.settle(&tp(0), t, 12, Settled::Delivered);
+        o.settle(&tp(0), t, 11, Settled::Delivered);
         assert_eq!(o.take_changed(), vec![], "10 is still in flight");
-        o.settle(&tp(0), 10, Settled::Delivered);
+        o.settle(&tp(0), t, 10, Settled::Delivered);
         assert_eq!(o.take_changed(), vec![(tp(0), 13)]);
         assert_eq!(o.take_changed(), vec![], "reported once");
         // A gap in the offsets (compaction, transaction markers) is no hole.
-        o.settle(&tp(0), 14, Settled::Delivered);
+        o.settle(&tp(0), t, 14, Settled::Delivered);
         assert_eq!(o.take_changed(), vec![(tp(0), 15)]);
         assert_eq!(o.pending_all(), 0);
     }
@@ -197,17 +227,15 @@ mod tests {
     fn a_failed_record_holds_the_commit_point_below_it_for_good() {
         let mut o = Offsets::default();
         o.assign(tp(0));
-        for offset in 0..4 {
-            o.hand_out(&tp(0), offset);
-        }
-        o.settle(&tp(0), 0, Settled::Delivered);
-        o.settle(&tp(0), 1, Settled::Failed);
-        o.settle(&tp(0), 2, Settled::Delivered);
-        o.settle(&tp(0), 3, Settled::Delivered);
+        let t = hand_out(&mut o, &tp(0), 0..4);
+        o.settle(&tp(0), t, 0, Settled::Delivered);
+        o.settle(&tp(0), t, 1, Settled::Failed);
+        o.settle(&tp(0), t, 2, Settled::Delivered);
+        o.settle(&tp(0), t, 3, Settled::Delivered);
         assert_eq!(o.take_changed(), vec![(tp(0), 1)]);
         assert!(o.is_stuck(&tp(0)));
-        o.hand_out(&tp(0), 4);
-        o.settle(&tp(0), 4, Settled::Delivered);
+        let t = hand_out(&mut o, &tp(0), [4]);
+        o.settle(&tp(0), t, 4, Settled::Delivered);
         assert_eq!(o.take_changed(), vec![]);
         assert_eq!(o.commit_points(), vec![(tp(0), 1)]);
     }
@@ -217,9 +245,9 @@ mod tests {
         let mut o = Offsets::default();
         o.assign(tp(0));
         o.assign(tp(1));
-        o.hand_out(&tp(0), 5);
-        o.hand_out(&tp(1), 7);
-        o.settle(&tp(1), 7, Settled::Delivered);
+        hand_out(&mut o, &tp(0), [5]);
+        let t1 = hand_out(&mut o, &tp(1), [7]);
+        o.settle(&tp(1), t1, 7, Settled::Delivered);
         assert_eq!(o.take_changed(), vec![(tp(1), 8)]);
         assert_eq!(o.pending([&tp(0)]), 1);
         assert_eq!(o.pending([&tp(1)]), 0);
@@ -229,29 +257,54 @@ mod tests {
     fn a_revoked_partition_hands_out_nothing_and_forgets_its_records() {
         let mut o = Offsets::default();
         o.assign(tp(0));
-        o.hand_out(&tp(0), 0);
-        o.hand_out(&tp(0), 1);
+        let t = hand_out(&mut o, &tp(0), [0, 1]);
         o.start_revoke(&tp(0));
-        assert!(!o.hand_out(&tp(0), 2), "not after the revoke started");
+        assert!(
+            o.hand_out(&tp(0), 2).is_none(),
+            "not after the revoke started"
+        );
         assert_eq!(o.pending([&tp(0)]), 2);
-        o.settle(&tp(0), 0, Settled::Delivered);
-        o.settle(&tp(0), 1, Settled::Delivered);
+        o.settle(&tp(0), t, 0, Settled::Delivered);
+        o.settle(&tp(0), t, 1, Settled::Delivered);
         assert_eq!(o.pending([&tp(0)]), 0);
         assert_eq!(o.revoke(&tp(0)), Some(2));
         // Unowned now: late settlements and hand-outs change nothing.
-        o.settle(&tp(0), 1, Settled::Failed);
-        assert!(!o.hand_out(&tp(0), 3));
+        o.settle(&tp(0), t, 1, Settled::Failed);
+        assert!(o.hand_out(&tp(0), 3).is_none());
         assert_eq!(o.commit_points(), vec![]);
         // Assigned again: a fresh start, not the old state.
         o.assign(tp(0));
-        assert!(o.hand_out(&tp(0), 2));
+        assert!(o.hand_out(&tp(0), 2).is_some());
         assert_eq!(o.commit_points(), vec![]);
+    }
+
+    #[test]
+    fn a_settlement_of_a_previous_ownership_does_not_count_for_the_next() {
+        let mut o = Offsets::default();
+        o.assign(tp(0));
+        let old = hand_out(&mut o, &tp(0), [5, 6]);
+        o.start_revoke(&tp(0));
+        assert_eq!(o.revoke(&tp(0)), None, "nothing settled in time");
+        // Assigned back, and the same records handed out again.
+        o.assign(tp(0));
+        let new = hand_out(&mut o, &tp(0), [5, 6]);
+        assert_ne!(old, new);
+        // The old ownership's records settle late: a dropped one must not
+        // hold the new commit point, a delivered one must not move it.
+        o.settle(&tp(0), old, 5, Settled::Failed);
+        o.settle(&tp(0), old, 6, Settled::Delivered);
+        assert!(!o.is_stuck(&tp(0)));
+        assert_eq!(o.take_changed(), vec![]);
+        assert_eq!(o.pending([&tp(0)]), 2);
+        o.settle(&tp(0), new, 5, Settled::Delivered);
+        o.settle(&tp(0), new, 6, Settled::Delivered);
+        assert_eq!(o.take_changed(), vec![(tp(0), 7)]);
     }
 
     #[test]
     fn records_of_a_partition_never_assigned_are_not_handed_out() {
         let mut o = Offsets::default();
-        assert!(!o.hand_out(&tp(3), 0));
+        assert!(o.hand_out(&tp(3), 0).is_none());
         assert_eq!(o.pending_all(), 0);
     }
 }

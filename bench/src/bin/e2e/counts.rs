@@ -98,6 +98,36 @@ pub async fn db_rows(pg_url: &str, schema: &str) -> anyhow::Result<u64> {
     Ok(row.get::<_, i64>(0).max(0) as u64)
 }
 
+/// The mode `{schema}.telemetry` is in on the server: a TimescaleDB
+/// hypertable, or a plain PostgreSQL table (what the sink's `timescaledb =
+/// "auto"` chose, not what the configuration asked for).
+pub async fn database_mode(pg_url: &str, schema: &str) -> anyhow::Result<String> {
+    let client = fleetpipe_bench::peers::connect(pg_url).await?;
+    let extension: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !extension {
+        return Ok("plain PostgreSQL: the server has no TimescaleDB".to_owned());
+    }
+    let hypertable: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables \
+             WHERE hypertable_schema = $1 AND hypertable_name = 'telemetry')",
+            &[&schema],
+        )
+        .await?
+        .get(0);
+    Ok(if hypertable {
+        "TimescaleDB, telemetry a hypertable".to_owned()
+    } else {
+        "plain PostgreSQL tables on a server with TimescaleDB".to_owned()
+    })
+}
+
 /// Bytes of `{schema}.telemetry` with its indexes (and TOAST).
 pub async fn table_bytes(pg_url: &str, schema: &str) -> anyhow::Result<u64> {
     let client = fleetpipe_bench::peers::connect(pg_url).await?;

@@ -456,6 +456,7 @@ async fn fleetpipe_runs(
     let totals = Totals {
         acked_pings: published,
         db_rows: counts::db_rows(&args.pg_url, schema).await?,
+        database_mode: counts::database_mode(&args.pg_url, schema).await?,
         kafka_messages: counts::kafka_messages(&fp.kafka, "fleet.telemetry.v1").await?,
     };
     progress.set_message("stopping fleetpipe (SIGTERM: it drains)");

@@ -164,6 +164,9 @@ pub struct Totals {
     pub db_rows: u64,
     /// Messages in the Kafka telemetry topic.
     pub kafka_messages: u64,
+    /// What the run's telemetry table was in: "TimescaleDB (hypertable)"
+    /// or "plain PostgreSQL", read from the server after the run.
+    pub database_mode: String,
 }
 
 /// The peers.
@@ -264,11 +267,11 @@ impl Report {
         let st = &self.settings;
         let _ = writeln!(
             s,
-            "fleetpipe (release) with the TimescaleDB sink (plain PostgreSQL here) and the Kafka \
+            "fleetpipe (release) with the TimescaleDB sink (this run: {}) and the Kafka \
              sink (embedded mock cluster), embedded MQTT broker; the simulator ({} vehicles, {} \
              MQTT connections, QoS 1, {}) on the same machine. Durable = counted by both sinks; \
              checked against `count(*)` and the Kafka watermarks at the end.\n",
-            st.vehicles, st.connections, st.encoding
+            self.totals.database_mode, st.vehicles, st.connections, st.encoding
         );
         let _ = writeln!(s, "| target | measured | met |\n|---|---|---|");
         for t in &self.targets {

@@ -234,6 +234,7 @@ pub async fn run(
     let totals = Totals {
         acked_pings: published,
         db_rows: counts::db_rows(&args.pg_url, schema).await?,
+        database_mode: counts::database_mode(&args.pg_url, schema).await?,
         kafka_messages: counts::kafka_messages(&fp.kafka, "fleet.telemetry.v1").await?,
     };
     let table_bytes = counts::table_bytes(&args.pg_url, schema).await?;

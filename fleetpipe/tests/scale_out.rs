@@ -156,8 +156,12 @@ replication_factor = 1
 changelog_interval = "200ms"
 restore_timeout = "10s"
 # Tansu 0.6.0 holds a group's rebalance after a member died until the
-# rebalance timeout (max_poll_interval) has run out for it: with 60s a
-# restarted writer, alone in its group, was seen unassigned for minutes.
+# rebalance timeout (max_poll_interval) has run out for it. It also keeps a
+# dead member as the group's leader when no other member is alive: a
+# writer alone in its group, killed and started again, was seen unassigned
+# for minutes (SyncGroup failing "rebalance in progress", then "unknown
+# member", in a loop), so the kill test runs two writers. Its static
+# membership (instance_id) left members unassigned altogether.
 [cluster.group]
 session_timeout = "6s"
 revoke_timeout = "3s"
@@ -447,11 +451,14 @@ struct Faults {
     gateway: Option<&'static str>,
     enrich: [Option<&'static str>; 2],
     writer: Option<&'static str>,
-    /// A third enrich member joins halfway through.
+    /// A second writer (without a crash point) beside the first.
+    second_writer: bool,
+    /// A third enrich member joins halfway through, and is killed (SIGKILL,
+    /// wherever it is) three quarters through, then started again.
     join_midway: bool,
 }
 
-/// 1 gateway, 2 enrich members (and a third if asked), 1 writer, each its
+/// 1 gateway, 2 enrich members (and a third if asked), 1 writer (or 2), each its
 /// own process, into a schema of their own; processes that die at a crash
 /// point are started again.
 async fn run_roles(
@@ -473,8 +480,13 @@ async fn run_roles(
         );
         (Process::spawn(&dir, name, &toml, ops, crash), http)
     };
-    let (mut writer, _) = role("writer", "writer", &timescale(&schema), faults.writer);
-    writer.wait_ready().await;
+    let mut writers = Vec::new();
+    let second = faults.second_writer.then_some(None);
+    for (i, crash) in std::iter::once(faults.writer).chain(second).enumerate() {
+        let (mut writer, _) = role(&format!("writer-{i}"), "writer", &timescale(&schema), crash);
+        writer.wait_ready().await;
+        writers.push(writer);
+    }
     let mut enrich = Vec::new();
     for (i, crash) in faults.enrich.iter().enumerate() {
         let (mut member, _) = role(&format!("enrich-{i}"), "enrich", "", *crash);
@@ -484,31 +496,39 @@ async fn run_roles(
     let (mut gateway, http) = role("gateway", "gateway", "", faults.gateway);
     gateway.wait_ready().await;
 
-    let processes = Arc::new(Mutex::new((gateway, enrich, writer)));
+    let processes = Arc::new(Mutex::new((gateway, enrich, writers)));
     let supervisor = {
         let processes = Arc::clone(&processes);
         tokio::spawn(async move {
             loop {
                 {
-                    let mut p = processes.lock().await;
-                    p.0.revive();
-                    for member in &mut p.1 {
+                    let mut guard = processes.lock().await;
+                    let (gateway, enrich, writers) = &mut *guard;
+                    gateway.revive();
+                    for member in enrich.iter_mut().chain(writers.iter_mut()) {
                         member.revive();
                     }
-                    p.2.revive();
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
     };
     let messages = &run.messages;
-    let half = messages.len() / 2;
+    let (half, three_quarters) = (messages.len() / 2, messages.len() * 3 / 4);
     publish(http, &messages[..half]).await;
     if faults.join_midway {
         let (member, _) = role("enrich-2", "enrich", "", None);
         processes.lock().await.1.push(member);
     }
-    publish(http, &messages[half..]).await;
+    publish(http, &messages[half..three_quarters]).await;
+    if faults.join_midway {
+        // At no particular point of its work: the supervisor restarts it.
+        let mut p = processes.lock().await;
+        if let Some(joined) = p.1.last_mut() {
+            let _ = joined.child.kill();
+        }
+    }
+    publish(http, &messages[three_quarters..]).await;
 
     // Every ping is in the raw topic; wait until each is a row and every
     // event before the sweep is stored.
@@ -524,7 +544,7 @@ async fn run_roles(
             let p = processes.lock().await;
             let tails: Vec<String> = std::iter::once(&p.0)
                 .chain(p.1.iter())
-                .chain(std::iter::once(&p.2))
+                .chain(p.2.iter())
                 .map(|process| format!("--- {}:\n{}", process.name, process.tail()))
                 .collect();
             panic!("{}\n{}", diff(expected, &now), tails.join("\n"));
@@ -533,18 +553,24 @@ async fn run_roles(
     }
     supervisor.abort();
     let _ = supervisor.await;
-    let (mut gateway, mut enrich, mut writer) = Arc::try_unwrap(processes)
+    let (mut gateway, mut enrich, mut writers) = Arc::try_unwrap(processes)
         .ok()
         .expect("the supervisor is gone")
         .into_inner();
     // Nothing more may come: a duplicate would show as an extra below.
     tokio::time::sleep(Duration::from_secs(2)).await;
     gateway.stop();
-    for member in &mut enrich {
+    for member in enrich.iter_mut().chain(writers.iter_mut()) {
         member.stop();
     }
-    writer.stop();
-    for (process, crash) in [(&gateway, faults.gateway), (&writer, faults.writer)]
+    if faults.join_midway {
+        let joined = enrich.last().expect("the member that joined");
+        assert!(
+            joined.restarts >= 1,
+            "the member that joined was not killed and restarted"
+        );
+    }
+    for (process, crash) in [(&gateway, faults.gateway), (&writers[0], faults.writer)]
         .into_iter()
         .chain(enrich.iter().zip(faults.enrich.iter().copied()))
     {
@@ -622,7 +648,11 @@ async fn the_roles_store_exactly_what_the_all_role_stores() {
 }
 
 /// The same, with every process killed (abort, as `kill -9`) at a point
-/// of the protocol and started again, and a member joining midway.
+/// of the protocol and started again: the gateway between produce and
+/// answer (the publisher sends again), one enrich member after its outputs
+/// and before its snapshot, the other after its snapshot and before its
+/// offsets commit, the writer between its database commit and its offset
+/// commit; and a member joining midway, SIGKILLed wherever it is later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_members_and_a_member_joining_change_nothing_stored() {
     oracle_against_roles(Faults {
@@ -632,6 +662,7 @@ async fn killed_members_and_a_member_joining_change_nothing_stored() {
             Some("enrich.snapshots_written:12"),
         ],
         writer: Some("group.settled:6000"),
+        second_writer: true,
         join_midway: true,
     })
     .await;

@@ -116,9 +116,11 @@ pub enum PartitionedError {
 /// The changelog value of one vehicle: its tracker state and the raw offset
 /// it has applied.
 #[derive(Debug, Deserialize)]
-struct StoredState {
+struct StoredState<'a> {
     raw_offset: i64,
-    state: serde_json::Value,
+    /// Kept as the bytes it was, for the tracker to parse (once).
+    #[serde(borrow)]
+    state: &'a serde_json::value::RawValue,
 }
 
 fn stored_value(raw_offset: i64, state_json: &str) -> Bytes {
@@ -259,7 +261,7 @@ impl StateOwnership {
         Arc::clone(&self.restoring)
     }
 
-    async fn restore(&self, partitions: Vec<i32>) -> Result<usize, String> {
+    async fn restore(&self, partitions: Vec<i32>) -> Result<(), String> {
         let started = std::time::Instant::now();
         let state = self
             .changelog
@@ -293,7 +295,7 @@ impl StateOwnership {
         self.owned.set().extend(partitions.iter().copied());
         crate::metrics::restored(count, started.elapsed());
         tracing::info!(?partitions, vehicles = count, elapsed = ?started.elapsed(), "partitions restored from the changelog");
-        Ok(count)
+        Ok(())
     }
 }
 
@@ -303,7 +305,7 @@ impl OwnershipListener for StateOwnership {
         self.restoring.fetch_add(1, Ordering::SeqCst);
         let result = self.runtime.block_on(self.restore(partitions));
         self.restoring.fetch_sub(1, Ordering::SeqCst);
-        result.map(|_| ())
+        result
     }
 
     fn revoked(&self, partitions: &[TopicPartition], lost: bool) {
@@ -346,23 +348,13 @@ async fn dispatch(
     mut input: mpsc::Receiver<PartitionedInput>,
     queues: Vec<mpsc::Sender<PartitionedInput>>,
 ) -> Result<(), PartitionedError> {
-    let gone = || PartitionedError::Task("an enrich worker stopped".into());
     let mut batch = Vec::with_capacity(BATCH);
     while input.recv_many(&mut batch, BATCH).await > 0 {
         for item in batch.drain(..) {
             match item {
-                PartitionedInput::Ping {
-                    accepted,
-                    partition,
-                    offset,
-                } => {
+                PartitionedInput::Ping { ref accepted, .. } => {
                     let index = accepted.ping.vehicle_id.shard(queues.len());
-                    let ping = PartitionedInput::Ping {
-                        accepted,
-                        partition,
-                        offset,
-                    };
-                    queues[index].send(ping).await.map_err(|_| gone())?;
+                    queues[index].send(item).await.map_err(|_| worker_gone())?;
                 }
                 PartitionedInput::Restore {
                     partitions,
@@ -373,40 +365,49 @@ async fn dispatch(
                     for entry in vehicles {
                         shares[entry.1.shard(queues.len())].push(entry);
                     }
-                    let mut installed = Vec::with_capacity(queues.len());
-                    for (queue, vehicles) in queues.iter().zip(shares) {
-                        let (tx, rx) = oneshot::channel();
-                        let restore = PartitionedInput::Restore {
-                            partitions: partitions.clone(),
-                            vehicles,
-                            done: tx,
-                        };
-                        queue.send(restore).await.map_err(|_| gone())?;
-                        installed.push(rx);
-                    }
-                    for rx in installed {
-                        rx.await.map_err(|_| gone())?;
-                    }
+                    to_every_worker(&queues, |index, done| PartitionedInput::Restore {
+                        partitions: partitions.clone(),
+                        vehicles: std::mem::take(&mut shares[index]),
+                        done,
+                    })
+                    .await?;
                     let _ = done.send(());
                 }
                 PartitionedInput::Release { partitions, done } => {
-                    let mut released = Vec::with_capacity(queues.len());
-                    for queue in &queues {
-                        let (tx, rx) = oneshot::channel();
-                        let release = PartitionedInput::Release {
-                            partitions: partitions.clone(),
-                            done: tx,
-                        };
-                        queue.send(release).await.map_err(|_| gone())?;
-                        released.push(rx);
-                    }
-                    for rx in released {
-                        rx.await.map_err(|_| gone())?;
-                    }
+                    to_every_worker(&queues, |_, done| PartitionedInput::Release {
+                        partitions: partitions.clone(),
+                        done,
+                    })
+                    .await?;
                     let _ = done.send(());
                 }
             }
         }
+    }
+    Ok(())
+}
+
+fn worker_gone() -> PartitionedError {
+    PartitionedError::Task("an enrich worker stopped".into())
+}
+
+/// Sends worker `index` the input `share` makes for it with a `done` of its
+/// own, then waits until every worker has done its share.
+async fn to_every_worker(
+    queues: &[mpsc::Sender<PartitionedInput>],
+    mut share: impl FnMut(usize, oneshot::Sender<()>) -> PartitionedInput,
+) -> Result<(), PartitionedError> {
+    let mut done = Vec::with_capacity(queues.len());
+    for (index, queue) in queues.iter().enumerate() {
+        let (tx, rx) = oneshot::channel();
+        queue
+            .send(share(index, tx))
+            .await
+            .map_err(|_| worker_gone())?;
+        done.push(rx);
+    }
+    for rx in done {
+        rx.await.map_err(|_| worker_gone())?;
     }
     Ok(())
 }
@@ -502,7 +503,7 @@ impl PartitionWorker {
                         .map_err(|e| e.to_string())
                         .and_then(|stored| {
                             self.tracker
-                                .restore(vehicle.clone(), &stored.state.to_string(), now)
+                                .restore(vehicle.clone(), stored.state.get(), now)
                                 .map(|()| stored.raw_offset)
                         });
                     match restored {

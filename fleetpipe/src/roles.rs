@@ -190,12 +190,7 @@ impl RoleContext<'_> {
         run_sinks(&mut stages, records, sinks);
         stages.spawn(
             "decode raw",
-            decode_raw(
-                deliveries,
-                stage.input,
-                records_tx,
-                cluster.raw_topic.clone(),
-            ),
+            decode_raw(deliveries, stage.input, records_tx),
         );
         let mut enrich_tasks = stage.tasks;
         stages.spawn("partitioned enrichment", async move {
@@ -352,7 +347,6 @@ async fn decode_raw(
     mut deliveries: mpsc::Receiver<Delivery>,
     pings: mpsc::Sender<PartitionedInput>,
     records: mpsc::Sender<SinkRecord>,
-    raw_topic: String,
 ) -> Result<(), PipelineError> {
     let stopped = |sink| PipelineError::SinkClosed { sink };
     while let Some(Delivery { record, ack }) = deliveries.recv().await {
@@ -378,7 +372,6 @@ async fn decode_raw(
             Ok(Decoded::Sink(_)) => undecodable(&record, ack, "an output record on the raw topic"),
             Err(e) => undecodable(&record, ack, &e.to_string()),
         };
-        debug_assert_eq!(record.topic, raw_topic);
         records
             .send(dead_letter)
             .await

@@ -146,7 +146,44 @@ shutdown_timeout = "60s"
     )
 }
 
-fn cluster(role: &str, tansu: &Tansu) -> String {
+/// The consumer groups' timing: short, so that a dead member's partitions
+/// move within seconds.
+#[derive(Debug, Clone, Copy)]
+struct GroupTiming {
+    session: &'static str,
+    revoke: &'static str,
+    max_poll: &'static str,
+    restore: &'static str,
+}
+
+/// For Tansu with in-memory storage.
+const MEMORY_BROKER: GroupTiming = GroupTiming {
+    session: "6s",
+    revoke: "3s",
+    max_poll: "12s",
+    restore: "10s",
+};
+
+/// For Tansu with SQLite storage, which answers far more slowly under the
+/// run's load: with [`MEMORY_BROKER`]'s timing, members' heartbeats went
+/// unanswered for 6 s before the broker was touched (sessions expired,
+/// partitions lost) and changelog restores took 9-12 s. Its session also
+/// outlasts the [`OUTAGE`], so members keep their partitions across the
+/// restart.
+const DURABLE_BROKER: GroupTiming = GroupTiming {
+    session: "30s",
+    revoke: "10s",
+    max_poll: "90s",
+    restore: "60s",
+};
+
+fn cluster(role: &str, brokers: &str, timing: GroupTiming) -> String {
+    let GroupTiming {
+        session,
+        revoke,
+        max_poll,
+        restore,
+    } = timing;
     format!(
         r#"
 [cluster]
@@ -154,7 +191,7 @@ role = "{role}"
 partitions = 4
 replication_factor = 1
 changelog_interval = "200ms"
-restore_timeout = "10s"
+restore_timeout = "{restore}"
 # Tansu 0.6.0 holds a group's rebalance after a member died until the
 # rebalance timeout (max_poll_interval) has run out for it. It also keeps a
 # dead member as the group's leader when no other member is alive: a
@@ -163,15 +200,14 @@ restore_timeout = "10s"
 # member", in a loop), so the kill test runs two writers. Its static
 # membership (instance_id) left members unassigned altogether.
 [cluster.group]
-session_timeout = "6s"
-revoke_timeout = "3s"
-max_poll_interval = "12s"
+session_timeout = "{session}"
+revoke_timeout = "{revoke}"
+max_poll_interval = "{max_poll}"
 commit_interval = "200ms"
 [sink.kafka]
 brokers = "{brokers}"
 linger = "5ms"
-"#,
-        brokers = tansu.bootstrap()
+"#
     )
 }
 
@@ -315,7 +351,8 @@ fn start(config: &Path, log: &Path, crash_at: Option<&str>) -> Child {
 /// Publishes every message over HTTP to `port`, each vehicle's in order,
 /// `LANES` vehicles at a time; a message is sent again until it is
 /// answered 200 (a gateway that died is started again by the test).
-async fn publish(port: u16, messages: &[(String, Vec<u8>)]) {
+/// Returns when each was answered 200.
+async fn publish(port: u16, messages: &[(String, Vec<u8>)]) -> Vec<Instant> {
     let mut lanes: Vec<Vec<Vec<u8>>> = vec![Vec::new(); LANES];
     for (vehicle, body) in messages {
         let lane = fleetpipe_model::VehicleId::parse(vehicle)
@@ -333,11 +370,15 @@ async fn publish(port: u16, messages: &[(String, Vec<u8>)]) {
         let client = client.clone();
         let url = url.clone();
         tasks.spawn(async move {
+            let mut answered = Vec::with_capacity(lane.len());
             for body in lane {
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
                     match client.post(&url).body(body.clone()).send().await {
-                        Ok(r) if r.status() == 200 => break,
+                        Ok(r) if r.status() == 200 => {
+                            answered.push(Instant::now());
+                            break;
+                        }
                         Ok(r) => {
                             let status = r.status();
                             let text = r.text().await.unwrap_or_default();
@@ -349,11 +390,14 @@ async fn publish(port: u16, messages: &[(String, Vec<u8>)]) {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
+            answered
         });
     }
+    let mut answered = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        done.unwrap();
+        answered.extend(done.unwrap());
     }
+    answered
 }
 
 async fn db() -> tokio_postgres::Client {
@@ -456,7 +500,13 @@ struct Faults {
     /// A third enrich member joins halfway through, and is killed (SIGKILL,
     /// wherever it is) three quarters through, then started again.
     join_midway: bool,
+    /// The broker (durable storage) is killed (SIGKILL) just after the
+    /// second half starts, and started again [`OUTAGE`] later.
+    broker_restart: bool,
 }
+
+/// How long the broker is away in the broker-restart run.
+const OUTAGE: Duration = Duration::from_secs(10);
 
 /// 1 gateway, 2 enrich members (and a third if asked), 1 writer (or 2), each its
 /// own process, into a schema of their own; processes that die at a crash
@@ -464,19 +514,26 @@ struct Faults {
 async fn run_roles(
     dir: &Path,
     run: &Run,
-    tansu: &Tansu,
+    tansu: &mut Tansu,
     faults: Faults,
     expected: &Stored,
 ) -> Stored {
     let schema = fresh_schema("oracle_roles").await;
     let dir = dir.join("roles");
     std::fs::create_dir_all(&dir).unwrap();
+    // The same port after a restart.
+    let brokers = tansu.bootstrap();
+    let timing = if faults.broker_restart {
+        DURABLE_BROKER
+    } else {
+        MEMORY_BROKER
+    };
     let role = |name: &str, role: &str, sinks: &str, crash: Option<&'static str>| {
         let (ops, http) = (free_port(), free_port());
         let toml = format!(
             "{}{}{sinks}",
             common(ops, http, &run.fences),
-            cluster(role, tansu)
+            cluster(role, &brokers, timing)
         );
         (Process::spawn(&dir, name, &toml, ops, crash), http)
     };
@@ -520,7 +577,23 @@ async fn run_roles(
         let (member, _) = role("enrich-2", "enrich", "", None);
         processes.lock().await.1.push(member);
     }
-    publish(http, &messages[half..three_quarters]).await;
+    let second_quarter = publish(http, &messages[half..three_quarters]);
+    if faults.broker_restart {
+        let outage = async {
+            // Once the quarter is under way: pings are in flight.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let down = Instant::now();
+            tokio::task::block_in_place(|| tansu.kill()).unwrap();
+            tokio::time::sleep(OUTAGE).await;
+            let back = Instant::now();
+            tokio::task::block_in_place(|| tansu.restart()).unwrap_or_else(|e| panic!("{e}"));
+            (down, back)
+        };
+        let (answered, (down, back)) = tokio::join!(second_quarter, outage);
+        acknowledgements_paused(&answered, down, back);
+    } else {
+        second_quarter.await;
+    }
     if faults.join_midway {
         // At no particular point of its work: the supervisor restarts it.
         let mut p = processes.lock().await;
@@ -563,6 +636,20 @@ async fn run_roles(
     for member in enrich.iter_mut().chain(writers.iter_mut()) {
         member.stop();
     }
+    if faults.broker_restart {
+        for process in std::iter::once(&gateway)
+            .chain(enrich.iter())
+            .chain(writers.iter())
+        {
+            assert_eq!(
+                process.restarts,
+                0,
+                "{} died over the broker's restart: {}",
+                process.name,
+                process.tail()
+            );
+        }
+    }
     if faults.join_midway {
         let joined = enrich.last().expect("the member that joined");
         assert!(
@@ -586,6 +673,34 @@ async fn run_roles(
     stored(&schema, run.sweep_ms).await
 }
 
+/// While the broker was away no device heard "stored" (a ping answered
+/// then could only have been lost), and the quarter did not end before
+/// the outage began or sit out the outage unanswered: answers came before
+/// it and after it.
+fn acknowledgements_paused(answered: &[Instant], down: Instant, back: Instant) {
+    // An answer whose delivery report came in just before the kill may
+    // still be on its way to the device.
+    let grace = Duration::from_millis(250);
+    let during: Vec<Duration> = answered
+        .iter()
+        .filter(|t| **t > down + grace && **t < back)
+        .map(|t| t.duration_since(down))
+        .collect();
+    assert!(
+        during.is_empty(),
+        "{} pings answered 200 while the broker was away (after the kill: {:?})",
+        during.len(),
+        &during[..during.len().min(5)]
+    );
+    let before = answered.iter().filter(|t| **t <= down).count();
+    let after = answered.iter().filter(|t| **t >= back).count();
+    eprintln!("answers: {before} before the broker's kill, {after} after its restart");
+    assert!(
+        before > 0 && after > 0,
+        "the outage did not fall inside the publishing ({before} answers before, {after} after)"
+    );
+}
+
 fn diff(want: &Stored, got: &Stored) -> String {
     let missing: Vec<_> = want.events.difference(&got.events).take(5).collect();
     let extra: Vec<_> = got.events.difference(&want.events).take(5).collect();
@@ -606,7 +721,12 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 /// Runs the oracle, then the roles with `faults`, and compares.
 async fn oracle_against_roles(faults: Faults) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let tansu = Tansu::start().unwrap();
+    let mut tansu = if faults.broker_restart {
+        Tansu::start_durable()
+    } else {
+        Tansu::start()
+    }
+    .unwrap_or_else(|e| panic!("{e}"));
     // SCALE_OUT_KEEP_LOGS=1 keeps the processes' configs and logs.
     let tmp = tempfile::tempdir().unwrap();
     let (dir, _cleanup) = if std::env::var_os("SCALE_OUT_KEEP_LOGS").is_some() {
@@ -631,7 +751,7 @@ async fn oracle_against_roles(faults: Faults) {
         pings,
         "every acknowledged ping is a row"
     );
-    let roles = run_roles(&dir, &run, &tansu, faults, &oracle).await;
+    let roles = run_roles(&dir, &run, &mut tansu, faults, &oracle).await;
     eprintln!(
         "oracle: {} rows, {} events",
         oracle.telemetry.len(),
@@ -664,6 +784,20 @@ async fn killed_members_and_a_member_joining_change_nothing_stored() {
         writer: Some("group.settled:6000"),
         second_writer: true,
         join_midway: true,
+        broker_restart: false,
+    })
+    .await;
+}
+
+/// The same, with the broker (durable storage) killed while pings are in
+/// flight and started again 10 s later: every process rides it out
+/// without dying, no device hears "stored" while the broker is away, and
+/// nothing acknowledged before, during or after is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_rides_out_a_broker_restart() {
+    oracle_against_roles(Faults {
+        broker_restart: true,
+        ..Faults::default()
     })
     .await;
 }

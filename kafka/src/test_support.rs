@@ -1,11 +1,14 @@
 //! Test support (feature `test-support`): Kafka-compatible brokers for
 //! tests.
 //!
-//! - [`Tansu`]: the Tansu broker (crates.io `tansu` 0.6.0, in-memory
-//!   storage) in a process of its own on a free loopback port, for tests
-//!   that need a broker outside the test process (several fleetpipe
-//!   processes in consumer groups, a broker that dies). `scripts/test.sh`
-//!   installs it; a missing binary fails the test, never skips it.
+//! - [`Tansu`]: the Tansu broker (crates.io `tansu` 0.6.0) in a process of
+//!   its own on a free loopback port, for tests that need a broker outside
+//!   the test process (several fleetpipe processes in consumer groups, a
+//!   broker that dies). In-memory storage ([`Tansu::start`]), or an SQLite
+//!   file that outlives the process ([`Tansu::start_durable`]), for a
+//!   broker that crashes and comes back with what it had. `scripts/test.sh`
+//!   installs it (features `dynostore` and `libsql`); a missing binary
+//!   fails the test, never skips it.
 //! - [`MockKafka`]: librdkafka's mock cluster on a thread of its own, for
 //!   in-process tests. It has no CreateTopics or DescribeConfigs: topics are
 //!   made with [`MockKafka::create_topic`].
@@ -66,7 +69,7 @@ pub enum TestBrokerError {
     #[error(
         "tansu not found (${TANSU_ENV} unset, not on PATH, not in {searched}); install it with \
          `cargo install tansu --version {TANSU_VERSION} --locked --no-default-features \
-         --features dynostore` (scripts/test.sh does) or point ${TANSU_ENV} at it"
+         --features dynostore,libsql` (scripts/test.sh does) or point ${TANSU_ENV} at it"
     )]
     NotFound {
         /// The cargo bin directories looked in.
@@ -135,15 +138,27 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> TestBrokerError {
 
 /// A Tansu broker in its own process (and process group, so a signal to
 /// the test run's group does not reach it and killing it kills only it),
-/// listening on `127.0.0.1:`[`Tansu::port`] with in-memory storage: its
-/// topics and records are gone once it stops. Dropping it kills it.
+/// listening on `127.0.0.1:`[`Tansu::port`]. With in-memory storage its
+/// topics and records are gone once it stops; with durable storage they
+/// are there again after [`Tansu::restart`]. Dropping it kills it.
 #[derive(Debug)]
 pub struct Tansu {
     binary: PathBuf,
     port: u16,
+    storage: Storage,
     /// Its stdout and stderr, over every start (deleted on drop).
     log: tempfile::TempPath,
     child: Option<Child>,
+}
+
+/// Where a [`Tansu`] keeps topics, records, offsets and groups.
+#[derive(Debug)]
+enum Storage {
+    /// In the process's memory (`memory://`).
+    Memory,
+    /// In `tansu.db` (SQLite, Tansu's `libsql` engine) in this directory,
+    /// deleted on drop.
+    Sqlite(tempfile::TempDir),
 }
 
 impl Tansu {
@@ -167,6 +182,28 @@ impl Tansu {
     /// As [`Tansu::start`]; [`TestBrokerError::Spawn`] when `binary` cannot
     /// be run.
     pub fn start_with(binary: impl Into<PathBuf>) -> Result<Self, TestBrokerError> {
+        Self::launch(binary.into(), Storage::Memory)
+    }
+
+    /// As [`Tansu::start`], with durable storage: an SQLite database in a
+    /// temporary directory of its own (removed on drop), written before a
+    /// request is answered, so a broker killed with SIGKILL and started
+    /// again with [`Tansu::restart`] still has its topics, records,
+    /// committed offsets and consumer groups.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tansu::start`]; a binary built without the `libsql` feature
+    /// exits at once ([`TestBrokerError::Exited`], saying so).
+    pub fn start_durable() -> Result<Self, TestBrokerError> {
+        let dir = tempfile::Builder::new()
+            .prefix("fleetpipe-tansu-")
+            .tempdir()
+            .map_err(io("creating its storage directory"))?;
+        Self::launch(find_tansu()?, Storage::Sqlite(dir))
+    }
+
+    fn launch(binary: PathBuf, storage: Storage) -> Result<Self, TestBrokerError> {
         let log = tempfile::Builder::new()
             .prefix("fleetpipe-tansu-")
             .suffix(".log")
@@ -174,8 +211,9 @@ impl Tansu {
             .map_err(io("creating its log file"))?
             .into_temp_path();
         let mut tansu = Self {
-            binary: binary.into(),
+            binary,
             port: 0,
+            storage,
             log,
             child: None,
         };
@@ -302,7 +340,8 @@ impl Tansu {
 
     /// Starts it again on the same port (stopping it first if it runs) and
     /// waits until it answers. With in-memory storage it comes back empty:
-    /// no topics, no records, no committed offsets.
+    /// no topics, no records, no committed offsets; with durable storage
+    /// ([`Tansu::start_durable`]) it comes back with all of them.
     ///
     /// # Errors
     ///
@@ -329,10 +368,22 @@ impl Tansu {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
+        match &self.storage {
+            Storage::Memory => {
+                command.args(["--storage-engine", "memory://tansu/"]);
+            }
+            Storage::Sqlite(dir) => {
+                // Tansu 0.6.0 reads `sqlite://<host><path>` as a path
+                // below its working directory, even when the path is
+                // absolute: the directory is its working directory.
+                command
+                    .args(["--storage-engine", "sqlite://tansu.db"])
+                    .current_dir(dir.path());
+            }
+        }
         for variable in TANSU_ENV_SETTINGS {
             command.env_remove(variable);
         }

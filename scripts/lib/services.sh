@@ -131,14 +131,36 @@ TANSU_VERSION=0.6.0
 ensure_tansu() {
     local tansu
     tansu=$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")
-    if [ "$("$tansu" --version 2>/dev/null)" != "tansu $TANSU_VERSION" ]; then
-        log "installing tansu $TANSU_VERSION (cargo install: takes minutes)"
-        cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features --features dynostore
+    if [ "$("$tansu" --version 2>/dev/null)" != "tansu $TANSU_VERSION" ] || ! tansu_has_features; then
+        log "installing tansu $TANSU_VERSION with $TANSU_FEATURES (cargo install: takes minutes)"
+        cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features \
+            --features "$TANSU_FEATURES"
         tansu="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
     fi
     export TANSU="$tansu"
 }
 
+# dynostore: in-memory storage (most tests); libsql: SQLite storage that
+# outlives the process (the broker-restart tests).
+TANSU_FEATURES=dynostore,libsql
+
+# Whether cargo's record of installed crates says tansu was built with
+# every feature of TANSU_FEATURES (a binary from an earlier install may
+# lack libsql).
+tansu_has_features() {
+    python3 - "${CARGO_HOME:-$HOME/.cargo}/.crates2.json" "$TANSU_VERSION" "$TANSU_FEATURES" <<'PY'
+import json, sys
+path, version, wanted = sys.argv[1], sys.argv[2], set(sys.argv[3].split(","))
+try:
+    installs = json.load(open(path))["installs"]
+except (OSError, ValueError, KeyError):
+    sys.exit(1)
+for package, install in installs.items():
+    if package.startswith(f"tansu {version} ") and wanted <= set(install.get("features", [])):
+        sys.exit(0)
+sys.exit(1)
+PY
+}
 
 # Headers and libraries the build links against: OpenSSL for librdkafka's
 # TLS/SASL (rdkafka's `ssl` feature), and pkg-config to find it.

@@ -152,7 +152,7 @@ impl FromRequestParts<AppStateRef> for Access {
             return Ok(access);
         }
         if token.starts_with(SHARE_TOKEN_PREFIX) {
-            let now = OffsetDateTime::now_utc();
+            let now = now();
             if let Some(link) = state.db.share_lookup(&token_hash(token), now).await? {
                 return Ok(Access::Share(ShareGrant {
                     id: link.id,
@@ -181,6 +181,14 @@ fn query(
 fn segment(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(id) = path.map_err(|e| ApiError::bad("path", e.body_text()))?;
     Ok(id)
+}
+
+/// Now, to the microsecond: PostgreSQL's resolution, so a time the API
+/// answers with is the time it stores and compares.
+fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(t.nanosecond() / 1000 * 1000)
+        .unwrap_or(t)
 }
 
 /// RFC 3339, UTC.
@@ -620,7 +628,7 @@ async fn list_vehicles(
             Err(why) => return Err(ApiError::bad("cursor", why)),
         },
     };
-    let now = OffsetDateTime::now_utc();
+    let now = now();
     let filter = access.filter();
     let q = VehiclesQuery {
         state_rule: state.state_rule(now),
@@ -670,7 +678,7 @@ async fn get_vehicle(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<VehicleDetail>, ApiError> {
     let id = segment(path)?;
-    let now = OffsetDateTime::now_utc();
+    let now = now();
     let filter = access.filter();
     let row = state.visible_vehicle(&access, &filter, &id, now).await?;
     let open_dtcs = state.db.open_dtcs(&id, filter.from, filter.to).await?;
@@ -742,7 +750,7 @@ async fn get_track(
 ) -> Result<Json<Track>, ApiError> {
     let id = segment(path)?;
     let p = query(raw, &["from", "to", "max_points"])?;
-    let now = OffsetDateTime::now_utc();
+    let now = now();
     let to = p.time("to")?.unwrap_or(now);
     let from = p
         .time("from")?
@@ -1098,7 +1106,7 @@ async fn create_share_link(
             ),
         ));
     }
-    let now = OffsetDateTime::now_utc();
+    let now = now();
     let filter = access.filter();
     state
         .visible_vehicle(&access, &filter, &body.vehicle_id, now)
@@ -1155,7 +1163,7 @@ async fn revoke_share_link(
     let (vehicle_id, created_by) = state.db.share_owner(&id).await?.ok_or_else(missing)?;
     // Its creator may revoke it, and so may any token that sees its vehicle.
     if created_by != creator {
-        let now = OffsetDateTime::now_utc();
+        let now = now();
         let filter = access.filter();
         let sees = match &access {
             Access::Token {
@@ -1171,10 +1179,7 @@ async fn revoke_share_link(
             return Err(missing());
         }
     }
-    state
-        .db
-        .share_revoke(&id, OffsetDateTime::now_utc())
-        .await?;
+    state.db.share_revoke(&id, now()).await?;
     tracing::info!(share_link = %id, revoked_by = %creator, "api: share link revoked");
     Ok(StatusCode::NO_CONTENT)
 }

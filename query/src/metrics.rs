@@ -1,6 +1,6 @@
 //! The metrics of the query API, declared once like each stage's: [`ALL`]
 //! lists name, kind, unit, help text and labels, [`describe`] registers
-//! them, and [`request`] is the only way to record them.
+//! them, and `request` (crate-private) is the only way to record them.
 
 use fleetpipe_model::metrics::{Kind, Metric, Unit};
 

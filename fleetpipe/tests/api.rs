@@ -628,3 +628,39 @@ async fn the_openapi_document_lists_every_route_and_each_is_served() {
     );
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_api_port_or_an_unreachable_database_fails_the_start_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    let mut api = fleetpipe_query::ApiConfig {
+        listen: taken.local_addr().unwrap(),
+        tokens: vec![fleetpipe_query::TokenConfig {
+            name: "ops".into(),
+            sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            scope: Some(fleetpipe_query::config::FleetScope::Fleet),
+            vehicles: None,
+            fences: None,
+        }],
+        ..fleetpipe_query::ApiConfig::new(common::api::PG)
+    };
+    config.api = Some(api.clone());
+    let start = |config: fleetpipe::Config| async move {
+        fleetpipe::Pipeline::start(&config, tokio_util::sync::CancellationToken::new())
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = start(config.clone()).await;
+    assert!(e.contains("api.listen"), "{e}");
+    // Nothing answers there: the start fails on the pool, not at the first
+    // request.
+    api.listen = "127.0.0.1:0".parse().unwrap();
+    api.url = "postgresql://postgres@127.0.0.1:1/test".into();
+    api.connect_timeout = Some(std::time::Duration::from_secs(1));
+    config.api = Some(api);
+    let e = start(config).await;
+    assert!(e.starts_with("api: "), "{e}");
+}

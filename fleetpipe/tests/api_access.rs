@@ -270,9 +270,27 @@ async fn a_fence_token_sees_only_vehicles_in_its_fences_and_what_happened_there(
     // Fences: only its own.
     let (_, fences) = t.get(Some(DEPOT_ONLY), "/v1/fences").await;
     assert_eq!(ids(fences["features"].as_array().unwrap(), "id"), ["depot"]);
-    // The detail of b-1 shows no open code to it; the fleet token's does.
+    // b-1's open code is there, for the fleet token.
     let (_, b) = t.get(Some(FLEET), "/v1/vehicles/b-1").await;
     assert_eq!(b["open_dtcs"][0]["code"], "P0420", "{b}");
+
+    // c-1 drives into the depot: visible now, and of its track only the
+    // points inside the depot.
+    let start = now_ms() - 60_000;
+    let pings: Vec<Value> = (0..6u64)
+        .map(|i| {
+            let at = if i < 4 { (52.505, 13.45) } else { IN_DEPOT };
+            ping("c-1", i, start + i as i64 * 1000, at)
+        })
+        .collect();
+    t.send(&pings, 26).await;
+    t.wait_rows("vehicle_latest", 3).await;
+    let track = "/v1/vehicles/c-1/track?from=2000-01-01T00:00:00Z";
+    let (status, mine) = t.get(Some(DEPOT_ONLY), track).await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(mine["properties"]["points_read"], 2, "{mine}");
+    let (_, all) = t.get(Some(FLEET), track).await;
+    assert_eq!(all["properties"]["points_read"], 6, "{all}");
     t.stop().await;
 }
 

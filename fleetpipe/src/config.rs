@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use fleetpipe_enrich::{EnrichConfig, EnrichError};
 use fleetpipe_geofence::GeofenceConfig;
 use fleetpipe_ingest::IngestConfigError;
+use fleetpipe_query::{ApiConfig, QueryError};
 use fleetpipe_sink::SinkError;
 use serde::Deserialize;
 
@@ -45,6 +46,10 @@ pub struct Config {
     /// The operations listener: health, readiness, metrics, admin.
     #[serde(default)]
     pub ops: OpsConfig,
+    /// `[api]`: the query API (its own listener, database and tokens). On
+    /// when the table is present, in any role.
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -168,6 +173,9 @@ pub enum InvalidConfig {
     /// A rule of `[ops]`.
     #[error(transparent)]
     Ops(#[from] OpsConfigError),
+    /// A rule of `[api]`.
+    #[error(transparent)]
+    Api(#[from] QueryError),
     /// A rule of `[cluster]`, or between the role and `[sink]`.
     #[error(transparent)]
     Cluster(#[from] ClusterConfigError),
@@ -220,6 +228,9 @@ impl Config {
         self.pipeline.validate()?;
         self.ingest.validate()?;
         self.ops.validate()?;
+        if let Some(api) = &self.api {
+            api.validate()?;
+        }
         self.enrich.validate()?;
         // Parses the fence file (without indexing it).
         fleetpipe_geofence::service::check_config(&self.geofence)?;
@@ -341,6 +352,23 @@ mod tests {
         let c = load(&block, &[]).unwrap();
         let ts = c.sink.timescale.unwrap();
         assert_eq!(ts, fleetpipe_sink::TimescaleConfig::new(ts.url.clone()));
+    }
+
+    /// The commented `[api]` block, uncommented, is a valid query API
+    /// configuration with the documented defaults and its one token.
+    #[test]
+    fn the_commented_api_table_documents_its_defaults() {
+        let block = lines(&shipped_commented(|l| l == "# [api]"));
+        assert!(block.starts_with("[api]\nlisten = "), "{block}");
+        let c = load(&format!("{MINIMAL}{block}"), &[]).unwrap();
+        let api = c.api.unwrap();
+        let expected = fleetpipe_query::ApiConfig {
+            tokens: api.tokens.clone(),
+            ..fleetpipe_query::ApiConfig::new(api.url.clone())
+        };
+        assert_eq!(api, expected);
+        assert_eq!(api.tokens.len(), 1);
+        assert_eq!(api.tokens[0].name, "dispatch");
     }
 
     /// The commented connection timeouts of `[sink.timescale]` (a

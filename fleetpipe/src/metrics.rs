@@ -91,6 +91,7 @@ mod tests {
         all.extend(fleetpipe_enrich::metrics::ALL);
         all.extend(fleetpipe_sink::metrics::ALL);
         all.extend(fleetpipe_kafka::metrics::ALL);
+        all.extend(fleetpipe_query::metrics::ALL);
         all.extend(ALL);
         all
     }

@@ -68,6 +68,13 @@ pub enum PipelineError {
     /// The operations listener could not be bound (`ops.listen`).
     #[error(transparent)]
     OpsListener(SourceError),
+    /// The query API's listener could not be bound (`api.listen`).
+    #[error(transparent)]
+    ApiListener(SourceError),
+    /// The query API could not start: its database or its settings
+    /// (`[api]`).
+    #[error(transparent)]
+    Api(#[from] fleetpipe_query::QueryError),
     /// The geofences could not be loaded at start (`[geofence]`), or their
     /// file watcher died while the pipeline was running.
     #[error(transparent)]
@@ -164,6 +171,7 @@ pub struct Pipeline {
     listeners: Vec<(&'static str, SocketAddr)>,
     http_addr: SocketAddr,
     ops_addr: SocketAddr,
+    api_addr: Option<SocketAddr>,
     ops: JoinHandle<()>,
     ops_stop: DropGuard,
     kafka: Option<KafkaEndpoint>,
@@ -204,9 +212,28 @@ impl Pipeline {
         let (ops_listener, ops_addr) = bind("ops.listen", config.ops.listen)
             .await
             .map_err(PipelineError::OpsListener)?;
+        let api_listener = match &config.api {
+            Some(api) => Some(
+                bind("api.listen", api.listen)
+                    .await
+                    .map_err(PipelineError::ApiListener)?,
+            ),
+            None => None,
+        };
         // Loaded and indexed before any gateway accepts: a bad fence file is
         // a failed start. Reloaded at run time, until `shutdown`.
         let mut fences = FenceService::start(&config.geofence, shutdown.clone()).await?;
+        // Its pool and share-link table before anything accepts: an
+        // unreachable database fails the start before a device is answered.
+        let api = match (&config.api, api_listener) {
+            (Some(api), Some((listener, addr))) => {
+                let router = fleetpipe_query::QueryApi::start(api, fences.index())
+                    .await?
+                    .router();
+                Some((router, listener, addr))
+            }
+            _ => None,
+        };
         let failure = Failure::new(shutdown.clone());
         let role = RoleContext {
             config,
@@ -228,6 +255,10 @@ impl Pipeline {
                 watcher.run().await.map_err(PipelineError::Fences)
             });
         }
+        let api_addr = api.map(|(api, listener, addr)| {
+            serve_api(config, api, listener, &shutdown, &mut intake);
+            addr
+        });
 
         let readiness = Readiness::new(shutdown.clone()).holding_while(restoring);
         let (ops, ops_stop) = run_ops(config, ops_listener, readiness.clone(), &fences, &failure);
@@ -242,12 +273,14 @@ impl Pipeline {
             ops = %ops_addr,
             mqtt = ?listen_addr(&listeners, "ingest.mqtt.listen"),
             mqtt_v5 = ?listen_addr(&listeners, "ingest.mqtt.listen_v5"),
+            api = ?api_addr,
             "fleetpipe is running"
         );
         Ok(Self {
             http_addr,
             listeners,
             ops_addr,
+            api_addr,
             ops,
             ops_stop,
             kafka,
@@ -269,6 +302,11 @@ impl Pipeline {
     /// Address of the operations listener (health, readiness, metrics, admin).
     pub fn ops_addr(&self) -> SocketAddr {
         self.ops_addr
+    }
+
+    /// Address of the query API's listener (`[api]`), when configured.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     /// Address of the embedded broker's MQTT 3.1.1 listener.
@@ -352,6 +390,7 @@ fn describe_metrics() {
     fleetpipe_enrich::metrics::describe();
     fleetpipe_sink::metrics::describe();
     fleetpipe_kafka::metrics::describe();
+    fleetpipe_query::metrics::describe();
     crate::metrics::describe();
 }
 
@@ -506,6 +545,29 @@ pub(crate) fn run_housekeeping(
     );
     let gauge = update_inflight_gauge(inflight.clone(), shutdown.clone());
     gateways.spawn("in-flight gauge", gauge);
+}
+
+/// Serves the query API on `listener` with the accept loop of the other
+/// HTTP listeners (the devices' idle and header timeouts,
+/// `api.max_connections`), as an intake task: it stops accepting at
+/// shutdown and answers the requests in hand.
+fn serve_api(
+    config: &Config,
+    router: axum::Router,
+    listener: tokio::net::TcpListener,
+    shutdown: &CancellationToken,
+    intake: &mut Tasks,
+) {
+    let max_connections = config.api.as_ref().map_or(1, |api| api.max_connections);
+    let limits = ServeLimits {
+        max_connections,
+        ..config.ingest.http.limits("api")
+    };
+    let serving = serve(listener, router, limits, None, shutdown.clone());
+    intake.spawn("api listener", async move {
+        serving.await;
+        Ok(())
+    });
 }
 
 /// Serves the operations listener until the returned guard is dropped (it

@@ -26,6 +26,11 @@ fn fleetpipe() -> Command {
 const MQTT: &str = "listen = \"127.0.0.1:0\"\nlisten_v5 = \"127.0.0.1:0\"\n";
 /// A TimescaleDB sink on the test server.
 const TIMESCALE: &str = "url = \"postgresql://postgres@127.0.0.1:5432/test\"\n";
+/// A query API on the test server, with one token (the hash of "test").
+const API: &str = "url = \"postgresql://postgres@127.0.0.1:5432/test\"\n\
+    listen = \"127.0.0.1:0\"\n";
+/// `API`'s token list, as a key of `[api]`.
+const API_TOKEN: &str = "tokens = [{ name = \"ops\", sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\", scope = \"fleet\" }]\n";
 /// A section left out of the file.
 const OMIT: &str = "-";
 
@@ -306,6 +311,68 @@ fn cases(ops_port: u16) -> Vec<Case> {
                 ("sink.timescale.tls", "mode = \"verify-full\"\n".into()),
             ],
             "sink.timescale.tls.ca_file",
+        ),
+        (
+            "a query API without tokens",
+            vec![("api", API.into())],
+            "api.tokens must list at least one token",
+        ),
+        (
+            "a query API token in clear",
+            vec![(
+                "api",
+                format!(
+                    "{API}tokens = [{{ name = \"ops\", sha256 = \"secret\", scope = \"fleet\" }}]\n"
+                ),
+            )],
+            "api.tokens[0].sha256 must be 64 hex digits",
+        ),
+        (
+            "a query API token of two scopes",
+            vec![(
+                "api",
+                format!(
+                    "{API}tokens = [{{ name = \"ops\", sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\", scope = \"fleet\", vehicles = [\"van-1\"] }}]\n"
+                ),
+            )],
+            "api.tokens[0].scope needs exactly one",
+        ),
+        (
+            "a query API page size within its maximum",
+            vec![(
+                "api",
+                format!("{API}default_limit = 50\nmax_limit = 10\n{API_TOKEN}"),
+            )],
+            "api.default_limit",
+        ),
+        (
+            "a query API offline threshold",
+            vec![(
+                "api",
+                format!("{API}offline_after = \"0s\"\n{API_TOKEN}"),
+            )],
+            "api.offline_after",
+        ),
+        (
+            "a query API moving threshold",
+            vec![(
+                "api",
+                format!("{API}moving_speed_kmh = 0.0\n{API_TOKEN}"),
+            )],
+            "api.moving_speed_kmh",
+        ),
+        (
+            "query API TLS",
+            vec![
+                ("api", format!("{API}{API_TOKEN}")),
+                ("api.tls", "mode = \"verify-full\"\n".into()),
+            ],
+            "api.tls.ca_file",
+        ),
+        (
+            "an unknown query API key",
+            vec![("api", format!("{API}tokenz = 1\n{API_TOKEN}"))],
+            "tokenz",
         ),
         (
             "compression after the oldest accepted ping",

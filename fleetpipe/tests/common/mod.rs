@@ -26,6 +26,7 @@ pub struct TestPipeline {
     pub mqtt_v5_tls: Option<SocketAddr>,
 }
 
+pub mod api;
 pub mod raw_mqtt;
 pub mod stock_clients;
 pub mod tls;

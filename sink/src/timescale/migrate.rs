@@ -149,6 +149,20 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "../../migrations/0007_telemetry_seq_not_null.timescaledb.sql"
         )),
     },
+    Migration {
+        version: 8,
+        name: "0008_vehicle_latest_fences",
+        applies: Applies::Always,
+        sql: include_str!("../../migrations/0008_vehicle_latest_fences.sql"),
+        timescale_prelude: None,
+    },
+    Migration {
+        version: 9,
+        name: "0009_api_event_indexes",
+        applies: Applies::Always,
+        sql: include_str!("../../migrations/0009_api_event_indexes.sql"),
+        timescale_prelude: None,
+    },
 ];
 
 /// Version of the migration that turns `telemetry` into a hypertable.

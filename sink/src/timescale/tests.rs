@@ -377,8 +377,8 @@ async fn versions(test: &TestDb, db: &Client) -> Vec<(i32, String, OffsetDateTim
 /// The versions a fresh schema gets in `mode`.
 fn fresh_versions(mode: StorageMode) -> Vec<i32> {
     match mode {
-        StorageMode::Plain => vec![1, 2, 4, 5, 6, 7],
-        StorageMode::TimescaleDb => vec![1, 3, 4, 5, 6, 7],
+        StorageMode::Plain => vec![1, 2, 4, 5, 6, 7, 8, 9],
+        StorageMode::TimescaleDb => vec![1, 3, 4, 5, 6, 7, 8, 9],
     }
 }
 
@@ -465,6 +465,15 @@ async fn migrate_creates_the_layout_of_the_offered_mode_and_is_idempotent() {
         reloptions(&test, &db, "vehicle_latest").await,
         ["fillfactor=50"],
         "0006 leaves room for HOT updates"
+    );
+    // 0009: the query API's fleet-wide and per-fence event lists.
+    assert!(
+        indexes["vehicle_events_time_id"].contains("(\"time\", id)"),
+        "{indexes:?}"
+    );
+    assert!(
+        indexes["vehicle_events_fence_time"].contains("WHERE (data ? 'fence_id'::text)"),
+        "{indexes:?}"
     );
     assert!(indexes.contains_key("dead_letters_pkey"), "{indexes:?}");
     assert!(indexes.contains_key("vehicle_events_pkey"), "{indexes:?}");
@@ -646,7 +655,9 @@ fn the_plain_path_never_includes_timescaledb_sql() {
             "0004_enrichment",
             "0005_drop_telemetry_vehicle_ts",
             "0006_vehicle_latest_fillfactor",
-            "0007_telemetry_seq_not_null"
+            "0007_telemetry_seq_not_null",
+            "0008_vehicle_latest_fences",
+            "0009_api_event_indexes"
         ]
     );
     assert_eq!(
@@ -657,7 +668,9 @@ fn the_plain_path_never_includes_timescaledb_sql() {
             "0004_enrichment",
             "0005_drop_telemetry_vehicle_ts",
             "0006_vehicle_latest_fillfactor",
-            "0007_telemetry_seq_not_null"
+            "0007_telemetry_seq_not_null",
+            "0008_vehicle_latest_fences",
+            "0009_api_event_indexes"
         ]
     );
     // A schema of an earlier release gets the new migrations in either mode.
@@ -668,7 +681,9 @@ fn the_plain_path_never_includes_timescaledb_sql() {
             "0004_enrichment",
             "0005_drop_telemetry_vehicle_ts",
             "0006_vehicle_latest_fillfactor",
-            "0007_telemetry_seq_not_null"
+            "0007_telemetry_seq_not_null",
+            "0008_vehicle_latest_fences",
+            "0009_api_event_indexes"
         ]
     );
     assert_eq!(
@@ -678,7 +693,9 @@ fn the_plain_path_never_includes_timescaledb_sql() {
             "0004_enrichment",
             "0005_drop_telemetry_vehicle_ts",
             "0006_vehicle_latest_fillfactor",
-            "0007_telemetry_seq_not_null"
+            "0007_telemetry_seq_not_null",
+            "0008_vehicle_latest_fences",
+            "0009_api_event_indexes"
         ]
     );
     let timescale: BTreeSet<i32> = [1, 3].into();
@@ -688,7 +705,9 @@ fn the_plain_path_never_includes_timescaledb_sql() {
             "0004_enrichment",
             "0005_drop_telemetry_vehicle_ts",
             "0006_vehicle_latest_fillfactor",
-            "0007_telemetry_seq_not_null"
+            "0007_telemetry_seq_not_null",
+            "0008_vehicle_latest_fences",
+            "0009_api_event_indexes"
         ]
     );
     // A current plain schema that later gains TimescaleDB gets only its
@@ -703,7 +722,7 @@ fn the_plain_path_never_includes_timescaledb_sql() {
             .any(|l| !l.trim_start().starts_with("--") && l.contains("telemetry_vehicle_ts")),
         "0003 must not recreate what 0005 dropped"
     );
-    let plain: BTreeSet<i32> = [1, 2, 4, 5, 6, 7].into();
+    let plain: BTreeSet<i32> = [1, 2, 4, 5, 6, 7, 8, 9].into();
     assert!(plan(&plain, StorageMode::Plain).is_empty());
     assert_eq!(
         names(plan(&plain, StorageMode::TimescaleDb)),
@@ -740,7 +759,7 @@ fn the_plain_path_never_includes_timescaledb_sql() {
     let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
     assert_eq!(
         versions,
-        [1, 2, 3, 4, 5, 6, 7],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9],
         "versions must be unique and ordered"
     );
     // Only 0007 has TimescaleDB statements of its own, run before it in
@@ -940,6 +959,40 @@ async fn records_round_trip_and_are_acked_only_once_visible() {
     assert!(plain.get::<_, Vec<String>>("fences").is_empty());
     assert!(plain.get::<_, Vec<String>>("flags").is_empty());
     assert_eq!(plain.get::<_, Option<f64>>("distance_m"), None);
+
+    // vehicle_latest holds each vehicle's newest ping with its fences
+    // (0008): the ping's, in order, '{}' (not NULL) for a ping in none.
+    let latest = db
+        .query(
+            &format!(
+                "SELECT vehicle_id, seq, fences FROM {} ORDER BY vehicle_id",
+                test.table("vehicle_latest")
+            ),
+            &[],
+        )
+        .await
+        .expect("latest rows");
+    assert_eq!(latest.len(), 10);
+    for row in &latest {
+        let seq = row.get::<_, Option<i64>>("seq").expect("seq") as u64;
+        assert_eq!(
+            format!("van-{}", seq % 10),
+            row.get::<_, String>("vehicle_id")
+        );
+        assert!(seq + 10 >= N, "the newest ping of its vehicle");
+        let e = enrichment_of(&nth(seq));
+        assert_eq!(
+            row.get::<_, Option<Vec<String>>>("fences"),
+            Some(e.fences.iter().map(|f| f.to_string()).collect()),
+            "fences of the latest ping, seq {seq}"
+        );
+    }
+    assert!(
+        latest
+            .iter()
+            .any(|r| !r.get::<_, Vec<String>>("fences").is_empty()),
+        "some latest ping is in fences"
+    );
 }
 
 #[tokio::test]
@@ -1307,6 +1360,11 @@ fn the_newest_ping_per_vehicle_is_picked_by_time_then_seq() {
         ]
     );
     assert!(LatestRows::new(rows[..0].iter()).picked().is_empty());
+    // Each with its fences as a JSON array (0008): van-c's seq 0 is in two.
+    assert_eq!(
+        LatestRows::new(rows.iter()).fences(),
+        ["[]", "[]", r#"["zone-0","depot-7"]"#, "[]"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1940,8 +1998,8 @@ async fn a_schema_of_the_previous_release_is_upgraded_in_place() {
         .collect();
     // Switching to TimescaleDB (auto, where it is offered) is one more.
     let expected: Vec<i32> = match mode {
-        StorageMode::Plain => vec![1, 2, 4, 5, 6, 7],
-        StorageMode::TimescaleDb => vec![1, 2, 3, 4, 5, 6, 7],
+        StorageMode::Plain => vec![1, 2, 4, 5, 6, 7, 8, 9],
+        StorageMode::TimescaleDb => vec![1, 2, 3, 4, 5, 6, 7, 8, 9],
     };
     assert_eq!(applied, expected);
     let old_index: i64 = db

@@ -96,7 +96,7 @@ pub const TELEMETRY_COPY_TYPES: [Type; 23] = [
 /// Columns of `vehicle_latest` the sink fills, in the order of
 /// [`LatestRows`]' arrays.
 const LATEST_COLUMNS: &str = "vehicle_id, ts, seq, lat, lon, speed_kmh, heading_deg, soc_pct, \
-    charging, ignition, h3_cell";
+    charging, ignition, h3_cell, fences";
 
 /// Columns of `vehicle_events` the sink fills, in COPY order; `received_at`
 /// takes its default, the time of the transaction.
@@ -156,17 +156,24 @@ impl Statements {
             // One row per vehicle, sorted by vehicle ([`LatestRows`]), so
             // concurrent writers lock rows in the same order. A prepared
             // statement: planned once per connection.
+            // `fences` travels as one JSON array per vehicle ($12, text):
+            // a parameter array of arrays would be a two-dimensional array,
+            // which needs rows of equal length and which unnest flattens.
             upsert_latest: format!(
                 "INSERT INTO {schema}.vehicle_latest AS latest ({LATEST_COLUMNS}, updated_at) \
-                 SELECT *, now() FROM unnest($1::text[], $2::timestamptz[], $3::int8[], \
+                 SELECT u.vehicle_id, u.ts, u.seq, u.lat, u.lon, u.speed_kmh, u.heading_deg, \
+                 u.soc_pct, u.charging, u.ignition, u.h3_cell, \
+                 ARRAY(SELECT jsonb_array_elements_text(u.fences::jsonb)), now() \
+                 FROM unnest($1::text[], $2::timestamptz[], $3::int8[], \
                  $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], \
-                 $9::bool[], $10::bool[], $11::int8[]) \
+                 $9::bool[], $10::bool[], $11::int8[], $12::text[]) \
+                 AS u ({LATEST_COLUMNS}) \
                  ON CONFLICT (vehicle_id) DO UPDATE SET \
                  ts = excluded.ts, seq = excluded.seq, lat = excluded.lat, lon = excluded.lon, \
                  speed_kmh = excluded.speed_kmh, heading_deg = excluded.heading_deg, \
                  soc_pct = excluded.soc_pct, charging = excluded.charging, \
                  ignition = excluded.ignition, h3_cell = excluded.h3_cell, \
-                 updated_at = excluded.updated_at \
+                 fences = excluded.fences, updated_at = excluded.updated_at \
                  WHERE excluded.ts > latest.ts"
             ),
             // Sorted by id, for the same reason as the telemetry. A replay
@@ -706,6 +713,8 @@ pub(crate) struct LatestRows<'a> {
     charging: Vec<Option<bool>>,
     ignition: Vec<Option<bool>>,
     h3_cell: Vec<Option<i64>>,
+    /// The fences of each ping, as a JSON array of ids (`[]` in none).
+    fences: Vec<String>,
 }
 
 impl<'a> LatestRows<'a> {
@@ -738,6 +747,7 @@ impl<'a> LatestRows<'a> {
             latest.charging.push(row.charging);
             latest.ignition.push(row.ignition);
             latest.h3_cell.push(row.h3_cell);
+            latest.fences.push(row.fences.json());
         }
         latest
     }
@@ -754,8 +764,14 @@ impl<'a> LatestRows<'a> {
             .collect()
     }
 
+    /// The fences of each row, as the upsert receives them.
+    #[cfg(test)]
+    pub(crate) fn fences(&self) -> &[String] {
+        &self.fences
+    }
+
     /// The statement's parameters.
-    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 12] {
         [
             &self.vehicle_id,
             &self.ts,
@@ -768,6 +784,7 @@ impl<'a> LatestRows<'a> {
             &self.charging,
             &self.ignition,
             &self.h3_cell,
+            &self.fences,
         ]
     }
 }
@@ -810,6 +827,15 @@ fn text_array_len<'s>(items: impl IntoIterator<Item = &'s str>) -> usize {
 /// are none). Borrowed, so a row stays small.
 #[derive(Debug)]
 struct Fences<'a>(&'a [Arc<str>]);
+
+impl Fences<'_> {
+    /// The ids as a JSON array, for the `vehicle_latest` upsert.
+    fn json(&self) -> String {
+        let ids: Vec<&str> = self.0.iter().map(|f| &**f).collect();
+        // A list of strings always serializes.
+        serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned())
+    }
+}
 
 impl ToSql for Fences<'_> {
     fn to_sql(

@@ -1,0 +1,93 @@
+//! fleetpipe's read side, first slice: the query API.
+//!
+//! fleetpipe knows where every vehicle is and what just happened to it;
+//! this crate serves that, over HTTP under `/v1`, to the people who need it
+//! (a dispatcher's dashboard, a customer's tracking view), from what the
+//! TimescaleDB sink stored: `vehicle_latest` for the latest state,
+//! `telemetry` for tracks, `vehicle_events` for events and trips, and the
+//! fences the pipeline holds (handed over by the binary). It reads the
+//! database only, so any role that reaches the database can serve it; it
+//! writes one table of its own, `api_share_links`.
+//!
+//! Everything is scoped: a configured token sees the fleet, a set of
+//! vehicles or a set of fences, and a share link one vehicle within a time
+//! window. What a token may not see does not exist for it (404, or left out
+//! of a list), so a scope reveals nothing about the rest of the fleet.
+//!
+//! Modules, the I/O-free ones first:
+//!
+//! - [`config`]: `[api]`, [`ApiConfig`], validated naming `api.<key>`.
+//! - [`auth`]: tokens (stored hashed, compared in constant time), scopes and
+//!   the [`Filter`](auth::Filter) every query applies.
+//! - [`params`]: query parameters, each refused 400 by name when bad, and
+//!   [`VehicleState`](params::VehicleState).
+//! - [`cursor`]: opaque pagination cursors.
+//! - [`simplify`]: track simplification to at most N points.
+//! - `db`: the SQL of `query/sql/` on a connection pool.
+//! - `api`: the handlers, their answers, the OpenAPI document
+//!   ([`openapi`]).
+//! - [`metrics`]: requests by route and status.
+//!
+//! The binary serves [`QueryApi::router`] on `api.listen` with the accept
+//! loop of its other HTTP listeners (connection cap, idle and header
+//! timeouts, draining at shutdown).
+
+mod api;
+pub mod auth;
+pub mod config;
+pub mod cursor;
+mod db;
+mod error;
+pub mod metrics;
+pub mod params;
+pub mod simplify;
+
+use std::sync::{Arc, OnceLock};
+
+use fleetpipe_geofence::SharedIndex;
+
+pub use api::openapi;
+pub use config::{APPLICATION_NAME, ApiConfig, SECTION, TokenConfig};
+pub use error::{ApiError, ErrorBody, QueryError};
+
+/// The query API, ready to serve.
+#[derive(Debug)]
+pub struct QueryApi {
+    router: axum::Router,
+}
+
+impl QueryApi {
+    /// Validates `config`, builds the connection pool and creates the
+    /// share-link table when missing (so an unreachable database fails the
+    /// start), and assembles the routes. `fences` is the index the
+    /// pipeline keeps current (reloads included).
+    ///
+    /// # Errors
+    ///
+    /// [`QueryError`] naming the key, or the database step that failed.
+    pub async fn start(config: &ApiConfig, fences: SharedIndex) -> Result<Self, QueryError> {
+        config.validate()?;
+        let postgres = config.postgres()?;
+        let db = db::Db::start(&postgres, config.pool_size, &config.schema).await?;
+        let state = Arc::new(api::AppState {
+            db,
+            tokens: auth::Tokens::new(&config.tokens),
+            config: config.clone(),
+            fences,
+            openapi: OnceLock::new(),
+        });
+        tracing::info!(
+            schema = %config.schema,
+            tokens = config.tokens.len(),
+            "api: query API ready"
+        );
+        Ok(Self {
+            router: api::router(state),
+        })
+    }
+
+    /// The routes, to serve on `api.listen`.
+    pub fn router(self) -> axum::Router {
+        self.router
+    }
+}

@@ -1,0 +1,15 @@
+-- Both storage modes: the fences of each vehicle's latest ping.
+--
+-- The query API (fleetpipe-query) answers "which vehicles are in fence F
+-- now" (GET /v1/vehicles?fence=F, fence-scoped tokens, the occupancy of
+-- GET /v1/fences) from vehicle_latest alone, without looking up each
+-- vehicle's newest telemetry row. The sink's upsert writes the ping's
+-- fences (its `fences`, '{}' for a ping in none) together with the rest of
+-- the row.
+--
+-- Nullable and without a default: a catalog-only change. Rows written before
+-- hold NULL (unknown) until the vehicle's next ping; a NULL matches no fence.
+-- No index: vehicle_latest holds one row per vehicle and is read whole or in
+-- primary-key order, and an index on a column every upsert may change would
+-- cost the updates their HOT path (0006).
+ALTER TABLE {schema}.vehicle_latest ADD COLUMN fences text[];

@@ -20,6 +20,15 @@
 # - deploy/fleetpipe.service: `systemd-analyze verify` (the unit's
 #   ExecStart pointed at the built binary, which it checks exists); any
 #   complaint fails;
+# - deploy/prometheus/prometheus.yml: `promtool check config`;
+# - deploy/grafana/: scripts/lib/check_grafana.py (every dashboard's JSON,
+#   uids, panels, data source references and variables; the provisioning
+#   files; no secret in them), and every Prometheus query of the dashboards
+#   through `promtool check rules` (Prometheus' own PromQL parser). promtool
+#   is Debian's package prometheus (PROMETHEUS_DEB_VERSION), downloaded and
+#   unpacked into target/deploy-tools/, never installed (no service starts);
+#   the dashboards' SQL and metric names are checked against fleetpipe by
+#   fleetpipe/tests/dashboards.rs;
 # - deploy/fleetpipe.toml and deploy/mosquitto/ are also checked by the tests
 #   (fleetpipe/tests/cli.rs runs `fleetpipe config check` on it, with and
 #   without its JWT secret; fleetpipe/tests/mqtt_external.rs runs Mosquitto
@@ -39,6 +48,10 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 # oldest we aim at (autoscaling/v2 itself needs 1.23); 1.37 is the newest
 # whose schemas kubernetes-validate 1.37.0 ships.
 K8S_VERSIONS="1.30.0 1.37.0"
+# Debian 12's prometheus package, for its promtool. Debian replaces a
+# package's version in place on a security update: when this one is no
+# longer offered, the candidate is used and its version logged.
+PROMETHEUS_DEB_VERSION=2.42.0+ds-5+deb12u1
 tools=target/deploy-tools
 binary=${1:-target/debug/fleetpipe}
 
@@ -67,6 +80,24 @@ if [ ! -x "$tools/node_modules/.bin/dclint" ]; then
     npm install --silent --no-audit --no-fund --prefix "$tools" "dclint@$DCLINT_VERSION"
 fi
 
+promtool=$tools/prometheus/usr/bin/promtool
+if [ ! -x "$promtool" ]; then
+    command -v apt-get >/dev/null || { echo "error: promtool needs apt-get (Debian's prometheus package)" >&2; exit 1; }
+    log "installing promtool (Debian package prometheus, unpacked into $tools/prometheus)"
+    [ "$apt_updated" = 1 ] || { apt-get update -qq; apt_updated=1; }
+    debs=$(mktemp -d)
+    # apt-get download writes to the current directory, as the user _apt
+    # where it can.
+    chmod 777 "$debs"
+    if ! (cd "$debs" && apt-get download -qq "prometheus=$PROMETHEUS_DEB_VERSION" 2>/dev/null); then
+        log "prometheus $PROMETHEUS_DEB_VERSION is no longer offered; using $(apt-cache policy prometheus | awk '/Candidate/ { print $2 }')"
+        (cd "$debs" && apt-get download -qq prometheus)
+    fi
+    rm -rf "$tools/prometheus"
+    dpkg-deb -x "$debs"/prometheus_*.deb "$tools/prometheus"
+    rm -rf "$debs"
+fi
+
 log "hadolint deploy/Dockerfile"
 "$tools/venv/bin/hadolint" --config deploy/hadolint.yaml deploy/Dockerfile
 
@@ -87,6 +118,17 @@ for version in $K8S_VERSIONS; do
         exit 1
     fi
 done
+
+log "promtool check config deploy/prometheus/prometheus.yml ($("$promtool" --version 2>&1 | head -n1))"
+"$promtool" check config deploy/prometheus/prometheus.yml
+
+log "deploy/grafana/ (scripts/lib/check_grafana.py)"
+# The queries as recording rules, kept for a look when promtool refuses one.
+grafana_rules=$tools/grafana-dashboard-queries.yml
+"$tools/venv/bin/python" scripts/lib/check_grafana.py deploy/grafana deploy/docker-compose.yml \
+    "$grafana_rules"
+log "promtool check rules: the dashboards' Prometheus queries"
+"$promtool" check rules "$grafana_rules"
 
 if [ ! -x "$binary" ]; then
     echo "error: $binary not found: build fleetpipe first (cargo build -p fleetpipe)" >&2

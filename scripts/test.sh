@@ -7,9 +7,10 @@
 # (Debian/Ubuntu, as root), and kcat (a real Kafka client used against the
 # embedded mock cluster), the stock MQTT clients the conformance tests run
 # (mosquitto-clients; paho-mqtt from PyPI in a virtualenv under target/),
-# and the Tansu Kafka broker that the Kafka tests start (cargo install
-# tansu 0.6.0 with its memory and SQLite storage into ~/.cargo/bin unless
-# that build is there already). Then checks formatting, lints and the API docs' links, and
+# schemathesis (PyPI, in a virtualenv under target/) that checks the query
+# API against its OpenAPI document, and the Tansu Kafka broker that the
+# Kafka tests start (cargo install tansu 0.6.0 with its memory and SQLite
+# storage into ~/.cargo/bin unless that build is there already). Then checks formatting, lints and the API docs' links, and
 # runs `cargo test --workspace --no-fail-fast`, then validates
 # deploy/ (scripts/check-deploy.sh). Tests never skip: a missing service
 # makes them fail.
@@ -28,6 +29,7 @@ ensure_postgres
 ensure_postgis
 ensure_mosquitto
 ensure_mqtt_clients
+ensure_schemathesis
 ensure_kcat
 ensure_tansu
 

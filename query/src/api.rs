@@ -97,10 +97,35 @@ pub(crate) fn routes() -> OpenApiRouter<AppStateRef> {
         .routes(routes!(openapi_json))
 }
 
+/// The routes and the document, completed with what the annotations
+/// cannot say: the event types `type` takes, from the model's list.
+fn split() -> (axum::Router<AppStateRef>, utoipa::openapi::OpenApi) {
+    let (router, mut document) = routes().split_for_parts();
+    let types = utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(EventType::ALL.iter().map(|e| e.as_str())))
+        .build();
+    if let Some(get) = document
+        .paths
+        .paths
+        .get_mut("/v1/events")
+        .and_then(|item| item.get.as_mut())
+    {
+        for parameter in get.parameters.iter_mut().flatten() {
+            if let utoipa::openapi::RefOr::T(parameter) = parameter
+                && parameter.name == "type"
+            {
+                parameter.schema = Some(types.clone().into());
+            }
+        }
+    }
+    (router, document)
+}
+
 /// The router, with the state, the request metrics and a JSON 404 for
 /// everything else.
 pub(crate) fn router(state: AppStateRef) -> axum::Router {
-    let (router, document) = routes().split_for_parts();
+    let (router, document) = split();
     let _ = state.openapi.set(document.to_json().unwrap_or_default());
     router
         .fallback(unknown_route)
@@ -110,7 +135,7 @@ pub(crate) fn router(state: AppStateRef) -> axum::Router {
 
 /// The OpenAPI document, without a database.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    split().1
 }
 
 async fn unknown_route() -> ApiError {
@@ -546,8 +571,13 @@ pub struct FenceCollection {
 #[serde(deny_unknown_fields)]
 pub struct CreateShareLink {
     /// The one vehicle it may read.
+    #[schema(min_length = 1, example = "van-1")]
     pub vehicle_id: String,
     /// How long it lives, e.g. `"2h"`, at most `api.share_max_lifetime`.
+    #[schema(
+        pattern = r"^[1-9][0-9]{0,5}(s|m|h|d)( [0-9]{1,6}(s|m|h|d))*$",
+        example = "2h"
+    )]
     pub expires_in: String,
 }
 
@@ -576,17 +606,17 @@ pub struct ShareLink {
     path = "/v1/vehicles",
     tag = "vehicles",
     params(
-        ("bbox" = Option<String>, Query, description = "minLon,minLat,maxLon,maxLat: vehicles whose latest position is inside"),
-        ("fence" = Option<String>, Query, description = "A fence id: vehicles whose latest ping is inside it"),
-        ("state" = Option<String>, Query, description = "moving, parked, charging or offline"),
-        ("stale_after" = Option<String>, Query, description = "A duration (e.g. 10m): vehicles whose latest ping is older than that"),
-        ("limit" = Option<usize>, Query, description = "Page size, 1 to api.max_limit (default api.default_limit)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("bbox" = Option<String>, Query, pattern = r"^-?[0-9]{1,3}(\.[0-9]{1,6})?,-?[0-9]{1,2}(\.[0-9]{1,6})?,-?[0-9]{1,3}(\.[0-9]{1,6})?,-?[0-9]{1,2}(\.[0-9]{1,6})?$", example = "13.40,52.50,13.41,52.51", description = "minLon,minLat,maxLon,maxLat: vehicles whose latest position is inside"),
+        ("fence" = Option<String>, Query, min_length = 1, example = "depot", description = "A fence id: vehicles whose latest ping is inside it"),
+        ("state" = Option<VehicleState>, Query, description = "moving, parked, charging or offline"),
+        ("stale_after" = Option<String>, Query, pattern = r"^[1-9][0-9]{0,5}(s|m|h|d)( [0-9]{1,6}(s|m|h|d))*$", example = "10m", description = "A duration (e.g. 10m): vehicles whose latest ping is older than that"),
+        ("limit" = Option<usize>, Query, minimum = 1, description = "Page size, 1 to api.max_limit (default api.default_limit)"),
+        ("cursor" = Option<String>, Query, min_length = 1, description = "next_cursor of the previous page"),
     ),
     responses(
         (status = 200, description = "A page", body = VehiclePage),
         (status = 400, description = "A bad parameter", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "Bearer realm=\"fleetpipe\""))),
         (status = 403, description = "A share link (it reads only its vehicle)", body = ErrorBody),
     )
 )]
@@ -665,10 +695,10 @@ async fn list_vehicles(
     get,
     path = "/v1/vehicles/{id}",
     tag = "vehicles",
-    params(("id" = String, Path, description = "The vehicle")),
+    params(("id" = String, Path, example = "van-1", description = "The vehicle")),
     responses(
         (status = 200, description = "The vehicle", body = VehicleDetail),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "Bearer realm=\"fleetpipe\""))),
         (status = 404, description = "No such vehicle, or one the token may not see", body = ErrorBody),
     )
 )]
@@ -730,15 +760,15 @@ async fn get_vehicle(
     path = "/v1/vehicles/{id}/track",
     tag = "vehicles",
     params(
-        ("id" = String, Path, description = "The vehicle"),
-        ("from" = Option<String>, Query, description = "RFC 3339; default: an hour before `to`"),
-        ("to" = Option<String>, Query, description = "RFC 3339, exclusive; default: now"),
-        ("max_points" = Option<usize>, Query, description = "At most this many points, 2 to api.max_track_points (the default)"),
+        ("id" = String, Path, example = "van-1", description = "The vehicle"),
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339; default: an hour before `to`"),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive; default: now"),
+        ("max_points" = Option<usize>, Query, minimum = 2, description = "At most this many points, 2 to api.max_track_points (the default)"),
     ),
     responses(
         (status = 200, description = "The track", body = Track),
         (status = 400, description = "A bad parameter, or a range holding more than api.max_track_rows pings", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "Bearer realm=\"fleetpipe\""))),
         (status = 404, description = "No such vehicle, or one the token may not see", body = ErrorBody),
     )
 )]
@@ -882,18 +912,18 @@ async fn events_page(
     path = "/v1/events",
     tag = "events",
     params(
-        ("vehicle_id" = Option<String>, Query, description = "Only this vehicle's"),
-        ("type" = Option<String>, Query, description = "Only this type, e.g. geofence.entered"),
-        ("fence" = Option<String>, Query, description = "Only events whose data names this fence_id"),
-        ("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("limit" = Option<usize>, Query, description = "Page size, 1 to api.max_limit (default api.default_limit)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("vehicle_id" = Option<String>, Query, min_length = 1, example = "van-1", description = "Only this vehicle's"),
+        ("type" = Option<String>, Query, example = "geofence.entered", description = "Only this type, e.g. geofence.entered"),
+        ("fence" = Option<String>, Query, min_length = 1, example = "depot", description = "Only events whose data names this fence_id"),
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive"),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive"),
+        ("limit" = Option<usize>, Query, minimum = 1, description = "Page size, 1 to api.max_limit (default api.default_limit)"),
+        ("cursor" = Option<String>, Query, min_length = 1, description = "next_cursor of the previous page"),
     ),
     responses(
         (status = 200, description = "A page", body = EventPage),
         (status = 400, description = "A bad parameter", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "Bearer realm=\"fleetpipe\""))),
     )
 )]
 async fn list_events(
@@ -941,16 +971,16 @@ async fn list_events(
     path = "/v1/trips",
     tag = "events",
     params(
-        ("vehicle_id" = Option<String>, Query, description = "Only this vehicle's"),
-        ("from" = Option<String>, Query, description = "RFC 3339, inclusive (of the summary's time)"),
-        ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("limit" = Option<usize>, Query, description = "Page size, 1 to api.max_limit (default api.default_limit)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("vehicle_id" = Option<String>, Query, min_length = 1, example = "van-1", description = "Only this vehicle's"),
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive (of the summary's time)"),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive"),
+        ("limit" = Option<usize>, Query, minimum = 1, description = "Page size, 1 to api.max_limit (default api.default_limit)"),
+        ("cursor" = Option<String>, Query, min_length = 1, description = "next_cursor of the previous page"),
     ),
     responses(
         (status = 200, description = "A page", body = TripPage),
         (status = 400, description = "A bad parameter", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "Bearer realm=\"fleetpipe\""))),
     )
 )]
 async fn list_trips(
@@ -1025,7 +1055,7 @@ fn shape_geometry(shape: &Shape) -> (Geometry, Option<f64>) {
     tag = "fences",
     responses(
         (status = 200, description = "The fences", body = FenceCollection),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "Bearer realm=\"fleetpipe\""))),
         (status = 403, description = "A share link (it reads only its vehicle)", body = ErrorBody),
     )
 )]
@@ -1080,7 +1110,7 @@ async fn list_fences(
     responses(
         (status = 201, description = "Created; the token is shown only now", body = ShareLink),
         (status = 400, description = "A bad body", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "Bearer realm=\"fleetpipe\""))),
         (status = 403, description = "A share link cannot create share links", body = ErrorBody),
         (status = 404, description = "No such vehicle, or one the token may not see", body = ErrorBody),
     )
@@ -1147,7 +1177,7 @@ async fn create_share_link(
     params(("id" = String, Path, description = "The share link's id")),
     responses(
         (status = 204, description = "Revoked (also when it already was)"),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "Bearer realm=\"fleetpipe\""))),
         (status = 403, description = "A share link cannot revoke share links", body = ErrorBody),
         (status = 404, description = "No such share link, or one the token may not revoke", body = ErrorBody),
     )
@@ -1191,7 +1221,7 @@ async fn revoke_share_link(
     tag = "meta",
     responses(
         (status = 200, description = "The document", content_type = "application/json"),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "Bearer realm=\"fleetpipe\""))),
     )
 )]
 async fn openapi_json(_access: Access, State(state): State<AppStateRef>) -> Response {
@@ -1293,6 +1323,79 @@ mod tests {
             doc["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"
         );
+    }
+
+    /// What the handlers refuse is in the document, so a generator (and a
+    /// client) can produce a valid request from it: before, every query
+    /// parameter was a bare string, and schemathesis' schema-valid requests
+    /// were mostly answered 400 (an empty `bbox`, `from=""`, `limit=0`,
+    /// `type=""`, an empty share-link `vehicle_id`), never reaching a query.
+    #[test]
+    fn the_document_states_what_the_handlers_refuse() {
+        use serde_json::Value;
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let param = |path: &str, name: &str| -> Value {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{path} {name}"))["schema"]
+                .clone()
+        };
+        let types: Vec<&str> = EventType::ALL.iter().map(|e| e.as_str()).collect();
+        assert_eq!(
+            param("/v1/events", "type")["enum"],
+            serde_json::json!(types)
+        );
+        assert_eq!(
+            param("/v1/vehicles", "state")["$ref"],
+            "#/components/schemas/VehicleState"
+        );
+        for path in ["/v1/vehicles", "/v1/events", "/v1/trips"] {
+            assert_eq!(param(path, "limit")["minimum"], 1, "{path}");
+            assert_eq!(param(path, "cursor")["minLength"], 1, "{path}");
+        }
+        assert_eq!(param("/v1/vehicles/{id}/track", "max_points")["minimum"], 2);
+        for (path, name) in [
+            ("/v1/events", "from"),
+            ("/v1/events", "to"),
+            ("/v1/trips", "from"),
+            ("/v1/vehicles/{id}/track", "to"),
+        ] {
+            assert_eq!(param(path, name)["format"], "date-time", "{path} {name}");
+        }
+        for (path, name) in [
+            ("/v1/vehicles", "fence"),
+            ("/v1/events", "vehicle_id"),
+            ("/v1/events", "fence"),
+            ("/v1/trips", "vehicle_id"),
+        ] {
+            assert_eq!(param(path, name)["minLength"], 1, "{path} {name}");
+        }
+        let pattern = |schema: &Value| matcher(schema["pattern"].as_str().unwrap());
+        let bbox = pattern(&param("/v1/vehicles", "bbox"));
+        assert!(bbox("13.40,52.50,13.41,52.51") && !bbox("") && !bbox("1,2,3"));
+        let duration = pattern(&param("/v1/vehicles", "stale_after"));
+        assert!(duration("10m") && duration("2h 30m") && !duration("") && !duration("0s"));
+        let body = &doc["components"]["schemas"]["CreateShareLink"]["properties"];
+        assert_eq!(body["vehicle_id"]["minLength"], 1);
+        assert!(pattern(&body["expires_in"])("2h"));
+        // Every 401 says how to authenticate, as it does.
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                assert!(
+                    op["responses"]["401"]["headers"]["WWW-Authenticate"].is_object(),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+
+    /// Whether a value matches one of the document's patterns.
+    fn matcher(pattern: &str) -> impl Fn(&str) -> bool + use<> {
+        let re = regex::Regex::new(pattern).unwrap();
+        move |value| re.is_match(value)
     }
 
     /// A router whose database is never reached: each request below is

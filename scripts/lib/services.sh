@@ -113,6 +113,24 @@ ensure_mqtt_clients() {
     fi
 }
 
+# schemathesis, the property-based API tester from PyPI that
+# fleetpipe/tests/api_schema.rs runs against the query API's OpenAPI
+# document, in a virtualenv under the target directory's tmp/ (where the
+# test also looks). Exports SCHEMATHESIS as the executable it checked.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+    local venv="${CARGO_TARGET_DIR:-target}/tmp/schemathesis-$SCHEMATHESIS_VERSION"
+    if [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
+        log "installing schemathesis $SCHEMATHESIS_VERSION (PyPI)"
+        command -v python3 >/dev/null || apt_install python3
+        mkdir -p "$(dirname "$venv")"
+        python3 -m venv "$venv" || { apt_install python3-venv && python3 -m venv "$venv"; }
+        "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+    fi
+    SCHEMATHESIS="$(cd "$venv/bin" && pwd)/schemathesis"
+    export SCHEMATHESIS
+}
+
 ensure_kcat() {
     if ! command -v kcat >/dev/null; then
         log "installing kcat"

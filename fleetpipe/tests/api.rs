@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::api::{ApiTest, IN_DEPOT, Scope, ids, ping};
+use common::api::{ApiTest, IN_DEPOT, Scope, drive_out_of_the_depot, ids, ping};
 use common::now_ms;
 use serde_json::Value;
 
@@ -371,23 +371,7 @@ async fn a_track_is_simplified_to_the_bound_keeping_its_ends_and_times() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_and_trips_walk_in_time_order_with_their_filters() {
     let t = ApiTest::start(&fleet(), |_| {}).await;
-    let start = now_ms() - 600_000;
-    let mut pings = Vec::new();
-    // Two vehicles drive out of the depot, 60 m a second, and stop east of
-    // it; enrichment makes their online, geofence, motion and state events.
-    for (n, vehicle) in ["ev-1", "ev-2"].iter().enumerate() {
-        for i in 0..40u64 {
-            let moved = (i.min(20)) as f64 * 0.0009;
-            let mut p = ping(
-                vehicle,
-                i,
-                start + n as i64 * 500 + i as i64 * 1000,
-                (IN_DEPOT.0, IN_DEPOT.1 + moved),
-            );
-            p["speed_kmh"] = Value::from(if i < 20 { 40.0 } else { 0.0 });
-            pings.push(p);
-        }
-    }
+    let pings = drive_out_of_the_depot(&["ev-1", "ev-2"], now_ms() - 600_000);
     t.send(&pings, 80).await;
     let stored = t.settle_events().await;
     assert!(stored > 4, "{stored} events");

@@ -19,7 +19,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::api::{ApiTest, IN_DEPOT, Scope, ping};
+use common::api::{ApiTest, IN_DEPOT, Scope, drive_out_of_the_depot, ping};
 use common::now_ms;
 use common::stock_clients::Run;
 use serde_json::Value;
@@ -69,22 +69,11 @@ fn schemathesis() -> PathBuf {
 /// a trip each), one stands in the depot with open trouble codes and
 /// charges, one reported long ago.
 fn pings() -> Vec<Value> {
-    let start = now_ms() - 600_000;
-    let mut pings = Vec::new();
-    for (n, vehicle) in ["ev-1", "ev-2"].iter().enumerate() {
-        for i in 0..40u64 {
-            let moved = (i.min(20)) as f64 * 0.0009;
-            let mut p = ping(
-                vehicle,
-                i,
-                start + n as i64 * 500 + i as i64 * 1000,
-                (IN_DEPOT.0, IN_DEPOT.1 + moved),
-            );
-            p["speed_kmh"] = Value::from(if i < 20 { 40.0 } else { 0.0 });
-            p["heading_deg"] = Value::from(90.0);
-            p["soc_pct"] = Value::from(70.0 - i as f64 * 0.1);
-            pings.push(p);
-        }
+    let mut pings = drive_out_of_the_depot(&["ev-1", "ev-2"], now_ms() - 600_000);
+    for p in &mut pings {
+        let i = p["seq"].as_f64().unwrap_or_default();
+        p["heading_deg"] = Value::from(90.0);
+        p["soc_pct"] = Value::from(70.0 - i * 0.1);
     }
     let mut dtc = ping("van-1", 1, now_ms() - 5000, IN_DEPOT);
     dtc["dtcs"] = serde_json::json!(["P0301", "U0100"]);

@@ -300,3 +300,25 @@ pub fn ids(items: &[Value], key: &str) -> Vec<String> {
         .map(|v| v[key].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// `vehicles` drive east out of the depot, one after another 0.5 s apart:
+/// 40 pings a second apart from `start_ms`, 40 km/h and 0.0009° of
+/// longitude a second for 20 s, then standing: enrichment makes their
+/// online, geofence, motion and state events and a trip each.
+pub fn drive_out_of_the_depot(vehicles: &[&str], start_ms: i64) -> Vec<Value> {
+    let mut pings = Vec::new();
+    for (n, vehicle) in vehicles.iter().enumerate() {
+        for i in 0..40u64 {
+            let moved = (i.min(20)) as f64 * 0.0009;
+            let mut p = ping(
+                vehicle,
+                i,
+                start_ms + n as i64 * 500 + i as i64 * 1000,
+                (IN_DEPOT.0, IN_DEPOT.1 + moved),
+            );
+            p["speed_kmh"] = Value::from(if i < 20 { 40.0 } else { 0.0 });
+            pings.push(p);
+        }
+    }
+    pings
+}

@@ -194,7 +194,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let to = day0 + time::Duration::days(1);
     let rfc = |t: OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339)
-            .expect("formattable")
+            .unwrap_or_default()
     };
     let track_url = format!(
         "{base}/v1/vehicles/{TRACK_VEHICLE}/track?from={}&to={}&max_points={}",
@@ -543,7 +543,9 @@ async fn load_data(
         &[&i32::try_from(args.vehicles)?],
     )
     .await?;
-    let last = track.last().expect("a day of points");
+    let Some(last) = track.last() else {
+        bail!("the track has no points")
+    };
     db.execute(
         &format!(
             "INSERT INTO {s}.vehicle_latest (vehicle_id, ts, seq, lat, lon, speed_kmh, heading_deg, soc_pct, charging, ignition, fences)
@@ -657,7 +659,7 @@ impl Statements {
         to: OffsetDateTime,
         none: &'a Option<Vec<String>>,
     ) -> Vec<Box<dyn ToSql + Sync + Send + 'a>> {
-        let limit = i64::try_from(ApiConfig::default_max_track_rows() + 1).expect("fits");
+        let limit = i64::try_from(ApiConfig::default_max_track_rows() + 1).unwrap_or(i64::MAX);
         vec![
             Box::new(TRACK_VEHICLE),
             Box::new(from),
@@ -700,7 +702,7 @@ impl Statements {
             Box::new(no_text.clone()),
             Box::new(no_time),
             Box::new(no_text),
-            Box::new(i64::try_from(limit + 1).expect("fits")),
+            Box::new(i64::try_from(limit + 1).unwrap_or(i64::MAX)),
         ]
     }
 

@@ -236,6 +236,20 @@ impl Config {
         fleetpipe_geofence::service::check_config(&self.geofence)?;
         self.sink.validate(self.ingest.limits.max_past)?;
         self.cluster.validate(&self.sink)?;
+        if let Some(api) = &self.api
+            && api.feed.is_some()
+            && !matches!(self.cluster.role, Role::All | Role::Writer)
+        {
+            return Err(QueryError::Config {
+                key: "feed".to_owned(),
+                reason: format!(
+                    "needs cluster.role = \"all\" or \"writer\" (the roles that see enriched \
+                     records), not {:?}",
+                    self.cluster.role.as_str()
+                ),
+            }
+            .into());
+        }
         Ok(())
     }
 }

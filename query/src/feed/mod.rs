@@ -103,6 +103,12 @@ struct ClientState {
     grant: Grant,
     subscription: Option<Subscription>,
     queue: ClientQueue,
+    /// Resuming: the sequence number of the last message of the resume
+    /// window taken into the queue. The window is replayed a queue's worth
+    /// at a time as the client takes it (a client that overflowed missed
+    /// more than its queue holds), and live messages are left to the
+    /// window meanwhile; `None` once caught up.
+    replay: Option<u64>,
 }
 
 /// A position as clients get it.
@@ -252,6 +258,7 @@ impl Feed {
                 grant,
                 subscription: None,
                 queue: ClientQueue::new(hub.config.client_max_events, hub.config.client_max_bytes),
+                replay: None,
             }),
             notify: Notify::new(),
         });
@@ -380,6 +387,11 @@ impl Hub {
     fn deliver(&self, st: &HubState, item: &Item) {
         for client in st.clients.values() {
             let mut c = lock(&client.state);
+            if c.replay.is_some() {
+                // Replaying: the window has this one too, in order.
+                client.notify.notify_one();
+                continue;
+            }
             if self.offer(&mut c, item) {
                 client.notify.notify_one();
             }
@@ -461,13 +473,11 @@ impl ClientHandle {
                     "the resume token is of another fleetpipe process (restarted, or another node)",
                 )),
                 Some(t) => match st.ring.after(t.seq) {
-                    Ok(items) => {
+                    Ok(_) => {
                         let freed = c.queue.restart(t.seq);
                         hub.account(freed, -before);
-                        let items: Vec<Arc<Item>> = items.cloned().collect();
-                        for item in &items {
-                            hub.offer(&mut c, item);
-                        }
+                        // Taken from the window as the client reads (pop).
+                        c.replay = Some(t.seq);
                         Ok(t.seq)
                     }
                     Err(Gap::Foreign) => Err((
@@ -504,6 +514,7 @@ impl ClientHandle {
         }
         let freed = c.queue.restart(last);
         hub.account(freed, -before);
+        c.replay = None;
         let sub = c.subscription.as_ref();
         let mut views: Vec<(&Arc<str>, &Latest)> = st
             .latest
@@ -538,6 +549,16 @@ impl ClientHandle {
         if let Some(o) = c.queue.overflow() {
             return Popped::Overflow(o);
         }
+        if c.queue.is_empty() && c.replay.is_some() {
+            // The hub's lock first, as deliver takes them.
+            drop(c);
+            let st = lock(&self.hub.state);
+            c = lock(&self.client.state);
+            self.refill(&st, &mut c);
+            if let Some(o) = c.queue.overflow() {
+                return Popped::Overflow(o);
+            }
+        }
         match c.queue.pop() {
             Some((m, bytes)) => {
                 self.hub.account(bytes, -1);
@@ -545,6 +566,34 @@ impl ClientHandle {
             }
             None => Popped::Empty,
         }
+    }
+
+    /// Resuming: takes the next messages of the window into the empty
+    /// queue, up to half its bounds (so they coalesce and never overflow
+    /// it), or all the way to the newest, which ends the replay (under the
+    /// hub's lock: no live message is missed or sent twice).
+    fn refill(&self, st: &HubState, c: &mut ClientState) {
+        let Some(mut cursor) = c.replay else {
+            return;
+        };
+        let events = (self.hub.config.client_max_events / 2).max(1);
+        let bytes = self.hub.config.client_max_bytes / 2;
+        let Ok(items) = st.ring.after_seq(cursor) else {
+            // The window moved past the replay: the client is too slow to
+            // catch up; told so like an overflow, from what it has.
+            c.replay = None;
+            c.queue.fell_behind();
+            return;
+        };
+        for (seq, item) in items {
+            if c.queue.len() >= events || c.queue.bytes() >= bytes {
+                c.replay = Some(cursor);
+                return;
+            }
+            cursor = seq;
+            self.hub.offer(c, item);
+        }
+        c.replay = None;
     }
 
     /// Resolves when a message may be waiting.
@@ -643,6 +692,58 @@ mod tests {
         let start = h3.subscribe(sub, Some("0000000000000001-1"));
         let kinds: Vec<_> = start.messages.iter().map(|m| m.0).collect();
         assert_eq!(kinds, ["gap", "snapshot"]);
+    }
+
+    /// A client that overflowed missed more than its queue holds; its
+    /// resume is replayed a batch at a time as it reads, so it gets every
+    /// message it missed once, then the live ones, in order.
+    #[test]
+    fn a_resume_after_an_overflow_replays_more_than_a_queue_holds() {
+        let config = FeedConfig {
+            client_max_bytes: 1024,
+            max_total_bytes: 1024,
+            ..FeedConfig::default()
+        };
+        let feed = Feed::new(config, CancellationToken::new());
+        let slow = feed.connect(Grant::Fleet, "ws").unwrap();
+        slow.subscribe(Subscription::everything(), None);
+        let mut sent = Vec::new();
+        for i in 0..20 {
+            let vehicle = format!("v-{i:02}");
+            feed.publish(&telemetry(&vehicle, 1000, 1.0, 1.0));
+            sent.push(vehicle);
+        }
+        let Popped::Overflow(o) = slow.pop() else {
+            panic!("no overflow")
+        };
+        assert_eq!(o.resume_seq, 0);
+        drop(slow);
+        let h = feed.connect(Grant::Fleet, "ws").unwrap();
+        let start = h.subscribe(
+            Subscription::everything(),
+            Some(&feed.hub.token(o.resume_seq)),
+        );
+        assert_eq!(start.messages[0].0, "resumed");
+        // Half read, then a live one arrives: after the rest, not before.
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            let Popped::Message(m) = h.pop() else {
+                panic!("replay stopped early")
+            };
+            got.push(m.json.to_string());
+        }
+        feed.publish(&telemetry("live", 1000, 1.0, 1.0));
+        sent.push("live".to_owned());
+        got.extend(drain(&h));
+        let vehicles: Vec<String> = got
+            .iter()
+            .map(|j| {
+                let v: serde_json::Value = serde_json::from_str(j).unwrap();
+                v["vehicle_id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(vehicles, sent);
+        assert!(h.client.state.lock().unwrap().replay.is_none());
     }
 
     #[test]

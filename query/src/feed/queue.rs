@@ -120,6 +120,14 @@ impl ClientQueue {
         -(freed as isize)
     }
 
+    /// A replay that could not keep up with the resume window: an
+    /// overflow with nothing counted (what was missed is not known).
+    pub fn fell_behind(&mut self) {
+        if self.overflow.is_none() {
+            self.overflowed(0, false);
+        }
+    }
+
     fn overflowed(&mut self, missed_events: u64, total: bool) -> Offer {
         if let Some(o) = &mut self.overflow {
             o.missed_events += missed_events;

@@ -136,6 +136,18 @@ impl<T> Ring<T> {
             .filter(move |(s, _, _)| *s > seq)
             .map(|(_, _, item)| item))
     }
+
+    /// The messages after `seq` with their sequence numbers, oldest first,
+    /// found by binary search (a replay reads them a batch at a time).
+    ///
+    /// # Errors
+    ///
+    /// As [`Ring::after`].
+    pub fn after_seq(&self, seq: u64) -> Result<impl Iterator<Item = (u64, &T)>, Gap> {
+        let _ = self.after(seq)?;
+        let start = self.entries.partition_point(|(s, _, _)| *s <= seq);
+        Ok(self.entries.range(start..).map(|(s, _, item)| (*s, item)))
+    }
 }
 
 #[cfg(test)]

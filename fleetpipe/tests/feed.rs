@@ -466,3 +466,304 @@ async fn bad_subscribe_messages_are_answered_and_floods_closed() {
     );
     t.stop().await;
 }
+
+/// A box around the yard only (where `b-1` is).
+const YARD_BOX: [f64; 4] = [13.55, 52.55, 13.65, 52.65];
+
+/// A WebSocket request to the feed with `token` in the Authorization
+/// header.
+fn request(t: &ApiTest, token: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut r = ws_url(t).into_client_request().unwrap();
+    r.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// Whether any message mentions `vehicle`.
+fn mentions(messages: &[Value], vehicle: &str) -> bool {
+    messages.iter().any(|m| m.to_string().contains(vehicle))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_share_link_ends_its_stream_and_is_refused_after() {
+    let t = feed_test(|_| {}).await;
+    seed(&t).await;
+    let (status, link) = t.share(FLEET, "a-1", "3s").await;
+    assert_eq!(status, 201, "{link}");
+    let token = link["token"].as_str().unwrap().to_owned();
+    let mut ws = connect(&t, &token).await;
+    subscribe(&mut ws, json!({})).await;
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+        "snapshot"
+    );
+    // Live until it expires: then the close message and 4401 "expired",
+    // within a share check or so of the expiry (not at the next ping).
+    let (messages, frame) = close_frame(&mut ws).await;
+    assert_eq!(frame, Some((4401, "expired".to_owned())), "{messages:?}");
+    let last = messages.last().unwrap();
+    assert_eq!(
+        (&last["type"], &last["reason"]),
+        (&json!("close"), &json!("expired"))
+    );
+    // Expired: refused at connect, on both endpoints.
+    assert_eq!(refused(request(&t, &token)).await, 401);
+    let r = t
+        .http
+        .get(format!("{}/v1/feed/sse", t.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_link_asking_for_another_vehicle_gets_nothing_of_it() {
+    let t = feed_test(|_| {}).await;
+    seed(&t).await;
+    let (status, link) = t.share(FLEET, "a-1", "1h").await;
+    assert_eq!(status, 201, "{link}");
+    let token = link["token"].as_str().unwrap().to_owned();
+    // b-1 by name, b-1 by where it is, and by both.
+    let mut asks = Vec::new();
+    for sub in [
+        json!({"vehicles": ["b-1"]}),
+        json!({"bbox": YARD_BOX}),
+        json!({"vehicles": ["b-1"], "bbox": YARD_BOX}),
+    ] {
+        let mut ws = connect(&t, &token).await;
+        subscribe(&mut ws, sub.clone()).await;
+        asks.push((sub, ws));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // After the link's start: b-1 in the yard with a trouble code, and a-1
+    // into the yard too (what the bbox asks may show, for the link's own
+    // vehicle).
+    let now = now_ms();
+    let mut b = ping("b-1", 1, now, YARD);
+    b["dtcs"] = json!(["P0420"]);
+    t.send(&[b, ping("a-1", 1, now, YARD)], 4).await;
+    for (sub, mut ws) in asks {
+        let got = drain(&mut ws, Duration::from_secs(2)).await;
+        assert!(!mentions(&got, "b-1"), "{sub}: {got:?}");
+        if sub.get("vehicles").is_none() {
+            assert_eq!(vehicles_of(&got), ["a-1"], "{sub}: {got:?}");
+        }
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_token_with_a_box_around_another_vehicle_gets_only_its_own() {
+    let t = feed_test(|_| {}).await;
+    let start = seed(&t).await;
+    let mut ws = connect(&t, A_ONLY).await;
+    subscribe(&mut ws, json!({"bbox": YARD_BOX})).await;
+    // The snapshot: b-1 is in the box, a-1 is not; nothing.
+    let snap = next(&mut ws, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(snap["type"], "snapshot");
+    assert_eq!(snap["positions"], json!([]), "{snap}");
+    // b-1 moves within the box with a trouble code; a-1 drives into it.
+    let mut b = ping("b-1", 1, start + 1000, (52.601, 13.601));
+    b["dtcs"] = json!(["P0420"]);
+    t.send(&[b, ping("a-1", 1, start + 1000, YARD)], 4).await;
+    let got = drain(&mut ws, Duration::from_secs(2)).await;
+    assert!(!mentions(&got, "b-1"), "{got:?}");
+    assert_eq!(vehicles_of(&got), ["a-1"], "{got:?}");
+    t.stop().await;
+}
+
+/// Opens a WebSocket to the feed whose receive buffer is as small as the
+/// kernel allows, so that a client that does not read fills the server's
+/// send path quickly and the server's queue for it fills next.
+async fn connect_small(t: &ApiTest, token: &str) -> Ws {
+    let addr: std::net::SocketAddr = t.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    tokio_tungstenite::client_async(
+        request(t, token),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap()
+    .0
+}
+
+/// Posts `pings`: a request per vehicle (the gateway takes one vehicle
+/// per batch) and at most 500 pings, 32 requests at a time.
+async fn post(t: &ApiTest, pings: &[Value]) {
+    let mut by_vehicle: std::collections::BTreeMap<&str, Vec<&Value>> = Default::default();
+    for p in pings {
+        by_vehicle
+            .entry(p["vehicle_id"].as_str().unwrap())
+            .or_default()
+            .push(p);
+    }
+    let batches: Vec<&[&Value]> = by_vehicle.values().flat_map(|l| l.chunks(500)).collect();
+    futures::stream::iter(batches)
+        .map(|batch| async move {
+            let r = t
+                .http
+                .post(t.p.url("/v1/pings"))
+                .json(&batch)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            assert!(!body.contains("rejected"), "{body}");
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// How many vehicles' first pings fill the kernel's buffers between the
+/// feed and a client that does not read (the server's send buffer grows
+/// up to net.ipv4.tcp_wmem's 4 MiB; each first ping is two events of some
+/// 300 bytes) and then `client_max_events` well over.
+const FILL_VEHICLES: usize = 10_000;
+
+/// The `(vehicle, type)` of each event message.
+fn events_of(messages: &[Value]) -> Vec<(String, String)> {
+    messages
+        .iter()
+        .filter(|m| m["type"] == "event")
+        .map(|m| {
+            (
+                m["event"]["vehicle_id"].as_str().unwrap().to_owned(),
+                m["event"]["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "unfinished: hangs or ends without the close frame after reading the backlog; see the live-feed report"]
+async fn a_slow_client_is_told_what_it_missed_and_resumes_without_duplicates() {
+    let t = feed_test(|f| {
+        f.client_max_events = 50;
+        f.write_timeout = Duration::from_secs(300);
+    })
+    .await;
+    let filter = json!({"positions": false, "event_types": ["vehicle.online"]});
+    let mut ws = connect_small(&t, FLEET).await;
+    subscribe(&mut ws, filter.clone()).await;
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(10)).await.unwrap()["type"],
+        "snapshot"
+    );
+    // Not reading: a first ping each of many vehicles, each one
+    // vehicle.online event.
+    let now = now_ms();
+    let pings: Vec<Value> = (0..FILL_VEHICLES)
+        .map(|i| ping(&format!("slow-{i:05}"), 0, now, YARD))
+        .collect();
+    post(&t, &pings).await;
+    t.wait_rows("telemetry", FILL_VEHICLES as i64).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Now read: what fit in the buffers, the overflow, the close.
+    let (before, frame) = close_frame(&mut ws).await;
+    assert_eq!(
+        frame.as_ref().map(|f| f.0),
+        Some(1013),
+        "{} messages, the last {:?}",
+        before.len(),
+        before.last()
+    );
+    let overflow = before.last().unwrap();
+    assert_eq!(overflow["type"], "overflow", "{overflow}");
+    assert_eq!(overflow["reason"], "overflow", "{overflow}");
+    let missed = overflow["missed_events"].as_u64().unwrap();
+    assert!(missed > 0, "{overflow}");
+    let resume = overflow["resume"].as_str().unwrap().to_owned();
+    let first = events_of(&before);
+    assert!(
+        first.len() < FILL_VEHICLES,
+        "nothing was missed: {}",
+        first.len()
+    );
+
+    // Back within the resume window: exactly what was missed.
+    let mut ws = connect(&t, FLEET).await;
+    let mut again = filter.clone();
+    again["resume"] = json!(resume);
+    subscribe(&mut ws, again).await;
+    let after = drain(&mut ws, Duration::from_secs(3)).await;
+    assert_eq!(
+        after.first().map(|m| &m["type"]),
+        Some(&json!("resumed")),
+        "{:?}",
+        &after[..after.len().min(3)]
+    );
+    let second = events_of(&after);
+    assert!(second.len() as u64 >= missed, "{} < {missed}", second.len());
+    let mut all: Vec<(String, String)> = first.into_iter().chain(second).collect();
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), total, "duplicates across the resume");
+    let expected: Vec<(String, String)> = (0..FILL_VEHICLES)
+        .map(|i| (format!("slow-{i:05}"), "vehicle.online".to_owned()))
+        .collect();
+    assert_eq!(all, expected);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_gets_the_newest_position_not_every_one() {
+    let t = feed_test(|f| {
+        f.client_max_bytes = 64 << 20;
+        f.max_total_bytes = 64 << 20;
+        f.write_timeout = Duration::from_secs(300);
+    })
+    .await;
+    let mut ws = connect_small(&t, FLEET).await;
+    subscribe(&mut ws, json!({"events": false})).await;
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(10)).await.unwrap()["type"],
+        "snapshot"
+    );
+    // Not reading: the buffers fill with other vehicles' positions, then
+    // one vehicle pings many times.
+    let now = now_ms() - 600_000;
+    let fill: Vec<Value> = (0..FILL_VEHICLES * 2)
+        .map(|i| ping(&format!("fill-{i:05}"), 0, now, YARD))
+        .collect();
+    post(&t, &fill).await;
+    const HOT: u64 = 500;
+    let hot: Vec<Value> = (0..HOT)
+        .map(|i| ping("hot-1", i, now + i as i64 * 1000, YARD))
+        .collect();
+    post(&t, &hot).await;
+    t.wait_rows("telemetry", (FILL_VEHICLES * 2) as i64 + HOT as i64)
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = drain(&mut ws, Duration::from_secs(3)).await;
+    let hot_ts: Vec<&str> = got
+        .iter()
+        .filter(|m| m["type"] == "position" && m["vehicle_id"] == "hot-1")
+        .map(|m| m["ts"].as_str().unwrap())
+        .collect();
+    assert!(!hot_ts.is_empty());
+    assert!(
+        (hot_ts.len() as u64) < HOT / 10,
+        "{} of {HOT} positions: not coalesced",
+        hot_ts.len()
+    );
+    let newest = time::OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(now + (HOT as i64 - 1) * 1000) * 1_000_000,
+    )
+    .unwrap();
+    let last = time::OffsetDateTime::parse(
+        hot_ts.last().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(last, newest);
+    t.stop().await;
+}

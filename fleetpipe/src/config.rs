@@ -236,6 +236,20 @@ impl Config {
         fleetpipe_geofence::service::check_config(&self.geofence)?;
         self.sink.validate(self.ingest.limits.max_past)?;
         self.cluster.validate(&self.sink)?;
+        if let Some(api) = &self.api
+            && api.feed.is_some()
+            && !matches!(self.cluster.role, Role::All | Role::Writer)
+        {
+            return Err(QueryError::Config {
+                key: "feed".to_owned(),
+                reason: format!(
+                    "needs cluster.role = \"all\" or \"writer\" (the roles that see enriched \
+                     records), not {:?}",
+                    self.cluster.role.as_str()
+                ),
+            }
+            .into());
+        }
         Ok(())
     }
 }
@@ -369,6 +383,45 @@ mod tests {
         assert_eq!(api, expected);
         assert_eq!(api.tokens.len(), 1);
         assert_eq!(api.tokens[0].name, "dispatch");
+    }
+
+    /// The commented `[api.feed]` block, uncommented after `[api]`, lists
+    /// every key of the feed with its default (so a key added without its
+    /// documentation, or a changed default, fails here), and is valid in
+    /// the role it is documented for.
+    #[test]
+    fn the_commented_feed_table_documents_every_key_and_its_default() {
+        let api = lines(&shipped_commented(|l| l == "# [api]"));
+        let block = shipped_commented(|l| l == "# [api.feed]");
+        assert_eq!(block.first().map(String::as_str), Some("[api.feed]"));
+        let keys: Vec<&str> = block[1..]
+            .iter()
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+            .collect();
+        // Every field of FeedConfig, in the order of the struct.
+        assert_eq!(
+            keys,
+            [
+                "max_clients",
+                "client_max_events",
+                "client_max_bytes",
+                "max_total_bytes",
+                "resume_max_messages",
+                "resume_max_age",
+                "max_vehicles",
+                "max_subscribe_bytes",
+                "max_filter_items",
+                "max_subscribes_per_minute",
+                "share_check_interval",
+                "keepalive",
+                "write_timeout",
+            ]
+        );
+        let c = load(&format!("{MINIMAL}{api}{}", lines(&block)), &[]).unwrap();
+        assert_eq!(
+            c.api.unwrap().feed,
+            Some(fleetpipe_query::feed::FeedConfig::default())
+        );
     }
 
     /// The commented connection timeouts of `[sink.timescale]` (a

@@ -227,13 +227,16 @@ impl Pipeline {
         // unreachable database fails the start before a device is answered.
         let api = match (&config.api, api_listener) {
             (Some(api), Some((listener, addr))) => {
-                let router = fleetpipe_query::QueryApi::start(api, fences.index())
-                    .await?
-                    .router();
-                Some((router, listener, addr))
+                let api =
+                    fleetpipe_query::QueryApi::start(api, fences.index(), shutdown.clone()).await?;
+                Some((api, listener, addr))
             }
             _ => None,
         };
+        // The live feed is one more output of the fan-out (roles all and
+        // writer).
+        let feed = api.as_ref().and_then(|(api, _, _)| api.feed());
+        let api = api.map(|(api, listener, addr)| (api.router(), listener, addr));
         let failure = Failure::new(shutdown.clone());
         let role = RoleContext {
             config,
@@ -241,6 +244,7 @@ impl Pipeline {
             fences: &fences,
             shutdown: &shutdown,
             failure: &failure,
+            feed: feed.as_ref(),
         };
         let Running {
             mut intake,
@@ -439,10 +443,12 @@ pub(crate) async fn build_sources(
     Ok(built)
 }
 
-/// Builds `sinks`, each with its own bounded input queue.
+/// Builds `sinks`, each with its own bounded input queue, and the live
+/// feed's intake beside them when there is a feed.
 pub(crate) async fn build_sinks(
     config: &Config,
     sinks: Vec<SinkConfig>,
+    feed: Option<&fleetpipe_query::feed::Feed>,
 ) -> Result<Vec<BuiltSink>, PipelineError> {
     let cx = SinkContext {
         queue: config.pipeline.sink_queue,
@@ -455,6 +461,20 @@ pub(crate) async fn build_sinks(
             .await
             .map_err(|source| PipelineError::SinkStart { sink: name, source })?;
         built.push(sink);
+    }
+    if let Some(feed) = feed {
+        // The feed takes each record into memory and acknowledges it at
+        // once: it never holds the fan-out up and promises nothing durable.
+        let (input, run) = feed.intake(config.pipeline.sink_queue);
+        built.push(BuiltSink {
+            name: "feed",
+            input,
+            run: Box::pin(async move {
+                run.await;
+                Ok(())
+            }),
+            kafka: None,
+        });
     }
     Ok(built)
 }

@@ -75,6 +75,9 @@ pub(crate) struct RoleContext<'a> {
     pub(crate) fences: &'a FenceService,
     pub(crate) shutdown: &'a CancellationToken,
     pub(crate) failure: &'a Failure,
+    /// The live feed (`[api.feed]`): fed by the roles that see enriched
+    /// records (`all`, `writer`).
+    pub(crate) feed: Option<&'a fleetpipe_query::feed::Feed>,
 }
 
 impl RoleContext<'_> {
@@ -109,7 +112,11 @@ impl RoleContext<'_> {
                 }]
             }
         };
-        let sinks = build_sinks(config, sinks).await?;
+        let feed = match transform {
+            Transform::Enrichment => self.feed,
+            Transform::Raw => None,
+        };
+        let sinks = build_sinks(config, sinks, feed).await?;
         let Queues {
             ingestor,
             pings,
@@ -160,7 +167,7 @@ impl RoleContext<'_> {
             ),
         ];
         self.ensure_specs(kafka, &topics).await?;
-        let sinks = build_sinks(config, vec![SinkConfig::Kafka(kafka.clone())]).await?;
+        let sinks = build_sinks(config, vec![SinkConfig::Kafka(kafka.clone())], None).await?;
         let client = consumer_client(kafka)?;
         let changelog = Changelog::new(
             &cluster.changelog_topic,
@@ -225,7 +232,9 @@ impl RoleContext<'_> {
             .into_iter()
             .filter(|sink| !matches!(sink, SinkConfig::Kafka(_)))
             .collect();
-        let sinks = build_sinks(config, local).await?;
+        // A writer with the live feed is a read node: any number of them
+        // serve the feed from the output topics.
+        let sinks = build_sinks(config, local, self.feed).await?;
         let topics = OutputTopics {
             telemetry: kafka.telemetry_topic.clone(),
             events: kafka.events_topic.clone(),

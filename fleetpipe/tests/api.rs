@@ -565,7 +565,11 @@ async fn every_bad_parameter_is_a_400_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_lists_every_route_and_each_is_served() {
-    let t = ApiTest::start(&fleet(), |_| {}).await;
+    // With the live feed on, so that its two routes are served too.
+    let t = ApiTest::start(&fleet(), |api| {
+        api.feed = Some(fleetpipe_query::feed::FeedConfig::default());
+    })
+    .await;
     t.send(&[ping("van-1", 1, now_ms(), IN_DEPOT)], 1).await;
     let (status, doc) = t.get(Some(TOKEN), "/v1/openapi.json").await;
     assert_eq!(status, 200);
@@ -575,7 +579,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_served() {
         doc["openapi"]
     );
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 9, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 11, "{:?}", paths.keys());
     for (path, item) in paths {
         let url = path.replace("{id}", "van-1");
         for method in item.as_object().unwrap().keys() {
@@ -591,6 +595,17 @@ async fn the_openapi_document_lists_every_route_and_each_is_served() {
                 .await
                 .unwrap();
             let status = r.status().as_u16();
+            // The feed's streams: served by their handlers (a WebSocket
+            // route asked without an upgrade is 400, not the fallback's
+            // 404); their bodies never end, so they are not read.
+            if path == "/v1/feed" {
+                assert_eq!(status, 400, "{method} {url}");
+                continue;
+            }
+            if path == "/v1/feed/sse" {
+                assert_eq!(status, 200, "{method} {url}");
+                continue;
+            }
             let body: Value = r.json().await.unwrap_or(Value::Null);
             // Served by its handler: not the fallback's "no such endpoint".
             assert!(

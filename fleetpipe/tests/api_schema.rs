@@ -123,6 +123,12 @@ async fn check(t: &ApiTest, token: &str, what: &str) {
         "1",
         "--request-timeout",
         "10",
+        // The live feed's two streams are left out: an SSE answer never
+        // ends and a WebSocket needs an upgrade, neither is a request and
+        // answer schemathesis can check (tests/feed.rs tests them through
+        // real sockets); with the feed off here they would only be 404.
+        "--exclude-path-regex",
+        "^/v1/feed",
         "--no-color",
     ];
     let started = Instant::now();
@@ -149,7 +155,7 @@ async fn check(t: &ApiTest, token: &str, what: &str) {
     // Every operation but the document itself (which schemathesis reads,
     // not tests).
     assert!(
-        out.stdout.contains("Selected: 8/8") && out.stdout.contains("Tested: 8"),
+        out.stdout.contains("Selected: 8/10") && out.stdout.contains("Tested: 8"),
         "{what}: not every operation ran\n{}",
         out.stdout
     );

@@ -65,6 +65,13 @@ type Case = (&'static str, Vec<(&'static str, String)>, &'static str);
 
 fn cases(ops_port: u16) -> Vec<Case> {
     let ops = |extra: &str| format!("listen = \"127.0.0.1:{ops_port}\"\n{extra}");
+    // The query API with its token, and `[api.feed]` with `keys`.
+    let feed = |keys: &str| {
+        vec![
+            ("api", format!("{API}{API_TOKEN}")),
+            ("api.feed", keys.to_owned()),
+        ]
+    };
     vec![
         (
             "unknown key",
@@ -373,6 +380,98 @@ fn cases(ops_port: u16) -> Vec<Case> {
             "an unknown query API key",
             vec![("api", format!("{API}tokenz = 1\n{API_TOKEN}"))],
             "tokenz",
+        ),
+        (
+            "the feed's client limit",
+            feed("max_clients = 0\n"),
+            "api.feed.max_clients must be at least 1",
+        ),
+        (
+            "the feed's events per client",
+            feed("client_max_events = 0\n"),
+            "api.feed.client_max_events must be at least 1",
+        ),
+        (
+            "the feed's bytes per client",
+            feed("client_max_bytes = 10\n"),
+            "api.feed.client_max_bytes must be at least 1024",
+        ),
+        (
+            "the feed's total bytes within one client's",
+            feed("client_max_bytes = 4096\nmax_total_bytes = 2048\n"),
+            "api.feed.max_total_bytes must be at least api.feed.client_max_bytes",
+        ),
+        (
+            "the feed's resume window in messages",
+            feed("resume_max_messages = 0\n"),
+            "api.feed.resume_max_messages must be at least 1",
+        ),
+        (
+            "the feed's resume window in time",
+            feed("resume_max_age = \"0s\"\n"),
+            "api.feed.resume_max_age must be at least 100ms",
+        ),
+        (
+            "the feed's latest-position table",
+            feed("max_vehicles = 0\n"),
+            "api.feed.max_vehicles must be at least 1",
+        ),
+        (
+            "the feed's subscribe message size",
+            feed("max_subscribe_bytes = 10\n"),
+            "api.feed.max_subscribe_bytes must be 256 to 1048576",
+        ),
+        (
+            "the feed's filter lists",
+            feed("max_filter_items = 0\n"),
+            "api.feed.max_filter_items must be at least 1",
+        ),
+        (
+            "the feed's subscribe rate",
+            feed("max_subscribes_per_minute = 0\n"),
+            "api.feed.max_subscribes_per_minute must be at least 1",
+        ),
+        (
+            "the feed's share-link check",
+            feed("share_check_interval = \"1ms\"\n"),
+            "api.feed.share_check_interval must be at least 100ms",
+        ),
+        (
+            "the feed's keep-alive",
+            feed("keepalive = \"0s\"\n"),
+            "api.feed.keepalive must be at least 100ms",
+        ),
+        (
+            "the feed's write timeout",
+            feed("write_timeout = \"0s\"\n"),
+            "api.feed.write_timeout must be at least 100ms",
+        ),
+        (
+            "an unknown feed key",
+            feed("max_client = 10\n"),
+            "max_client",
+        ),
+        (
+            "the feed in role gateway",
+            vec![
+                ("cluster", "role = \"gateway\"\n".into()),
+                ("sink.kafka", "brokers = \"k:9092\"\n".into()),
+                ("sink.file", OMIT.into()),
+                ("api", format!("{API}{API_TOKEN}")),
+                ("api.feed", String::new()),
+            ],
+            "api.feed needs cluster.role = \"all\" or \"writer\"",
+        ),
+        (
+            "the feed in role enrich",
+            vec![
+                ("cluster", "role = \"enrich\"\n".into()),
+                ("sink.kafka", "brokers = \"k:9092\"\n".into()),
+                ("sink.file", OMIT.into()),
+                ("api", format!("{API}{API_TOKEN}")),
+                ("api.feed", String::new()),
+            ],
+            "api.feed needs cluster.role = \"all\" or \"writer\"",
         ),
         (
             "compression after the oldest accepted ping",

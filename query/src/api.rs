@@ -52,6 +52,8 @@ pub(crate) struct AppState {
     pub(crate) fences: SharedIndex,
     /// The OpenAPI document as served (set once the router is built).
     pub(crate) openapi: OnceLock<String>,
+    /// The live feed (`[api.feed]`), when configured.
+    pub(crate) feed: Option<crate::feed::Feed>,
 }
 
 type AppStateRef = Arc<AppState>;
@@ -95,6 +97,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppStateRef> {
         .routes(routes!(create_share_link))
         .routes(routes!(revoke_share_link))
         .routes(routes!(openapi_json))
+        .routes(routes!(crate::feed::http::feed_ws))
+        .routes(routes!(crate::feed::http::feed_sse))
 }
 
 /// The routes and the document, completed with what the annotations
@@ -173,12 +177,23 @@ impl FromRequestParts<AppStateRef> for Access {
                 "the Authorization header is not Bearer <token>",
             ));
         };
-        if let Some(access) = state.tokens.find(token) {
+        state.authenticate(token).await
+    }
+}
+
+impl AppState {
+    /// The caller `token` is: a configured token, or a live share link.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::Unauthorized`], or the database's error.
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<Access, ApiError> {
+        if let Some(access) = self.tokens.find(token) {
             return Ok(access);
         }
         if token.starts_with(SHARE_TOKEN_PREFIX) {
             let now = now();
-            if let Some(link) = state.db.share_lookup(&token_hash(token), now).await? {
+            if let Some(link) = self.db.share_lookup(&token_hash(token), now).await? {
                 return Ok(Access::Share(ShareGrant {
                     id: link.id,
                     vehicle_id: link.vehicle_id,
@@ -210,7 +225,7 @@ fn segment(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError
 
 /// Now, to the microsecond: PostgreSQL's resolution, so a time the API
 /// answers with is the time it stores and compares.
-fn now() -> OffsetDateTime {
+pub(crate) fn now() -> OffsetDateTime {
     let t = OffsetDateTime::now_utc();
     t.replace_nanosecond(t.nanosecond() / 1000 * 1000)
         .unwrap_or(t)
@@ -1238,7 +1253,7 @@ mod tests {
     use tower::ServiceExt as _;
 
     /// Every path and method the API serves.
-    const EXPECTED: [(&str, &str); 9] = [
+    const EXPECTED: [(&str, &str); 11] = [
         ("get", "/v1/vehicles"),
         ("get", "/v1/vehicles/{id}"),
         ("get", "/v1/vehicles/{id}/track"),
@@ -1248,6 +1263,8 @@ mod tests {
         ("post", "/v1/share-links"),
         ("delete", "/v1/share-links/{id}"),
         ("get", "/v1/openapi.json"),
+        ("get", "/v1/feed"),
+        ("get", "/v1/feed/sse"),
     ];
 
     fn documented() -> Vec<(String, String)> {
@@ -1407,6 +1424,7 @@ mod tests {
         let pool = postgres.pool(1).build().unwrap();
         let state = Arc::new(AppState {
             db: Db::lazy(pool, "public"),
+            feed: None,
             tokens: Tokens::new(&[]),
             config,
             fences: fleetpipe_geofence::shared(

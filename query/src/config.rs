@@ -103,6 +103,11 @@ pub struct ApiConfig {
         with = "humantime_serde"
     )]
     pub share_max_lifetime: Duration,
+    /// `[api.feed]`: the live feed (WebSocket and SSE on `listen`). Present
+    /// means on; only in the roles that see enriched records (`all`,
+    /// `writer`).
+    #[serde(default)]
+    pub feed: Option<crate::feed::FeedConfig>,
 }
 
 /// One entry of `api.tokens` (`[[api.tokens]]`): exactly one of `scope`,
@@ -155,6 +160,7 @@ impl ApiConfig {
             offline_after: Self::default_offline_after(),
             moving_speed_kmh: Self::default_moving_speed_kmh(),
             share_max_lifetime: Self::default_share_max_lifetime(),
+            feed: None,
         }
     }
 
@@ -283,6 +289,9 @@ impl ApiConfig {
             return invalid("share_max_lifetime", "must be at least 1s".to_owned());
         }
         self.validate_tokens()?;
+        if let Some(feed) = &self.feed {
+            feed.validate()?;
+        }
         self.postgres()?;
         Ok(())
     }

@@ -26,7 +26,9 @@
 //! - `db`: the SQL of `query/sql/` on a connection pool.
 //! - `api`: the handlers, their answers, the OpenAPI document
 //!   ([`openapi`]).
-//! - [`metrics`]: requests by route and status.
+//! - [`feed`]: the live feed (`[api.feed]`): WebSocket and SSE streams of
+//!   positions and events, fed by the pipeline like a sink.
+//! - [`metrics`]: requests by route and status, and the feed's.
 //!
 //! The binary serves [`QueryApi::router`] on `api.listen` with the accept
 //! loop of its other HTTP listeners (connection cap, idle and header
@@ -38,6 +40,7 @@ pub mod config;
 pub mod cursor;
 mod db;
 mod error;
+pub mod feed;
 pub mod metrics;
 pub mod params;
 pub mod simplify;
@@ -54,22 +57,34 @@ pub use error::{ApiError, ErrorBody, QueryError};
 #[derive(Debug)]
 pub struct QueryApi {
     router: axum::Router,
+    feed: Option<feed::Feed>,
 }
 
 impl QueryApi {
     /// Validates `config`, builds the connection pool and creates the
     /// share-link table when missing (so an unreachable database fails the
     /// start), and assembles the routes. `fences` is the index the
-    /// pipeline keeps current (reloads included).
+    /// pipeline keeps current (reloads included). With `[api.feed]`, the
+    /// live feed is made too ([`QueryApi::feed`]); its streams end when
+    /// `shutdown` is cancelled.
     ///
     /// # Errors
     ///
     /// [`QueryError`] naming the key, or the database step that failed.
-    pub async fn start(config: &ApiConfig, fences: SharedIndex) -> Result<Self, QueryError> {
+    pub async fn start(
+        config: &ApiConfig,
+        fences: SharedIndex,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<Self, QueryError> {
         config.validate()?;
         let postgres = config.postgres()?;
         let db = db::Db::start(&postgres, config.pool_size, &config.schema).await?;
+        let feed = config
+            .feed
+            .clone()
+            .map(|c| feed::Feed::new(c, shutdown.clone()));
         let state = Arc::new(api::AppState {
+            feed: feed.clone(),
             db,
             tokens: auth::Tokens::new(&config.tokens),
             config: config.clone(),
@@ -79,11 +94,19 @@ impl QueryApi {
         tracing::info!(
             schema = %config.schema,
             tokens = config.tokens.len(),
+            feed = feed.is_some(),
             "api: query API ready"
         );
         Ok(Self {
             router: api::router(state),
+            feed,
         })
+    }
+
+    /// The live feed (`[api.feed]`), to be fed by the pipeline
+    /// ([`feed::Feed::intake`]).
+    pub fn feed(&self) -> Option<feed::Feed> {
+        self.feed.clone()
     }
 
     /// The routes, to serve on `api.listen`.

@@ -182,9 +182,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         vehicles: None,
         fences: None,
     }];
-    let api = QueryApi::start(&config, fleetpipe_geofence::shared(Default::default()))
-        .await
-        .context("start the query API")?;
+    // The feed is off (no `[api.feed]`): nothing runs until shutdown.
+    let api = QueryApi::start(
+        &config,
+        fleetpipe_geofence::shared(Default::default()),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .context("start the query API")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, api.router()).await });

@@ -70,7 +70,12 @@ async fn offers_timescaledb(db: &tokio_postgres::Client) -> bool {
 impl ApiTest {
     /// A pipeline with `tokens` and `tweak` applied to `[api]`.
     pub async fn start(tokens: &[(&str, &str, Scope)], tweak: impl FnOnce(&mut ApiConfig)) -> Self {
-        let schema = format!("fp_api_{}_{}", std::process::id(), now_ms());
+        // A test binary runs its tests in parallel: two started in the same
+        // millisecond shared a schema (and each other's rows) when the name
+        // was process and time alone.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let schema = format!("fp_api_{}_{n}_{}", std::process::id(), now_ms());
         let fences_dir = tempfile::tempdir().unwrap();
         let fences = fences_dir.path().join("fences.geojson");
         std::fs::write(&fences, FENCES).unwrap();

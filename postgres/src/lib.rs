@@ -48,7 +48,7 @@ pub use client::Postgres;
 pub use config::{DEFAULT_CONNECT_TIMEOUT, PostgresConfig, PostgresTls, TlsMode};
 #[cfg(feature = "connect")]
 pub use sql::describe;
-pub use sql::{quote_ident, quote_qualified};
+pub use sql::{MAX_IDENTIFIER_LEN, check_identifier, quote_ident, quote_qualified};
 #[cfg(feature = "connect")]
 pub use tls::{MakeTls, TlsConnector};
 

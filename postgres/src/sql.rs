@@ -1,6 +1,6 @@
 //! SQL text and PostgreSQL errors as the crates that talk to PostgreSQL
-//! share them: [`quote_ident`] and [`quote_qualified`] (string formatting
-//! only, always available), the advisory lock of a schema
+//! share them: [`check_identifier`], [`quote_ident`] and [`quote_qualified`]
+//! (string handling only, always available), the advisory lock of a schema
 //! ([`SCHEMA_LOCK_CLASS`], [`schema_lock_key`]) and, with the `connect`
 //! feature, [`describe`].
 
@@ -13,6 +13,42 @@
 #[must_use]
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Longest identifier PostgreSQL keeps (`NAMEDATALEN - 1`); longer names are
+/// silently truncated by the server, which would make two configured schemas
+/// collide.
+pub const MAX_IDENTIFIER_LEN: usize = 63;
+
+/// Checks a configured schema name: 1-63 characters of `[A-Za-z0-9_]`, not
+/// starting with a digit. It is always quoted in SQL ([`quote_ident`]); the
+/// restriction keeps it safe inside string literals too
+/// (`'schema.table'::regclass`). The error says what is wrong, for the
+/// caller to put after the key it names.
+///
+/// # Errors
+///
+/// The reason, e.g. `contains '-'; only [A-Za-z0-9_] are allowed`.
+pub fn check_identifier(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > MAX_IDENTIFIER_LEN {
+        return Err(format!(
+            "is {} characters long, at most {MAX_IDENTIFIER_LEN} are allowed",
+            name.len()
+        ));
+    }
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err("must not start with a digit".to_owned());
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+    {
+        Some(c) => Err(format!("contains {c:?}; only [A-Za-z0-9_] are allowed")),
+        None => Ok(()),
+    }
 }
 
 /// A possibly schema-qualified name (`name` or `schema.name`, as a
@@ -91,6 +127,26 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schema_name_is_1_to_63_safe_characters_not_starting_with_a_digit() {
+        for good in ["fleet", "Fleet_2", "_x", &"a".repeat(MAX_IDENTIFIER_LEN)] {
+            assert_eq!(check_identifier(good), Ok(()), "{good}");
+        }
+        for (bad, reason) in [
+            ("", "must not be empty"),
+            ("2fleet", "must not start with a digit"),
+            ("fleet-1", "contains '-'; only [A-Za-z0-9_] are allowed"),
+            ("fleet.x", "contains '.'; only [A-Za-z0-9_] are allowed"),
+            ("fl\"eet", "contains '\"'; only [A-Za-z0-9_] are allowed"),
+        ] {
+            assert_eq!(check_identifier(bad), Err(reason.to_owned()), "{bad}");
+        }
+        assert_eq!(
+            check_identifier(&"a".repeat(64)),
+            Err("is 64 characters long, at most 63 are allowed".to_owned())
+        );
+    }
 
     #[test]
     fn identifiers_keep_their_case_and_escape_quotes() {

@@ -23,9 +23,6 @@ pub const SECTION: &str = "api";
 /// none.
 pub const APPLICATION_NAME: &str = "fleetpipe-api";
 
-/// Longest identifier PostgreSQL keeps (`NAMEDATALEN - 1`).
-const MAX_IDENTIFIER_LEN: usize = 63;
-
 /// Most rows a page may ask for (`api.max_limit` is refused above it).
 const LIMIT_CEILING: usize = 10_000;
 
@@ -245,7 +242,12 @@ impl ApiConfig {
                 reason,
             })
         };
-        check_schema(&self.schema).or_else(|reason| invalid("schema", reason))?;
+        fleetpipe_postgres::check_identifier(&self.schema).or_else(|reason| {
+            invalid(
+                "schema",
+                format!("{:?} is not a valid schema name: {reason}", self.schema),
+            )
+        })?;
         if self.pool_size == 0 {
             return invalid("pool_size", "must be at least 1".to_owned());
         }
@@ -360,24 +362,6 @@ impl ApiConfig {
             }
         }
         Ok(())
-    }
-}
-
-/// The rule the sink applies to its schema name.
-fn check_schema(schema: &str) -> Result<(), String> {
-    let valid = !schema.is_empty()
-        && schema.len() <= MAX_IDENTIFIER_LEN
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !schema.starts_with(|c: char| c.is_ascii_digit());
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "{schema:?} is not a valid schema name: 1-{MAX_IDENTIFIER_LEN} characters of \
-             [A-Za-z0-9_], not starting with a digit"
-        ))
     }
 }
 

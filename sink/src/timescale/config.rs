@@ -8,11 +8,6 @@ use serde::Deserialize;
 
 use super::TimescaleError;
 
-/// Longest identifier PostgreSQL keeps (`NAMEDATALEN - 1`); longer names are
-/// silently truncated by the server, which would make two configured schemas
-/// collide.
-const MAX_IDENTIFIER_LEN: usize = 63;
-
 /// Where these settings live, for error messages (`sink.timescale.url`,
 /// ...).
 pub const SECTION: &str = "sink.timescale";
@@ -214,7 +209,7 @@ impl TimescaleConfig {
                 reason: reason.to_owned(),
             })
         };
-        if let Err(reason) = check_identifier(&self.schema) {
+        if let Err(reason) = fleetpipe_postgres::check_identifier(&self.schema) {
             return invalid("schema", &reason);
         }
         if self.writers == 0 {
@@ -272,30 +267,5 @@ impl TimescaleConfig {
             &self.connection(),
             APPLICATION_NAME,
         )?)
-    }
-}
-
-/// Checks a schema name: 1-63 characters of `[A-Za-z0-9_]`, not starting
-/// with a digit. It is always quoted in SQL; the restriction keeps it safe
-/// inside string literals too (`'schema.table'::regclass`).
-fn check_identifier(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if name.len() > MAX_IDENTIFIER_LEN {
-        return Err(format!(
-            "is {} characters long, at most {MAX_IDENTIFIER_LEN} are allowed",
-            name.len()
-        ));
-    }
-    if name.starts_with(|c: char| c.is_ascii_digit()) {
-        return Err("must not start with a digit".to_owned());
-    }
-    match name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
-    {
-        Some(c) => Err(format!("contains {c:?}; only [A-Za-z0-9_] are allowed")),
-        None => Ok(()),
     }
 }

@@ -349,16 +349,9 @@ impl Drop for Schema {
 
 /// The storage mode the server offers (the sink's tests' rule).
 async fn offered_mode(db: &Client) -> StorageMode {
-    let timescale = db
-        .query_opt(
-            "SELECT installed_version IS NOT NULL \
-                 OR current_setting('shared_preload_libraries') ~ '(^|[ ,])timescaledb([ ,]|$)' \
-             FROM pg_available_extensions WHERE name = 'timescaledb'",
-            &[],
-        )
+    let timescale = fleetpipe_postgres::test_support::offers_timescaledb(db)
         .await
-        .unwrap()
-        .is_some_and(|r| r.get::<_, bool>(0));
+        .unwrap();
     if timescale {
         StorageMode::TimescaleDb
     } else {

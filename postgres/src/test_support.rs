@@ -37,6 +37,29 @@ use crate::{Postgres, PostgresTls, TlsMode};
 /// The test server, in plaintext.
 pub const TEST_URL: &str = "postgresql://postgres@127.0.0.1:5432/test";
 
+/// Whether this server offers TimescaleDB to a schema set up with
+/// `timescaledb = "auto"`: the extension is installed, or available and
+/// preloaded (so that `CREATE EXTENSION` works; the tests connect as a
+/// superuser). Tests assert the mode the server offers rather than assume
+/// one: CI has plain PostgreSQL, the maintainers' server has TimescaleDB.
+///
+/// # Errors
+///
+/// The query's failure.
+pub async fn offers_timescaledb(
+    db: &tokio_postgres::Client,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "SELECT installed_version IS NOT NULL \
+                 OR current_setting('shared_preload_libraries') ~ '(^|[ ,])timescaledb([ ,]|$)' \
+             FROM pg_available_extensions WHERE name = 'timescaledb'",
+            &[],
+        )
+        .await?;
+    Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
+}
+
 /// Where the test CA and the server's certificate and key live.
 pub const TLS_DIR: &str = "/var/lib/postgresql/fleetpipe-test-tls";
 

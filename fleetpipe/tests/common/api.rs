@@ -53,20 +53,6 @@ pub struct ApiTest {
     _fences: tempfile::TempDir,
 }
 
-/// The storage mode this server offers the sink (`timescaledb = "auto"`),
-/// as the sink's own tests determine it.
-async fn offers_timescaledb(db: &tokio_postgres::Client) -> bool {
-    db.query_opt(
-        "SELECT installed_version IS NOT NULL \
-             OR current_setting('shared_preload_libraries') ~ '(^|[ ,])timescaledb([ ,]|$)' \
-         FROM pg_available_extensions WHERE name = 'timescaledb'",
-        &[],
-    )
-    .await
-    .unwrap()
-    .is_some_and(|r| r.get::<_, bool>(0))
-}
-
 impl ApiTest {
     /// A pipeline with `tokens` and `tweak` applied to `[api]`.
     pub async fn start(tokens: &[(&str, &str, Scope)], tweak: impl FnOnce(&mut ApiConfig)) -> Self {
@@ -143,7 +129,13 @@ impl ApiTest {
             .await
             .unwrap()
             .get(0);
-        assert_eq!(timescale, offers_timescaledb(&db).await, "storage mode");
+        assert_eq!(
+            timescale,
+            fleetpipe_postgres::test_support::offers_timescaledb(&db)
+                .await
+                .unwrap(),
+            "storage mode"
+        );
         Self {
             p,
             schema,

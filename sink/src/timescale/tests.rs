@@ -170,18 +170,13 @@ async fn connect_as(app: &str) -> Client {
 /// PostgreSQL otherwise. The tests assert this mode rather than assume one:
 /// CI has no TimescaleDB, the maintainers' server has it.
 async fn offered_mode(db: &Client) -> StorageMode {
-    let row = db
-        .query_opt(
-            "SELECT installed_version IS NOT NULL \
-                 OR current_setting('shared_preload_libraries') ~ '(^|[ ,])timescaledb([ ,]|$)' \
-             FROM pg_available_extensions WHERE name = 'timescaledb'",
-            &[],
-        )
+    let timescale = fleetpipe_postgres::test_support::offers_timescaledb(db)
         .await
         .expect("pg_available_extensions");
-    match row.map(|r| r.get::<_, bool>(0)) {
-        Some(true) => StorageMode::TimescaleDb,
-        Some(false) | None => StorageMode::Plain,
+    if timescale {
+        StorageMode::TimescaleDb
+    } else {
+        StorageMode::Plain
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`peers`]: what the end-to-end benchmark compares fleetpipe with on the
 //!   same machine: plain binary COPY into fleetpipe's `telemetry` table (the
 //!   database's ceiling) and geofencing in PostGIS.
+//! - [`host`]: what a benchmark report says about the machine.
 
 pub mod fixtures;
+pub mod host;
 pub mod peers;

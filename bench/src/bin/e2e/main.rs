@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use fleetpipe_bench::peers;
+use fleetpipe_bench::{host, peers};
 use fleetpipe_sim::{
     AckMode, Encoding, Fleet, MqttConfig, Publisher, PublisherConfig, Rate, SimConfig, StatsHandle,
     Transport,
@@ -823,47 +823,8 @@ fn targets(
     t
 }
 
-/// The first CPU of `/proc/cpuinfo` as `model name (family F, model M,
-/// cache size)`. Virtual machines often report only "AMD EPYC"; the family
-/// (25 = Zen 3/4, 26 = Zen 5) and cache size tell hosts apart whose speed
-/// differs by a third for the same code.
-fn cpu_description(cpuinfo: &str) -> String {
-    let field = |name: &str| {
-        cpuinfo.lines().find_map(|l| {
-            let (key, value) = l.split_once(':')?;
-            (key.trim() == name).then(|| value.trim().to_owned())
-        })
-    };
-    let model_name = field("model name").unwrap_or_default();
-    let details: Vec<String> = [("family", "cpu family"), ("model", "model")]
-        .into_iter()
-        .filter_map(|(label, key)| Some(format!("{label} {}", field(key)?)))
-        .chain(field("cache size").map(|c| format!("cache size {c}")))
-        .collect();
-    if details.is_empty() {
-        model_name
-    } else {
-        format!("{model_name} ({})", details.join(", "))
-    }
-}
-
 async fn machine(pg_url: &str) -> Machine {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpu = cpu_description(&read("/proc/cpuinfo"));
-    let memory_gib = read("/proc/meminfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1048576.0);
-    let run = |cmd: &str, args: &[&str]| {
-        std::process::Command::new(cmd)
-            .args(args)
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default()
-    };
     let (postgres, postgres_settings) = async {
         let client = peers::connect(pg_url).await.ok()?;
         let row = client.query_one("SELECT version()", &[]).await.ok()?;
@@ -884,11 +845,11 @@ async fn machine(pg_url: &str) -> Machine {
     .await
     .unwrap_or_default();
     Machine {
-        cpu,
+        cpu: host::this_cpu(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        memory_gib,
-        kernel: run("uname", &["-sr"]),
-        rustc: run("rustc", &["--version"]),
+        memory_gib: host::memory_gib(),
+        kernel: host::command("uname", &["-sr"]),
+        rustc: host::command("rustc", &["--version"]),
         postgres,
         postgres_settings,
         kernel_writeback: report::WRITEBACK_SYSCTLS
@@ -1126,26 +1087,4 @@ fn sim_pings(sim: &SimConfig, n: usize) -> Vec<fleetpipe_model::Ping> {
     }
     out.truncate(n);
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cpu_description;
-
-    #[test]
-    fn cpu_description_names_family_model_and_cache() {
-        let cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n\
-                       model\t\t: 2\nmodel name\t: AMD EPYC\ncache size\t: 1024 KB\n\n\
-                       processor\t: 1\ncpu family\t: 25\nmodel\t\t: 1\n";
-        assert_eq!(
-            cpu_description(cpuinfo),
-            "AMD EPYC (family 26, model 2, cache size 1024 KB)"
-        );
-    }
-
-    #[test]
-    fn cpu_description_without_details_is_the_model_name() {
-        assert_eq!(cpu_description("model name\t: Some CPU\n"), "Some CPU");
-        assert_eq!(cpu_description(""), "");
-    }
 }

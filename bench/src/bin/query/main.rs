@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use fleetpipe_bench::peers;
+use fleetpipe_bench::{host, peers};
 use fleetpipe_query::config::FleetScope;
 use fleetpipe_query::{ApiConfig, QueryApi, TokenConfig};
 use fleetpipe_sink::timescale::{StorageMode, TimescaleConfig, migrate};
@@ -903,11 +903,11 @@ impl Run {
             self.started
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
-            command("git", &["describe", "--always", "--dirty"]),
-            cpu_description(),
+            host::command("git", &["describe", "--always", "--dirty"]),
+            host::this_cpu(),
             std::thread::available_parallelism().map_or(1, |n| n.get()),
-            memory_gib(),
-            command("uname", &["-sr"]),
+            host::memory_gib(),
+            host::command("uname", &["-sr"]),
             self.postgres,
             self.settings.join(", ")
         );
@@ -969,8 +969,8 @@ impl Run {
     fn json(&self, args: &Args) -> serde_json::Value {
         serde_json::json!({
             "started": self.started.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-            "commit": command("git", &["describe", "--always", "--dirty"]),
-            "cpu": cpu_description(),
+            "commit": host::command("git", &["describe", "--always", "--dirty"]),
+            "cpu": host::this_cpu(),
             "postgres": self.postgres,
             "settings": self.settings,
             "mode": self.mode.to_string(),
@@ -1011,43 +1011,6 @@ async fn pg_settings(db: &Client) -> anyhow::Result<Vec<String>> {
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-fn command(cmd: &str, args: &[&str]) -> String {
-    std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
-/// The first CPU of `/proc/cpuinfo`: model name, family, model, cache.
-fn cpu_description() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        cpuinfo.lines().find_map(|l| {
-            let (key, value) = l.split_once(':')?;
-            (key.trim() == name).then(|| value.trim().to_owned())
-        })
-    };
-    format!(
-        "{} (family {}, model {}, cache {})",
-        field("model name").unwrap_or_default(),
-        field("cpu family").unwrap_or_default(),
-        field("model").unwrap_or_default(),
-        field("cache size").unwrap_or_default()
-    )
-}
-
-fn memory_gib() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1_048_576.0)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -770,19 +770,6 @@ async fn the_fleet_overview_derives_states_as_the_query_api_does() {
 
 // ---- the operations dashboard's metrics --------------------------------------
 
-/// Every metric fleetpipe declares, from every crate.
-fn declared() -> Vec<Metric> {
-    let mut all = Vec::new();
-    all.extend(fleetpipe_ingest::metrics::ALL);
-    all.extend(fleetpipe_enrich::metrics::ALL);
-    all.extend(fleetpipe_sink::metrics::ALL);
-    all.extend(fleetpipe_kafka::metrics::ALL);
-    all.extend(fleetpipe_query::metrics::ALL);
-    all.extend(fleetpipe_geofence::metrics::ALL);
-    all.extend(fleetpipe::metrics::ALL);
-    all
-}
-
 /// Labels Prometheus attaches to every series of a fleetpipe target:
 /// `job` and `instance`, and `role` from deploy/prometheus/prometheus.yml.
 const TARGET_LABELS: [&str; 3] = ["job", "instance", "role"];
@@ -875,7 +862,7 @@ fn promql_names(expr: &str) -> (Vec<(String, Vec<String>)>, Vec<String>) {
 
 #[test]
 fn every_metric_and_label_of_the_operations_dashboard_is_one_fleetpipe_exports() {
-    let declared = declared();
+    let declared = fleetpipe::metrics::declared();
     let scrape = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/prometheus.yml"),
     )

@@ -834,7 +834,14 @@ async fn get_track(
         Vec::new()
     };
     let points: Vec<(f64, f64)> = rows.iter().map(|r| (r.lon, r.lat)).collect();
-    let kept = simplify(&points, max_points);
+    // A day at 1 Hz is ~0.4 s of CPU (BENCHMARKS.md, "Query API latency"):
+    // off the runtime's workers, so other requests and the feed go on.
+    let (points, kept) = tokio::task::spawn_blocking(move || {
+        let kept = simplify(&points, max_points);
+        (points, kept)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("track simplification: {e}")))?;
     let coordinates: Vec<[f64; 2]> = kept.iter().map(|&i| [points[i].0, points[i].1]).collect();
     let geometry = match coordinates.len() {
         0 => None,

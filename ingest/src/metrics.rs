@@ -203,7 +203,7 @@ pub const ALL: [Metric; 25] = [
     labelled(
         HTTP_TIMEOUTS_TOTAL,
         Kind::Counter,
-        "Connections closed for a timeout, by listener and kind (idle, header, body, ws_idle)",
+        "Connections closed for a timeout, by listener and kind (idle, header, body, ws_idle, write: the peer took no bytes)",
         &["listener", "kind"],
     ),
     labelled(WS_SESSIONS, Kind::Gauge, "Open WebSocket sessions", &[]),

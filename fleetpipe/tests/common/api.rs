@@ -56,6 +56,16 @@ pub struct ApiTest {
 impl ApiTest {
     /// A pipeline with `tokens` and `tweak` applied to `[api]`.
     pub async fn start(tokens: &[(&str, &str, Scope)], tweak: impl FnOnce(&mut ApiConfig)) -> Self {
+        Self::start_with(tokens, tweak, |_| {}).await
+    }
+
+    /// [`ApiTest::start`], with `tweak_config` applied to the rest of the
+    /// configuration last.
+    pub async fn start_with(
+        tokens: &[(&str, &str, Scope)],
+        tweak: impl FnOnce(&mut ApiConfig),
+        tweak_config: impl FnOnce(&mut fleetpipe::Config),
+    ) -> Self {
         // A test binary runs its tests in parallel: two started in the same
         // millisecond shared a schema (and each other's rows) when the name
         // was process and time alone.
@@ -103,6 +113,7 @@ impl ApiTest {
             c.ingest.rate_limit.enabled = false;
             c.enrich.reorder_window = Duration::ZERO;
             c.enrich.motion.stop_after = Duration::from_secs(5);
+            tweak_config(c);
         })
         .await;
         let base = format!(

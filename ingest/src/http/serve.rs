@@ -12,6 +12,12 @@
 //! | body | the head, when a body follows | the body's last byte | the handler's (`ingest.http.body_timeout` for `POST /v1/pings`) |
 //! | handling | the whole request read | the answer sent | none (the pipeline's own backpressure) |
 //!
+//! Whatever the phase, a write the peer takes no byte of for `idle_timeout`
+//! (5 s once draining) fails and closes the connection
+//! (`fleetpipe_http_timeouts_total{kind="write"}`): a reader that stopped,
+//! such as a Server-Sent Events client or a WebSocket that reads nothing,
+//! cannot hold its connection, its place under the cap or the drain.
+//!
 //! Past its limit a connection is closed without an answer. At most
 //! `max_connections` connections (WebSocket sessions included) are open at
 //! once per listener; one more is answered `503` and closed at once.
@@ -65,7 +71,8 @@ use crate::tls::ServerTls;
 pub struct ServeLimits {
     /// Label of the listener in metrics and logs (`device`, `ops`).
     pub name: &'static str,
-    /// Longest wait for the first byte of a request.
+    /// Longest wait for the first byte of a request, and longest a peer
+    /// may take none of the bytes written to it.
     pub idle_timeout: Duration,
     /// Longest time from a request's first byte to the end of its head.
     pub header_read_timeout: Duration,
@@ -78,6 +85,12 @@ const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: c
 
 /// Draining, the longest an idle connection is left for hyper to close.
 const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// Draining, the longest a peer may take none of the bytes of an answer in
+/// hand (or of a stream) before its connection is closed: long enough for
+/// a reader that merely paused, short enough that one that stopped reading
+/// does not hold the drain up to `pipeline.shutdown_timeout`.
+const DRAIN_WRITE_GRACE: Duration = Duration::from_secs(5);
 
 /// How long to pause after a failed `accept` (out of file descriptors, ...)
 /// before trying again.
@@ -121,7 +134,7 @@ pub async fn serve(
             }
             continue;
         };
-        let io = TrackedIo::new(stream, permit, limits.name);
+        let io = TrackedIo::new(stream, permit, &limits, &shutdown);
         connections.spawn(connection(
             io,
             peer,
@@ -330,23 +343,31 @@ impl PhaseCell {
 }
 
 /// The accepted socket: reports reads to the phase, holds the connection's
-/// place under the cap until it is dropped (after a WebSocket session too).
+/// place under the cap until it is dropped (after a WebSocket session too),
+/// and ends a write the peer takes no byte of for too long ([`WriteStall`]).
 #[derive(Debug)]
 struct TrackedIo {
     stream: TcpStream,
     phase: Arc<PhaseCell>,
     gauge: metrics::Gauge,
+    stall: WriteStall,
     _slot: OwnedSemaphorePermit,
 }
 
 impl TrackedIo {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, listener: &'static str) -> Self {
-        let gauge = crate::metrics::http_connections(listener);
+    fn new(
+        stream: TcpStream,
+        slot: OwnedSemaphorePermit,
+        limits: &ServeLimits,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        let gauge = crate::metrics::http_connections(limits.name);
         gauge.increment(1.0);
         Self {
             stream,
             phase: Arc::new(PhaseCell::new()),
             gauge,
+            stall: WriteStall::new(limits.idle_timeout, limits.name, shutdown),
             _slot: slot,
         }
     }
@@ -374,7 +395,120 @@ impl AsyncRead for TrackedIo {
     }
 }
 
-crate::io::delegate_async_write!(TrackedIo);
+impl AsyncWrite for TrackedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.stall.check(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.stall.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_flush(cx);
+        this.stall.check(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_shutdown(cx);
+        this.stall.check(cx, polled)
+    }
+}
+
+/// How long a peer may take none of the bytes written to it: a reader
+/// that stopped (a stalled SSE stream, an answer never read, a WebSocket
+/// that reads nothing) would otherwise hold its connection, its place under
+/// the cap and the kernel's send buffer for ever, and hold up the drain at
+/// shutdown. Any progress restarts the clock.
+#[derive(Debug)]
+struct WriteStall {
+    /// The stall allowed while serving: the listener's `idle_timeout` (a
+    /// peer taking nothing is as idle as one sending nothing).
+    limit: Duration,
+    listener: &'static str,
+    /// Resolves at shutdown, which shortens the stall allowed to
+    /// [`DRAIN_WRITE_GRACE`]; polled while stalled so that shutdown wakes
+    /// the stalled writer.
+    shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    draining: bool,
+    /// Since when the peer took nothing, and the timer at its limit.
+    stalled: Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl WriteStall {
+    fn new(limit: Duration, listener: &'static str, shutdown: &CancellationToken) -> Self {
+        Self {
+            limit,
+            listener,
+            shutdown: Box::pin(shutdown.clone().cancelled_owned()),
+            draining: false,
+            stalled: None,
+        }
+    }
+
+    /// Passes a write's outcome on, unless the peer has taken nothing for
+    /// longer than allowed: then the write fails (`TimedOut`), which ends
+    /// the connection.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
+            self.draining = true;
+            // The deadline moves closer: restart the timer below.
+            if let Some((since, timer)) = &mut self.stalled {
+                timer
+                    .as_mut()
+                    .reset(*since + DRAIN_WRITE_GRACE.min(self.limit));
+            }
+        }
+        let limit = if self.draining {
+            DRAIN_WRITE_GRACE.min(self.limit)
+        } else {
+            self.limit
+        };
+        let (_, timer) = self.stalled.get_or_insert_with(|| {
+            let now = tokio::time::Instant::now();
+            (now, Box::pin(tokio::time::sleep_until(now + limit)))
+        });
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.stalled = None;
+        crate::metrics::http_timed_out(self.listener, "write");
+        tracing::debug!(
+            listener = self.listener,
+            "connection closed: the peer took no bytes"
+        );
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the peer took none of the bytes written to it within the limit",
+        )))
+    }
+}
 
 /// The router, as hyper calls it for each request of one connection.
 #[derive(Debug, Clone)]

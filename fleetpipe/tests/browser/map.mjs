@@ -9,8 +9,9 @@
 // are drawn; a vehicle.arrived event reaches the ticker; clicking a vehicle
 // draws its track (more than one point); the share link's page shows
 // exactly its one vehicle and asks for nothing a share link may not read;
-// a refused share link says so; no page requests anything from another
-// origin, and no console errors.
+// a dropped feed is reconnected with its resume token and resumed, with no
+// REST request; a refused share link says so; no page requests anything
+// from another origin, and no console errors.
 import { chromium } from 'playwright-core';
 
 const [fleetUrl, shareUrl, sharedVehicle, screenshot] = process.argv.slice(2);
@@ -171,6 +172,61 @@ try {
   const forbidden = asked.filter((p) => p === '/v1/fences' || p === '/v1/vehicles');
   if (forbidden.length) fail('the share page asked for what a share link may not read: ' + forbidden.join(', '));
   step('share page: ' + shown[0] + ' only; requests ' + [...new Set(asked)].join(', '));
+
+  // --- a dropped feed is resumed, not refetched ----------------------------
+  // The feed's socket goes through Playwright's WebSocket route (to the
+  // real server), so the test can drop it and read what the page sends.
+  const again = await context.newPage();
+  const againRequests = [];
+  watch(again, 'reconnecting page', problems, againRequests);
+  const sockets = [];
+  await again.routeWebSocket((url) => url.pathname === '/v1/feed', (route) => {
+    const server = route.connectToServer();
+    const socket = { route, sent: [], received: [], hold: false };
+    sockets.push(socket);
+    route.onMessage((m) => {
+      socket.sent.push(JSON.parse(m));
+      server.send(m);
+    });
+    server.onMessage((m) => {
+      if (socket.hold) return;
+      socket.received.push(JSON.parse(m));
+      route.send(m);
+    });
+  });
+  await again.goto(fleetUrl);
+  await until(again, 'the reconnecting page drew no vehicle', 30_000,
+    () => document.querySelectorAll('#vehicles [data-vehicle]').length > 0);
+  await again.waitForTimeout(3000);
+  const first = sockets[0];
+  if (!first || first.received.length === 0) fail('the page\'s feed socket got nothing through the route');
+  // Nothing more reaches the page, then the connection drops as at a
+  // server restart.
+  first.hold = true;
+  await again.waitForTimeout(500);
+  const lastResume = first.received[first.received.length - 1].resume;
+  const restAtDrop = againRequests.filter((u) => u.pathname.startsWith('/v1/')).length;
+  await first.route.close({ code: 1001, reason: 'shutdown' });
+  const deadline = Date.now() + 30_000;
+  while ((sockets.length < 2 || sockets[1].received.length === 0) && Date.now() < deadline) {
+    await again.waitForTimeout(250);
+  }
+  if (sockets.length < 2) fail('the page did not reconnect the feed within 30 s');
+  const resubscribe = sockets[1].sent[0];
+  if (!resubscribe || resubscribe.type !== 'subscribe' || resubscribe.resume !== lastResume) {
+    fail('the page reconnected with ' + JSON.stringify(resubscribe) + ', not a subscribe resuming from ' + lastResume);
+  }
+  if (!sockets[1].received.length || sockets[1].received[0].type !== 'resumed') {
+    fail('the server did not resume the page: ' + JSON.stringify(sockets[1].received[0]));
+  }
+  await until(again, 'the page does not say it is live again', 10_000,
+    () => document.querySelector('#status').dataset.status === 'live');
+  const restAfter = againRequests.filter((u) => u.pathname.startsWith('/v1/')).length;
+  if (restAfter !== restAtDrop) {
+    fail('the reconnect fetched over REST: ' + againRequests.slice(restAtDrop).map((u) => u.pathname).join(', '));
+  }
+  step('reconnected with resume ' + lastResume + ' and was resumed; no REST request');
+  await again.close();
 
   // --- a refused share link -----------------------------------------------
   // (Its 401s are console errors by design: this page is not watched.)

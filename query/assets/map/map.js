@@ -208,8 +208,9 @@
   }
 
   // --- background: a graticule and a scale bar, no streets -------------
-  function niceStep(span) {
-    const raw = span / 6;
+  // A round step (1, 2 or 5 times a power of ten) near span / parts.
+  function niceStep(span, parts) {
+    const raw = span / parts;
     const p = Math.pow(10, Math.floor(Math.log10(raw)));
     for (const m of [1, 2, 5, 10]) if (raw <= m * p) return m * p;
     return 10 * p;
@@ -225,7 +226,7 @@
     const east = proj.lon(W);
     const north = proj.lat(0);
     const south = proj.lat(H);
-    const step = niceStep(Math.max(east - west, north - south));
+    const step = niceStep(Math.max(east - west, north - south), 12);
     for (let lon = Math.ceil(west / step) * step; lon <= east; lon += step) {
       const x = proj.x(lon);
       el('line', { x1: x, y1: 0, x2: x, y2: H }, g);
@@ -236,8 +237,7 @@
     }
     // Scale bar: a round number of metres near 1/6 of the width.
     const metresPerUnit = 111320 / proj.s; // per view-box unit (k cancels)
-    const target = (W / 6) * metresPerUnit;
-    const metres = niceStep(target * 6);
+    const metres = niceStep(W * metresPerUnit, 6);
     const len = metres / metresPerUnit;
     const x0 = W - 30 - len;
     const y0 = H - 20;
@@ -302,8 +302,8 @@
 
   function makeVehicle(id) {
     const node = el('g', { class: 'vehicle', 'data-vehicle': id, tabindex: 0, role: 'button' });
-    el('path', { d: 'M0 -11 L3.5 -6 L-3.5 -6 Z' }, node);
-    el('circle', { r: 6 }, node);
+    el('path', { d: 'M0 -13 L4 -7.5 L-4 -7.5 Z' }, node);
+    el('circle', { r: 7 }, node);
     el('title', {}, node);
     node.addEventListener('click', () => select(id));
     node.addEventListener('keydown', (e) => {

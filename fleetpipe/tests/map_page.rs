@@ -37,6 +37,31 @@ impl Drop for Demo {
     }
 }
 
+/// The demo's schema, dropped when the test ends, also when it failed
+/// (after the demo is gone: declare it before the [`Demo`]).
+struct Schema(String);
+
+impl Drop for Schema {
+    /// Drop cannot await: a thread with a runtime of its own can.
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.0);
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let (db, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                db.batch_execute(&sql).await
+            })
+        });
+        if let Ok(Err(e)) = cleanup.join() {
+            eprintln!("dropping the test's schema failed: {e:?}");
+        }
+    }
+}
+
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
@@ -109,7 +134,7 @@ async fn the_demo_map_shows_the_fleet_drive_and_arrive_and_a_share_link_its_one_
     check_browser();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let schema = format!("fp_map_{}_{}", std::process::id(), now_ms());
+    let schema = Schema(format!("fp_map_{}_{}", std::process::id(), now_ms()));
     let log = dir.path().join("demo.log");
     let mut command = Command::new(env!("CARGO_BIN_EXE_fleetpipe"));
     // The tests' own environment must not leak config overrides in.
@@ -121,7 +146,7 @@ async fn the_demo_map_shows_the_fleet_drive_and_arrive_and_a_share_link_its_one_
     let child = command
         .args(["demo", "--config"])
         .arg(&config)
-        .args(["--database", PG, "--database-schema", &schema])
+        .args(["--database", PG, "--database-schema", &schema.0])
         .args(["--map-listen", "127.0.0.1:0", "--vehicles", "8"])
         // A bound in case the test process dies without killing it.
         .args(["--duration", "10m", "--report-every", "10s", "--fences-out"])
@@ -235,11 +260,5 @@ async fn the_demo_map_shows_the_fleet_drive_and_arrive_and_a_share_link_its_one_
     assert!(out.contains("map.mjs: ok"), "{out}");
 
     drop(demo);
-    let (db, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    db.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .await
-        .unwrap();
+    drop(schema);
 }

@@ -10,7 +10,10 @@
 # schemathesis (PyPI, in a virtualenv under target/) that checks the query
 # API against its OpenAPI document, and the Tansu Kafka broker that the
 # Kafka tests start (cargo install tansu 0.6.0 with its memory and SQLite
-# storage into ~/.cargo/bin unless that build is there already). Then checks formatting, lints and the API docs' links, and
+# storage into ~/.cargo/bin unless that build is there already), and the
+# browser the live map's test drives (Debian's chromium, and playwright-core
+# from npm pinned by fleetpipe/tests/browser/package-lock.json, installed
+# into that folder). Then checks formatting, lints and the API docs' links, and
 # runs `cargo test --workspace --no-fail-fast`, then validates
 # deploy/ (scripts/check-deploy.sh). Tests never skip: a missing service
 # makes them fail.
@@ -31,6 +34,7 @@ ensure_mosquitto
 ensure_mqtt_clients
 ensure_schemathesis
 ensure_kcat
+ensure_browser
 ensure_tansu
 
 log "cargo fmt --check"

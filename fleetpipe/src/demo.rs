@@ -8,7 +8,16 @@
 //! for fleetpipe's durable acknowledgements on their ack topics. The city's
 //! fences replace `geofence.file`, so geofence, arrival and overspeed events
 //! happen. A summary line is printed every `report_every`.
+//!
+//! With `--database` the demo also stores what the fleet sends in
+//! PostgreSQL (`[sink.timescale]`, in a schema of its own) and serves the
+//! query API, the live feed and the live map page on loopback (`[api]`,
+//! `[api.feed]`) with a fleet token made for the run, and prints the map's
+//! address with that token in its fragment. Without a database (none given,
+//! or the one given cannot be reached) it runs as before and says in one
+//! line how to get the map.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -46,7 +55,28 @@ pub struct DemoOptions {
     /// Interval between summary lines.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub report_every: Duration,
+    /// PostgreSQL for the live map: the demo stores the fleet's pings and
+    /// events there and serves the query API, the feed and the map page.
+    /// `--database` alone means postgresql://postgres@127.0.0.1:5432/test.
+    /// Without it (or when it cannot be reached) there is no map.
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = DEFAULT_DATABASE)]
+    pub database: Option<String>,
+    /// Schema of the demo's tables in `--database` (created when missing,
+    /// kept between runs).
+    #[arg(long, default_value = "fleetpipe_demo")]
+    pub database_schema: String,
+    /// Where the query API and the map listen with `--database`; when that
+    /// port is taken, a free one (the printed address says which).
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    pub map_listen: SocketAddr,
 }
+
+/// The database `--database` without a value means: the local PostgreSQL
+/// of the development machines and of `scripts/test.sh`.
+pub const DEFAULT_DATABASE: &str = "postgresql://postgres@127.0.0.1:5432/test";
+
+/// How long the demo waits for `--database` before going on without a map.
+const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The demo's outcome: what the fleet published and what came out.
 #[derive(Debug, Clone)]
@@ -94,6 +124,20 @@ pub async fn run(
     write_fences(&sim, &options.fences_out)?;
     config.geofence.file = Some(options.fences_out.clone());
     config.geofence.postgres = None;
+    // The map's token, or why there is no map (said after the banner).
+    let map = match &options.database {
+        Some(url) => match probe_database(url).await {
+            Ok(()) => Ok(add_map(&mut config, url, &options)?),
+            Err(reason) => Err(format!(
+                "map: off: the database {} cannot be reached ({reason}); \
+                 the map needs PostgreSQL: --database postgresql://USER@HOST:PORT/DB",
+                redact(url)
+            )),
+        },
+        None => Err(format!(
+            "map: off (it needs PostgreSQL): fleetpipe demo --database [{DEFAULT_DATABASE}]"
+        )),
+    };
 
     // The event counts are read back in process.
     let values = ops::metric_values().ok_or_else(|| {
@@ -119,6 +163,19 @@ pub async fn run(
             .map(|b| format!("; events: kcat -b {b} -t fleet.events.v1 -C"))
             .unwrap_or_default(),
     );
+    match (&map, pipeline.api_addr()) {
+        (Ok(token), Some(api)) => {
+            let _ = writeln!(out, "map: http://{api}/map#token={token}");
+        }
+        (Ok(_), None) => {
+            return Err(DemoError::Config(
+                "the query API did not start for the map".into(),
+            ));
+        }
+        (Err(why), _) => {
+            let _ = writeln!(out, "{why}");
+        }
+    }
 
     let started = Instant::now();
     let mut ticker = tokio::time::interval(options.report_every);
@@ -170,6 +227,82 @@ fn demo_broker(config: &Config) -> Result<EmbeddedConfig, DemoError> {
         ));
     }
     Ok(broker)
+}
+
+/// Whether `url` answers a connection within [`DATABASE_PROBE_TIMEOUT`];
+/// why not, in words.
+async fn probe_database(url: &str) -> Result<(), String> {
+    let settings = fleetpipe_postgres::PostgresConfig {
+        connect_timeout: Some(DATABASE_PROBE_TIMEOUT),
+        ..fleetpipe_postgres::PostgresConfig::new(url)
+    };
+    let postgres =
+        fleetpipe_postgres::Postgres::from_config("demo.database", &settings, "fleetpipe-demo")
+            .map_err(|e| e.to_string())?;
+    let (client, task) = postgres
+        .connect()
+        .await
+        .map_err(|e| fleetpipe_postgres::describe(&e))?;
+    drop(client);
+    task.abort();
+    Ok(())
+}
+
+/// The URL without its password, for a line on the terminal.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Adds what the map needs to `config`: the TimescaleDB sink on `url` in
+/// the demo's schema, the query API with the live feed on
+/// `options.map_listen` (a free port when that one is taken), and one
+/// fleet token made for this run. Returns the token: it is shown once, in
+/// the map's address, and only its hash is in the configuration.
+fn add_map(config: &mut Config, url: &str, options: &DemoOptions) -> Result<String, DemoError> {
+    let schema = options.database_schema.clone();
+    fleetpipe_postgres::sql::check_identifier(&schema)
+        .map_err(|e| DemoError::Config(format!("--database-schema: {e}")))?;
+    config.sink.timescale = Some(fleetpipe_sink::TimescaleConfig {
+        schema: schema.clone(),
+        ..fleetpipe_sink::TimescaleConfig::new(url)
+    });
+    let token = fleetpipe_query::auth::new_api_token();
+    let sha256: String = fleetpipe_query::auth::token_hash(&token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // A quick start on a busy machine: when the usual port is taken, any
+    // free one (the printed address names it).
+    let listen = match std::net::TcpListener::bind(options.map_listen) {
+        Ok(probe) => {
+            drop(probe);
+            options.map_listen
+        }
+        Err(_) => SocketAddr::new(options.map_listen.ip(), 0),
+    };
+    config.api = Some(fleetpipe_query::ApiConfig {
+        listen,
+        schema,
+        tokens: vec![fleetpipe_query::TokenConfig {
+            name: "demo".to_owned(),
+            sha256,
+            scope: Some(fleetpipe_query::config::FleetScope::Fleet),
+            vehicles: None,
+            fences: None,
+        }],
+        feed: Some(fleetpipe_query::feed::FeedConfig::default()),
+        ..fleetpipe_query::ApiConfig::new(url)
+    });
+    Ok(token)
 }
 
 /// The simulated city and fleet.
@@ -294,5 +427,15 @@ mod tests {
             "events: geofence.entered 12, vehicle.arrived 3"
         );
         assert_eq!(events_line(&[]), "events: none yet");
+    }
+
+    #[test]
+    fn a_printed_database_url_has_no_password() {
+        assert_eq!(
+            redact("postgresql://fleet:s3cr@t@db:5432/x"),
+            "postgresql://fleet:***@db:5432/x"
+        );
+        assert_eq!(redact(DEFAULT_DATABASE), DEFAULT_DATABASE);
+        assert_eq!(redact("host=db user=x"), "host=db user=x");
     }
 }

@@ -426,8 +426,15 @@ fn demo_drives_a_simulated_fleet_through_the_pipeline() {
         "{stdout}"
     );
     assert!(
-        lines.len() >= 4,
-        "a banner, summaries and the events line: {stdout}"
+        lines.len() >= 5,
+        "a banner, the map's line, summaries and the events line: {stdout}"
+    );
+    // Without a database, one line says how to get the map.
+    assert_eq!(
+        lines[1],
+        "map: off (it needs PostgreSQL): fleetpipe demo --database \
+         [postgresql://postgres@127.0.0.1:5432/test]",
+        "{stdout}"
     );
 
     // The last summary holds the fleet's totals: every ping the fleet saw
@@ -476,6 +483,48 @@ fn demo_drives_a_simulated_fleet_through_the_pipeline() {
         "{events_line}"
     );
     assert!(!read_stream(&dir.path().join("data"), "events").is_empty());
+}
+
+/// A database that cannot be reached costs the demo its map, nothing else:
+/// one line says so, and the fleet drives as without one.
+#[test]
+fn demo_runs_without_the_map_when_its_database_cannot_be_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    // Nothing listens on port 1.
+    let out = fleetpipe()
+        .args(["demo", "--config"])
+        .arg(&config)
+        .args(["--database", "postgresql://demo:secret@127.0.0.1:1/none"])
+        .args(["--vehicles", "5", "--rate", "100", "--duration", "2s"])
+        .args(["--report-every", "1s", "--fences-out"])
+        .arg(dir.path().join("fences.geojson"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("fleetpipe demo: 5 simulated vehicles"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with(
+            "map: off: the database postgresql://demo:***@127.0.0.1:1/none \
+             cannot be reached ("
+        ),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].ends_with("--database postgresql://USER@HOST:PORT/DB"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("secret"), "{stdout}");
+    assert!(
+        read_stream(&dir.path().join("data"), "telemetry").len() > 10,
+        "{stdout}"
+    );
 }
 
 /// `db migrate` prepares the whole schema, each table made by the crate

@@ -127,11 +127,13 @@ fn split() -> (axum::Router<AppStateRef>, utoipa::openapi::OpenApi) {
 }
 
 /// The router, with the state, the request metrics and a JSON 404 for
-/// everything else.
+/// everything else. The map page's routes are not the API's (no token, not
+/// in the document) but share its listener and metrics.
 pub(crate) fn router(state: AppStateRef) -> axum::Router {
     let (router, document) = split();
     let _ = state.openapi.set(document.to_json().unwrap_or_default());
     router
+        .merge(crate::map::routes(&state.config))
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn(record))
         .with_state(state)

@@ -67,6 +67,14 @@ pub(crate) fn new_share_token() -> String {
     )
 }
 
+/// A fresh configured-API token (for `api.tokens`, whose entry keeps its
+/// [`token_hash`]): 32 random bytes, hex, so it fits a header, a URL and a
+/// WebSocket subprotocol as it is, and never looks like a share link.
+pub fn new_api_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A fresh share-link id: 16 random bytes, hex.
 pub(crate) fn new_share_id() -> String {
     let bytes: [u8; 16] = rand::random();
@@ -339,6 +347,10 @@ mod tests {
         );
         assert_ne!(a, b);
         assert_eq!(new_share_id().len(), 32);
+        let api = new_api_token();
+        assert!(api.len() == 64 && api.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(!api.starts_with(SHARE_TOKEN_PREFIX));
+        assert_ne!(api, new_api_token());
     }
 
     #[test]

@@ -29,6 +29,9 @@
 //! - [`feed`]: the live feed (`[api.feed]`): WebSocket and SSE streams of
 //!   positions and events, fed by the pipeline like a sink.
 //! - [`metrics`]: requests by route and status, and the feed's.
+//! - [`map`]: the live fleet map page (`GET /map`), static and embedded,
+//!   drawing what the API and the feed answer for the token in its URL's
+//!   fragment.
 //!
 //! The binary serves [`QueryApi::router`] on `api.listen` with the accept
 //! loop of its other HTTP listeners (connection cap, idle and header
@@ -41,6 +44,7 @@ pub mod cursor;
 mod db;
 mod error;
 pub mod feed;
+pub mod map;
 pub mod metrics;
 pub mod params;
 pub mod simplify;

@@ -131,6 +131,29 @@ ensure_schemathesis() {
     export SCHEMATHESIS
 }
 
+# The browser fleetpipe/tests/map_page.rs drives: Debian's Chromium
+# (/usr/bin/chromium; Playwright's own browser download cannot run here)
+# and playwright-core from npm, pinned by fleetpipe/tests/browser's
+# package-lock.json, into that folder's node_modules (ignored by git).
+ensure_browser() {
+    if [ ! -x /usr/bin/chromium ]; then
+        log "installing chromium"
+        apt_install chromium
+    fi
+    if ! command -v npm >/dev/null; then
+        log "installing nodejs and npm"
+        apt_install nodejs npm
+    fi
+    local dir=fleetpipe/tests/browser
+    local want have
+    want=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["packages"]["node_modules/playwright-core"]["version"])' "$dir/package-lock.json")
+    have=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' "$dir/node_modules/playwright-core/package.json" 2>/dev/null || true)
+    if [ "$want" != "$have" ]; then
+        log "installing playwright-core $want (npm ci in $dir)"
+        (cd "$dir" && npm ci --no-audit --no-fund --silent)
+    fi
+}
+
 ensure_kcat() {
     if ! command -v kcat >/dev/null; then
         log "installing kcat"

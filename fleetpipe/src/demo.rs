@@ -124,20 +124,7 @@ pub async fn run(
     write_fences(&sim, &options.fences_out)?;
     config.geofence.file = Some(options.fences_out.clone());
     config.geofence.postgres = None;
-    // The map's token, or why there is no map (said after the banner).
-    let map = match &options.database {
-        Some(url) => match probe_database(url).await {
-            Ok(()) => Ok(add_map(&mut config, url, &options)?),
-            Err(reason) => Err(format!(
-                "map: off: the database {} cannot be reached ({reason}); \
-                 the map needs PostgreSQL: --database postgresql://USER@HOST:PORT/DB",
-                redact(url)
-            )),
-        },
-        None => Err(format!(
-            "map: off (it needs PostgreSQL): fleetpipe demo --database [{DEFAULT_DATABASE}]"
-        )),
-    };
+    let map = map_or_why(&mut config, &options).await?;
 
     // The event counts are read back in process.
     let values = ops::metric_values().ok_or_else(|| {
@@ -151,31 +138,7 @@ pub async fn run(
     let publisher = Publisher::new(publisher_config(sim, &broker, mqtt, &options))?;
     let stats = publisher.stats();
     let mut fleet = tokio::spawn(publisher.run(stop));
-    let _ = writeln!(
-        out,
-        "fleetpipe demo: {} simulated vehicles publishing to mqtt://{mqtt} (fences: {}); \
-         metrics at http://{}/metrics{}",
-        options.vehicles,
-        options.fences_out.display(),
-        pipeline.ops_addr(),
-        pipeline
-            .kafka_bootstrap()
-            .map(|b| format!("; events: kcat -b {b} -t fleet.events.v1 -C"))
-            .unwrap_or_default(),
-    );
-    match (&map, pipeline.api_addr()) {
-        (Ok(token), Some(api)) => {
-            let _ = writeln!(out, "map: http://{api}/map#token={token}");
-        }
-        (Ok(_), None) => {
-            return Err(DemoError::Config(
-                "the query API did not start for the map".into(),
-            ));
-        }
-        (Err(why), _) => {
-            let _ = writeln!(out, "{why}");
-        }
-    }
+    banner(&mut out, &options, &pipeline, mqtt, &map)?;
 
     let started = Instant::now();
     let mut ticker = tokio::time::interval(options.report_every);
@@ -211,6 +174,64 @@ pub async fn run(
         fleet: fleet_stats,
         events,
     })
+}
+
+/// With `--database`: the map added to `config` (see [`add_map`]), its
+/// token returned; otherwise the line that says why there is no map.
+async fn map_or_why(
+    config: &mut Config,
+    options: &DemoOptions,
+) -> Result<Result<String, String>, DemoError> {
+    let Some(url) = &options.database else {
+        return Ok(Err(format!(
+            "map: off (it needs PostgreSQL): fleetpipe demo --database [{DEFAULT_DATABASE}]"
+        )));
+    };
+    match probe_database(url).await {
+        Ok(()) => Ok(Ok(add_map(config, url, options)?)),
+        Err(reason) => Ok(Err(format!(
+            "map: off: the database {} cannot be reached ({reason}); \
+             the map needs PostgreSQL: --database postgresql://USER@HOST:PORT/DB",
+            redact(url)
+        ))),
+    }
+}
+
+/// The lines that tell a newcomer where everything is: the broker, the
+/// metrics, the events and the map (or why there is none).
+fn banner(
+    out: &mut impl std::io::Write,
+    options: &DemoOptions,
+    pipeline: &Pipeline,
+    mqtt: std::net::SocketAddr,
+    map: &Result<String, String>,
+) -> Result<(), DemoError> {
+    let _ = writeln!(
+        out,
+        "fleetpipe demo: {} simulated vehicles publishing to mqtt://{mqtt} (fences: {}); \
+         metrics at http://{}/metrics{}",
+        options.vehicles,
+        options.fences_out.display(),
+        pipeline.ops_addr(),
+        pipeline
+            .kafka_bootstrap()
+            .map(|b| format!("; events: kcat -b {b} -t fleet.events.v1 -C"))
+            .unwrap_or_default(),
+    );
+    match (map, pipeline.api_addr()) {
+        (Ok(token), Some(api)) => {
+            let _ = writeln!(out, "map: http://{api}/map#token={token}");
+        }
+        (Ok(_), None) => {
+            return Err(DemoError::Config(
+                "the query API did not start for the map".into(),
+            ));
+        }
+        (Err(why), _) => {
+            let _ = writeln!(out, "{why}");
+        }
+    }
+    Ok(())
 }
 
 /// The embedded broker's settings, when the configuration lets a

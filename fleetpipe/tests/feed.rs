@@ -13,10 +13,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::api::{ApiTest, IN_DEPOT, Scope, drive_out_of_the_depot, ping};
+use common::api::{ApiTest, IN_DEPOT, Scope, ping};
+use common::feed::{close_frame, connect, drain, next, request, subscribe, types, ws_url};
 use common::now_ms;
 use fleetpipe_query::feed::FeedConfig;
-use futures::{SinkExt as _, StreamExt as _};
+use futures::SinkExt as _;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -27,9 +28,6 @@ const DEPOT_ONLY: &str = "feed-token-of-the-depot";
 const YARD: (f64, f64) = (52.60, 13.60);
 /// A box around the depot only.
 const DEPOT_BOX: [f64; 4] = [13.39, 52.49, 13.42, 52.52];
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn feed_test(tweak: impl FnOnce(&mut FeedConfig)) -> ApiTest {
     let mut feed = FeedConfig {
@@ -51,71 +49,12 @@ async fn feed_test(tweak: impl FnOnce(&mut FeedConfig)) -> ApiTest {
     .await
 }
 
-fn ws_url(t: &ApiTest) -> String {
-    t.base.replace("http://", "ws://") + "/v1/feed"
-}
-
-/// A WebSocket to the feed with `token` in the Authorization header.
-async fn connect(t: &ApiTest, token: &str) -> Ws {
-    let mut request = ws_url(t).into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    tokio_tungstenite::connect_async(request).await.unwrap().0
-}
-
 /// The handshake's HTTP status for `request`.
 async fn refused(request: tokio_tungstenite::tungstenite::handshake::client::Request) -> u16 {
     match tokio_tungstenite::connect_async(request).await {
         Ok(_) => 101,
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
         Err(e) => panic!("{e}"),
-    }
-}
-
-async fn subscribe(ws: &mut Ws, body: Value) {
-    let mut body = body;
-    body["type"] = json!("subscribe");
-    ws.send(Message::Text(body.to_string().into()))
-        .await
-        .unwrap();
-}
-
-/// The next JSON message, or `None` on close / after `wait`.
-async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
-    loop {
-        match tokio::time::timeout(wait, ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
-            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return None,
-            Ok(Some(Ok(_))) => {}
-        }
-    }
-}
-
-/// Every message until none came for `quiet`.
-async fn drain(ws: &mut Ws, quiet: Duration) -> Vec<Value> {
-    let mut out = Vec::new();
-    while let Some(m) = next(ws, quiet).await {
-        out.push(m);
-    }
-    out
-}
-
-/// The close frame's code and reason after the messages before it.
-async fn close_frame(ws: &mut Ws) -> (Vec<Value>, Option<(u16, String)>) {
-    let mut messages = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => messages.push(serde_json::from_str(&t).unwrap()),
-            Ok(Some(Ok(Message::Close(f)))) => {
-                return (
-                    messages,
-                    f.map(|f| (u16::from(f.code), f.reason.to_string())),
-                );
-            }
-            Ok(Some(Ok(_))) => {}
-            _ => return (messages, None),
-        }
     }
 }
 
@@ -137,13 +76,6 @@ fn vehicles_of(messages: &[Value]) -> Vec<String> {
     out.sort();
     out.dedup();
     out
-}
-
-fn types(messages: &[Value]) -> Vec<&str> {
-    messages
-        .iter()
-        .map(|m| m["type"].as_str().unwrap())
-        .collect()
 }
 
 /// `a-1` in the depot, `b-1` in the yard: one ping each.
@@ -467,15 +399,6 @@ async fn bad_subscribe_messages_are_answered_and_floods_closed() {
 /// A box around the yard only (where `b-1` is).
 const YARD_BOX: [f64; 4] = [13.55, 52.55, 13.65, 52.65];
 
-/// A WebSocket request to the feed with `token` in the Authorization
-/// header.
-fn request(t: &ApiTest, token: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut r = ws_url(t).into_client_request().unwrap();
-    r.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
-}
-
 /// Whether any message mentions `vehicle`.
 fn mentions(messages: &[Value], vehicle: &str) -> bool {
     messages.iter().any(|m| m.to_string().contains(vehicle))
@@ -569,276 +492,5 @@ async fn a_vehicle_token_with_a_box_around_another_vehicle_gets_only_its_own() {
     let got = drain(&mut ws, Duration::from_secs(2)).await;
     assert!(!mentions(&got, "b-1"), "{got:?}");
     assert_eq!(vehicles_of(&got), ["a-1"], "{got:?}");
-    t.stop().await;
-}
-
-/// A socket to the API whose receive buffer is as small as the kernel
-/// allows, so that once its reader stops, the kernel's buffers between it
-/// and the feed are full after the server's send buffer (a few MiB at most,
-/// net.ipv4.tcp_wmem) rather than megabytes more.
-async fn small_socket(t: &ApiTest) -> tokio::net::TcpStream {
-    let addr: std::net::SocketAddr = t.base.trim_start_matches("http://").parse().unwrap();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(addr).await.unwrap()
-}
-
-/// A WebSocket to the feed on [`small_socket`].
-async fn connect_small(t: &ApiTest, token: &str) -> Ws {
-    let stream = small_socket(t).await;
-    tokio_tungstenite::client_async(
-        request(t, token),
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-    )
-    .await
-    .unwrap()
-    .0
-}
-
-/// An SSE stream of hot-1's positions on [`small_socket`], its status line
-/// read; the caller reads nothing more.
-async fn sse_small(t: &ApiTest) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = small_socket(t).await;
-    let head = format!(
-        "GET /v1/feed/sse?vehicles=hot-1&events=false HTTP/1.1\r\nhost: fleetpipe\r\nauthorization: Bearer {FLEET}\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut first = [0u8; 12];
-    stream.read_exact(&mut first).await.unwrap();
-    assert_eq!(&first, b"HTTP/1.1 200", "the SSE stream started");
-    stream
-}
-
-/// The test fences and 100 more around the yard whose ids are 200 bytes
-/// long: every position of a vehicle standing in the yard names them all,
-/// some 21 KB a message, so a few MiB of kernel buffers between the feed
-/// and a client that stopped reading are full after a few hundred.
-fn crowded_fences(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut fences: Value = serde_json::from_str(common::api::FENCES).unwrap();
-    let features = fences["features"].as_array_mut().unwrap();
-    for i in 0..100 {
-        features.push(json!({
-            "type": "Feature",
-            "properties": {"id": format!("crowd-{i:03}-{}", "x".repeat(190)), "kind": "zone", "radius_m": 500},
-            "geometry": {"type": "Point", "coordinates": [YARD.1, YARD.0]},
-        }));
-    }
-    let path = dir.join("crowded.geojson");
-    std::fs::write(&path, fences.to_string()).unwrap();
-    path
-}
-
-/// A feed test on [`crowded_fences`], with `tweak` applied to `[api.feed]`
-/// and `tweak_config` to the rest.
-async fn crowded_test(
-    dir: &tempfile::TempDir,
-    tweak: impl FnOnce(&mut FeedConfig),
-    tweak_config: impl FnOnce(&mut fleetpipe::Config),
-) -> ApiTest {
-    let fences = crowded_fences(dir.path());
-    let mut feed = FeedConfig {
-        // The feed's own per-message limit far off: the tests are about
-        // what happens before it.
-        write_timeout: Duration::from_secs(300),
-        ..FeedConfig::default()
-    };
-    tweak(&mut feed);
-    ApiTest::start_with(
-        &[("dispatch", FLEET, Scope::Fleet)],
-        |api| api.feed = Some(feed),
-        |c| {
-            c.geofence.file = Some(fences);
-            tweak_config(c);
-        },
-    )
-    .await
-}
-
-/// Pings of `hot-1` standing in the yard (each position ~21 KB, see
-/// [`crowded_fences`]): many times what the kernel's buffers hold.
-const FILL: u64 = 10_000;
-
-/// [`FILL`] pings of `hot-1` 10 ms apart from `start`, sent (500 a
-/// request) and stored; the newest one's time.
-async fn fill(t: &ApiTest, start: i64) -> i64 {
-    let pings: Vec<Value> = (0..FILL)
-        .map(|i| ping("hot-1", i, start + i as i64 * 10, YARD))
-        .collect();
-    t.send(&pings, FILL as i64).await;
-    start + (FILL as i64 - 1) * 10
-}
-
-fn ts_ms(m: &Value) -> i64 {
-    let t = time::OffsetDateTime::parse(
-        m["ts"].as_str().unwrap(),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap();
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_gets_the_newest_position_and_holds_nothing_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let t = crowded_test(&dir, |_| {}, |_| {}).await;
-    let mut ws = connect_small(&t, FLEET).await;
-    subscribe(&mut ws, json!({"vehicles": ["hot-1"], "events": false})).await;
-    let first = next(&mut ws, Duration::from_secs(10)).await.unwrap();
-    assert_eq!(first["type"], "snapshot", "{first}");
-    // The client reads nothing while the pings are stored: the pipeline is
-    // not held up by it (fill waits for every row).
-    let newest = fill(&t, now_ms() - 600_000).await;
-    let got = drain(&mut ws, Duration::from_secs(3)).await;
-    assert!(
-        got.iter().all(|m| m["type"] == "position"),
-        "{:?}",
-        types(&got)
-    );
-    let ts: Vec<i64> = got.iter().map(ts_ms).collect();
-    // What the kernel held, then the newest: never an older one after a
-    // newer one, and far fewer than were sent.
-    assert!(ts.windows(2).all(|w| w[0] < w[1]), "out of order");
-    assert!(
-        (ts.len() as u64) < FILL / 2,
-        "{} of {FILL} positions: not coalesced",
-        ts.len()
-    );
-    assert_eq!(ts.last(), Some(&newest), "the newest position came last");
-    t.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_too_slow_for_its_events_is_told_what_it_missed_and_resumes_without_loss() {
-    let dir = tempfile::tempdir().unwrap();
-    let t = crowded_test(
-        &dir,
-        |f| {
-            f.client_max_events = 10;
-            f.resume_max_age = Duration::from_secs(600);
-        },
-        |_| {},
-    )
-    .await;
-    // Not the crowd's geofence events: these, of hot-1 and the drivers.
-    let types_wanted = [
-        "vehicle.online",
-        "vehicle.state_changed",
-        "vehicle.motion_started",
-        "vehicle.motion_stopped",
-    ];
-    let mut slow = connect_small(&t, FLEET).await;
-    subscribe(&mut slow, json!({"event_types": types_wanted})).await;
-    assert_eq!(
-        next(&mut slow, Duration::from_secs(10)).await.unwrap()["type"],
-        "snapshot"
-    );
-    let start = now_ms() - 600_000;
-    fill(&t, start).await;
-    // The kernel's buffers are full: the events of eight vehicles driving
-    // out of the depot wait in the client's queue, more than 10 of them.
-    let drivers = ["d-1", "d-2", "d-3", "d-4", "d-5", "d-6", "d-7", "d-8"];
-    let drive_start = start + FILL as i64 * 10;
-    t.send(
-        &drive_out_of_the_depot(&drivers, drive_start),
-        FILL as i64 + 40 * drivers.len() as i64,
-    )
-    .await;
-    t.settle_events().await;
-
-    let (before, frame) = close_frame(&mut slow).await;
-    let overflow = before.last().unwrap();
-    assert_eq!(overflow["type"], "overflow", "{overflow}");
-    assert!(
-        overflow["missed_events"].as_u64().unwrap() > 0,
-        "{overflow}"
-    );
-    assert_eq!(frame.map(|f| f.0), Some(1013));
-    // Resumed from where it was cut off, it gets everything it missed.
-    let mut ws = connect(&t, FLEET).await;
-    subscribe(
-        &mut ws,
-        json!({"event_types": types_wanted, "resume": overflow["resume"]}),
-    )
-    .await;
-    let after = drain(&mut ws, Duration::from_secs(3)).await;
-    assert_eq!(after.first().map(|m| &m["type"]), Some(&json!("resumed")));
-    let mut seen: Vec<String> = before
-        .iter()
-        .chain(&after)
-        .filter(|m| m["type"] == "event")
-        .map(|m| m["event"]["id"].as_str().unwrap().to_owned())
-        .collect();
-    let delivered = seen.len();
-    seen.sort();
-    seen.dedup();
-    assert_eq!(seen.len(), delivered, "an event was delivered twice");
-    let rows =
-        t.db.query(
-            &format!(
-                "SELECT id FROM \"{}\".vehicle_events WHERE type = ANY($1) ORDER BY id",
-                t.schema
-            ),
-            &[&types_wanted.to_vec()],
-        )
-        .await
-        .unwrap();
-    let stored: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    assert!(stored.len() > 10, "{} events", stored.len());
-    assert_eq!(seen, stored, "every stored event, once");
-    // And every driver's newest position (40 pings a second apart, each
-    // driver 0.5 s after the one before).
-    for (n, d) in drivers.iter().enumerate() {
-        let last = after
-            .iter()
-            .filter(|m| m["type"] == "position" && m["vehicle_id"] == *d)
-            .map(ts_ms)
-            .max();
-        assert_eq!(last, Some(drive_start + n as i64 * 500 + 39_000), "{d}");
-    }
-    t.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_whose_reader_stopped_is_closed_after_idle_timeout() {
-    use tokio::io::AsyncReadExt as _;
-    let dir = tempfile::tempdir().unwrap();
-    let t = crowded_test(
-        &dir,
-        |_| {},
-        |c| c.ingest.http.idle_timeout = Duration::from_secs(3),
-    )
-    .await;
-    let mut sse = sse_small(&t).await;
-    fill(&t, now_ms() - 600_000).await;
-    // The stream's writes have taken nothing for longer than idle_timeout
-    // (the feed's own write_timeout is far off): the connection is closed,
-    // so reading finds what the kernel held, then the end.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let mut buf = vec![0u8; 1 << 16];
-    let ended = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            match sse.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the stalled stream was left open");
-    t.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_is_not_held_up_by_a_stream_whose_reader_stopped() {
-    let dir = tempfile::tempdir().unwrap();
-    let t = crowded_test(&dir, |_| {}, |_| {}).await;
-    let _sse = sse_small(&t).await;
-    let mut ws = connect_small(&t, FLEET).await;
-    subscribe(&mut ws, json!({"vehicles": ["hot-1"]})).await;
-    fill(&t, now_ms() - 600_000).await;
-    // Both streams are stalled, idle_timeout (1 min) and write_timeout far
-    // off: the drain closes them and shutdown ends within
-    // pipeline.shutdown_timeout (20 s here), or stop() panics.
     t.stop().await;
 }

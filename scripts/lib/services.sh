@@ -207,7 +207,9 @@ PY
 # TLS/SASL (rdkafka's `ssl` feature), and pkg-config to find it.
 ensure_build_deps() {
     local missing=()
-    for package in libssl-dev pkg-config; do
+    # iproute2: ss, with which the feed's back-pressure tests see a
+    # server socket's send buffer full.
+    for package in libssl-dev pkg-config iproute2; do
         installed "$package" || missing+=("$package")
     done
     if [ "${#missing[@]}" -gt 0 ]; then

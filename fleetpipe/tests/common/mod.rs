@@ -27,6 +27,7 @@ pub struct TestPipeline {
 }
 
 pub mod api;
+pub mod feed;
 pub mod raw_mqtt;
 pub mod stock_clients;
 pub mod tls;

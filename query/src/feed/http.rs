@@ -188,13 +188,34 @@ async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> Re
     }
 }
 
-/// Ends the socket with a close frame.
+/// Ends the socket with a close frame, then waits (up to `timeout`) for
+/// the client's close frame, reading and dropping whatever it sent before
+/// it. Dropping the socket at once would lose the last messages: a client
+/// that sent anything the server has not read (a pong to a keepalive ping
+/// while the server waited on a full send buffer, say) gets a TCP reset
+/// when the socket is closed, and a reset discards what the kernel still
+/// held for it, the `overflow` message with its resume token among them
+/// (RFC 6455 7.1.1: the server closes the TCP connection after the
+/// closing handshake).
 async fn close(socket: &mut WebSocket, reason: Reason, timeout: Duration) {
     let frame = CloseFrame {
         code: reason.close_code(),
         reason: reason.as_str().into(),
     };
-    let _ = send(socket, Message::Close(Some(frame)), timeout).await;
+    if send(socket, Message::Close(Some(frame)), timeout)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 async fn run_ws(mut socket: WebSocket, mut session: Session, config: &super::FeedConfig) -> Reason {

@@ -306,9 +306,10 @@ impl RoleContext<'_> {
             .await
             .map_err(|_| PipelineError::TaskPanicked { task: "kafka tail" })??
         };
-        // Seeded after the ends were read: a position stored before them is
-        // in the database or in the topics from the ends on (positions only
-        // move forward, so the order the two arrive in does not matter).
+        // Seeded after the ends were read, so all the seed can miss is what
+        // the writers had not stored yet (it shows with the vehicle's next
+        // ping). Positions only move forward in device time: the seed and
+        // the records read meanwhile may reach the table in either order.
         let seeded = match self.api {
             Some(api) => api.seed_feed().await?,
             None => 0,

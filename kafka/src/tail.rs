@@ -83,12 +83,22 @@ impl ClientContext for TailContext {
 
 impl ConsumerContext for TailContext {}
 
+/// Tells the poll thread to stop when dropped: a tail dropped without
+/// being run (its process failed to start) leaves no thread behind.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// A started tail: every partition assigned, the poll thread running;
 /// [`Tail::run`] hands the records on.
 pub struct Tail {
     consumer: Arc<BaseConsumer<TailContext>>,
     records: mpsc::Receiver<ConsumedRecord>,
-    stop: Arc<AtomicBool>,
+    stop: StopOnDrop,
     poll_thread: std::thread::JoinHandle<()>,
     starts: Vec<(TopicPartition, i64)>,
 }
@@ -153,7 +163,7 @@ impl Tail {
         Ok(Self {
             consumer,
             records,
-            stop,
+            stop: StopOnDrop(stop),
             poll_thread,
             starts,
         })
@@ -200,7 +210,7 @@ impl Tail {
                 }
             }
         };
-        stop.store(true, Ordering::SeqCst);
+        drop(stop);
         // A poll thread waiting for room in the handoff gives up.
         drop(records);
         let joined = tokio::task::spawn_blocking(move || {

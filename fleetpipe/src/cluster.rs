@@ -14,6 +14,10 @@
 //!   the telemetry, events and dead-letter topics of `[sink.kafka]`, writing
 //!   them to `[sink.file]` and/or `[sink.timescale]`; a record's offset is
 //!   committed only once every sink holds it.
+//! - `read`: a read node serving the live feed (`[api.feed]`): every
+//!   partition of the telemetry and events topics, from their end, outside
+//!   any consumer group (each read node sees the whole fleet, however many
+//!   there are), into the feed only; nothing is committed or written.
 //!
 //! Every role reads the same Kafka cluster: `[sink.kafka]` (its `brokers`,
 //! topic names and `librdkafka` options).
@@ -41,6 +45,10 @@ pub enum Role {
     /// The telemetry, events and dead-letter topics into the database and
     /// files.
     Writer,
+    /// Every partition of the telemetry and events topics into the live
+    /// feed, outside any consumer group: as many read nodes as the clients
+    /// need, each with the whole fleet.
+    Read,
 }
 
 impl Role {
@@ -51,6 +59,7 @@ impl Role {
             Role::Gateway => "gateway",
             Role::Enrich => "enrich",
             Role::Writer => "writer",
+            Role::Read => "read",
         }
     }
 }
@@ -88,7 +97,8 @@ pub struct ClusterConfig {
     /// cluster's `min.insync.replicas = 2`, a record acknowledged with
     /// `acks=all` survives the loss of one broker.
     pub replication_factor: i32,
-    /// Consumer groups are named `{group_prefix}.{role}`.
+    /// Consumer groups are named `{group_prefix}.{role}` (a read node's
+    /// consumer, in no group, `{group_prefix}.read.{unique}`).
     pub group_prefix: String,
     /// Consumer group membership (`[cluster.group]`).
     pub group: GroupConfig,
@@ -145,6 +155,14 @@ pub enum ClusterConfigError {
         /// What it must be.
         rule: &'static str,
     },
+    /// A read node writes nothing.
+    #[error(
+        "cluster.role = \"read\" serves the live feed and writes nothing: [sink.file] and [sink.timescale] belong to the writer role (or to role \"all\")"
+    )]
+    ReadSinks,
+    /// A read node is there for the live feed.
+    #[error("cluster.role = \"read\" serves the live feed: it needs [api] with [api.feed]")]
+    ReadWithoutFeed,
     /// The writer needs somewhere to write.
     #[error("cluster.role = \"writer\" needs [sink.file] or [sink.timescale] to write to")]
     WriterSinks,
@@ -215,6 +233,7 @@ impl ClusterConfig {
             Role::Gateway if local => Err(ClusterConfigError::GatewaySinks),
             Role::Enrich if local => Err(ClusterConfigError::EnrichSinks),
             Role::Writer if !local => Err(ClusterConfigError::WriterSinks),
+            Role::Read if local => Err(ClusterConfigError::ReadSinks),
             _ => Ok(()),
         }
     }
@@ -222,6 +241,23 @@ impl ClusterConfig {
     /// The consumer group of `role`.
     pub fn group_id(&self, role: Role) -> String {
         format!("{}.{}", self.group_prefix, role.as_str())
+    }
+
+    /// The `group.id` of a read node's consumer: its own (a process id
+    /// and the start time), since librdkafka assigns partitions only to a
+    /// consumer with one. No group is joined under it and nothing is
+    /// committed (`fleetpipe_kafka::tail`).
+    pub fn read_consumer_id(&self) -> String {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        format!(
+            "{}.{}.{}-{started}",
+            self.group_prefix,
+            Role::Read.as_str(),
+            std::process::id()
+        )
     }
 
     /// `topic` as fleetpipe creates it (the raw topic at a gateway's

@@ -236,19 +236,35 @@ impl Config {
         fleetpipe_geofence::service::check_config(&self.geofence)?;
         self.sink.validate(self.ingest.limits.max_past)?;
         self.cluster.validate(&self.sink)?;
-        if let Some(api) = &self.api
-            && api.feed.is_some()
-            && !matches!(self.cluster.role, Role::All | Role::Writer)
-        {
-            return Err(QueryError::Config {
-                key: "feed".to_owned(),
-                reason: format!(
-                    "needs cluster.role = \"all\" or \"writer\" (the roles that see enriched \
-                     records), not {:?}",
-                    self.cluster.role.as_str()
-                ),
+        let feed = self.api.as_ref().is_some_and(|api| api.feed.is_some());
+        let refuse = |reason: String| QueryError::Config {
+            key: "feed".to_owned(),
+            reason,
+        };
+        match self.cluster.role {
+            Role::All | Role::Read if feed => {}
+            Role::Read => return Err(ClusterConfigError::ReadWithoutFeed.into()),
+            // A writer is one member of a consumer group: it reads only the
+            // partitions the group gives it, so its feed would show a share
+            // of the fleet, and another share after each rebalance.
+            Role::Writer if feed => {
+                return Err(refuse(
+                    "is not served by cluster.role = \"writer\": a writer reads only the \
+                     partitions its consumer group gives it, so its feed would show part of the \
+                     fleet; serve the feed from read nodes (cluster.role = \"read\")"
+                        .to_owned(),
+                )
+                .into());
             }
-            .into());
+            role if feed => {
+                return Err(refuse(format!(
+                    "needs cluster.role = \"all\" or \"read\" (the roles that see every \
+                     enriched record), not {:?}",
+                    role.as_str()
+                ))
+                .into());
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -508,6 +524,7 @@ mod tests {
             ("gateway.toml", Role::Gateway),
             ("enrich.toml", Role::Enrich),
             ("writer.toml", Role::Writer),
+            ("read.toml", Role::Read),
         ] {
             let c = Config::load(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
             assert_eq!(c.cluster.role, role, "{file}");

@@ -152,6 +152,14 @@ pub enum PipelineError {
     /// The consumer group member could not start, or failed.
     #[error(transparent)]
     Consumer(#[from] fleetpipe_kafka::group::GroupError),
+    /// A read node's consumer could not start (the topics' partitions or
+    /// ends could not be read), or failed.
+    #[error(transparent)]
+    Tail(#[from] fleetpipe_kafka::tail::TailError),
+    /// A read node has no live feed (the configuration check refuses this
+    /// first).
+    #[error("cluster.role = \"read\" needs [api.feed]")]
+    NoFeed,
     /// The enrich role's changelog client could not be created.
     #[error(transparent)]
     Changelog(#[from] fleetpipe_kafka::changelog::ChangelogError),
@@ -234,9 +242,8 @@ impl Pipeline {
             _ => None,
         };
         // The live feed is one more output of the fan-out (roles all and
-        // writer).
+        // read).
         let feed = api.as_ref().and_then(|(api, _, _)| api.feed());
-        let api = api.map(|(api, listener, addr)| (api.router(), listener, addr));
         let failure = Failure::new(shutdown.clone());
         let role = RoleContext {
             config,
@@ -245,6 +252,7 @@ impl Pipeline {
             shutdown: &shutdown,
             failure: &failure,
             feed: feed.as_ref(),
+            api: api.as_ref().map(|(api, _, _)| api),
         };
         let Running {
             mut intake,
@@ -260,7 +268,7 @@ impl Pipeline {
             });
         }
         let api_addr = api.map(|(api, listener, addr)| {
-            serve_api(config, api, listener, &shutdown, &mut intake);
+            serve_api(config, api.router(), listener, &shutdown, &mut intake);
             addr
         });
 

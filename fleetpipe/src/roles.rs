@@ -7,11 +7,12 @@
 //! enrich:  Kafka group (raw topic) ─▶ decode ─▶ partitioned enrichment ─▶ Kafka (outputs)
 //!                                                      └▶ changelog topic
 //! writer:  Kafka group (telemetry, events, dead letters) ─▶ decode ─▶ fan-out ─▶ sinks
+//! read:    Kafka tail (telemetry, events; every partition) ─▶ decode ─▶ live feed
 //! ```
 //!
 //! Each returns its tasks in two sets: those that take data in (the
-//! sources, the consumer group), which stop first at shutdown, and the
-//! stages behind them, which drain after.
+//! sources, the consumer group, the tail), which stop first at shutdown,
+//! and the stages behind them, which drain after.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use fleetpipe_ingest::gateway::InflightProbe;
 use fleetpipe_ingest::{Authenticator, SourceContext};
 use fleetpipe_kafka::changelog::Changelog;
 use fleetpipe_kafka::group::{Delivery, GroupConsumer, OwnershipListener};
+use fleetpipe_kafka::tail::Tail;
 use fleetpipe_kafka::{TopicSpec, ensure_topics, producer_config};
 use fleetpipe_model::topic_record::{Decoded, Stream, decode};
 use fleetpipe_model::{Accepted, DeadLetter, Gateway, Origin, RawRecord, RejectReason, SinkRecord};
@@ -75,9 +77,12 @@ pub(crate) struct RoleContext<'a> {
     pub(crate) fences: &'a FenceService,
     pub(crate) shutdown: &'a CancellationToken,
     pub(crate) failure: &'a Failure,
-    /// The live feed (`[api.feed]`): fed by the roles that see enriched
-    /// records (`all`, `writer`).
+    /// The live feed (`[api.feed]`): fed by the roles that see every
+    /// enriched record (`all`, `read`).
     pub(crate) feed: Option<&'a fleetpipe_query::feed::Feed>,
+    /// The query API (`[api]`): a read node seeds the feed from its
+    /// database.
+    pub(crate) api: Option<&'a fleetpipe_query::QueryApi>,
 }
 
 impl RoleContext<'_> {
@@ -88,6 +93,7 @@ impl RoleContext<'_> {
             Role::Gateway => self.ingest(Transform::Raw).await,
             Role::Enrich => self.enrich().await,
             Role::Writer => self.writer().await,
+            Role::Read => self.read().await,
         }
     }
 
@@ -232,9 +238,9 @@ impl RoleContext<'_> {
             .into_iter()
             .filter(|sink| !matches!(sink, SinkConfig::Kafka(_)))
             .collect();
-        // A writer with the live feed is a read node: any number of them
-        // serve the feed from the output topics.
-        let sinks = build_sinks(config, local, self.feed).await?;
+        // No live feed here: a writer sees only its group's share of the
+        // partitions (the configuration check refuses [api.feed]).
+        let sinks = build_sinks(config, local, None).await?;
         let topics = OutputTopics {
             telemetry: kafka.telemetry_topic.clone(),
             events: kafka.events_topic.clone(),
@@ -260,6 +266,74 @@ impl RoleContext<'_> {
         stages.spawn("decode", decode_outputs(deliveries, records_tx, topics));
         let intake = self.run_consumer(consumer, deliveries_tx);
         tracing::info!(%group, "writer: consuming the output topics");
+        Ok(Running {
+            intake,
+            stages,
+            listeners: Vec::new(),
+            kafka: None,
+            inflight: None,
+            restoring: None,
+        })
+    }
+
+    /// A read node: every partition of the telemetry and events topics,
+    /// from their end, outside any consumer group, into the live feed
+    /// only; the feed's latest positions seeded from the database.
+    async fn read(&self) -> Result<Running, PipelineError> {
+        let config = self.config;
+        let kafka = config.sink.kafka.as_ref().ok_or(PipelineError::NoKafka)?;
+        let feed = self.feed.ok_or(PipelineError::NoFeed)?;
+        let topics = OutputTopics {
+            telemetry: kafka.telemetry_topic.clone(),
+            events: kafka.events_topic.clone(),
+            dead_letters: kafka.dlq_topic.clone(),
+        };
+        // Created when missing (as a writer does), so a read node may start
+        // first; an existing topic with another partition count is refused.
+        self.ensure(kafka, &[&topics.telemetry, &topics.events])
+            .await?;
+        let client = consumer_client(kafka)?;
+        let consumer_id = config.cluster.read_consumer_id();
+        let names = [topics.telemetry.clone(), topics.events.clone()];
+        let timeout = config.cluster.topic_timeout;
+        let tail = {
+            let consumer_id = consumer_id.clone();
+            // Metadata and watermark requests block: off the workers.
+            tokio::task::spawn_blocking(move || {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                Tail::start(client, &consumer_id, &names, timeout)
+            })
+            .await
+            .map_err(|_| PipelineError::TaskPanicked { task: "kafka tail" })??
+        };
+        // Seeded after the ends were read, so all the seed can miss is what
+        // the writers had not stored yet (it shows with the vehicle's next
+        // ping). Positions only move forward in device time: the seed and
+        // the records read meanwhile may reach the table in either order.
+        let seeded = match self.api {
+            Some(api) => api.seed_feed().await?,
+            None => 0,
+        };
+        let sinks = build_sinks(config, Vec::new(), Some(feed)).await?;
+        let (deliveries_tx, deliveries) = mpsc::channel(config.pipeline.ping_queue);
+        let (records_tx, records) = mpsc::channel(config.pipeline.sink_queue);
+        let mut stages = Tasks::new(self.failure.clone());
+        run_sinks(&mut stages, records, sinks);
+        stages.spawn("decode", decode_outputs(deliveries, records_tx, topics));
+        let partitions = tail.starts().len();
+        let mut intake = Tasks::new(self.failure.clone());
+        let shutdown = self.shutdown.clone();
+        intake.spawn("kafka tail", async move {
+            tail.run(deliveries_tx, shutdown)
+                .await
+                .map_err(PipelineError::Tail)
+        });
+        tracing::info!(
+            consumer = %consumer_id,
+            partitions,
+            seeded,
+            "read: serving the live feed from every partition of the telemetry and events topics"
+        );
         Ok(Running {
             intake,
             stages,
@@ -389,7 +463,8 @@ async fn decode_raw(
     Ok(())
 }
 
-/// The writer's topics, to tell which stream a record came from.
+/// The topics a writer or a read node reads, to tell which stream a
+/// record came from.
 struct OutputTopics {
     telemetry: String,
     events: String,
@@ -411,7 +486,8 @@ impl OutputTopics {
 /// Turns each consumed record back into the record it was, with the
 /// delivery's acknowledgement. A record that does not decode is not lost:
 /// it becomes a dead letter (`decode_failed`, the value kept as its raw
-/// bytes, the topic, partition and offset in its detail).
+/// bytes, the topic, partition and offset in its detail), which a writer
+/// stores and the live feed skips.
 async fn decode_outputs(
     mut deliveries: mpsc::Receiver<Delivery>,
     records: mpsc::Sender<SinkRecord>,
@@ -443,7 +519,7 @@ fn undecodable(
     why: &str,
 ) -> SinkRecord {
     crate::metrics::writer_undecodable(&record.topic);
-    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, error = why, "a record of an output topic does not decode; stored as a dead letter");
+    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, error = why, "a record of an output topic does not decode; it becomes a decode_failed dead letter");
     SinkRecord::DeadLetter(DeadLetter {
         schema_version: fleetpipe_model::SCHEMA_VERSION,
         reason: RejectReason::DecodeFailed,

@@ -460,7 +460,7 @@ fn cases(ops_port: u16) -> Vec<Case> {
                 ("api", format!("{API}{API_TOKEN}")),
                 ("api.feed", String::new()),
             ],
-            "api.feed needs cluster.role = \"all\" or \"writer\"",
+            "api.feed needs cluster.role = \"all\" or \"read\"",
         ),
         (
             "the feed in role enrich",
@@ -471,7 +471,46 @@ fn cases(ops_port: u16) -> Vec<Case> {
                 ("api", format!("{API}{API_TOKEN}")),
                 ("api.feed", String::new()),
             ],
-            "api.feed needs cluster.role = \"all\" or \"writer\"",
+            "api.feed needs cluster.role = \"all\" or \"read\"",
+        ),
+        (
+            "the feed in role writer (it sees its group's share of the partitions)",
+            vec![
+                ("cluster", "role = \"writer\"\n".into()),
+                ("sink.kafka", "brokers = \"k:9092\"\n".into()),
+                ("api", format!("{API}{API_TOKEN}")),
+                ("api.feed", String::new()),
+            ],
+            "api.feed is not served by cluster.role = \"writer\": a writer reads only the partitions its consumer group gives it",
+        ),
+        (
+            "a read node without the feed",
+            vec![
+                ("cluster", "role = \"read\"\n".into()),
+                ("sink.kafka", "brokers = \"k:9092\"\n".into()),
+                ("sink.file", OMIT.into()),
+                ("api", format!("{API}{API_TOKEN}")),
+            ],
+            "cluster.role = \"read\" serves the live feed: it needs [api] with [api.feed]",
+        ),
+        (
+            "a read node writes nothing",
+            vec![
+                ("cluster", "role = \"read\"\n".into()),
+                ("sink.kafka", "brokers = \"k:9092\"\n".into()),
+                ("api", format!("{API}{API_TOKEN}")),
+                ("api.feed", String::new()),
+            ],
+            "cluster.role = \"read\" serves the live feed and writes nothing",
+        ),
+        (
+            "a read node's shared Kafka",
+            vec![
+                ("cluster", "role = \"read\"\n".into()),
+                ("api", format!("{API}{API_TOKEN}")),
+                ("api.feed", String::new()),
+            ],
+            "cluster.role = \"read\" needs [sink.kafka]",
         ),
         (
             "compression after the oldest accepted ping",

@@ -9,6 +9,10 @@
 //! longer than a run here, so every decision is made on device time and the
 //! two runs must agree exactly, whichever process made it and however
 //! often a partition moved.
+//!
+//! The live feed in the same layout: read nodes (`cluster.role = "read"`)
+//! beside the writer, each serving the whole fleet to its WebSocket
+//! clients ([`every_read_node_serves_the_whole_fleet`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -120,6 +124,11 @@ fn free_port() -> u16 {
 
 /// Settings every process shares: the same enrichment, so the same events.
 fn common(ops: u16, http: u16, fences: &Path) -> String {
+    common_with(ops, http, fences, REORDER)
+}
+
+/// [`common`] with another reorder window.
+fn common_with(ops: u16, http: u16, fences: &Path, reorder: Duration) -> String {
     format!(
         r#"
 [ingest.mqtt]
@@ -142,7 +151,7 @@ offline_after = "1h"
 shutdown_timeout = "60s"
 "#,
         fences = fences.display(),
-        reorder = REORDER.as_secs()
+        reorder = reorder.as_secs()
     )
 }
 
@@ -800,4 +809,257 @@ async fn every_role_rides_out_a_broker_restart() {
         ..Faults::default()
     })
     .await;
+}
+
+/// The read nodes' fleet token (a `scope = "fleet"` token of `[api]`).
+const FLEET_TOKEN: &str = "read-node-fleet-token";
+
+/// A square fence around (52.505, 13.405), where every vehicle pings.
+const DEPOT: &str = r#"{"type":"FeatureCollection","features":[
+ {"type":"Feature","properties":{"id":"depot","kind":"depot"},
+  "geometry":{"type":"Polygon","coordinates":[[[13.40,52.50],[13.41,52.50],[13.41,52.51],[13.40,52.51],[13.40,52.50]]]}}
+]}"#;
+
+/// `[api]` with the fleet token and `[api.feed]` of a read node.
+fn read_node_api(port: u16, schema: &str) -> String {
+    use sha2::Digest as _;
+    let sha: String = sha2::Sha256::digest(FLEET_TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+url = "{DB_URL}"
+schema = "{schema}"
+tokens = [{{ name = "dispatch", sha256 = "{sha}", scope = "fleet" }}]
+[api.feed]
+"#
+    )
+}
+
+/// One ping of `vehicle` in the depot as a message body, with a trouble
+/// code when `dtc` (enrichment makes a `diagnostics.dtc_set` of it).
+fn depot_ping(vehicle: &str, seq: u64, ts_ms: i64, dtc: bool) -> (String, Vec<u8>) {
+    let mut ping = serde_json::json!({
+        "vehicle_id": vehicle, "seq": seq, "ts": ts_ms,
+        "lat": 52.505, "lon": 13.405, "speed_kmh": 0.0,
+    });
+    if dtc {
+        ping["dtcs"] = serde_json::json!(["P0420"]);
+    }
+    (vehicle.to_owned(), serde_json::to_vec(&[ping]).unwrap())
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A feed client on the read node at `port` with the fleet token,
+/// subscribed to everything; its first message (the snapshot) is
+/// returned with it.
+async fn feed_client(port: u16) -> (Ws, serde_json::Value) {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = format!("ws://127.0.0.1:{port}/v1/feed")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {FLEET_TOKEN}").parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws.send(Message::Text(r#"{"type":"subscribe"}"#.into()))
+        .await
+        .unwrap();
+    // One deadline for all frames: keep-alive pings must not extend it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let message = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("no snapshot within 30 s")
+            .expect("the feed closed")
+            .unwrap();
+        if let Message::Text(text) = message {
+            let first: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(first["type"], "snapshot", "{first}");
+            assert_eq!(first["more"], false, "one chunk for this fleet");
+            return (ws, first);
+        }
+    }
+}
+
+/// What one feed client got: the vehicles of its positions, and of its
+/// `diagnostics.dtc_set` events.
+#[derive(Debug, Default)]
+struct Seen {
+    positions: BTreeSet<String>,
+    dtc_events: BTreeSet<String>,
+}
+
+/// Reads `ws` until it saw a position and a trouble-code event of each of
+/// `vehicles`, or 60 s passed.
+async fn read_feed(ws: &mut Ws, vehicles: &BTreeSet<String>) -> Seen {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut seen = Seen::default();
+    // One deadline for all frames: keep-alive pings must not extend it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.positions != *vehicles || seen.dtc_events != *vehicles {
+        let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, ws.next()).await else {
+            break;
+        };
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        match m["type"].as_str() {
+            Some("position") => {
+                seen.positions
+                    .insert(m["vehicle_id"].as_str().unwrap().to_owned());
+            }
+            Some("event") if m["event"]["type"] == "diagnostics.dtc_set" => {
+                seen.dtc_events
+                    .insert(m["event"]["vehicle_id"].as_str().unwrap().to_owned());
+            }
+            Some("event") => {}
+            other => panic!("unexpected {other:?}: {m}"),
+        }
+    }
+    seen
+}
+
+/// The live feed in the distributed layout: gateway, enrich member and
+/// writer, and two read nodes, each its own process. A WebSocket client
+/// with a fleet token on each read node gets the position and the
+/// trouble-code event of every vehicle of a fleet spread over all the
+/// partitions: neither read node serves only a share of them (as members
+/// of one consumer group would). Each read node's first snapshot holds
+/// the vehicles stored before it started (its feed seeded from
+/// `vehicle_latest`: it reads the topics from their end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_node_serves_the_whole_fleet() {
+    const PARTITIONS: i32 = 4;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let tansu = Tansu::start().unwrap_or_else(|e| panic!("{e}"));
+    let brokers = tansu.bootstrap();
+    // SCALE_OUT_KEEP_LOGS=1 keeps the processes' configs and logs.
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _cleanup) = if std::env::var_os("SCALE_OUT_KEEP_LOGS").is_some() {
+        (tmp.keep(), None)
+    } else {
+        (tmp.path().to_path_buf(), Some(tmp))
+    };
+    eprintln!("processes' configs and logs in {}", dir.display());
+    let dir = dir.as_path();
+    let fences = dir.join("fences.geojson");
+    std::fs::write(&fences, DEPOT).unwrap();
+    let schema = fresh_schema("read_nodes").await;
+
+    let vehicles: Vec<String> = (0..48).map(|i| format!("rv-{i:02}")).collect();
+    let spread: BTreeSet<i32> = vehicles
+        .iter()
+        .filter_map(|v| fleetpipe_kafka::partition_for(v.as_bytes(), PARTITIONS))
+        .collect();
+    assert_eq!(
+        spread.len(),
+        PARTITIONS as usize,
+        "every partition has vehicles"
+    );
+    let all: BTreeSet<String> = vehicles.iter().cloned().collect();
+    // Stored before the read nodes start: in their snapshots, not streamed.
+    let early: BTreeSet<String> = vehicles.iter().step_by(2).cloned().collect();
+
+    let process = |name: &str, role: &str, extra: &str| {
+        let (ops, http) = (free_port(), free_port());
+        let toml = format!(
+            "{}{}{extra}",
+            common_with(ops, http, &fences, Duration::ZERO),
+            cluster(role, &brokers, MEMORY_BROKER)
+        );
+        (Process::spawn(dir, name, &toml, ops, None), http)
+    };
+    let (mut writer, _) = process("writer", "writer", &timescale(&schema));
+    writer.wait_ready().await;
+    let (mut enrich, _) = process("enrich", "enrich", "");
+    enrich.wait_ready().await;
+    let (mut gateway, http) = process("gateway", "gateway", "");
+    gateway.wait_ready().await;
+
+    let start = now_ms() - 60_000;
+    let first: Vec<_> = early
+        .iter()
+        .map(|v| depot_ping(v, 1, start, false))
+        .collect();
+    publish(http, &first).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored: i64 = db()
+            .await
+            .query_one(
+                &format!("SELECT count(*) FROM {schema}.vehicle_latest"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if stored == early.len() as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stored} of {} vehicles stored: {}",
+            early.len(),
+            writer.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut readers = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..2 {
+        let api = free_port();
+        let (mut reader, _) = process(&format!("read-{i}"), "read", &read_node_api(api, &schema));
+        reader.wait_ready().await;
+        let (ws, snapshot) = feed_client(api).await;
+        let snapshot: BTreeSet<String> = snapshot["positions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["vehicle_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(snapshot, early, "read-{i}'s first snapshot");
+        readers.push(reader);
+        clients.push(ws);
+    }
+
+    let second: Vec<_> = vehicles
+        .iter()
+        .map(|v| depot_ping(v, 2, start + 1000, true))
+        .collect();
+    publish(http, &second).await;
+    for (i, ws) in clients.iter_mut().enumerate() {
+        let seen = read_feed(ws, &all).await;
+        let missing = |got: &BTreeSet<String>| all.difference(got).cloned().collect::<Vec<_>>();
+        assert!(
+            seen.positions == all && seen.dtc_events == all,
+            "read-{i} served a share of the fleet: positions of {} of {} vehicles (missing {:?}), \
+             trouble codes of {} (missing {:?})\n{}",
+            seen.positions.len(),
+            all.len(),
+            missing(&seen.positions),
+            seen.dtc_events.len(),
+            missing(&seen.dtc_events),
+            readers[i].tail()
+        );
+    }
+    drop(clients);
+    for reader in &mut readers {
+        reader.stop();
+    }
+    gateway.stop();
+    enrich.stop();
+    writer.stop();
+    drop(tansu);
 }

@@ -1,5 +1,5 @@
 //! fleetpipe's Kafka infrastructure, shared by every role that talks to
-//! Kafka (gateway, enrich, writer, and the Kafka sink): the one place that
+//! Kafka (gateway, enrich, writer, read, and the Kafka sink): the one place that
 //! decides how records are partitioned and that provisions topics.
 //!
 //! - Partitioning: [`producer_config`] is the configuration every fleetpipe
@@ -22,8 +22,11 @@
 //!   partitions a member is assigned (last value per vehicle wins).
 //! - Consumer groups: [`group::GroupConsumer`] is a group member whose
 //!   offsets follow the data's acknowledgements (cooperative-sticky
-//!   assignment, optional static membership), for the roles that read
-//!   topics.
+//!   assignment, optional static membership), for the roles that share
+//!   the work of a topic.
+//! - Tails: [`tail::Tail`] reads every partition of some topics from their
+//!   end, outside any group, committing nothing: for the read nodes, each
+//!   of which must see the whole fleet.
 //!
 //! With the `test-support` feature, `test_support` runs brokers for tests:
 //! Tansu in a process of its own, and librdkafka's mock cluster.
@@ -33,6 +36,7 @@ mod crash_point;
 pub mod group;
 pub mod metrics;
 mod partitioner;
+pub mod tail;
 mod topics;
 
 #[cfg(feature = "test-support")]

@@ -5,7 +5,8 @@
 use fleetpipe_model::metrics::{Kind, Metric, Unit};
 
 /// Gauge, labels `topic`, `partition`: records of an owned partition not
-/// yet stored (the high watermark minus the offset stored for commit).
+/// yet stored (the high watermark minus the offset stored for commit); for
+/// a read node's tail, not yet read.
 pub const CONSUMER_LAG: &str = "fleetpipe_kafka_consumer_lag";
 /// Counter, label `kind` (`revoked`, `lost`): partitions given up.
 pub const PARTITIONS_GIVEN_UP_TOTAL: &str = "fleetpipe_kafka_partitions_given_up_total";
@@ -16,7 +17,7 @@ pub const ALL: [Metric; 2] = [
         name: CONSUMER_LAG,
         kind: Kind::Gauge,
         unit: Unit::Count,
-        description: "Records of each owned partition not yet stored: its high watermark minus the offset stored for commit (librdkafka's consumer_lag_stored, every statistics interval)",
+        description: "Records of each owned partition not yet stored: its high watermark minus the offset stored for commit (librdkafka's consumer_lag_stored, every statistics interval); on a read node, records not yet read (its consumer_lag)",
         labels: &["topic", "partition"],
     },
     Metric {

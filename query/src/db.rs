@@ -16,6 +16,7 @@ use tokio_postgres::Row;
 
 use crate::QueryError;
 use crate::error::ApiError;
+use crate::feed::KnownPosition;
 
 /// The state derivation, spliced into the vehicle queries.
 const STATE: &str = include_str!("../sql/state.sql");
@@ -35,6 +36,7 @@ struct Sql {
     share_lookup: String,
     share_get: String,
     share_revoke: String,
+    feed_seed: String,
 }
 
 impl Sql {
@@ -54,6 +56,7 @@ impl Sql {
             share_lookup: render(include_str!("../sql/share_lookup.sql")),
             share_get: render(include_str!("../sql/share_get.sql")),
             share_revoke: render(include_str!("../sql/share_revoke.sql")),
+            feed_seed: render(include_str!("../sql/feed_seed.sql")),
         }
     }
 }
@@ -409,6 +412,60 @@ impl Db {
         Ok(rows
             .iter()
             .map(|r| (r.get("fence_id"), r.get("vehicles")))
+            .collect())
+    }
+
+    /// The newest positions of at most `limit` vehicles, for the live
+    /// feed's latest-position table; none when `vehicle_latest` does not
+    /// exist yet (no writer has migrated the schema).
+    pub(crate) async fn known_positions(
+        &self,
+        schema: &str,
+        limit: usize,
+    ) -> Result<Vec<KnownPosition>, QueryError> {
+        let failed = |step| {
+            move |e: tokio_postgres::Error| QueryError::Database {
+                step,
+                detail: fleetpipe_postgres::describe(&e),
+            }
+        };
+        let client = self.pool.get().await.map_err(|e| QueryError::Database {
+            step: "connect",
+            detail: e.to_string(),
+        })?;
+        let table = format!("{}.vehicle_latest", quote_ident(schema));
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .map_err(failed("look up vehicle_latest"))?
+            .get(0);
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(&self.sql.feed_seed, &[&limit])
+            .await
+            .map_err(failed("read vehicle_latest for the live feed"))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let ts: OffsetDateTime = row.get("ts");
+                KnownPosition {
+                    vehicle_id: row.get("vehicle_id"),
+                    ts_ms: i64::try_from(ts.unix_timestamp_nanos() / 1_000_000).unwrap_or_default(),
+                    lat: row.get("lat"),
+                    lon: row.get("lon"),
+                    speed_kmh: row.get("speed_kmh"),
+                    heading_deg: row.get("heading_deg"),
+                    soc_pct: row.get("soc_pct"),
+                    charging: row.get("charging"),
+                    ignition: row.get("ignition"),
+                    fences: row
+                        .get::<_, Option<Vec<String>>>("fences")
+                        .unwrap_or_default(),
+                }
+            })
             .collect())
     }
 

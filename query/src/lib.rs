@@ -62,6 +62,7 @@ pub use error::{ApiError, ErrorBody, QueryError};
 pub struct QueryApi {
     router: axum::Router,
     feed: Option<feed::Feed>,
+    state: Arc<api::AppState>,
 }
 
 impl QueryApi {
@@ -102,9 +103,32 @@ impl QueryApi {
             "api: query API ready"
         );
         Ok(Self {
-            router: api::router(state),
+            router: api::router(Arc::clone(&state)),
             feed,
+            state,
         })
+    }
+
+    /// Seeds the live feed's latest-position table from `vehicle_latest`
+    /// (the newest positions of at most `api.feed.max_vehicles` vehicles),
+    /// so that a process that starts (a read node reads its topics from
+    /// their end) has the whole fleet in its snapshots; a vehicle the feed
+    /// already holds newer keeps its position. Returns how many were taken
+    /// (none without `[api.feed]`, or before the table exists).
+    ///
+    /// # Errors
+    ///
+    /// The database could not be reached or read.
+    pub async fn seed_feed(&self) -> Result<usize, QueryError> {
+        let Some(feed) = &self.feed else {
+            return Ok(0);
+        };
+        let known = self
+            .state
+            .db
+            .known_positions(&self.state.config.schema, feed.config().max_vehicles)
+            .await?;
+        Ok(feed.seed(&known))
     }
 
     /// The live feed (`[api.feed]`), to be fed by the pipeline

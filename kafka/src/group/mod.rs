@@ -47,14 +47,14 @@ use self::offsets::{Offsets, Settled, Ticket, TopicPartition};
 
 /// How long one poll waits for a record before the thread looks at the
 /// stop flag again.
-const POLL_WAIT: Duration = Duration::from_millis(100);
+pub(crate) const POLL_WAIT: Duration = Duration::from_millis(100);
 
 /// How often librdkafka reports statistics (the lag gauge), unless the
 /// pass-through options say otherwise.
-const STATS_INTERVAL_MS: &str = "5000";
+pub(crate) const STATS_INTERVAL_MS: &str = "5000";
 
 /// Records fetched and waiting for the async side, per member.
-const HANDOFF_QUEUE: usize = 1024;
+pub(crate) const HANDOFF_QUEUE: usize = 1024;
 
 /// `[cluster.group]`-style settings of one consumer group membership.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -641,6 +641,35 @@ fn settle(
     }
 }
 
+/// A fetched message as the async side takes it (owned copies).
+pub(crate) fn consumed(message: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
+    ConsumedRecord {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(Bytes::copy_from_slice),
+        value: message
+            .payload()
+            .map(Bytes::copy_from_slice)
+            .unwrap_or_default(),
+        headers: message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            h.value.map(Bytes::copy_from_slice).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        timestamp_ms: message.timestamp().to_millis(),
+    }
+}
+
 /// The poll thread: fetches records and hands them to the async side until
 /// told to stop or the async side is gone. Rebalance callbacks run here.
 fn poll(
@@ -660,31 +689,7 @@ fn poll(
                 tracing::warn!(error = %e, "kafka consumer");
             }
             Some(Ok(message)) => {
-                let record = ConsumedRecord {
-                    topic: message.topic().to_owned(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key().map(Bytes::copy_from_slice),
-                    value: message
-                        .payload()
-                        .map(Bytes::copy_from_slice)
-                        .unwrap_or_default(),
-                    headers: message
-                        .headers()
-                        .map(|headers| {
-                            headers
-                                .iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_owned(),
-                                        h.value.map(Bytes::copy_from_slice).unwrap_or_default(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    timestamp_ms: message.timestamp().to_millis(),
-                };
+                let record = consumed(&message);
                 if records.blocking_send(record).is_err() {
                     return;
                 }

@@ -79,6 +79,23 @@ struct Latest {
     view: Arc<str>,
 }
 
+/// A vehicle's latest position as the database holds it
+/// (`vehicle_latest`), to seed the latest-position table with.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct KnownPosition {
+    pub(crate) vehicle_id: String,
+    /// Device time, ms since the epoch.
+    pub(crate) ts_ms: i64,
+    pub(crate) lat: f64,
+    pub(crate) lon: f64,
+    pub(crate) speed_kmh: Option<f64>,
+    pub(crate) heading_deg: Option<f64>,
+    pub(crate) soc_pct: Option<f64>,
+    pub(crate) charging: Option<bool>,
+    pub(crate) ignition: Option<bool>,
+    pub(crate) fences: Vec<String>,
+}
+
 /// A message of the stream, as the window keeps it.
 #[derive(Debug)]
 enum Item {
@@ -241,6 +258,56 @@ impl Feed {
             SinkRecord::Event(e) => self.hub.event(e),
             SinkRecord::DeadLetter(_) => {}
         }
+    }
+
+    /// Puts `known` positions into the latest-position table (what
+    /// snapshots are made of), without streaming them: a vehicle the table
+    /// already holds at the same or a newer time keeps its position, and
+    /// the table's bound (`api.feed.max_vehicles`) holds. Returns how many
+    /// were taken.
+    pub(crate) fn seed(&self, known: &[KnownPosition]) -> usize {
+        let hub = &self.hub;
+        let mut st = lock(&hub.state);
+        let mut taken = 0;
+        for p in known {
+            let vehicle: Arc<str> = Arc::from(p.vehicle_id.as_str());
+            let held = st.latest.get(&vehicle).map(|l| l.facts.ts_ms);
+            if held.is_some_and(|ts| ts >= p.ts_ms)
+                || (held.is_none() && st.latest.len() >= hub.config.max_vehicles)
+            {
+                continue;
+            }
+            let fences: Vec<Arc<str>> = p.fences.iter().map(|f| Arc::from(f.as_str())).collect();
+            let view = serde_json::to_string(&PositionView {
+                vehicle_id: &vehicle,
+                ts: rfc3339_ms(p.ts_ms),
+                lat: p.lat,
+                lon: p.lon,
+                speed_kmh: p.speed_kmh,
+                heading_deg: p.heading_deg,
+                soc_pct: p.soc_pct,
+                charging: p.charging,
+                ignition: p.ignition,
+                fences: p.fences.iter().map(String::as_str).collect(),
+            })
+            .unwrap_or_default();
+            let facts = PositionFacts {
+                vehicle: Arc::clone(&vehicle),
+                ts_ms: p.ts_ms,
+                spot: Spot::new(p.lat, p.lon),
+                fences,
+            };
+            st.latest.insert(
+                vehicle,
+                Latest {
+                    facts,
+                    view: view.into(),
+                },
+            );
+            taken += 1;
+        }
+        hub.gauges(&st);
+        taken
     }
 
     /// Registers a client of `transport` (`ws`, `sse`), or `None` at
@@ -744,6 +811,65 @@ mod tests {
             .collect();
         assert_eq!(vehicles, sent);
         assert!(h.client.state.lock().unwrap().replay.is_none());
+    }
+
+    fn known(vehicle: &str, ts_ms: i64) -> KnownPosition {
+        KnownPosition {
+            vehicle_id: vehicle.to_owned(),
+            ts_ms,
+            lat: 52.5,
+            lon: 13.4,
+            speed_kmh: Some(30.0),
+            heading_deg: None,
+            soc_pct: Some(80.0),
+            charging: Some(false),
+            ignition: None,
+            fences: vec!["depot".to_owned()],
+        }
+    }
+
+    /// Seeded positions are in snapshots, not streamed, never replace a
+    /// newer position, and respect the table's bound.
+    #[test]
+    fn a_seed_fills_the_snapshot_without_moving_a_position_back() {
+        let config = FeedConfig {
+            max_vehicles: 3,
+            ..FeedConfig::default()
+        };
+        let feed = Feed::new(config, CancellationToken::new());
+        let live = feed.connect(Grant::Fleet, "ws").unwrap();
+        live.subscribe(Subscription::everything(), None);
+        feed.publish(&telemetry("a", 5000, 1.0, 1.0));
+        drain(&live);
+        let taken = feed.seed(&[
+            known("a", 4000),
+            known("b", 4000),
+            known("c", 1),
+            known("d", 1),
+        ]);
+        assert_eq!(taken, 2, "a is newer in the table, d beyond max_vehicles");
+        assert!(drain(&live).is_empty(), "a seed is not streamed");
+        let h = feed.connect(Grant::Fleet, "ws").unwrap();
+        let start = h.subscribe(Subscription::everything(), None);
+        let snapshot: serde_json::Value = serde_json::from_str(&start.messages[0].2).unwrap();
+        let positions = snapshot["positions"].as_array().unwrap();
+        let got: Vec<(&str, &str)> = positions
+            .iter()
+            .map(|p| (p["vehicle_id"].as_str().unwrap(), p["ts"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", "1970-01-01T00:00:05Z"),
+                ("b", "1970-01-01T00:00:04Z"),
+                ("c", "1970-01-01T00:00:00.001Z")
+            ]
+        );
+        assert_eq!(positions[1]["fences"], serde_json::json!(["depot"]));
+        assert_eq!(positions[1]["soc_pct"], 80.0);
+        // A live position older than the seeded one is late.
+        feed.publish(&telemetry("b", 3000, 1.0, 1.0));
+        assert!(drain(&h).is_empty());
     }
 
     #[test]

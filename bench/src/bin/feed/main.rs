@@ -123,6 +123,10 @@ struct Args {
     /// The simulation's seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Record fleetpipe with `perf record --call-graph dwarf` over the measured window into
+    /// this file (`perf report -i FILE` shows where its time goes).
+    #[arg(long)]
+    perf: Option<PathBuf>,
 }
 
 /// The settings after `--quick` and the defaults.
@@ -323,6 +327,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let machine0 = machine_busy_s();
     let produced0 = produced.load(Ordering::Relaxed);
     let w0 = micros_since(t0);
+    let perf = match &args.perf {
+        Some(path) => Some(
+            tokio::process::Command::new("perf")
+                .args(["record", "-F", "99", "--call-graph", "dwarf,16384", "-o"])
+                .arg(path)
+                .args(["-p", &fp.pid.to_string(), "--", "sleep"])
+                .arg(format!("{}", plan.measure))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("perf record")?,
+        ),
+        None => None,
+    };
     let (mut max_bytes, mut max_messages) = (0.0_f64, 0.0_f64);
     let window_end = tokio::time::Instant::now() + secs(plan.measure);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -344,6 +362,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let produced1 = produced.load(Ordering::Relaxed);
     let after = fp.metrics(&http).await?;
     let load_after = loadavg();
+    if let Some(mut perf) = perf {
+        let status = tokio::time::timeout(Duration::from_secs(30), perf.wait()).await;
+        eprintln!("feed bench: perf record: {status:?}");
+    }
     eprintln!("feed bench: window done; draining");
 
     // ---- the end: last answers and deliveries ----
@@ -405,6 +427,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .collect();
     let feed_gauges = gauges(&after);
+    let sink_batches = after
+        .grown(&before, "fleetpipe_sink_batch_seconds_count")
+        .into_iter()
+        .map(|(labels, n)| {
+            let grown = |name: &str| {
+                let series = format!("{name}{labels}");
+                after.0.get(&series).copied().unwrap_or(0.0)
+                    - before.0.get(&series).copied().unwrap_or(0.0)
+            };
+            let seconds = grown("fleetpipe_sink_batch_seconds_sum");
+            let records = grown("fleetpipe_sink_batch_records_sum");
+            (labels, n, seconds / n, records / n)
+        })
+        .collect();
     let m_per_deg_lat = 111_320.0;
     let m_per_deg_lon = m_per_deg_lat * south.to_radians().cos();
     #[allow(clippy::cast_precision_loss)]
@@ -461,6 +497,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_queued_messages: max_messages,
         feed_counters,
         feed_gauges,
+        sink_batches,
     };
     let summary = run.summary();
     std::fs::write(out.join("summary.md"), &summary)?;

@@ -189,6 +189,9 @@ pub struct Run {
     pub feed_counters: Vec<(String, f64)>,
     /// The feed's gauges at the end of the window.
     pub feed_gauges: Vec<(String, f64)>,
+    /// The sinks' batches over the window: (labels, batches, mean
+    /// seconds, mean records); a batch's time is what an ack waits for.
+    pub sink_batches: Vec<(String, f64, f64, f64)>,
 }
 
 #[allow(clippy::cast_precision_loss)]
@@ -377,6 +380,13 @@ impl Run {
             "| deliveries outside the window / of no acknowledged ping | {} / {} |",
             j.outside, j.unknown
         );
+        for (labels, n, seconds, records) in &self.sink_batches {
+            let _ = writeln!(
+                s,
+                "| sink batches `{labels}` | {n:.0}, {:.1} ms and {records:.0} records each on average |",
+                seconds * 1000.0
+            );
+        }
         let _ = writeln!(s, "\nThe feed's metrics, grown over the window:\n");
         for (series, d) in &self.feed_counters {
             let _ = writeln!(s, "- `{series}` +{d}");
@@ -409,7 +419,7 @@ impl Run {
                 "negative": d.negative(),
             })
         };
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "started": self.started,
             "commit": self.commit,
             "cpu": self.cpu,
@@ -451,7 +461,10 @@ impl Run {
             "client_closes": self.client_closes,
             "feed_counters": self.feed_counters,
             "feed_gauges": self.feed_gauges,
-        })
+        });
+        // Past serde_json::json!'s recursion limit in one literal.
+        v["sink_batches"] = serde_json::json!(self.sink_batches);
+        v
     }
 }
 

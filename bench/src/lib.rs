@@ -7,7 +7,9 @@
 //!   same machine: plain binary COPY into fleetpipe's `telemetry` table (the
 //!   database's ceiling) and geofencing in PostGIS.
 //! - [`host`]: what a benchmark report says about the machine.
+//! - [`procfs`]: CPU time and memory of a process, busy CPU of the machine.
 
 pub mod fixtures;
 pub mod host;
 pub mod peers;
+pub mod procfs;

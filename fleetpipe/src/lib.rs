@@ -10,6 +10,11 @@
 //! Which part of the pipeline a process runs is its role ([`cluster`]):
 //! the whole of it, or one part of a layout connected by Kafka topics.
 
+// The binary only wires components: a function of its longer than
+// clippy.toml's too-many-lines-threshold is wiring that belongs in a
+// helper or in a component (issue 18).
+#![warn(clippy::too_many_lines)]
+
 pub mod cluster;
 pub mod config;
 pub mod demo;

@@ -36,6 +36,7 @@ use fleetpipe_ingest::{
 };
 use fleetpipe_model::{Accepted, SinkRecord};
 use fleetpipe_sink::{BuiltSink, EmbeddedKafka, KafkaEndpoint, SinkConfig, SinkContext, SinkError};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -220,27 +221,11 @@ impl Pipeline {
         let (ops_listener, ops_addr) = bind("ops.listen", config.ops.listen)
             .await
             .map_err(PipelineError::OpsListener)?;
-        let api_listener = match &config.api {
-            Some(api) => Some(
-                bind("api.listen", api.listen)
-                    .await
-                    .map_err(PipelineError::ApiListener)?,
-            ),
-            None => None,
-        };
+        let api_listener = bind_api(config).await?;
         // Loaded and indexed before any gateway accepts: a bad fence file is
         // a failed start. Reloaded at run time, until `shutdown`.
         let mut fences = FenceService::start(&config.geofence, shutdown.clone()).await?;
-        // Its pool and share-link table before anything accepts: an
-        // unreachable database fails the start before a device is answered.
-        let api = match (&config.api, api_listener) {
-            (Some(api), Some((listener, addr))) => {
-                let api =
-                    fleetpipe_query::QueryApi::start(api, fences.index(), shutdown.clone()).await?;
-                Some((api, listener, addr))
-            }
-            _ => None,
-        };
+        let api = start_api(config, api_listener, &fences, &shutdown).await?;
         // The live feed is one more output of the fan-out (roles all and
         // read).
         let feed = api.as_ref().and_then(|(api, _, _)| api.feed());
@@ -279,15 +264,7 @@ impl Pipeline {
         readiness.set(true);
         let http_addr =
             listen_addr(&listeners, "ingest.http.listen").unwrap_or(config.ingest.http.listen);
-        tracing::info!(
-            role = config.cluster.role.as_str(),
-            http = %http_addr,
-            ops = %ops_addr,
-            mqtt = ?listen_addr(&listeners, "ingest.mqtt.listen"),
-            mqtt_v5 = ?listen_addr(&listeners, "ingest.mqtt.listen_v5"),
-            api = ?api_addr,
-            "fleetpipe is running"
-        );
+        log_running(config, http_addr, ops_addr, &listeners, api_addr);
         Ok(Self {
             http_addr,
             listeners,
@@ -392,6 +369,54 @@ impl Pipeline {
             None => Ok(()),
         }
     }
+}
+
+/// The query API's listener (`api.listen`), bound with the others before
+/// anything is started.
+async fn bind_api(config: &Config) -> Result<Option<(TcpListener, SocketAddr)>, PipelineError> {
+    match &config.api {
+        Some(api) => Ok(Some(
+            bind("api.listen", api.listen)
+                .await
+                .map_err(PipelineError::ApiListener)?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The query API on its bound listener: its pool and share-link table
+/// before anything accepts, so an unreachable database fails the start
+/// before a device is answered.
+async fn start_api(
+    config: &Config,
+    listener: Option<(TcpListener, SocketAddr)>,
+    fences: &FenceService,
+    shutdown: &CancellationToken,
+) -> Result<Option<(fleetpipe_query::QueryApi, TcpListener, SocketAddr)>, PipelineError> {
+    let (Some(api), Some((listener, addr))) = (&config.api, listener) else {
+        return Ok(None);
+    };
+    let api = fleetpipe_query::QueryApi::start(api, fences.index(), shutdown.clone()).await?;
+    Ok(Some((api, listener, addr)))
+}
+
+/// The one line that says where everything listens.
+fn log_running(
+    config: &Config,
+    http_addr: SocketAddr,
+    ops_addr: SocketAddr,
+    listeners: &[(&'static str, SocketAddr)],
+    api_addr: Option<SocketAddr>,
+) {
+    tracing::info!(
+        role = config.cluster.role.as_str(),
+        http = %http_addr,
+        ops = %ops_addr,
+        mqtt = ?listen_addr(listeners, "ingest.mqtt.listen"),
+        mqtt_v5 = ?listen_addr(listeners, "ingest.mqtt.listen_v5"),
+        api = ?api_addr,
+        "fleetpipe is running"
+    );
 }
 
 /// Metric descriptions of the stages that describe theirs. Stages create

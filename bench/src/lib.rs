@@ -12,4 +12,5 @@
 pub mod fixtures;
 pub mod host;
 pub mod peers;
+pub mod process;
 pub mod procfs;

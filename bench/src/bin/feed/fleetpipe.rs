@@ -6,14 +6,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
+use anyhow::Context;
+use fleetpipe_bench::process::{FleetpipeProcess, addr};
 
 /// Where acknowledged pings are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,7 +111,7 @@ max_clients = {max_clients}
 /// A running fleetpipe.
 #[derive(Debug)]
 pub struct Fleetpipe {
-    child: Child,
+    process: FleetpipeProcess,
     pub pid: u32,
     /// The devices' listener (`/v1/ws`, `/v1/pings`).
     pub http: SocketAddr,
@@ -127,53 +123,11 @@ pub struct Fleetpipe {
 
 impl Fleetpipe {
     /// Starts `bin run --config config`, its output into `log`, and waits
-    /// (up to a minute) for "fleetpipe is running".
+    /// (up to a minute) for "fleetpipe is running", whose fields hold its
+    /// addresses.
     pub async fn start(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id().context("fleetpipe exited at once")?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let stderr = child.stderr.take().context("stderr")?;
-        let mut file = tokio::fs::File::create(log)
-            .await
-            .with_context(|| format!("creating {}", log.display()))?;
-        // Both streams into the log; draining goes on after the start so a
-        // full pipe never blocks fleetpipe.
-        let (ready_tx, ready_rx) = oneshot::channel::<Value>();
-        let (line_tx, mut lines) = mpsc::channel::<String>(1024);
-        tokio::spawn(forward(stdout, line_tx.clone()));
-        tokio::spawn(forward(stderr, line_tx));
-        tokio::spawn(async move {
-            let mut ready_tx = Some(ready_tx);
-            while let Some(line) = lines.recv().await {
-                let _ = file.write_all(line.as_bytes()).await;
-                let _ = file.write_all(b"\n").await;
-                if ready_tx.is_some()
-                    && let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["fields"]["message"] == "fleetpipe is running"
-                    && let Some(tx) = ready_tx.take()
-                {
-                    let _ = tx.send(v["fields"].clone());
-                }
-            }
-            let _ = file.flush().await;
-        });
-        let fields = match tokio::time::timeout(Duration::from_secs(60), ready_rx).await {
-            Ok(Ok(fields)) => fields,
-            _ => {
-                let status = child.try_wait().ok().flatten();
-                bail!(
-                    "fleetpipe did not report running within 60 s (exit: {status:?}); see {}",
-                    log.display()
-                )
-            }
-        };
+        let (process, lines) = FleetpipeProcess::start(bin, config, log).await?;
+        let fields = lines.last().context("no start line")?;
         let get = |key: &str| {
             addr(&fields[key]).with_context(|| {
                 format!(
@@ -183,30 +137,17 @@ impl Fleetpipe {
             })
         };
         Ok(Self {
-            pid,
+            pid: process.pid,
             http: get("http")?,
             api: get("api")?,
             ops: get("ops")?,
-            child,
+            process,
         })
     }
 
     /// SIGTERM, then waits for the exit (fleetpipe drains and flushes).
-    pub async fn stop(mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .context("kill -TERM")?;
-        if !status.success() {
-            bail!("kill -TERM {} failed", self.pid);
-        }
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => Ok(status?),
-            Err(_) => {
-                self.child.kill().await?;
-                bail!("fleetpipe did not stop within {timeout:?} after SIGTERM")
-            }
-        }
+    pub async fn stop(self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(self.process.stop(timeout).await?)
     }
 
     /// `/metrics`, parsed.
@@ -220,25 +161,6 @@ impl Fleetpipe {
             .await?;
         Ok(Metrics::parse(&text))
     }
-}
-
-async fn forward(stream: impl AsyncRead + Unpin, tx: mpsc::Sender<String>) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if tx.send(line).await.is_err() {
-            break;
-        }
-    }
-}
-
-/// `"127.0.0.1:1"` or tracing's Debug of an `Option`: `"Some(127.0.0.1:1)"`.
-fn addr(v: &Value) -> Option<SocketAddr> {
-    let s = v.as_str()?;
-    let s = s
-        .strip_prefix("Some(")
-        .and_then(|s| s.strip_suffix(')'))
-        .unwrap_or(s);
-    s.parse().ok()
 }
 
 /// Prometheus text: every sample by its series (`name{labels}`).
@@ -350,18 +272,5 @@ mod tests {
         }
         .to_toml();
         assert!(t.contains("[sink.timescale]") && !t.contains("[sink.file]"));
-    }
-
-    #[test]
-    fn addresses_are_read_plain_or_as_an_option() {
-        assert_eq!(
-            addr(&Value::from("Some(127.0.0.1:9)")),
-            Some("127.0.0.1:9".parse().unwrap())
-        );
-        assert_eq!(
-            addr(&Value::from("127.0.0.1:9")),
-            Some("127.0.0.1:9".parse().unwrap())
-        );
-        assert_eq!(addr(&Value::from("None")), None);
     }
 }

@@ -40,6 +40,13 @@ const PROTOCOL_TOKEN_PREFIX: &str = "bearer.";
 /// `api.feed.max_subscribe_bytes`, answered with a close reason).
 const HARD_MESSAGE_LIMIT: usize = 2 << 20;
 
+/// The WebSocket's read buffer. A feed client only sends subscribe messages
+/// (a larger one is read in several chunks), and the library's default of
+/// 128 KiB was zero-filled before every read attempt (one after every
+/// message sent): some 16 % of fleetpipe's CPU with 1,000 clients, and most
+/// of each client's memory (BENCHMARKS.md, "Live feed fan-out").
+const READ_BUFFER: usize = 4096;
+
 /// The SSE endpoint's parameters.
 const SSE_PARAMS: [&str; 9] = [
     "access_token",
@@ -173,6 +180,7 @@ pub(crate) async fn feed_ws(
     Ok(ws
         .protocols([SUBPROTOCOL])
         .max_message_size(HARD_MESSAGE_LIMIT)
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| async move {
             let reason = run_ws(socket, session, &config).await;
             metrics::feed_disconnects(reason.as_str()).increment(1);

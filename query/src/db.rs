@@ -215,27 +215,28 @@ impl Db {
         }
     }
 
+    /// A connection for the start-up steps (their errors are
+    /// [`QueryError`], not answers).
+    async fn start_client(&self) -> Result<Object, QueryError> {
+        self.pool.get().await.map_err(|e| QueryError::Database {
+            step: "connect",
+            detail: e.to_string(),
+        })
+    }
+
     /// Creates `api_share_links` unless it exists, under the schema's
     /// advisory lock (so it never races the sink's migrations or another
     /// instance starting).
     async fn ensure_share_table(&self, schema: &str) -> Result<(), QueryError> {
-        let failed = |step| {
-            move |e: tokio_postgres::Error| QueryError::Database {
-                step,
-                detail: fleetpipe_postgres::describe(&e),
-            }
-        };
-        let mut client = self.pool.get().await.map_err(|e| QueryError::Database {
-            step: "connect",
-            detail: e.to_string(),
-        })?;
-        let table = format!("{}.api_share_links", quote_ident(schema));
-        let exists: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-            .await
-            .map_err(failed("look up api_share_links"))?
-            .get(0);
-        if exists {
+        let mut client = self.start_client().await?;
+        if table_exists(
+            &client,
+            schema,
+            "api_share_links",
+            "look up api_share_links",
+        )
+        .await?
+        {
             return Ok(());
         }
         let step = "create api_share_links";
@@ -423,23 +424,8 @@ impl Db {
         schema: &str,
         limit: usize,
     ) -> Result<Vec<KnownPosition>, QueryError> {
-        let failed = |step| {
-            move |e: tokio_postgres::Error| QueryError::Database {
-                step,
-                detail: fleetpipe_postgres::describe(&e),
-            }
-        };
-        let client = self.pool.get().await.map_err(|e| QueryError::Database {
-            step: "connect",
-            detail: e.to_string(),
-        })?;
-        let table = format!("{}.vehicle_latest", quote_ident(schema));
-        let exists: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-            .await
-            .map_err(failed("look up vehicle_latest"))?
-            .get(0);
-        if !exists {
+        let client = self.start_client().await?;
+        if !table_exists(&client, schema, "vehicle_latest", "look up vehicle_latest").await? {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -521,4 +507,27 @@ impl Db {
             .map_err(|e| ApiError::database(&e))?;
         Ok(())
     }
+}
+
+/// A start-up step's PostgreSQL error, naming the step.
+fn failed(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> QueryError {
+    move |e| QueryError::Database {
+        step,
+        detail: fleetpipe_postgres::describe(&e),
+    }
+}
+
+/// Whether `schema.table` exists; `step` names the lookup in an error.
+async fn table_exists(
+    client: &Object,
+    schema: &str,
+    table: &str,
+    step: &'static str,
+) -> Result<bool, QueryError> {
+    let name = format!("{}.{table}", quote_ident(schema));
+    Ok(client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .map_err(failed(step))?
+        .get(0))
 }

@@ -58,6 +58,20 @@ pub(crate) struct Running {
     pub(crate) restoring: Option<Arc<AtomicUsize>>,
 }
 
+impl Running {
+    /// A role that reads Kafka: no listeners of its own, no sources.
+    fn consuming(intake: Tasks, stages: Tasks) -> Self {
+        Self {
+            intake,
+            stages,
+            listeners: Vec::new(),
+            kafka: None,
+            inflight: None,
+            restoring: None,
+        }
+    }
+}
+
 /// What turns accepted pings into records in the roles that ingest.
 #[derive(Debug, Clone, Copy)]
 enum Transform {
@@ -218,12 +232,8 @@ impl RoleContext<'_> {
         let intake = self.run_consumer(consumer, deliveries_tx);
         tracing::info!(%group, changelog = %cluster.changelog_topic, "enrich: consuming the raw topic");
         Ok(Running {
-            intake,
-            stages,
-            listeners: Vec::new(),
-            kafka: None,
-            inflight: None,
             restoring: Some(restoring),
+            ..Running::consuming(intake, stages)
         })
     }
 
@@ -266,14 +276,7 @@ impl RoleContext<'_> {
         stages.spawn("decode", decode_outputs(deliveries, records_tx, topics));
         let intake = self.run_consumer(consumer, deliveries_tx);
         tracing::info!(%group, "writer: consuming the output topics");
-        Ok(Running {
-            intake,
-            stages,
-            listeners: Vec::new(),
-            kafka: None,
-            inflight: None,
-            restoring: None,
-        })
+        Ok(Running::consuming(intake, stages))
     }
 
     /// A read node: every partition of the telemetry and events topics,
@@ -334,14 +337,7 @@ impl RoleContext<'_> {
             seeded,
             "read: serving the live feed from every partition of the telemetry and events topics"
         );
-        Ok(Running {
-            intake,
-            stages,
-            listeners: Vec::new(),
-            kafka: None,
-            inflight: None,
-            restoring: None,
-        })
+        Ok(Running::consuming(intake, stages))
     }
 
     /// The intake of the roles that read Kafka: the group member, handing

@@ -399,9 +399,19 @@ async fn bad_subscribe_messages_are_answered_and_floods_closed() {
 /// A box around the yard only (where `b-1` is).
 const YARD_BOX: [f64; 4] = [13.55, 52.55, 13.65, 52.65];
 
-/// Whether any message mentions `vehicle`.
+/// Whether any message mentions `vehicle`: a string value that is its id
+/// anywhere in it (not a substring: a resume token such as `…fb-1` is not
+/// vehicle `b-1`).
 fn mentions(messages: &[Value], vehicle: &str) -> bool {
-    messages.iter().any(|m| m.to_string().contains(vehicle))
+    fn has(v: &Value, vehicle: &str) -> bool {
+        match v {
+            Value::String(s) => s == vehicle,
+            Value::Array(a) => a.iter().any(|v| has(v, vehicle)),
+            Value::Object(o) => o.values().any(|v| has(v, vehicle)),
+            _ => false,
+        }
+    }
+    messages.iter().any(|m| has(m, vehicle))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
